@@ -17,6 +17,13 @@ Contract (relied on by methods, networks and tests):
   (expected non-zeros zeta_Q), ``c.alpha(d)`` for contractive (biased) compressors
   (||C(x) - x||^2 <= (1 - alpha) ||x||^2), ``c.correlated`` (draws shared across workers).
 - ``c.roundtrip(x, seed=0) -> (x_hat, bits)`` for a (d,) or (n, d) tensor, through the wire.
+- Aggregation: ``c.sum_decompressed(msg)`` is the (d,) sum of the decompressed rows in the
+  compressor's canonical order (what a receiver averages), and ``c.compress_sum(X, rng)`` the
+  simulation's fused ``(that sum, bits, decompressed rows or None)``, equal to it bit for bit.
+  Sparse messages are summed entry by entry into a (d,) vector, never expanded to (n, d).
+- Lazy input: ``X`` may be :class:`marina.lazy_rows.LazyRows`. Compressors that only gather
+  entries chosen without looking at the values (``c.gathers``: RandK) read just those entries,
+  and check only them (finite, within the wire range); every other compressor materialises X.
 
 Options accepted by :func:`marina.compressors.get` for every compressor:
 
@@ -42,6 +49,7 @@ import torch
 from torch import Tensor
 
 from marina.errors import ConfigError
+from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
 __all__ = [
@@ -180,6 +188,8 @@ class Compressor(ABC):
     unbiased: ClassVar[bool] = True
     correlated: ClassVar[bool] = False
     contractive: ClassVar[bool] = False
+    gathers: ClassVar[bool] = False
+    """Reads only entries chosen independently of the values (lazy rows are not materialised)."""
 
     def __init__(
         self,
@@ -276,6 +286,27 @@ class Compressor(ABC):
     def _compress_decompress(self, X: Tensor, rng: Randomness, amax: float) -> tuple[Tensor, Tensor]:
         msg = self._compress(X, rng, amax)
         return self._decompress(msg), msg.bits
+
+    def compress_sum(
+        self, X: Tensor | LazyRows, rng: Randomness, keep_local: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(sum_decompressed(compress(X, rng)), bits, X_hat)``, fused for the simulation.
+
+        ``X_hat`` (the decompressed rows) is returned when ``keep_local`` (it may also be
+        returned otherwise, by compressors that build it anyway). The sum equals, bit for bit,
+        what :meth:`sum_decompressed` gives on the packed, exchanged and unpacked messages.
+        """
+        X_hat, bits = self.compress_decompress(X, rng)
+        return self.sum_rows(X_hat), bits, X_hat
+
+    def sum_decompressed(self, msg: Message) -> Tensor:
+        """(d,) sum over the rows of ``decompress(msg)``, in this compressor's canonical order."""
+        return self.sum_rows(self.decompress(msg))
+
+    @staticmethod
+    def sum_rows(X_hat: Tensor) -> Tensor:
+        """The canonical (d,) sum of dense decompressed rows (a fixed torch reduction)."""
+        return X_hat.sum(dim=0)
 
     @abstractmethod
     def _compress(self, X: Tensor, rng: Randomness, amax: float) -> Message: ...
@@ -385,9 +416,16 @@ class Compressor(ABC):
         return x_hat, msg.bits
 
     # -- helpers for subclasses ----------------------------------------------------------------
-    def _check_input(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
-        """Validate X (2-D, floating, finite, one row per rng row); return X and max |X|."""
-        if not isinstance(X, Tensor):
+    def _check_input(self, X: Tensor | LazyRows, rng: Randomness) -> tuple[Tensor, float | None]:
+        """Validate X (2-D, floating, finite, one row per rng row); return X and max |X|.
+
+        Lazy rows are materialised unless this compressor :attr:`gathers`; then they are
+        returned as they are with max |X| None (the gathered entries are checked instead).
+        """
+        lazy = isinstance(X, LazyRows)
+        if lazy and not self.gathers:
+            X, lazy = X.dense(), False
+        if not isinstance(X, (Tensor, LazyRows)):
             raise ConfigError(
                 f"{self.spec}: X must be a torch.Tensor of shape (n, d), got {type(X).__name__}"
             )
@@ -396,7 +434,7 @@ class Compressor(ABC):
                 f"{self.spec}: X has shape {tuple(X.shape)} ({X.dim()}-D), must be 2-D (n, d) with "
                 f"one row per worker (use roundtrip() for a single (d,) vector)"
             )
-        if not X.is_floating_point():
+        if not X.dtype.is_floating_point:
             raise ConfigError(f"{self.spec}: X has dtype {X.dtype}, must be a floating dtype")
         if not isinstance(rng, Randomness):
             raise ConfigError(f"{self.spec}: rng must be a marina.rng.Randomness, got {type(rng).__name__}")
@@ -407,14 +445,20 @@ class Compressor(ABC):
             raise ConfigError(f"{self.spec}: X has {n} rows but rng hosts {rng.n_rows} workers")
         if rng.device.type != X.device.type:
             raise ConfigError(f"{self.spec}: X is on {X.device} but rng draws on {rng.device}, must match")
+        if lazy:
+            return X, None
         if n == 0:
             return X, 0.0
+        return X.contiguous(), self._finite_amax(X)
+
+    def _finite_amax(self, X: Tensor) -> float:
+        """max |X| over a non-empty X; ConfigError naming a non-finite entry if there is one."""
         lo, hi = torch.aminmax(X)
         amax = max(-float(lo), float(hi))
         if not math.isfinite(amax):
             bad = X[~torch.isfinite(X)][0].item()
             raise ConfigError(f"{self.spec}: X contains a non-finite value ({bad}), must be finite")
-        return X.contiguous(), amax
+        return amax
 
     def _check_wire_range(
         self, amax: float, dtype: torch.dtype, scale: float = 1.0, what: str = "|x|"

@@ -30,9 +30,25 @@ from torch import Tensor
 from marina.compressors.base import Compressor, Message, _parse_int, register
 from marina.compressors.wire import bytes_to_values, index_bits, pack_codes, unpack_codes, values_to_bytes
 from marina.errors import ConfigError
+from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["RandK", "TopK"]
+__all__ = ["RandK", "TopK", "sparse_sum"]
+
+
+def sparse_sum(idx: Tensor, values: Tensor, d: int) -> Tensor:
+    """(d,) sum of the sparse rows ``values`` (n, K) at columns ``idx`` (n, K).
+
+    On the CPU: ``index_add_`` of the entries in row-major order into zeros, sequential, so
+    every coordinate adds its terms in worker order; O(n K), the (n, d) rows are never built.
+    Elsewhere (``index_add_`` uses atomics on GPUs, whose order varies from run to run): the
+    rows scattered into zeros and summed by a fixed reduction.
+    """
+    if values.device.type == "cpu":
+        out = torch.zeros(d, dtype=values.dtype)
+        return out.index_add_(0, idx.reshape(-1), values.reshape(-1))
+    rows = torch.zeros((values.shape[0], d), dtype=values.dtype, device=values.device)
+    return rows.scatter_(1, idx, values).sum(dim=0)
 
 
 class _Sparse(Compressor):
@@ -74,26 +90,50 @@ class _Sparse(Compressor):
         """(indices (n, K) sorted, scale applied to the kept values)."""
         raise NotImplementedError
 
-    def _compress(self, X: Tensor, rng: Randomness, amax: float) -> Message:
+    def _kept(self, X: Tensor | LazyRows, rng: Randomness, amax: float | None) -> tuple[Tensor, Tensor]:
+        """(indices (n, K) sorted, kept values scaled and rounded to the wire dtype).
+
+        ``amax`` None (lazy rows): only the gathered entries are read, so only they are
+        checked (finite, within the wire range once scaled)."""
         n, d = X.shape
         self._check_k(d)
         idx, scale = self._select(X, rng)
-        self._check_wire_range(amax, X.dtype, scale)
         kept = X.gather(1, idx)
-        values = (kept * scale if scale != 1.0 else kept).to(self.value_dtype)
+        if amax is None:
+            amax = self._finite_amax(kept) if kept.numel() else 0.0
+        self._check_wire_range(amax, X.dtype, scale)
+        return idx, (kept * scale if scale != 1.0 else kept).to(self.value_dtype)
+
+    def _compress(self, X: Tensor, rng: Randomness, amax: float | None) -> Message:
+        n, d = X.shape
+        idx, values = self._kept(X, rng, amax)
         bits = self._bits_tensor(n, self.bits_per_message(d), X.device)
         return Message(self.spec, d, X.dtype, rng.worker_ids, bits, {"values": values, "indices": idx})
 
-    def _compress_decompress(self, X: Tensor, rng: Randomness, amax: float) -> tuple[Tensor, Tensor]:
+    def _compress_decompress(
+        self, X: Tensor | LazyRows, rng: Randomness, amax: float | None
+    ) -> tuple[Tensor, Tensor]:
         """Fused: the kept values, rounded to the wire dtype, scattered into zeros (no Message)."""
         n, d = X.shape
-        self._check_k(d)
-        idx, scale = self._select(X, rng)
-        self._check_wire_range(amax, X.dtype, scale)
-        kept = X.gather(1, idx)
-        values = (kept * scale if scale != 1.0 else kept).to(self.value_dtype).to(X.dtype)
-        out = torch.zeros_like(X).scatter_(1, idx, values)
+        idx, values = self._kept(X, rng, amax)
+        out = torch.zeros(X.shape, dtype=X.dtype, device=X.device).scatter_(1, idx, values.to(X.dtype))
         return out, self._bits_tensor(n, self.bits_per_message(d), X.device)
+
+    def compress_sum(
+        self, X: Tensor | LazyRows, rng: Randomness, keep_local: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The n K kept values added into a (d,) vector (:func:`sparse_sum`); rows only if asked."""
+        X, amax = self._check_input(X, rng)
+        n, d = X.shape
+        idx, values = self._kept(X, rng, amax)
+        values = values.to(X.dtype)
+        local = None
+        if keep_local:
+            local = torch.zeros(X.shape, dtype=X.dtype, device=X.device).scatter_(1, idx, values)
+        return sparse_sum(idx, values, d), self._bits_tensor(n, self.bits_per_message(d), X.device), local
+
+    def sum_decompressed(self, msg: Message) -> Tensor:
+        return sparse_sum(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
     def _decompress(self, msg: Message) -> Tensor:
         v = msg.data["values"]
@@ -119,6 +159,7 @@ class RandK(_Sparse):
 
     name = "randk"
     omega_formula = "d/K - 1"
+    gathers = True
 
     def omega(self, d: int) -> float:
         d = self._check_k(d)

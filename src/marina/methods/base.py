@@ -34,6 +34,7 @@ from torch import Tensor
 
 from marina import compressors
 from marina.errors import ConfigError
+from marina.lazy_rows import materialize
 from marina.network.base import Network
 
 __all__ = ["Setting", "Method", "dense_compressor", "COMMON_PARAMETERS", "SHARED_BLOCK"]
@@ -305,7 +306,7 @@ class Method(ABC):
         """Plain tensors and numbers: enough to continue bit-identically after load."""
         state: dict[str, Any] = {"k": int(self.k), "oracle_calls": float(self.oracle_calls)}
         for name in self.state_tensors:
-            state[name] = getattr(self, name)
+            state[name] = materialize(getattr(self, name))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

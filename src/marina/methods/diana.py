@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from marina import theory
+from marina.lazy_rows import LazyRows
 from marina.methods.base import Method, Setting
 
 __all__ = ["DIANA", "VRDIANA", "default_batch_size"]
@@ -54,17 +55,16 @@ class DIANA(Method):
         self._setup()
 
     def _setup(self) -> None:
-        """Derived attributes and work buffers (after start or load_state_dict)."""
+        """Derived attributes (after start or load_state_dict)."""
         self.alpha = float(self.params["alpha"])
-        self._buf = torch.empty_like(self.H)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._setup()
 
-    def _local_estimates(self, k: int) -> Tensor:
-        """Step 2: g_i^k, one row per hosted worker."""
-        G = self.problem.local_grads(self.x)
+    def _local_estimates(self, k: int) -> Tensor | LazyRows:
+        """Step 2: g_i^k, one row per hosted worker (lazy rows: a sparsifier reads K entries)."""
+        G = self.problem.gradients(self.x)
         self._charge_full()
         return G
 
@@ -75,8 +75,7 @@ class DIANA(Method):
         # 2. local estimates g_i^k
         V = self._local_estimates(k)
         # 3. Delta_i^k = Q_i(g_i^k - h_i^k), sent; the server gets their mean
-        torch.sub(V, self.H, out=self._buf)
-        delta_mean, delta_local = self.net.aggregate(self.Q, self._buf, k, return_local=True)
+        delta_mean, delta_local = self.net.aggregate(self.Q, V - self.H, k, return_local=True)
         # 4. h_i^{k+1} = h_i^k + alpha Delta_i^k
         self.H.add_(delta_local, alpha=self.alpha)
         # 5. g^k = h^k + Delta^k

@@ -54,7 +54,7 @@ class MARINA(Method):
     def _start(self) -> None:
         self.p = float(self.params["p"])
         # 2. g^0 = grad f(x^0): a dense round
-        self.G = self.problem.local_grads(self.x)
+        self.G = self.problem.gradients(self.x)
         self._charge_full()
         self.g = self.net.aggregate_dense(self.G, 0, self.dense)
 
@@ -70,16 +70,16 @@ class MARINA(Method):
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
         self.x = self.x - self.gamma * self.g
-        # 8. one local gradient evaluation per round: grad f_i(x^{k+1})
-        G_new = self.problem.local_grads(self.x)
+        # 8. one local gradient evaluation per round: grad f_i(x^{k+1}) (lazy rows: a sparsifier
+        #    reads only its K entries of the difference, see marina.lazy_rows)
+        G_new = self.problem.gradients(self.x)
         self._charge_full()
         if c:
             # 8.+10. c_k = 1: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1}), sent dense
             self.g = self.net.aggregate_dense(G_new, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            diff = torch.sub(G_new, self.G, out=self.G)  # in the buffer of grad f_i(x^k)
-            self.g = self.g + self.net.aggregate(self.Q, diff, k)
+            self.g = self.g + self.net.aggregate(self.Q, G_new - self.G, k)
         self.G = G_new
         self.k = k + 1
 

@@ -1,10 +1,12 @@
 """All n workers in one process, batched over the worker axis (CPU or CUDA).
 
-Aggregation calls ``compressor.compress_decompress`` on the (n, d) matrix of all workers at
-once (no packing; the compressor guarantees it equals pack -> unpack -> decompress, including
-the rounding of values to the wire precision), so one round costs a handful of (n, d) tensor
-operations and no Python loop over workers. Bits are accumulated on the device and read only
-when the counters are asked for (no synchronisation per round on CUDA).
+Aggregation calls ``compressor.compress_sum`` on the (n, d) matrix of all workers at once
+(no packing; the compressor guarantees that its sum equals ``sum_decompressed`` of the packed
+and unpacked messages, including the rounding of values to the wire precision), and divides
+by the number of messages, as the torch.distributed backend does; one round costs a handful
+of (n, d) tensor operations (O(n K) for RandK) and no Python loop over workers. Bits are
+accumulated on the device and read only when the counters are asked for (no synchronisation
+per round on CUDA).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from marina.errors import ConfigError
+from marina.lazy_rows import LazyRows, materialize
 from marina.network.base import Network, copy_stream
 from marina.rng import Randomness
 
@@ -50,7 +53,7 @@ class SimulatedNetwork(Network):
     def aggregate(
         self,
         compressor,
-        X_local: Tensor,
+        X_local: Tensor | LazyRows,
         round: int,
         *,
         stream: str | int = "compress",
@@ -58,16 +61,14 @@ class SimulatedNetwork(Network):
         return_local: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         if multiplicity is None:
-            X_hat, bits = compressor.compress_decompress(X_local, self.rng(stream, round))
-            self._bits_up_dev += bits.sum()
-            mean = X_hat.mean(dim=0)
-            return (mean, X_hat) if return_local else mean
+            return self._reduce(compressor, X_local, self.rng(stream, round), return_local)
         counts = multiplicity.to(device="cpu", dtype=torch.int64).reshape(-1)
         if counts.numel() != self.n:
             raise ValueError(f"multiplicity has {counts.numel()} entries, expected n = {self.n}")
         total = int(counts.sum())
         if total < 1:
             raise ValueError("multiplicity sums to 0: nobody would send anything")
+        X_local = materialize(X_local)
         d = X_local.shape[1]
         acc = torch.zeros(d, dtype=X_local.dtype, device=X_local.device)
         local = torch.zeros_like(X_local) if return_local else None
@@ -77,17 +78,25 @@ class SimulatedNetwork(Network):
         for j in range(int(local_counts.max()) if local_counts.numel() else 0):
             rows = torch.nonzero(local_counts > j).reshape(-1).to(X_local.device)
             rng = Randomness(self.seed, copy_stream(stream, j), round, self.worker_ids[rows], self.device)
-            X_hat, bits = compressor.compress_decompress(X_local.index_select(0, rows), rng)
+            keep = local is not None and j == 0
+            part, bits, X_hat = compressor.compress_sum(X_local.index_select(0, rows), rng, keep_local=keep)
             self._bits_up_dev += bits.sum()
-            acc += X_hat.sum(dim=0)
-            if local is not None and j == 0:
+            acc += part
+            if keep:
                 local.index_copy_(0, rows, X_hat)
         mean = acc / total
         return (mean, local) if return_local else mean
 
+    def _reduce(self, compressor, X_local, rng: Randomness, return_local: bool):  # noqa: ANN001, ANN202
+        """Every hosted worker sends one message: the mean (sum / n) and, if asked, the rows."""
+        total, bits, X_hat = compressor.compress_sum(X_local, rng, keep_local=return_local)
+        self._bits_up_dev += bits.sum()
+        mean = total / self.n
+        return (mean, X_hat) if return_local else mean
+
     def aggregate_dense(
         self,
-        X_local: Tensor,
+        X_local: Tensor | LazyRows,
         round: int,
         dense_compressor,
         *,
@@ -102,10 +111,7 @@ class SimulatedNetwork(Network):
         if self._dense_rng is None:
             self._dense_rng = Randomness(self.seed, "dense", 0, self.worker_ids, self.device)
         self._dense_rng.calls = 0
-        X_hat, bits = dense_compressor.compress_decompress(X_local, self._dense_rng)
-        self._bits_up_dev += bits.sum()
-        mean = X_hat.mean(dim=0)
-        return (mean, X_hat) if return_local else mean
+        return self._reduce(dense_compressor, X_local, self._dense_rng, return_local)
 
     def gather(self, values_local: Tensor) -> Tensor:
         return values_local

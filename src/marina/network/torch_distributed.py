@@ -39,10 +39,10 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        so none hangs).
     4. For each copy j, every rank unpacks the j-th messages of all workers in global worker
        order (blocks are contiguous, so rank order is worker order; ``compressor.unpack``),
-       decompresses them into one matrix and reduces exactly like
-       :class:`marina.network.SimulatedNetwork`: the mean over rows without multiplicity, the
-       per-copy row sums added up and divided by sum(multiplicity) with it. Same reduction on
-       the same matrices, so the float64 trajectory equals the simulation's (bit for bit on the
+       sums them with the compressor's canonical ``sum_decompressed`` and reduces exactly like
+       :class:`marina.network.SimulatedNetwork`: that sum divided by n without multiplicity,
+       the per-copy sums added up and divided by sum(multiplicity) with it. Same reduction on
+       the same messages, so the float64 trajectory equals the simulation's (bit for bit on the
        same machine).
 
 Bytes on the wire (counters, equal on every rank; the network's share of "bytes sent")
@@ -97,6 +97,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from marina.errors import ConfigError, MarinaError
+from marina.lazy_rows import materialize
 from marina.network.base import Network, copy_stream
 from marina.rng import Randomness
 
@@ -324,6 +325,8 @@ class TorchDistributedNetwork(Network):
     ) -> Tensor | tuple[Tensor, Tensor]:
         self._round = int(round)
         n, n_local, W = self.n, self.n_local, self.world_size
+        if multiplicity is not None:
+            X_local = materialize(X_local)  # rows are selected per copy
         if X_local.dim() != 2 or X_local.shape[0] != n_local:
             raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({n_local}, d)")
         d = int(X_local.shape[1])
@@ -360,7 +363,8 @@ class TorchDistributedNetwork(Network):
                     self.worker_ids.index_select(0, rows_dev),
                     self.device,
                 )
-                msg = compressor.compress(X_local.index_select(0, rows_dev), rng)
+                sent = X_local if rows.numel() == n_local else X_local.index_select(0, rows_dev)
+                msg = compressor.compress(sent, rng)
                 payloads += compressor.pack(msg)
                 sizes[filled : filled + rows.numel()] = msg.bits.to("cpu", SIZE_DTYPE)
                 filled += rows.numel()
@@ -404,7 +408,9 @@ class TorchDistributedNetwork(Network):
                 at += k
             at += 1  # rank r's padding
         acc = torch.zeros(d, dtype=X_local.dtype, device=X_local.device)
-        local = torch.zeros_like(X_local) if return_local else None
+        local = None
+        if return_local:
+            local = torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device)
         for j in range(copies):
             senders = torch.nonzero(counts > j).reshape(-1)
             # only receivers of correlated compressors (PermK) regenerate draws from the key
@@ -414,12 +420,16 @@ class TorchDistributedNetwork(Network):
                 else None
             )
             back = compressor.unpack(by_copy[j], d, worker_ids=senders, dtype=X_local.dtype, rng=rx)
-            X_hat = compressor.decompress(back).to(X_local.device)
+            part = compressor.sum_decompressed(back).to(X_local.device)
             if multiplicity is None:
-                mean = X_hat.mean(dim=0)
-                return (mean, X_hat[self._lo : self._lo + n_local]) if return_local else mean
-            acc += X_hat.sum(dim=0)
+                mean = part / n  # the simulation's reduction: the canonical sum, divided by n
+                if not return_local:
+                    return mean
+                X_hat = compressor.decompress(back).to(X_local.device)
+                return mean, X_hat[self._lo : self._lo + n_local]
+            acc += part
             if local is not None and j == 0:
+                X_hat = compressor.decompress(back).to(X_local.device)
                 mine_rows = torch.nonzero((senders >= self._lo) & (senders < self._lo + n_local)).reshape(-1)
                 local.index_copy_(
                     0,

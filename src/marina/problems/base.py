@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from marina.errors import ConfigError
+from marina.lazy_rows import DenseRows, LazyRows
 
 __all__ = ["Problem"]
 
@@ -63,6 +64,11 @@ class Problem(ABC):
     @abstractmethod
     def local_grads(self, x: Tensor) -> Tensor:
         """(n_workers, d): grad f_i(x) for every hosted worker, at the common point x (d,)."""
+
+    def gradients(self, x: Tensor) -> LazyRows:
+        """The local gradients at x as :class:`marina.lazy_rows.LazyRows`: entries read by a
+        sparsifying compressor may be evaluated alone. By default they are computed at once."""
+        return DenseRows(self.local_grads(x))
 
     @abstractmethod
     def minibatch_grads(self, x: Tensor, idx: Tensor) -> Tensor:

@@ -64,6 +64,7 @@ from torch import Tensor
 
 from marina.data.splits import Split
 from marina.errors import ConfigError
+from marina.lazy_rows import DenseRows, LazyRows
 from marina.problems.base import Problem
 from marina.problems.spectral import block_lambda_max, lambda_max
 
@@ -235,6 +236,7 @@ class LinearModelProblem(Problem):
         big = max(A.nnz, n_total * d, A.shape[0]) > _INT32_MAX
         self._index_dtype = torch.int64 if big else torch.int32
         self._A: Tensor | None = None  # torch CSR copies, built on demand (torch kernel path)
+        self._Tcsr: tuple[Tensor, Tensor, Tensor] | None = None  # lifted transpose, lazy entries
         self._T: Tensor | None = None
         self._crow = torch.from_numpy(np.asarray(A.indptr, dtype=np.int64))
         self._col = torch.from_numpy(np.asarray(A.indices, dtype=np.int64))
@@ -314,15 +316,69 @@ class LinearModelProblem(Problem):
             return self._A @ x
         return torch.from_numpy(self._A_sp @ x.numpy())
 
-    def local_grads(self, x: Tensor) -> Tensor:
-        """(n, d) grad f_i(x) of every hosted worker: one A x, one lifted A^T w (see module doc)."""
-        x = self._x(x)
-        w = self._weights(self._forward(x), self._targets)  # lifted values carry _grad_factor / m_i
+    def _row_weights(self, x: Tensor) -> Tensor:
+        """w = psi'(A x, b) / _grad_factor over the hosted rows (the lifted values carry the rest)."""
+        return self._weights(self._forward(x), self._targets)
+
+    def _grads_from(self, w: Tensor, x: Tensor) -> Tensor:
+        """(n, d) local gradients from the row weights w at x: the lifted A^T w plus grad r(x)."""
         if self._T is not None and (self.device.type != "cpu" or not self._scatter):
             G = self._T @ w
         else:
             G = torch.from_numpy(self._T_sp @ w.numpy())
         return self._add_reg(G.view(self.n_workers, self.dim), x)
+
+    def local_grads(self, x: Tensor) -> Tensor:
+        """(n, d) grad f_i(x) of every hosted worker: one A x, one lifted A^T w (see module doc)."""
+        x = self._x(x)
+        return self._grads_from(self._row_weights(x), x)
+
+    def gradients(self, x: Tensor) -> LazyRows:
+        """The local gradients at x, evaluated where read (:mod:`marina.lazy_rows`).
+
+        On the deterministic CPU path only A x and the row weights are computed now; an entry
+        (i, c) read by ``gather`` is row i d + c of the lifted transpose times w, summed in the
+        same order as the full product (so it equals ``local_grads(x)[i, c]`` bit for bit), at
+        the cost of that row's non-zeros. Elsewhere the gradients are computed at once.
+        """
+        x = self._x(x)
+        w = self._row_weights(x)
+        if self._use_torch_kernels:
+            return DenseRows(self._grads_from(w, x))
+        return _LinearGradients(self, x, w)
+
+    def _grad_entries(self, points: list[tuple[Tensor, Tensor]], idx: Tensor) -> list[Tensor]:
+        """(n, K) entries idx of the local gradients at each (row weights w, x) of ``points``.
+
+        Each entry is ``sum_j T[r, j] w_j`` over the non-zeros of row r = i d + c of the lifted
+        transpose T, in increasing j, accumulated from 0 by ``index_add_`` (sequential on the
+        CPU): the order and the products of scipy's CSR and CSC mat-vecs, hence their bits.
+        The non-zeros are located once for all points (CPU path).
+        """
+        if self._Tcsr is None:
+            T = self._lifted.T.tocsr()  # sorted indices: increasing data row j in every row
+            self._Tcsr = (
+                torch.from_numpy(np.asarray(T.indptr, dtype=np.int64)),
+                torch.from_numpy(np.asarray(T.indices, dtype=np.int64)),
+                torch.from_numpy(np.asarray(T.data)),
+            )
+        crow, col, val = self._Tcsr
+        n, K = idx.shape
+        rows = idx.add(torch.arange(0, n * self.dim, self.dim, dtype=torch.int64)[:, None]).reshape(-1)
+        starts = crow.index_select(0, rows)
+        lens = crow.index_select(0, rows + 1).sub_(starts)
+        ends = torch.cumsum(lens, 0)
+        total = int(ends[-1]) if ends.numel() else 0
+        rid = torch.repeat_interleave(torch.arange(rows.numel()), lens, output_size=total)
+        pos = torch.arange(total).add_((starts - ends + lens).index_select(0, rid))
+        vals, cols = val.index_select(0, pos), col.index_select(0, pos)
+        flat_idx = idx.reshape(-1)
+        outs = []
+        for w, x in points:
+            out = torch.zeros(n * K, dtype=self.dtype).index_add_(0, rid, w.index_select(0, cols).mul_(vals))
+            g = self._reg_grad(x)
+            outs.append((out if g is None else out.add_(g.index_select(0, flat_idx))).view(n, K))
+        return outs
 
     def local_losses(self, x: Tensor) -> Tensor:
         """(n,) f_i(x) = (1/m_i) sum_j psi(a_ij^T x, b_ij) + r(x)."""
@@ -417,3 +473,34 @@ class LinearModelProblem(Problem):
             f"L={self.L:.4g}, L_avg={self.L_avg:.4g}, L_f={self.L_f:.4g}, dtype={self.dtype}, "
             f"device={self.device})"
         )
+
+
+class _LinearGradients(LazyRows):
+    """Local gradients of a :class:`LinearModelProblem` at x, from the row weights w."""
+
+    def __init__(self, problem: LinearModelProblem, x: Tensor, w: Tensor) -> None:
+        self.problem, self.x, self.w = problem, x, w
+        self.shape = torch.Size((problem.n_workers, problem.dim))
+        self.dtype, self.device = problem.dtype, problem.device
+        self._G: Tensor | None = None
+
+    def dense(self) -> Tensor:
+        if self._G is None:
+            self._G = self.problem._grads_from(self.w, self.x)
+        return self._G
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        if self._G is not None:
+            return self._G.gather(1, idx)
+        return self.problem._grad_entries([(self.w, self.x)], idx)[0]
+
+    def _gather_minus(self, other: LazyRows | Tensor, idx: Tensor) -> Tensor:
+        if (
+            isinstance(other, _LinearGradients)
+            and other.problem is self.problem
+            and self._G is None
+            and other._G is None
+        ):
+            new, old = self.problem._grad_entries([(self.w, self.x), (other.w, other.x)], idx)
+            return new.sub_(old)
+        return super()._gather_minus(other, idx)

@@ -1,0 +1,100 @@
+"""Worker-side (n, d) matrices whose entries are computed only where they are read.
+
+A sparsifying compressor (RandK) sends K of the d entries of each worker's row, so in MARINA's
+compressed rounds, QGD and DIANA only n K entries of the local gradients (or of their
+differences) are ever read. For linear models such an entry is one sparse dot product (a row of
+the lifted transpose, see :mod:`marina.problems.linear`), so evaluating just those entries
+skips the whole A^T w product, half the cost of a round.
+
+:class:`LazyRows` is that matrix: ``dense()`` materialises it, ``gather(1, idx)`` reads the
+entries ``idx`` (n, K) of every row and equals ``dense().gather(1, idx)`` bit for bit (every
+implementation must guarantee it, so a method's trajectory does not depend on whether its
+compressor reads lazily). Differences ``a - b`` (with a lazy ``a``) stay lazy: their gathered
+entries are ``a.gather(1, idx) - b.gather(1, idx)``, the same floating-point subtraction the
+dense difference makes entry by entry.
+
+Compressors that only gather (``Compressor.gathers``) read lazy rows as they are; every other
+consumer calls :func:`materialize` first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+__all__ = ["LazyRows", "DenseRows", "RowDifference", "materialize"]
+
+
+class LazyRows(ABC):
+    """An (n, d) matrix, one row per hosted worker, evaluated on demand.
+
+    Attributes: ``shape`` (n, d), ``dtype``, ``device`` (those of the materialised matrix).
+    """
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    def dim(self) -> int:
+        return 2
+
+    @abstractmethod
+    def dense(self) -> Tensor:
+        """The whole (n, d) matrix (computed once and kept by implementations that compute)."""
+
+    @abstractmethod
+    def _gather(self, idx: Tensor) -> Tensor:
+        """Entries idx (n, K) int64 of every row, equal to ``dense().gather(1, idx)``."""
+
+    def gather(self, dim: int, index: Tensor) -> Tensor:
+        """``dense().gather(dim, index)`` for dim == 1, evaluating only those entries."""
+        if dim != 1:
+            raise ValueError(f"LazyRows.gather reads entries of rows: dim == {dim}, must be 1")
+        if index.dim() != 2 or index.shape[0] != self.shape[0]:
+            raise ValueError(f"index has shape {tuple(index.shape)}, must be ({self.shape[0]}, K)")
+        return self._gather(index)
+
+    def _gather_minus(self, other: LazyRows | Tensor, idx: Tensor) -> Tensor:
+        """``self.gather(1, idx) - other.gather(1, idx)``; implementations may evaluate both at
+        once (same bits)."""
+        return torch.sub(self.gather(1, idx), other.gather(1, idx))
+
+    def __sub__(self, other: LazyRows | Tensor) -> RowDifference:
+        return RowDifference(self, other)
+
+
+class DenseRows(LazyRows):
+    """An already computed matrix behind the lazy interface."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values
+        self.shape, self.dtype, self.device = values.shape, values.dtype, values.device
+
+    def dense(self) -> Tensor:
+        return self.values
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        return self.values.gather(1, idx)
+
+
+class RowDifference(LazyRows):
+    """a - b, entry by entry, for a lazy ``a`` and a lazy or dense ``b`` of the same shape."""
+
+    def __init__(self, a: LazyRows, b: LazyRows | Tensor) -> None:
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"cannot subtract rows of shape {tuple(b.shape)} from {tuple(a.shape)}")
+        self.a, self.b = a, b
+        self.shape, self.dtype, self.device = a.shape, a.dtype, a.device
+
+    def dense(self) -> Tensor:
+        return torch.sub(materialize(self.a), materialize(self.b))
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        return self.a._gather_minus(self.b, idx)
+
+
+def materialize(X: LazyRows | Tensor) -> Tensor:
+    """The dense (n, d) tensor of ``X`` (``X`` itself when it is a tensor)."""
+    return X.dense() if isinstance(X, LazyRows) else X

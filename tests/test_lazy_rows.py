@@ -1,0 +1,185 @@
+"""Lazy local gradients (marina.lazy_rows): reading K entries equals reading the dense rows.
+
+Every check here is bit for bit: the lazy path must not change a trajectory, only its cost.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import marina
+from marina import compressors, problems
+from marina.compressors.sparse import sparse_sum
+from marina.errors import ConfigError
+from marina.lazy_rows import DenseRows, LazyRows, RowDifference, materialize
+from marina.network import SimulatedNetwork
+from marina.rng import Randomness
+
+CASES = [  # (data set, workers, l2): few workers use the CSR transpose, many the CSC scatter
+    ("mushrooms", 4, 0.0),
+    ("mushrooms", 4, 0.05),
+    ("phishing", 300, 0.0),
+    ("phishing", 300, 0.02),
+]
+
+
+def _point(d: int, seed: int) -> torch.Tensor:
+    return torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+
+def _entries(n: int, d: int, k: int, seed: int) -> torch.Tensor:
+    return Randomness(seed, "entries", 0, range(n)).sample_without_replacement(d, k)
+
+
+@pytest.mark.parametrize(("name", "workers", "l2"), CASES)
+def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
+    prob = problems.libsvm(name, workers=workers, l2=l2)
+    assert prob._scatter == (workers == 300)
+    seed = random.randrange(2**31)
+    x_old, x_new = _point(prob.dim, seed), _point(prob.dim, seed + 1)
+    G_old, G_new = prob.local_grads(x_old), prob.local_grads(x_new)
+    for k in (1, 3, prob.dim):
+        idx = _entries(prob.n_workers, prob.dim, k, seed + k)
+        lazy_new, lazy_old = prob.gradients(x_new), prob.gradients(x_old)
+        assert isinstance(lazy_new, LazyRows) and not isinstance(lazy_new, DenseRows)
+        assert torch.equal(lazy_new.gather(1, idx), G_new.gather(1, idx))
+        # a difference of two lazy points (evaluated together), of a lazy and a dense one
+        assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx))
+        assert torch.equal((lazy_new - G_old).gather(1, idx), (G_new - G_old).gather(1, idx))
+        assert torch.equal(materialize(lazy_new - lazy_old), G_new - G_old)
+        # after materialising, the stored rows serve the reads
+        assert torch.equal(lazy_new.dense(), G_new)
+        assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx))
+
+
+def test_synthetic_problem_and_hosted_subsets_read_the_same_entries():
+    seed = random.randrange(2**31)
+    full = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000)
+    part = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000, hosted_workers=[1, 4])
+    x = _point(9, seed)
+    idx = _entries(6, 9, 2, seed)
+    got = full.gradients(x).gather(1, idx)
+    assert torch.equal(got, full.local_grads(x).gather(1, idx))
+    assert torch.equal(part.gradients(x).gather(1, idx[[1, 4]]), got[[1, 4]])
+
+
+def test_bad_reads_are_named():
+    prob = problems.libsvm("mushrooms", workers=3)
+    lazy = prob.gradients(prob.initial_point())
+    with pytest.raises(ValueError, match="dim == 0, must be 1"):
+        lazy.gather(0, torch.zeros((3, 1), dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"index has shape \(2, 1\), must be \(3, K\)"):
+        lazy.gather(1, torch.zeros((2, 1), dtype=torch.int64))
+    with pytest.raises(ValueError, match="cannot subtract rows of shape"):
+        RowDifference(lazy, torch.zeros(2, prob.dim, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("spec", ["randk:1", "randk:4", "qsgd:2", "natural", "identity"])
+def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
+    prob = problems.libsvm("phishing", workers=40, l2=0.01)
+    seed = random.randrange(2**31)
+    lazy = prob.gradients(_point(prob.dim, seed)) - prob.gradients(_point(prob.dim, seed + 1))
+    dense = materialize(lazy)
+    c = compressors.get(spec)
+    rng = lambda: Randomness(seed, "compress", 3, range(prob.n_workers))  # noqa: E731
+    s_lazy, b_lazy, l_lazy = c.compress_sum(lazy, rng(), keep_local=True)
+    s_dense, b_dense, l_dense = c.compress_sum(dense, rng(), keep_local=True)
+    assert torch.equal(s_lazy, s_dense) and torch.equal(b_lazy, b_dense) and torch.equal(l_lazy, l_dense)
+    m_lazy, m_dense = c.compress(lazy, rng()), c.compress(dense, rng())
+    assert all(torch.equal(a, b) for a, b in zip(c.pack(m_lazy), c.pack(m_dense), strict=True))
+    assert c.gathers == spec.startswith("randk")
+
+
+def test_sparse_sums_add_each_coordinate_in_worker_order():
+    """The canonical sum of sparse messages: sequential in worker order, from 0, per coordinate."""
+    seed = random.randrange(2**31)
+    g = torch.Generator().manual_seed(seed)
+    n, d, k = 50, 7, 3
+    idx = torch.sort(torch.rand(n, d, generator=g).argsort(dim=1)[:, :k], dim=1).values
+    values = torch.randn(n, k, dtype=torch.float64, generator=g) * 10.0 ** torch.randint(
+        -8, 8, (n, k), generator=g
+    )
+    expected = [0.0] * d
+    for i in range(n):
+        for j in range(k):
+            expected[int(idx[i, j])] += float(values[i, j])  # Python floats: IEEE doubles in order
+    assert sparse_sum(idx, values, d).tolist() == expected
+
+
+def test_sparse_messages_sum_like_their_wire_form():
+    seed = random.randrange(2**31)
+    X = torch.randn(9, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    c = compressors.get("randk:5")
+    total, bits, local = c.compress_sum(X, Randomness(seed, "compress", 0, range(9)))
+    assert local is None
+    msg = c.compress(X, Randomness(seed, "compress", 0, range(9)))
+    back = c.unpack(c.pack(msg), 30, worker_ids=msg.worker_ids, dtype=X.dtype)
+    assert torch.equal(total, c.sum_decompressed(back))
+    assert torch.equal(bits, msg.bits)
+    assert torch.allclose(total, c.decompress(back).sum(dim=0), rtol=1e-14, atol=1e-14)
+
+
+def test_lazy_entries_are_checked_like_dense_rows():
+    class Rows(LazyRows):
+        def __init__(self, values):
+            self.values, self.shape, self.dtype, self.device = (
+                values,
+                values.shape,
+                values.dtype,
+                values.device,
+            )
+            self.dense_reads = 0
+
+        def dense(self):
+            self.dense_reads += 1
+            return self.values
+
+        def _gather(self, idx):
+            return self.values.gather(1, idx)
+
+    X = torch.full((2, 4), float("nan"), dtype=torch.float64)
+    with pytest.raises(ConfigError, match=r"non-finite value \(nan\)"):
+        compressors.get("randk:4").compress_sum(Rows(X), Randomness(0, "compress", 0, [0, 1]))
+    big = Rows(torch.full((2, 4), 1e38, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="exceeds"):  # scaled by d/K = 4: beyond float32
+        compressors.get("randk:1").compress_sum(big, Randomness(0, "compress", 0, [0, 1]))
+    assert big.dense_reads == 0  # RandK gathers
+    compressors.get("qsgd:2").compress_sum(big, Randomness(0, "compress", 0, [0, 1]))
+    assert big.dense_reads == 1  # everything else materialises
+
+
+@pytest.mark.parametrize("method", ["marina", "qgd", "diana"])
+def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
+    """The trajectory does not depend on whether the sparsifier's entries were read lazily."""
+    seed = random.randrange(2**31)
+    histories = []
+    for eager in (False, True):
+        prob = problems.libsvm("mushrooms", workers=5, l2=0.01)
+        if eager:  # the Problem default: every gradient computed at once
+            prob.gradients = lambda x, prob=prob: DenseRows(prob.local_grads(x))
+        opts = {"p": 0.2} if method == "marina" else {}
+        res = marina.run(
+            method=method,
+            compressor="randk:2",
+            problem=prob,
+            workers=5,
+            iterations=40,
+            seed=seed,
+            log_every=10,
+            **opts,
+        )
+        histories.append(res.history.drop(columns="time_s"))
+    assert histories[0].equals(histories[1])
+
+
+def test_simulation_reads_lazy_rows_without_materialising():
+    prob = problems.libsvm("phishing", workers=30)
+    lazy = prob.gradients(_point(prob.dim, 1))
+    net = SimulatedNetwork(30, 0)
+    net.aggregate(compressors.get("randk:1"), lazy, 0)
+    assert lazy._G is None  # only the 30 gathered entries were evaluated
+    net.aggregate_dense(lazy, 0, compressors.get("identity"))
+    assert lazy._G is not None
