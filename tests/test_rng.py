@@ -200,3 +200,110 @@ def test_cuda_draws_equal_cpu_draws():
     gpu = _draw_all(Randomness(7, "dev", 2, [0, 3, SHARED], device="cuda"))
     for c, g in zip(cpu, gpu):
         assert torch.equal(c, g.cpu())
+
+
+# -- the small-draw path (Python ints) against the tensor code ----------------------------------
+# (_PY_KEY_ROWS, _PY_ELEMENTS): "tensor" forces the tensor code for keys and draws, "python" the
+# Python ints for every call, "default" the shipped thresholds
+_MODES = {"tensor": (0, -1), "python": (10**6, 10**9), "default": (R._PY_KEY_ROWS, R._PY_ELEMENTS)}
+_FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _in_mode(monkeypatch, mode: str, draw, *args):  # noqa: ANN001, ANN202
+    """draw(*args) (which makes its Randomness objects) with the thresholds of ``mode``."""
+    key_rows, elements = _MODES[mode]
+    monkeypatch.setattr(R, "_PY_KEY_ROWS", key_rows)
+    monkeypatch.setattr(R, "_PY_ELEMENTS", elements)
+    return draw(*args)
+
+
+def _assert_same(results: dict[str, list]) -> None:
+    ref = results["tensor"]
+    for mode, got in results.items():
+        assert len(got) == len(ref)
+        for i, (a, b) in enumerate(zip(ref, got)):
+            if isinstance(a, torch.Tensor):
+                assert a.dtype == b.dtype and a.shape == b.shape, (mode, i)
+                assert torch.equal(a, b), (mode, i)
+            else:
+                assert a == b, (mode, i)
+
+
+def _every_method(key: tuple, ids, pops: torch.Tensor) -> list:  # noqa: ANN001
+    """Every drawing method at column counts around the small-draw threshold."""
+    rng = Randomness(*key, ids)
+    out: list = [rng._next_keys()]
+    for cols in (0, 1, 2, 5, 128 // max(1, rng.n_rows), 129):
+        out += [rng.uniform(cols, dtype) for dtype in _FLOATS]
+        out += [rng.bits(cols), rng.words32(cols), rng.bernoulli(0.3, cols)]
+        out += [rng.integers(1000, cols), rng.integers(pops, cols), rng.integers(torch.tensor([7]), cols)]
+    out += [rng.permutation(size) for size in (1, 5, 40)]
+    for pop, k in ((1, 1), (3, 1), (3, 2), (3, 3), (123, 1), (123, 2), (5000, 1), (5000, 2), (5000, 40)):
+        out.append(rng.sample_without_replacement(pop, k))
+    out += [rng.sample_without_replacement(10**6, k) for k in (1, 8)]
+    out += [rng.sample_without_replacement(pops, k) for k in (1, 2, 3)]
+    out.append(rng.calls)
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 2, 31, 32, 33])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_small_draw_path_equals_tensor_code(monkeypatch, seed, rows):
+    gen = random.Random(seed * 100 + rows)
+    ids = gen.sample(range(-1, 2000), rows)
+    # per-row populations: dense (<= 4096) and sparse rows mixed
+    pops = torch.tensor([gen.choice([3, 50, 123, 5000, 9000, 10**6]) for _ in range(rows)])
+    for stream, rnd in (("compress", gen.randrange(10**6)), ("minibatch", 0)):
+        key = (seed, stream, rnd)
+        results = {mode: _in_mode(monkeypatch, mode, _every_method, key, ids, pops) for mode in _MODES}
+        # worker ids given as an int32 tensor key the same draws
+        as_tensor = torch.tensor(ids, dtype=torch.int32)
+        results["int32 ids"] = _in_mode(monkeypatch, "default", _every_method, key, as_tensor, pops)
+        _assert_same(results)
+
+
+def _swr_with_initial(key: tuple, ids, pop: int | torch.Tensor, k: int) -> list[torch.Tensor]:  # noqa: ANN001
+    """sample_without_replacement after one call and, from a twin at the same counter, its first
+    draw with replacement (the sparse method's first attempt is floor(u population) of the call)."""
+    rng, twin = Randomness(*key, ids), Randomness(*key, ids)
+    rng.uniform(1)
+    twin.advance(1)
+    return [rng.sample_without_replacement(pop, k), twin.integers(pop, k)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
+    ids = list(range(0, 64, 2))
+    cases = [(5000, 40), (30, 15), (50, 20), (torch.tensor([30, 50, 40, 5000] * 8), 15)]
+    for dense_population in (R._DENSE_POPULATION, 0):  # 0: every k >= 2 row redraws duplicates
+        monkeypatch.setattr(R, "_DENSE_POPULATION", dense_population)
+        for pop, k in cases:
+            key = (seed, "redraw", 3)
+            res = {mode: _in_mode(monkeypatch, mode, _swr_with_initial, key, ids, pop, k) for mode in _MODES}
+            _assert_same(res)
+            idx, first = res["tensor"]
+            popc = pop[:, None] if isinstance(pop, torch.Tensor) else pop
+            assert bool((idx[:, 1:] > idx[:, :-1]).all()) and bool((idx >= 0).all() & (idx < popc).all())
+            if dense_population == 0:
+                first = torch.sort(first, dim=1).values
+                clean = (first[:, 1:] != first[:, :-1]).all(dim=1)
+                # the redraw loop ran (duplicates in a first draw of k from <= 50), and rows drawn
+                # without duplicates the first time keep that draw
+                assert not bool(clean.all())
+                assert torch.equal(idx[clean], first[clean])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_single_sample_is_one_integer_per_row(seed):
+    # k = 1 never has duplicates: the sample is floor(u population) of the call, for both paths
+    for rows in (5, 40):
+        for pop in (123, 5000, 10**6, torch.arange(7, 7 + rows)):
+            a, b = _swr_with_initial((seed, "k1", 2), range(rows), pop, 1)
+            assert torch.equal(a, b)
+
+
+def test_worker_ids_stay_an_int64_tensor():
+    for ids in ([3, 5], range(3, 6, 2), torch.tensor([3, 5], dtype=torch.int32), torch.tensor([[3], [5]])):
+        rng = Randomness(0, "w", 0, ids)
+        assert rng.worker_ids.dtype == torch.int64 and rng.worker_ids.device.type == "cpu"
+        assert rng.worker_ids.tolist() == [3, 5]

@@ -54,10 +54,18 @@ Uniform floats: float32 uses the top 24 bits of one 32-bit word w, read as a sig
 arithmetic shift, one operation less than a logical one): u = s 2^-24 + 1/2, which equals
 ((w >>> 8) xor 2^23) 2^-24, exactly representable, in [0, 1). float64 uses the top 53 bits of
 the 64-bit word: u = (z >>> 11) 2^-53. Lower precisions keep the top bits of the float32 draw.
+
+Small draws: a CPU object with few rows (at most 32) computes the keys of every call, and the
+whole of any call that hashes at most ~128 elements, element by element on Python ints (the
+formulas above; ``hash32_reference`` is the 32-bit hash), and makes the result tensor in one
+call, since a dozen small tensor operations cost far more than the hashing. This is an
+implementation detail: the draws are still a pure function of the key, bit for bit the same
+as the tensor code gives (which larger calls and other devices use).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import zlib
 
@@ -94,6 +102,17 @@ _DENSE_POPULATION = 4096
 # Randomness objects with at most this many rows (on the CPU) derive their keys with Python
 # ints: a handful of integer operations per row instead of two dozen small tensor operations
 _PY_KEY_ROWS = 32
+# ... and their drawing calls that hash at most this many elements in all (rows x columns; for
+# sample_without_replacement k per sparse row, the population per dense row) are drawn on
+# Python ints too, then made into a tensor with one call: ~0.5-0.7 us per element against a
+# fixed ~150-250 us for the two to three dozen small tensor operations of the tensor code (the
+# two break even near 150-200 elements)
+_PY_ELEMENTS = 128
+# Python draws scale by per-row highs / populations up to this size (beyond it: the tensor code)
+_PY_HIGH = 2.0**62
+_GOLDEN_U = 0x9E3779B97F4A7C15
+_PY_FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_REDRAW = 0xD6E8FEB86659FD93  # attempt multiplier of the duplicate redraws
 
 # Element counters (int32) and the SplitMix64 Weyl sequence (int64), shared by every call:
 # (device, dtype) -> 1-D tensor, grown on demand, never written after creation
@@ -118,6 +137,59 @@ def _mix_int(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
+
+
+def _py_words64(key: int, cols: int) -> list[int]:
+    """Unsigned SplitMix64 words of elements 0 .. cols - 1 for one row's (unsigned) call key."""
+    return [_mix_int(key + j * _GOLDEN_U) for j in range(1, cols + 1)]
+
+
+def _py_words32(key: int, cols: int) -> list[int]:
+    """Unsigned lowbias32 words of elements 0 .. cols - 1 for one row's (unsigned) call key."""
+    k1, k2 = key & _MASK32, key >> 32
+    return [hash32_reference(j, k1, k2) for j in range(cols)]
+
+
+def _mantissa_bits(dtype: torch.dtype) -> int:
+    """Significand bits p of a floating dtype (implicit bit included): uniforms are k 2^-p."""
+    return round(-math.log2(torch.finfo(dtype).eps)) + 1
+
+
+def _py_uniform(key: int, cols: int, dtype: torch.dtype) -> list[float]:
+    """Uniforms of elements 0 .. cols - 1 as Python floats, exactly the values of
+    :meth:`ElementDraws.uniform` (every step is exact in float64)."""
+    if dtype == torch.float64:
+        return [(z >> 11) * 2.0**-53 for z in _py_words64(key, cols)]
+    u = [((w >> 8) ^ 0x800000) * 2.0**-24 for w in _py_words32(key, cols)]
+    if dtype != torch.float32:
+        p = _mantissa_bits(dtype)
+        u = [math.floor(x * 2.0**p) * 2.0**-p for x in u]
+    return u
+
+
+def _swr_is_dense(pop: int, k: int) -> bool:
+    """Whether a row of sample_without_replacement takes the k smallest of per-element keys."""
+    return k > 1 and (pop <= _DENSE_POPULATION or 2 * k > pop)
+
+
+def _py_swr(key: int, pop: int, k: int) -> list[int]:
+    """One row of :meth:`Randomness.sample_without_replacement` on Python ints (same indices)."""
+    if _swr_is_dense(pop, k):
+        # the k smallest 63-bit keys; exact ties (probability ~2^-63) go to the smaller index
+        z = [(w >> 1, j) for j, w in enumerate(_py_words64(key, pop))]
+        return sorted(j for _, j in heapq.nsmallest(k, z))
+    popf = float(pop)
+    idx = sorted(math.floor((w >> 11) * 2.0**-53 * popf) for w in _py_words64(key, k))
+    attempt = 0
+    while True:
+        dup = [j for j in range(1, k) if idx[j] == idx[j - 1]]
+        if not dup:
+            return idx
+        attempt += 1
+        fresh = _mix_int(key ^ _mix_int(attempt * _REDRAW))
+        for j in dup:  # element j of the redraw call replaces column j
+            idx[j] = math.floor((_mix_int(fresh + (j + 1) * _GOLDEN_U) >> 11) * 2.0**-53 * popf)
+        idx.sort()
 
 
 def _shr(z: Tensor, s: int) -> Tensor:
@@ -276,7 +348,7 @@ class ElementDraws:
                 torch.mul(ta, 2.0**-24, out=o)
                 o.add_(0.5)
             else:  # fewer mantissa bits: keep the top ones, so that u < 1 still holds
-                p = round(-math.log2(torch.finfo(o.dtype).eps)) + 1
+                p = _mantissa_bits(o.dtype)
                 o.copy_(ta.to(torch.float32).mul_(2.0**-24).add_(0.5).mul_(2.0**p).floor_().mul_(2.0**-p))
         return out
 
@@ -307,17 +379,27 @@ class Randomness:
         self.stream = stream
         self.round = int(round)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        ids = torch.as_tensor(list(worker_ids) if not isinstance(worker_ids, Tensor) else worker_ids)
-        self.worker_ids = ids.to(dtype=torch.int64, device=self.device).reshape(-1)
+        ids_list: list[int] | None = None
+        if isinstance(worker_ids, Tensor):
+            ids = worker_ids
+            if ids.dtype != torch.int64 or ids.device != self.device:
+                ids = ids.to(dtype=torch.int64, device=self.device)
+            self.worker_ids = ids.reshape(-1)
+        else:
+            ids_list = [int(w) for w in worker_ids]
+            self.worker_ids = torch.tensor(ids_list, dtype=torch.int64, device=self.device)
         base = _mix_int(self.seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
         base = _mix_int(base ^ (stream_id(stream) * 0xD1B54A32D192ED03))
         base = _mix_int(base ^ ((self.round + 1) * 0xAF251AF3B0F025B5))
         self._base = base
-        # small CPU row sets: the same keys from Python ints (identical bits, mod 2^64)
+        # small CPU row sets: the same keys from Python ints (identical bits, mod 2^64), and
+        # small drawing calls drawn on Python ints (see _py_keys); no row-key tensor at all
         self._row_ints: list[int] | None = None
+        self._row_keys: Tensor | None = None
         if self.device.type == "cpu" and self.worker_ids.numel() <= _PY_KEY_ROWS:
-            self._row_ints = [_mix_int(w * 0x9E3779B97F4A7C15 + base) for w in self.worker_ids.tolist()]
-            self._row_keys = torch.tensor([_signed(v) for v in self._row_ints], dtype=torch.int64)
+            if ids_list is None:
+                ids_list = self.worker_ids.tolist()
+            self._row_ints = [_mix_int(w * 0x9E3779B97F4A7C15 + base) for w in ids_list]
         else:
             self._row_keys = mix64(self.worker_ids * _GOLDEN + _signed(base))
         self.calls = 0
@@ -342,11 +424,28 @@ class Randomness:
 
     # -- raw bits -------------------------------------------------------------------------
     def _next_keys(self, sub: int = 0) -> Tensor:
-        call_key = _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15 + sub)
+        """(rows,) int64 keys of the next call (the counter is not advanced)."""
         if self._row_ints is not None:
-            keys = [_signed(_mix_int(v ^ call_key)) for v in self._row_ints]
-            return torch.tensor(keys, dtype=torch.int64)
+            return torch.tensor([_signed(v) for v in self._next_key_ints(sub)], dtype=torch.int64)
+        call_key = _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15 + sub)
         return mix64(self._row_keys ^ _signed(call_key))
+
+    def _next_key_ints(self, sub: int = 0) -> list[int]:
+        """The keys of :meth:`_next_keys` as unsigned Python ints (small CPU row sets only)."""
+        call_key = _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15 + sub)
+        return [_mix_int(v ^ call_key) for v in self._row_ints]
+
+    def _py_keys(self, elements: int) -> list[int] | None:
+        """Unsigned call keys, the counter advanced, when this call hashes few enough elements
+        (``elements`` in all rows) to be drawn on Python ints; None (nothing advanced) otherwise.
+
+        The Python draws equal the tensor code's bit for bit (tests/test_rng.py compares them).
+        """
+        if self._row_ints is None or not 0 <= elements <= _PY_ELEMENTS:
+            return None
+        keys = self._next_key_ints()
+        self.calls += 1
+        return keys
 
     def _draws(self, keys: Tensor) -> ElementDraws:
         return ElementDraws(keys, self.device)
@@ -367,27 +466,65 @@ class Randomness:
 
     def bits(self, cols: int) -> Tensor:
         """(rows, cols) int64 tensor of uniformly random 64-bit words."""
+        small = self._py_keys(self.n_rows * cols)
+        if small is not None:
+            flat = [_signed(z) for key in small for z in _py_words64(key, cols)]
+            return torch.tensor(flat, dtype=torch.int64).view(len(small), cols)
         keys = self._next_keys()
         self.calls += 1
         return self._words64(keys, cols)
 
     def words32(self, cols: int) -> Tensor:
         """(rows, cols) int32 tensor of uniformly random 32-bit words (two's complement)."""
+        small = self._py_keys(self.n_rows * cols)
+        if small is not None:
+            flat = [_signed(w, 32) for key in small for w in _py_words32(key, cols)]
+            return torch.tensor(flat, dtype=torch.int32).view(len(small), cols)
         return self.elements().words(0, cols)
 
     # -- distributions --------------------------------------------------------------------
     def uniform(self, cols: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """(rows, cols) uniform numbers in [0, 1) (53 random bits for float64, 24 otherwise)."""
+        small = self._py_keys(self.n_rows * cols) if dtype in _PY_FLOATS else None
+        if small is not None:
+            flat = [u for key in small for u in _py_uniform(key, cols, dtype)]
+            return torch.tensor(flat, dtype=dtype).view(len(small), cols)
         return self.elements().uniform(0, cols, dtype)
 
     def integers(self, high: int | Tensor, cols: int) -> Tensor:
-        """(rows, cols) int64 uniform on {0, ..., high-1}; ``high`` scalar or per row (rows,)."""
+        """(rows, cols) int64 uniform on {0, ..., high-1}; ``high`` scalar or per row (rows,).
+
+        floor(u high) of a float64 uniform u (in float64 arithmetic).
+        """
+        rows = self.n_rows
+        highs = self._py_highs(high) if 0 <= rows * cols <= _PY_ELEMENTS else None
+        keys = self._py_keys(rows * cols) if highs is not None else None
+        if keys is not None:
+            f64 = torch.float64
+            flat = [math.floor(u * h) for key, h in zip(keys, highs) for u in _py_uniform(key, cols, f64)]
+            return torch.tensor(flat, dtype=torch.int64).view(rows, cols)
         u = self.uniform(cols)
         if isinstance(high, Tensor):
             h = high.to(device=self.device, dtype=torch.float64).reshape(-1, 1)
         else:
             h = float(high)
         return torch.floor(u * h).to(torch.int64)
+
+    def _py_highs(self, high: int | Tensor) -> list[float] | None:
+        """Per-row ``high`` as Python floats (the float64 values the tensor code multiplies by),
+        for a small CPU row set; None where the tensor code must handle it (large or non-finite
+        values, a tensor that is neither one entry nor one per row)."""
+        rows = self.n_rows
+        if self._row_ints is None:
+            return None
+        if isinstance(high, Tensor):
+            if high.numel() not in (1, rows):
+                return None
+            hs = [float(h) for h in high.reshape(-1).tolist()]
+            hs = hs * rows if len(hs) == 1 else hs
+        else:
+            hs = [float(high)] * rows
+        return hs if all(abs(h) <= _PY_HIGH for h in hs) else None
 
     def bernoulli(self, p: float, cols: int = 1) -> Tensor:
         """(rows, cols) boolean, each True with probability p."""
@@ -399,6 +536,13 @@ class Randomness:
         Stable argsort of one 32-bit word per element: exact ties (probability ~size^2/2^33 in
         all, each fixing the order of one pair) are broken by position. O(size log size).
         """
+        small = self._py_keys(self.n_rows * size)
+        if small is not None:  # Python's sort is stable too
+            flat = []
+            for key in small:
+                w = [_signed(x, 32) for x in _py_words32(key, size)]
+                flat += sorted(range(size), key=w.__getitem__)
+            return torch.tensor(flat, dtype=torch.int64).view(len(small), size)
         w = self.words32(size)
         if w.shape[0] == 1:  # torch's 1-D sort is several times faster than a sort along dim 1
             return torch.sort(w[0], stable=True).indices[None, :]
@@ -418,6 +562,7 @@ class Randomness:
         """
         rows = self.n_rows
         scalar = not isinstance(population, Tensor)
+        pops: list[int] | None = None  # per-row populations as Python ints (small row sets)
         if scalar:
             pop_int = int(population)
             pop = None
@@ -427,15 +572,28 @@ class Randomness:
                 raise ValueError(f"population has {pop.numel()} entries, expected one per row ({rows})")
         if k < 0:
             raise ValueError(f"k == {k}, must be >= 0")
-        smallest = pop_int if scalar else (int(pop.min()) if rows else 0)
+        if scalar:
+            smallest = pop_int
+        elif self._row_ints is not None:
+            pops = pop.tolist()
+            smallest = min(pops) if rows else 0
+        else:
+            smallest = int(pop.min()) if rows else 0
         if rows and k > smallest:
             raise ValueError(f"k == {k} exceeds the smallest population {smallest}")
+        if self._row_ints is not None and k > 0:
+            pops = [pop_int] * rows if pops is None else pops
+            work = sum(p if _swr_is_dense(p, k) else k for p in pops)
+            small = self._py_keys(work) if max(pops, default=0) <= _PY_HIGH else None
+            if small is not None:
+                flat = [j for key, p in zip(small, pops) for j in _py_swr(key, p, k)]
+                return torch.tensor(flat, dtype=torch.int64).view(rows, k)
         keys = self._next_keys()
         self.calls += 1
         if k == 0 or rows == 0:
             return torch.empty((rows, k), dtype=torch.int64, device=self.device)
         if scalar:
-            if k > 1 and (pop_int <= _DENSE_POPULATION or 2 * k > pop_int):
+            if _swr_is_dense(pop_int, k):
                 return self._swr_dense(keys, pop_int, None, k)
             return self._swr_sparse(keys, float(pop_int), k)
         dense = ((pop <= _DENSE_POPULATION) | (2 * k > pop)) & (k > 1)
@@ -463,6 +621,8 @@ class Randomness:
         draw = lambda ks: torch.floor(  # noqa: E731
             self._draws(ks).uniform(0, k, torch.float64).mul_(popf)
         ).to(torch.int64)
+        if k == 1:  # one draw per row: never a duplicate
+            return draw(keys)
         idx = torch.sort(draw(keys), dim=1).values
         attempt = 0
         while True:
@@ -471,5 +631,5 @@ class Randomness:
             if not bool(dup.any()):
                 return idx
             attempt += 1
-            fresh = draw(mix64(keys ^ _signed(_mix_int(attempt * 0xD6E8FEB86659FD93))))
+            fresh = draw(mix64(keys ^ _signed(_mix_int(attempt * _REDRAW))))
             idx = torch.sort(torch.where(dup, fresh, idx), dim=1).values
