@@ -56,6 +56,16 @@ class LazyRows(ABC):
             raise ValueError(f"index has shape {tuple(index.shape)}, must be ({self.shape[0]}, K)")
         return self._gather(index)
 
+    def index_select(self, dim: int, rows: Tensor) -> LazyRows:
+        """The rows ``rows`` (int64, positions among the hosted workers), still lazy where the
+        implementation can (``Tensor.index_select`` for dim == 0)."""
+        if dim != 0:
+            raise ValueError(f"LazyRows.index_select selects rows: dim == {dim}, must be 0")
+        return self._select_rows(rows)
+
+    def _select_rows(self, rows: Tensor) -> LazyRows:
+        return DenseRows(self.dense().index_select(0, rows))
+
     def _gather_minus(self, other: LazyRows | Tensor, idx: Tensor) -> Tensor:
         """``self.gather(1, idx) - other.gather(1, idx)``; implementations may evaluate both at
         once (same bits)."""
@@ -90,6 +100,9 @@ class RowDifference(LazyRows):
 
     def dense(self) -> Tensor:
         return torch.sub(materialize(self.a), materialize(self.b))
+
+    def _select_rows(self, rows: Tensor) -> LazyRows:
+        return RowDifference(self.a.index_select(0, rows), self.b.index_select(0, rows))
 
     def _gather(self, idx: Tensor) -> Tensor:
         return self.a._gather_minus(self.b, idx)

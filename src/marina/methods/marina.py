@@ -205,8 +205,9 @@ class PPMARINA(Method):
     Oracle calls: on c_k = 1 rounds every client evaluates grad f_i(x^{k+1}) (m_i). On c_k = 0
     rounds a sampled client evaluates grad f_i(x^{k+1}) and, unless it already holds
     grad f_i(x^k) (it took part in the previous round), grad f_i(x^k) too (m_i or 2 m_i);
-    the others compute nothing. (The simulation evaluates every local gradient each round,
-    which is cheaper batched; the counter charges what the clients would.)
+    the others compute nothing. (The simulation evaluates the forward pass of every worker
+    each round, batched, and only the sampled clients' K entries with a sparsifier; the counter
+    charges what the clients would.)
 
     Defaults: r = ceil(n/2); p = zeta_Q r/(d n) (Corollary 4.1);
     gamma = 1/(L (1 + sqrt((1-p)(1+omega)/(p r)))) (Theorem 4.1).
@@ -229,7 +230,7 @@ class PPMARINA(Method):
     def _start(self) -> None:
         self._setup()
         # 2. g^0 = grad f(x^0): a dense round with every client
-        self.G = self.problem.local_grads(self.x)
+        self.G = self.problem.gradients(self.x)
         self._charge_full()
         self.g = self.net.aggregate_dense(self.G, 0, self.dense)
         # fresh[i]: client i holds grad f_i(x^k) (global, length n, on the CPU)
@@ -249,7 +250,7 @@ class PPMARINA(Method):
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
         self.x = self.x - self.gamma * self.g
-        G_new = self.problem.local_grads(self.x)
+        G_new = self.problem.gradients(self.x)  # lazy rows: sampled clients' K entries are read
         if c:
             # 8. full participation: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1})
             self._charge_full()
@@ -262,8 +263,7 @@ class PPMARINA(Method):
             part = counts > 0
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - self.fresh.double()))
-            diff = torch.sub(G_new, self.G, out=self.G)
-            self.g = self.g + self.net.aggregate(self.Q, diff, k, multiplicity=counts)
+            self.g = self.g + self.net.aggregate(self.Q, G_new - self.G, k, multiplicity=counts)
             self.fresh = part
         self.G = G_new
         self.k = k + 1

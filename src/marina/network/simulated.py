@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from marina.errors import ConfigError
-from marina.lazy_rows import LazyRows, materialize
+from marina.lazy_rows import LazyRows
 from marina.network.base import Network, copy_stream
 from marina.rng import Randomness
 
@@ -68,10 +68,11 @@ class SimulatedNetwork(Network):
         total = int(counts.sum())
         if total < 1:
             raise ValueError("multiplicity sums to 0: nobody would send anything")
-        X_local = materialize(X_local)
         d = X_local.shape[1]
         acc = torch.zeros(d, dtype=X_local.dtype, device=X_local.device)
-        local = torch.zeros_like(X_local) if return_local else None
+        local = (
+            torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device) if return_local else None
+        )
         local_counts = counts[self.worker_ids.cpu()]
         # One batched compression per copy index j (the j-th message of every worker drawn more
         # than j times); there are max(multiplicity) of them, never one per worker.

@@ -97,7 +97,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from marina.errors import ConfigError, MarinaError
-from marina.lazy_rows import materialize
 from marina.network.base import Network, copy_stream
 from marina.rng import Randomness
 
@@ -325,8 +324,6 @@ class TorchDistributedNetwork(Network):
     ) -> Tensor | tuple[Tensor, Tensor]:
         self._round = int(round)
         n, n_local, W = self.n, self.n_local, self.world_size
-        if multiplicity is not None:
-            X_local = materialize(X_local)  # rows are selected per copy
         if X_local.dim() != 2 or X_local.shape[0] != n_local:
             raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({n_local}, d)")
         d = int(X_local.shape[1])

@@ -347,8 +347,11 @@ class LinearModelProblem(Problem):
             return DenseRows(self._grads_from(w, x))
         return _LinearGradients(self, x, w)
 
-    def _grad_entries(self, points: list[tuple[Tensor, Tensor]], idx: Tensor) -> list[Tensor]:
-        """(n, K) entries idx of the local gradients at each (row weights w, x) of ``points``.
+    def _grad_entries(
+        self, points: list[tuple[Tensor, Tensor]], idx: Tensor, workers: Tensor | None = None
+    ) -> list[Tensor]:
+        """(r, K) entries idx of the local gradients at each (row weights w, x) of ``points``,
+        for the hosted workers at positions ``workers`` (r,) (default: all, in order).
 
         Each entry is ``sum_j T[r, j] w_j`` over the non-zeros of row r = i d + c of the lifted
         transpose T, in increasing j, accumulated from 0 by ``index_add_`` (sequential on the
@@ -364,7 +367,8 @@ class LinearModelProblem(Problem):
             )
         crow, col, val = self._Tcsr
         n, K = idx.shape
-        rows = idx.add(torch.arange(0, n * self.dim, self.dim, dtype=torch.int64)[:, None]).reshape(-1)
+        first = torch.arange(n) if workers is None else workers
+        rows = idx.add(first.mul(self.dim)[:, None]).reshape(-1)
         starts = crow.index_select(0, rows)
         lens = crow.index_select(0, rows + 1).sub_(starts)
         ends = torch.cumsum(lens, 0)
@@ -478,29 +482,46 @@ class LinearModelProblem(Problem):
 class _LinearGradients(LazyRows):
     """Local gradients of a :class:`LinearModelProblem` at x, from the row weights w."""
 
-    def __init__(self, problem: LinearModelProblem, x: Tensor, w: Tensor) -> None:
-        self.problem, self.x, self.w = problem, x, w
-        self.shape = torch.Size((problem.n_workers, problem.dim))
+    def __init__(
+        self, problem: LinearModelProblem, x: Tensor, w: Tensor, workers: Tensor | None = None
+    ) -> None:
+        self.problem, self.x, self.w, self.workers = problem, x, w, workers
+        n = problem.n_workers if workers is None else int(workers.numel())
+        self.shape = torch.Size((n, problem.dim))
         self.dtype, self.device = problem.dtype, problem.device
         self._G: Tensor | None = None
 
+    def _same_rows(self, other: _LinearGradients) -> bool:
+        if self.workers is None or other.workers is None:
+            return self.workers is None and other.workers is None
+        return torch.equal(self.workers, other.workers)
+
+    def _select_rows(self, rows: Tensor) -> LazyRows:
+        if self._G is not None:
+            return DenseRows(self._G.index_select(0, rows))
+        workers = rows if self.workers is None else self.workers.index_select(0, rows)
+        return _LinearGradients(self.problem, self.x, self.w, workers)
+
     def dense(self) -> Tensor:
         if self._G is None:
-            self._G = self.problem._grads_from(self.w, self.x)
+            G = self.problem._grads_from(self.w, self.x)
+            self._G = G if self.workers is None else G.index_select(0, self.workers)
         return self._G
 
     def _gather(self, idx: Tensor) -> Tensor:
         if self._G is not None:
             return self._G.gather(1, idx)
-        return self.problem._grad_entries([(self.w, self.x)], idx)[0]
+        return self.problem._grad_entries([(self.w, self.x)], idx, self.workers)[0]
 
     def _gather_minus(self, other: LazyRows | Tensor, idx: Tensor) -> Tensor:
         if (
             isinstance(other, _LinearGradients)
             and other.problem is self.problem
+            and self._same_rows(other)
             and self._G is None
             and other._G is None
         ):
-            new, old = self.problem._grad_entries([(self.w, self.x), (other.w, other.x)], idx)
+            points = [(self.w, self.x), (other.w, other.x)]
+            new, old = self.problem._grad_entries(points, idx, self.workers)
             return new.sub_(old)
         return super()._gather_minus(other, idx)
