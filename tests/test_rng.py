@@ -235,7 +235,8 @@ def _every_method(key: tuple, ids, pops: torch.Tensor) -> list:  # noqa: ANN001
     out: list = [rng._next_keys()]
     for cols in (0, 1, 2, 5, 128 // max(1, rng.n_rows), 129):
         out += [rng.uniform(cols, dtype) for dtype in _FLOATS]
-        out += [rng.bits(cols), rng.words32(cols), rng.bernoulli(0.3, cols)]
+        out += [rng.bits(cols), rng.words32(cols), rng.bernoulli(0.3, cols), rng.bernoulli(1, cols)]
+        out.append(rng.bernoulli(torch.tensor(0.7), cols))
         out += [rng.integers(1000, cols), rng.integers(pops, cols), rng.integers(torch.tensor([7]), cols)]
     out += [rng.permutation(size) for size in (1, 5, 40)]
     for pop, k in ((1, 1), (3, 1), (3, 2), (3, 3), (123, 1), (123, 2), (5000, 1), (5000, 2), (5000, 40)):

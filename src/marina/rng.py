@@ -68,6 +68,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
+from array import array
 
 import torch
 from torch import Tensor
@@ -76,6 +77,8 @@ __all__ = ["SHARED", "Randomness", "ElementDraws", "mix64", "stream_id", "hash32
 
 SHARED = -1
 """Worker id that keys draws common to all workers."""
+
+_CPU = torch.device("cpu")
 
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
@@ -139,15 +142,15 @@ def _mix_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def _py_words64(key: int, cols: int) -> list[int]:
-    """Unsigned SplitMix64 words of elements 0 .. cols - 1 for one row's (unsigned) call key."""
-    return [_mix_int(key + j * _GOLDEN_U) for j in range(1, cols + 1)]
+def _py_words64(keys: list[int], cols: int) -> list[int]:
+    """Unsigned SplitMix64 words of elements 0 .. cols - 1 of each (unsigned) call key, row-major."""
+    return [_mix_int(key + j * _GOLDEN_U) for key in keys for j in range(1, cols + 1)]
 
 
-def _py_words32(key: int, cols: int) -> list[int]:
-    """Unsigned lowbias32 words of elements 0 .. cols - 1 for one row's (unsigned) call key."""
-    k1, k2 = key & _MASK32, key >> 32
-    return [hash32_reference(j, k1, k2) for j in range(cols)]
+def _py_words32(keys: list[int], cols: int) -> list[int]:
+    """Unsigned lowbias32 words of elements 0 .. cols - 1 of each (unsigned) call key, row-major
+    (k1 = key mod 2^32 is added to the counter mod 2^32, k2 = key >> 32)."""
+    return [hash32_reference(j, key, key >> 32) for key in keys for j in range(cols)]
 
 
 def _mantissa_bits(dtype: torch.dtype) -> int:
@@ -155,16 +158,48 @@ def _mantissa_bits(dtype: torch.dtype) -> int:
     return round(-math.log2(torch.finfo(dtype).eps)) + 1
 
 
-def _py_uniform(key: int, cols: int, dtype: torch.dtype) -> list[float]:
-    """Uniforms of elements 0 .. cols - 1 as Python floats, exactly the values of
+def _py_uniform(keys: list[int], cols: int, dtype: torch.dtype) -> list[float]:
+    """Row-major uniforms of elements 0 .. cols - 1 as Python floats: exactly the values of
     :meth:`ElementDraws.uniform` (every step is exact in float64)."""
     if dtype == torch.float64:
-        return [(z >> 11) * 2.0**-53 for z in _py_words64(key, cols)]
-    u = [((w >> 8) ^ 0x800000) * 2.0**-24 for w in _py_words32(key, cols)]
+        return [(z >> 11) * 2.0**-53 for z in _py_words64(keys, cols)]
+    u = [((w >> 8) ^ 0x800000) * 2.0**-24 for w in _py_words32(keys, cols)]
     if dtype != torch.float32:
         p = _mantissa_bits(dtype)
         u = [math.floor(x * 2.0**p) * 2.0**-p for x in u]
     return u
+
+
+def _py_scaled(keys: list[int], cols: int, highs: list[float]) -> list[int]:
+    """Row-major floor(u high_r) of the float64 uniforms of each key (``integers``, and the
+    with-replacement draws of ``sample_without_replacement``), in float64 arithmetic."""
+    u = _py_uniform(keys, cols, torch.float64)
+    return [math.floor(u[i] * highs[i // cols]) for i in range(len(u))]
+
+
+# array typecodes of the dtypes that small draws build from a buffer (same item size only)
+_TYPECODES = {
+    dt: code
+    for dt, code in (
+        (torch.float64, "d"),
+        (torch.float32, "f"),
+        (torch.int64, "q"),
+        (torch.int32, "i"),
+        (torch.bool, "B"),
+    )
+    if array(code).itemsize == dt.itemsize
+}
+
+
+def _py_tensor(flat: list, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
+    """(rows, cols) CPU tensor of the row-major values ``flat`` (each exact in ``dtype``).
+
+    Through an ``array`` buffer where one fits: about half the cost of ``torch.tensor(list)``.
+    """
+    code = _TYPECODES.get(dtype)
+    if code is None or not flat:
+        return torch.tensor(flat, dtype=dtype).view(rows, cols)
+    return torch.frombuffer(array(code, flat), dtype=dtype).view(rows, cols)
 
 
 def _swr_is_dense(pop: int, k: int) -> bool:
@@ -176,10 +211,10 @@ def _py_swr(key: int, pop: int, k: int) -> list[int]:
     """One row of :meth:`Randomness.sample_without_replacement` on Python ints (same indices)."""
     if _swr_is_dense(pop, k):
         # the k smallest 63-bit keys; exact ties (probability ~2^-63) go to the smaller index
-        z = [(w >> 1, j) for j, w in enumerate(_py_words64(key, pop))]
+        z = [(w >> 1, j) for j, w in enumerate(_py_words64([key], pop))]
         return sorted(j for _, j in heapq.nsmallest(k, z))
     popf = float(pop)
-    idx = sorted(math.floor((w >> 11) * 2.0**-53 * popf) for w in _py_words64(key, k))
+    idx = sorted(_py_scaled([key], k, [popf]))
     attempt = 0
     while True:
         dup = [j for j in range(1, k) if idx[j] == idx[j - 1]]
@@ -378,13 +413,16 @@ class Randomness:
         self.seed = int(seed)
         self.stream = stream
         self.round = int(round)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if isinstance(device, torch.device):
+            self.device = device
+        else:
+            self.device = torch.device(device) if device is not None else _CPU
         ids_list: list[int] | None = None
         if isinstance(worker_ids, Tensor):
             ids = worker_ids
             if ids.dtype != torch.int64 or ids.device != self.device:
                 ids = ids.to(dtype=torch.int64, device=self.device)
-            self.worker_ids = ids.reshape(-1)
+            self.worker_ids = ids if ids.dim() == 1 else ids.reshape(-1)
         else:
             ids_list = [int(w) for w in worker_ids]
             self.worker_ids = torch.tensor(ids_list, dtype=torch.int64, device=self.device)
@@ -468,8 +506,8 @@ class Randomness:
         """(rows, cols) int64 tensor of uniformly random 64-bit words."""
         small = self._py_keys(self.n_rows * cols)
         if small is not None:
-            flat = [_signed(z) for key in small for z in _py_words64(key, cols)]
-            return torch.tensor(flat, dtype=torch.int64).view(len(small), cols)
+            flat = [_signed(z) for z in _py_words64(small, cols)]
+            return _py_tensor(flat, torch.int64, len(small), cols)
         keys = self._next_keys()
         self.calls += 1
         return self._words64(keys, cols)
@@ -478,8 +516,8 @@ class Randomness:
         """(rows, cols) int32 tensor of uniformly random 32-bit words (two's complement)."""
         small = self._py_keys(self.n_rows * cols)
         if small is not None:
-            flat = [_signed(w, 32) for key in small for w in _py_words32(key, cols)]
-            return torch.tensor(flat, dtype=torch.int32).view(len(small), cols)
+            flat = [_signed(w, 32) for w in _py_words32(small, cols)]
+            return _py_tensor(flat, torch.int32, len(small), cols)
         return self.elements().words(0, cols)
 
     # -- distributions --------------------------------------------------------------------
@@ -487,8 +525,7 @@ class Randomness:
         """(rows, cols) uniform numbers in [0, 1) (53 random bits for float64, 24 otherwise)."""
         small = self._py_keys(self.n_rows * cols) if dtype in _PY_FLOATS else None
         if small is not None:
-            flat = [u for key in small for u in _py_uniform(key, cols, dtype)]
-            return torch.tensor(flat, dtype=dtype).view(len(small), cols)
+            return _py_tensor(_py_uniform(small, cols, dtype), dtype, len(small), cols)
         return self.elements().uniform(0, cols, dtype)
 
     def integers(self, high: int | Tensor, cols: int) -> Tensor:
@@ -500,9 +537,7 @@ class Randomness:
         highs = self._py_highs(high) if 0 <= rows * cols <= _PY_ELEMENTS else None
         keys = self._py_keys(rows * cols) if highs is not None else None
         if keys is not None:
-            f64 = torch.float64
-            flat = [math.floor(u * h) for key, h in zip(keys, highs) for u in _py_uniform(key, cols, f64)]
-            return torch.tensor(flat, dtype=torch.int64).view(rows, cols)
+            return _py_tensor(_py_scaled(keys, cols, highs), torch.int64, rows, cols)
         u = self.uniform(cols)
         if isinstance(high, Tensor):
             h = high.to(device=self.device, dtype=torch.float64).reshape(-1, 1)
@@ -527,7 +562,11 @@ class Randomness:
         return hs if all(abs(h) <= _PY_HIGH for h in hs) else None
 
     def bernoulli(self, p: float, cols: int = 1) -> Tensor:
-        """(rows, cols) boolean, each True with probability p."""
+        """(rows, cols) boolean, each True with probability p: u < p for a float64 uniform u."""
+        small = self._py_keys(self.n_rows * cols) if type(p) in (float, int) else None
+        if small is not None:
+            flat = [u < p for u in _py_uniform(small, cols, torch.float64)]
+            return _py_tensor(flat, torch.bool, len(small), cols)
         return self.uniform(cols) < p
 
     def permutation(self, size: int) -> Tensor:
@@ -538,11 +577,11 @@ class Randomness:
         """
         small = self._py_keys(self.n_rows * size)
         if small is not None:  # Python's sort is stable too
-            flat = []
-            for key in small:
-                w = [_signed(x, 32) for x in _py_words32(key, size)]
-                flat += sorted(range(size), key=w.__getitem__)
-            return torch.tensor(flat, dtype=torch.int64).view(len(small), size)
+            w = [_signed(x, 32) for x in _py_words32(small, size)]
+            flat = [
+                j - r for r in range(0, len(w), size) for j in sorted(range(r, r + size), key=w.__getitem__)
+            ]
+            return _py_tensor(flat, torch.int64, len(small), size)
         w = self.words32(size)
         if w.shape[0] == 1:  # torch's 1-D sort is several times faster than a sort along dim 1
             return torch.sort(w[0], stable=True).indices[None, :]
@@ -586,8 +625,11 @@ class Randomness:
             work = sum(p if _swr_is_dense(p, k) else k for p in pops)
             small = self._py_keys(work) if max(pops, default=0) <= _PY_HIGH else None
             if small is not None:
-                flat = [j for key, p in zip(small, pops) for j in _py_swr(key, p, k)]
-                return torch.tensor(flat, dtype=torch.int64).view(rows, k)
+                if k == 1:  # one draw per row, never a duplicate: floor(u population)
+                    flat = _py_scaled(small, 1, [float(p) for p in pops])
+                else:
+                    flat = [j for key, p in zip(small, pops) for j in _py_swr(key, p, k)]
+                return _py_tensor(flat, torch.int64, rows, k)
         keys = self._next_keys()
         self.calls += 1
         if k == 0 or rows == 0:
