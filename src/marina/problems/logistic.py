@@ -97,7 +97,9 @@ class LogisticProblem(LinearModelProblem):
 
     def _weights(self, t: Tensor, b: Tensor) -> Tensor:
         s = layout_independent_(Tensor.sigmoid_, t)  # s = sigmoid(t) = sigmoid(-u), u = y a^T x
-        return torch.addcmul(s, s, s, value=-1.0).mul_(s)  # (s - s^2) s = psi'(t) / 2
+        # s (1 - s) s = psi'(t) / 2 in one fused pass (ATen's sigmoid_backward(g, s) = g (1 - s) s,
+        # plain products, the same in its vector and scalar code)
+        return torch.ops.aten.sigmoid_backward(s, s)
 
     def _reg_value(self, x: Tensor) -> float | Tensor:
         return 0.5 * self.l2 * (x @ x) if self.l2 else 0.0
