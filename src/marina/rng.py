@@ -89,7 +89,8 @@ def _signed(v: int, bits: int = 64) -> int:
     return v - (1 << bits) if v >= (1 << (bits - 1)) else v
 
 
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_GOLDEN_U = 0x9E3779B97F4A7C15  # SplitMix64's Weyl increment (2^64 / golden ratio)
+_GOLDEN = _signed(_GOLDEN_U)
 _M1 = _signed(0xBF58476D1CE4E5B9)
 _M2 = _signed(0x94D049BB133111EB)
 _H1 = 0x21F0AAAD  # lowbias32 multipliers (hash-prospector, bias 0.107)
@@ -113,7 +114,6 @@ _PY_KEY_ROWS = 32
 _PY_ELEMENTS = 128
 # Python draws scale by per-row highs / populations up to this size (beyond it: the tensor code)
 _PY_HIGH = 2.0**62
-_GOLDEN_U = 0x9E3779B97F4A7C15
 _PY_FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _REDRAW = 0xD6E8FEB86659FD93  # attempt multiplier of the duplicate redraws
 
@@ -221,9 +221,9 @@ def _py_swr(key: int, pop: int, k: int) -> list[int]:
         if not dup:
             return idx
         attempt += 1
-        fresh = _mix_int(key ^ _mix_int(attempt * _REDRAW))
-        for j in dup:  # element j of the redraw call replaces column j
-            idx[j] = math.floor((_mix_int(fresh + (j + 1) * _GOLDEN_U) >> 11) * 2.0**-53 * popf)
+        fresh = _py_scaled([_mix_int(key ^ _mix_int(attempt * _REDRAW))], k, [popf])
+        for j in dup:  # column j of the redraw replaces a duplicate in column j
+            idx[j] = fresh[j]
         idx.sort()
 
 
