@@ -336,27 +336,31 @@ class LinearModelProblem(Problem):
     def gradients(self, x: Tensor) -> LazyRows:
         """The local gradients at x, evaluated where read (:mod:`marina.lazy_rows`).
 
-        On the deterministic CPU path only A x and the row weights are computed now; an entry
-        (i, c) read by ``gather`` is row i d + c of the lifted transpose times w, summed in the
-        same order as the full product (so it equals ``local_grads(x)[i, c]`` bit for bit), at
-        the cost of that row's non-zeros. Elsewhere the gradients are computed at once.
+        On the deterministic CPU path only t = A x is computed now. An entry (i, c) read by
+        ``gather`` is row i d + c of the lifted transpose times the row weights w, and only the
+        data rows in that row get their weight w_j = psi'(t_j)/factor (:meth:`_grad_entries`);
+        the sum runs in the order of the full product, so the entry equals
+        ``local_grads(x)[i, c]`` bit for bit, at the cost of that row's non-zeros.
+        ``dense()`` computes every weight and the full product. Elsewhere (torch kernels) the
+        gradients are computed at once.
         """
         x = self._x(x)
-        w = self._row_weights(x)
         if self._use_torch_kernels:
-            return DenseRows(self._grads_from(w, x))
-        return _LinearGradients(self, x, w)
+            return DenseRows(self._grads_from(self._row_weights(x), x))
+        return _LinearGradients(self, x, self._forward(x))
 
     def _grad_entries(
         self, points: list[tuple[Tensor, Tensor]], idx: Tensor, workers: Tensor | None = None
     ) -> list[Tensor]:
-        """(r, K) entries idx of the local gradients at each (row weights w, x) of ``points``,
-        for the hosted workers at positions ``workers`` (r,) (default: all, in order).
+        """(r, K) entries idx of the local gradients at each (t = A x, x) of ``points``, for
+        the hosted workers at positions ``workers`` (r,) (default: all, in order). CPU path.
 
         Each entry is ``sum_j T[r, j] w_j`` over the non-zeros of row r = i d + c of the lifted
         transpose T, in increasing j, accumulated from 0 by ``index_add_`` (sequential on the
-        CPU): the order and the products of scipy's CSR and CSC mat-vecs, hence their bits.
-        The non-zeros are located once for all points (CPU path).
+        CPU): the order and the products of scipy's CSR and CSC mat-vecs. The weights w_j are
+        computed for those data rows j only, by :meth:`_weights`, whose results do not depend
+        on positions (:func:`layout_independent_`). Hence the bits of the full computation.
+        The non-zeros are located once for all points.
         """
         if self._Tcsr is None:
             T = self._lifted.T.tocsr()  # sorted indices: increasing data row j in every row
@@ -371,11 +375,13 @@ class LinearModelProblem(Problem):
         ends = np.cumsum(lens)
         rid = np.repeat(np.arange(rows.size), lens)
         pos = np.arange(rid.size) + np.repeat(starts - ends + lens, lens)
-        vals, cols, rid_t = val[pos], col[pos], torch.from_numpy(rid)
+        vals, data_rows, rid_t = val[pos], torch.from_numpy(col[pos]), torch.from_numpy(rid)
+        targets = self._targets.index_select(0, data_rows)
         flat_idx = idx.reshape(-1)
         outs = []
-        for w, x in points:
-            prod = torch.from_numpy(w.numpy()[cols] * vals)
+        for t, x in points:
+            w = self._weights(t.index_select(0, data_rows), targets)  # may overwrite its (fresh) t
+            prod = w.mul_(torch.from_numpy(vals))
             out = torch.zeros(n * K, dtype=self.dtype).index_add_(0, rid_t, prod)
             g = self._reg_grad(x)
             outs.append((out if g is None else out.add_(g.index_select(0, flat_idx))).view(n, K))
@@ -477,12 +483,12 @@ class LinearModelProblem(Problem):
 
 
 class _LinearGradients(LazyRows):
-    """Local gradients of a :class:`LinearModelProblem` at x, from the row weights w."""
+    """Local gradients of a :class:`LinearModelProblem` at x, from t = A x (``gradients``)."""
 
     def __init__(
-        self, problem: LinearModelProblem, x: Tensor, w: Tensor, workers: Tensor | None = None
+        self, problem: LinearModelProblem, x: Tensor, t: Tensor, workers: Tensor | None = None
     ) -> None:
-        self.problem, self.x, self.w, self.workers = problem, x, w, workers
+        self.problem, self.x, self.t, self.workers = problem, x, t, workers
         n = problem.n_workers if workers is None else int(workers.numel())
         self.shape = torch.Size((n, problem.dim))
         self.dtype, self.device = problem.dtype, problem.device
@@ -497,18 +503,19 @@ class _LinearGradients(LazyRows):
         if self._G is not None:
             return DenseRows(self._G.index_select(0, rows))
         workers = rows if self.workers is None else self.workers.index_select(0, rows)
-        return _LinearGradients(self.problem, self.x, self.w, workers)
+        return _LinearGradients(self.problem, self.x, self.t, workers)
 
     def dense(self) -> Tensor:
         if self._G is None:
-            G = self.problem._grads_from(self.w, self.x)
+            w = self.problem._weights(self.t.clone(), self.problem._targets)  # t stays for gathers
+            G = self.problem._grads_from(w, self.x)
             self._G = G if self.workers is None else G.index_select(0, self.workers)
         return self._G
 
     def _gather(self, idx: Tensor) -> Tensor:
         if self._G is not None:
             return self._G.gather(1, idx)
-        return self.problem._grad_entries([(self.w, self.x)], idx, self.workers)[0]
+        return self.problem._grad_entries([(self.t, self.x)], idx, self.workers)[0]
 
     def _gather_minus(self, other: LazyRows | Tensor, idx: Tensor) -> Tensor:
         if (
@@ -518,7 +525,7 @@ class _LinearGradients(LazyRows):
             and self._G is None
             and other._G is None
         ):
-            points = [(self.w, self.x), (other.w, other.x)]
+            points = [(self.t, self.x), (other.t, other.x)]
             new, old = self.problem._grad_entries(points, idx, self.workers)
             return new.sub_(old)
         return super()._gather_minus(other, idx)
