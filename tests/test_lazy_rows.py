@@ -188,3 +188,22 @@ def test_simulation_reads_lazy_rows_without_materialising():
     assert lazy._G is None  # only the 30 gathered entries were evaluated
     net.aggregate_dense(lazy, 0, compressors.get("identity"))
     assert lazy._G is not None
+
+
+def test_row_subsets_share_one_dense_evaluation(monkeypatch):
+    """Materialising several row subsets (PP-MARINA's copies with a dense compressor) computes the
+    full product once, on the view of all hosted workers."""
+    prob = problems.libsvm("mushrooms", workers=6)
+    calls = []
+    full = prob._grads_from
+    monkeypatch.setattr(prob, "_grads_from", lambda w, x: calls.append(1) or full(w, x))
+    x = _point(prob.dim, random.randrange(2**31))
+    lazy = prob.gradients(x)
+    first, second = lazy.index_select(0, torch.tensor([4, 1])), lazy.index_select(0, torch.tensor([0]))
+    nested = first.index_select(0, torch.tensor([1]))
+    G = prob.local_grads(x)
+    assert torch.equal(first.dense(), G[[4, 1]])
+    assert torch.equal(second.dense(), G[[0]])
+    assert torch.equal(nested.dense(), G[[1]])
+    assert torch.equal(lazy.dense(), G)
+    assert len(calls) == 2  # once for the views (their root), once for local_grads above

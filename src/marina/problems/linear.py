@@ -483,12 +483,23 @@ class LinearModelProblem(Problem):
 
 
 class _LinearGradients(LazyRows):
-    """Local gradients of a :class:`LinearModelProblem` at x, from t = A x (``gradients``)."""
+    """Local gradients of a :class:`LinearModelProblem` at x, from t = A x (``gradients``).
+
+    A row subset (``workers``: positions among the hosted workers) keeps a reference to the
+    view of all hosted workers (``root``), which computes and keeps the dense gradients once
+    however many subsets are materialised.
+    """
 
     def __init__(
-        self, problem: LinearModelProblem, x: Tensor, t: Tensor, workers: Tensor | None = None
+        self,
+        problem: LinearModelProblem,
+        x: Tensor,
+        t: Tensor,
+        workers: Tensor | None = None,
+        root: _LinearGradients | None = None,
     ) -> None:
         self.problem, self.x, self.t, self.workers = problem, x, t, workers
+        self.root = self if root is None else root
         n = problem.n_workers if workers is None else int(workers.numel())
         self.shape = torch.Size((n, problem.dim))
         self.dtype, self.device = problem.dtype, problem.device
@@ -503,13 +514,15 @@ class _LinearGradients(LazyRows):
         if self._G is not None:
             return DenseRows(self._G.index_select(0, rows))
         workers = rows if self.workers is None else self.workers.index_select(0, rows)
-        return _LinearGradients(self.problem, self.x, self.t, workers)
+        return _LinearGradients(self.problem, self.x, self.t, workers, self.root)
 
     def dense(self) -> Tensor:
         if self._G is None:
-            w = self.problem._weights(self.t.clone(), self.problem._targets)  # t stays for gathers
-            G = self.problem._grads_from(w, self.x)
-            self._G = G if self.workers is None else G.index_select(0, self.workers)
+            if self.root is not self:
+                self._G = self.root.dense().index_select(0, self.workers)
+            else:
+                w = self.problem._weights(self.t.clone(), self.problem._targets)  # t stays for gathers
+                self._G = self.problem._grads_from(w, self.x)
         return self._G
 
     def _gather(self, idx: Tensor) -> Tensor:
