@@ -33,7 +33,13 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["RandK", "TopK", "sparse_sum"]
+__all__ = ["RandK", "TopK", "sparse_rows", "sparse_sum"]
+
+
+def sparse_rows(idx: Tensor, values: Tensor, d: int) -> Tensor:
+    """(n, d) rows holding ``values`` (n, K) at columns ``idx`` (n, K), zeros elsewhere."""
+    rows = torch.zeros((values.shape[0], d), dtype=values.dtype, device=values.device)
+    return rows.scatter_(1, idx, values)
 
 
 def sparse_sum(idx: Tensor, values: Tensor, d: int) -> Tensor:
@@ -47,8 +53,7 @@ def sparse_sum(idx: Tensor, values: Tensor, d: int) -> Tensor:
     if values.device.type == "cpu":
         out = torch.zeros(d, dtype=values.dtype)
         return out.index_add_(0, idx.reshape(-1), values.reshape(-1))
-    rows = torch.zeros((values.shape[0], d), dtype=values.dtype, device=values.device)
-    return rows.scatter_(1, idx, values).sum(dim=0)
+    return sparse_rows(idx, values, d).sum(dim=0)
 
 
 class _Sparse(Compressor):
@@ -116,8 +121,9 @@ class _Sparse(Compressor):
         """Fused: the kept values, rounded to the wire dtype, scattered into zeros (no Message)."""
         n, d = X.shape
         idx, values = self._kept(X, rng, amax)
-        out = torch.zeros(X.shape, dtype=X.dtype, device=X.device).scatter_(1, idx, values.to(X.dtype))
-        return out, self._bits_tensor(n, self.bits_per_message(d), X.device)
+        return sparse_rows(idx, values.to(X.dtype), d), self._bits_tensor(
+            n, self.bits_per_message(d), X.device
+        )
 
     def compress_sum(
         self, X: Tensor | LazyRows, rng: Randomness, keep_local: bool = False
@@ -127,18 +133,14 @@ class _Sparse(Compressor):
         n, d = X.shape
         idx, values = self._kept(X, rng, amax)
         values = values.to(X.dtype)
-        local = None
-        if keep_local:
-            local = torch.zeros(X.shape, dtype=X.dtype, device=X.device).scatter_(1, idx, values)
+        local = sparse_rows(idx, values, d) if keep_local else None
         return sparse_sum(idx, values, d), self._bits_tensor(n, self.bits_per_message(d), X.device), local
 
     def sum_decompressed(self, msg: Message) -> Tensor:
         return sparse_sum(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
     def _decompress(self, msg: Message) -> Tensor:
-        v = msg.data["values"]
-        out = torch.zeros((v.shape[0], msg.d), dtype=msg.dtype, device=v.device)
-        return out.scatter_(1, msg.data["indices"], v.to(msg.dtype))
+        return sparse_rows(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
         parts = [values_to_bytes(msg.data["values"]), pack_codes(msg.data["indices"], index_bits(msg.d))]
