@@ -1,0 +1,157 @@
+"""Recorded histories of every method: refactors must reproduce them bit for bit.
+
+``CASES`` covers the seven methods with several compressors, on two bundled data sets and two
+seeds, n = 6 workers (so 3 gloo processes host two each). ``python tests/golden.py`` records
+``tests/data/golden_histories.json`` from the code as it stands; the tests compare a fresh
+computation against it (simulated in ``test_golden.py``, on 3 gloo ranks in
+``test_distributed.py``). Record only on purpose: a change of any value is a change of
+behaviour, and the commit that re-records must say why.
+
+Values are stored as Python ``repr`` of float64 (exact round trip); the final iterate as the
+SHA-256 of its float64 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+PATH = Path(__file__).parent / "data" / "golden_histories.json"
+WORKERS = 6
+ITERATIONS = 40
+DATASETS = ("mushrooms", "a9a")
+SEEDS = (0, 1)
+COLUMNS = ("iteration", "grad_norm_sq", "loss", "bits_up", "bits_down", "oracle_calls")
+
+# (method, compressor, overrides)
+METHOD_CASES: tuple[tuple[str, str, dict], ...] = (
+    ("gd", "identity", {}),
+    ("qgd", "randk:5", {}),
+    ("qgd", "qsgd:4", {"stepsize_multiplier": 4.0}),
+    ("diana", "randk:3", {"stepsize_multiplier": 8.0}),
+    ("diana", "natural", {}),
+    ("vr-diana", "randk:5", {"stepsize_multiplier": 8.0}),
+    ("marina", "randk:1", {}),
+    ("marina", "permk", {"p": 0.2}),
+    ("marina", "bernoulli:0.3", {"stepsize_multiplier": 2.0}),
+    ("vr-marina", "randk:5", {}),
+    ("vr-marina", "randk:2", {"online": True, "dense_batch_size": 50, "p": 0.3}),
+    ("pp-marina", "randk:4", {"p": 0.25}),
+    ("pp-marina", "natural-dithering:3", {"clients": 4}),
+)
+
+
+def cases() -> list[dict]:
+    """Every recorded case as a plain dict (its key names the case)."""
+    out = []
+    for problem in DATASETS:
+        for method, compressor, params in METHOD_CASES:
+            for seed in SEEDS:
+                key = f"{problem}/{method}/{compressor}/{json.dumps(params, sort_keys=True)}/seed={seed}"
+                out.append(
+                    {
+                        "key": key,
+                        "problem": problem,
+                        "method": method,
+                        "compressor": compressor,
+                        "params": dict(params),
+                        "seed": seed,
+                    }
+                )
+    return out
+
+
+def summarize(result) -> dict:
+    """The recorded part of a :class:`marina.Result`: history columns and a digest of x."""
+    import torch
+
+    history = {c: [float(v) for v in result.history[c].tolist()] for c in COLUMNS}
+    x = result.x.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()
+    return {
+        "status": result.status,
+        "stepsize": float(result.params["stepsize"]),
+        "history": history,
+        "x_sha256": digest,
+    }
+
+
+def compute(case: dict, problem=None, run=None, **run_kwargs) -> dict:
+    """Run one case with :func:`marina.run` (or ``run``; ``problem``: a prebuilt problem)."""
+    import marina
+
+    result = (marina.run if run is None else run)(
+        method=case["method"],
+        compressor=case["compressor"],
+        problem=case["problem"] if problem is None else problem,
+        workers=WORKERS,
+        iterations=ITERATIONS,
+        seed=case["seed"],
+        log_every=1,
+        **case["params"],
+        **run_kwargs,
+    )
+    return summarize(result)
+
+
+def load() -> dict[str, dict]:
+    return json.loads(PATH.read_text(encoding="utf-8"))
+
+
+def differences(expected: dict, got: dict) -> list[str]:
+    """What differs between two summaries (empty: bit for bit the same)."""
+    out = []
+    for name in ("status", "stepsize", "x_sha256"):
+        if expected[name] != got[name]:
+            out.append(f"{name}: recorded {expected[name]!r}, now {got[name]!r}")
+    for col in COLUMNS:
+        a, b = expected["history"][col], got["history"][col]
+        if len(a) != len(b):
+            out.append(f"{col}: {len(a)} rows recorded, {len(b)} now")
+            continue
+        for i, (u, v) in enumerate(zip(a, b)):
+            if not (u == v or (math.isnan(u) and math.isnan(v))):
+                out.append(f"{col}[{i}]: recorded {u!r}, now {v!r}")
+                break
+    return out
+
+
+def record() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    data = {case["key"]: compute(case) for case in cases()}
+    PATH.parent.mkdir(parents=True, exist_ok=True)
+    PATH.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"recorded {len(data)} cases into {PATH}", file=sys.stderr)
+
+
+def distributed_main(out: str, seeds: tuple[int, ...] = (0,)) -> None:
+    """One rank of a 3-process job (started by the test): every case of ``seeds`` through
+    :func:`marina.distributed.run` on this rank's workers; rank 0 writes ``out``."""
+    import torch
+
+    from marina import distributed, problems
+
+    torch.set_num_threads(1)
+    got = {}
+    with distributed.init("cpu", timeout_s=120) as session:
+        hosted = session.hosted_workers(WORKERS)
+        built = {name: problems.libsvm(name, workers=WORKERS, hosted_workers=hosted) for name in DATASETS}
+        for case in cases():
+            if case["seed"] in seeds:
+                got[case["key"]] = compute(
+                    case, problem=built[case["problem"]], run=distributed.run, timeout_s=120
+                )
+        if session.rank == 0:
+            Path(out).write_text(json.dumps(got), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--distributed"]:
+        distributed_main(sys.argv[2])
+    else:
+        record()
