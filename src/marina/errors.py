@@ -1,8 +1,9 @@
-"""The one exception type for bad input, so front ends can report it without a traceback."""
+"""Error types marina raises on purpose, so front ends report them without a traceback and
+callers decide by type, never by message text."""
 
 from __future__ import annotations
 
-__all__ = ["MarinaError", "ConfigError"]
+__all__ = ["MarinaError", "ConfigError", "ValueRangeError"]
 
 
 class MarinaError(Exception):
@@ -15,3 +16,10 @@ class ConfigError(MarinaError, ValueError):
     The message names the value and the constraint, e.g. ``"randk: K == 0, must be >= 1"``.
     The command line prints it and exits with status 2.
     """
+
+
+class ValueRangeError(ConfigError):
+    """Values left the representable range: a non-finite entry, or one beyond the largest value
+    of the wire format. Given as input it is a bad value (hence a :class:`ConfigError`); raised
+    in the middle of a run it means the run diverged, and :func:`marina.run` catches it by this
+    type to end the run with status ``"diverged"``."""
