@@ -32,14 +32,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from marina import compressors
+from marina import compressors, parameters
 from marina.errors import ConfigError
 from marina.lazy_rows import materialize
 from marina.network.base import Network
 
-__all__ = ["Setting", "Method", "dense_compressor", "COMMON_PARAMETERS", "SHARED_BLOCK"]
-
-COMMON_PARAMETERS = ("stepsize", "stepsize_multiplier")
+__all__ = ["Setting", "Method", "dense_compressor", "SHARED_BLOCK"]
 
 SHARED_BLOCK = 1024
 """Rounds per keyed call of the shared draws (coins, client samples); see Method._shared_uniforms."""
@@ -105,58 +103,6 @@ def dense_compressor(compressor) -> compressors.Compressor:
     return compressors.get("identity", value_dtype=getattr(compressor, "value_dtype", torch.float32))
 
 
-# -- validation of overrides -------------------------------------------------------------------
-def _finite_positive(method: str, name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{method}: {name} == {value!r}, must be a number > 0") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ConfigError(f"{method}: {name} == {value!r}, must be a finite number > 0")
-    return v
-
-
-def _probability(method: str, name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{method}: {name} == {value!r}, must be a number in (0, 1]") from None
-    if not (0.0 < v <= 1.0):
-        raise ConfigError(f"{method}: {name} == {value!r}, must be in (0, 1]")
-    return v
-
-
-def _integer(method: str, name: str, value: Any, low: int, high: int | None, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ConfigError(f"{method}: {name} == {value!r}, must be an integer in [{low}, {high}] ({what})")
-    v = int(value)
-    if v < low or (high is not None and v > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{method}: {name} == {v}, must be in {bound} ({what})")
-    return v
-
-
-def validate_override(method: str, name: str, value: Any, s: Setting) -> Any:
-    """Check one override against its constraint; return it converted."""
-    if name in ("stepsize", "stepsize_multiplier", "mu"):
-        return _finite_positive(method, name, value)
-    if name in ("p", "alpha", "refresh_p"):
-        return _probability(method, name, value)
-    if name == "batch_size":
-        return _integer(
-            method, name, value, 1, s.m_min, f"b', at most the smallest local data set m = {s.m_min}"
-        )
-    if name == "dense_batch_size":
-        return _integer(method, name, value, 1, None, "b, samples drawn with replacement")
-    if name == "clients":
-        return _integer(method, name, value, 1, s.n, f"r, at most the number of workers n = {s.n}")
-    if name == "online":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{method}: online == {value!r}, must be True or False")
-        return value
-    raise ConfigError(f"{method}: unknown parameter {name!r}")
-
-
 class Method(ABC):
     """A distributed method: explicit state, one communication round per :meth:`step`.
 
@@ -195,7 +141,7 @@ class Method(ABC):
         value it was derived from), the method's own (p, alpha, batch_size, ...), ``omega``,
         ``zeta``, ``L``... Raises ConfigError for unknown names or values out of range.
         """
-        allowed = COMMON_PARAMETERS + cls.parameters
+        allowed = parameters.of_method(cls.name)
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
             raise ConfigError(
@@ -208,7 +154,12 @@ class Method(ABC):
                 f"(stepsize == {overrides['stepsize']!r}, "
                 f"stepsize_multiplier == {overrides['stepsize_multiplier']!r})"
             )
-        given = {k: validate_override(cls.name, k, v, setting) for k, v in overrides.items()}
+        given = {}
+        for key, value in overrides.items():
+            try:
+                given[key] = parameters.by_name(key).check(value, setting)
+            except ConfigError as err:
+                raise ConfigError(f"{cls.name}: {err}") from None
         if setting.unknown_constants is None:
             params = cls.defaults(setting, given)
             theory_gamma = float(params.pop("stepsize"))
