@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from marina.distributed import local_launch
+from marina.testing import local_launch
 
 METHODS = {"marina randk:1": ("marina", "randk:1"), "gd": ("gd", "identity")}
 

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 import marina
-from marina import compressors, problems, results, theory
+from marina import compressors, problems, theory
 from marina.cli import main
+from marina.experiments import results
 from marina.progress import ProgressDisplay
 
 NON_TIME = [c for c in results.HISTORY_COLUMNS if c not in results.TIME_COLUMNS]

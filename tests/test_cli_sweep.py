@@ -8,9 +8,10 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from marina import plotting, results
+from marina import plotting
 from marina.cli import main
 from marina.cli.plot import load, select
+from marina.experiments import results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

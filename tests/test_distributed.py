@@ -2,7 +2,7 @@
 
 Ranks are real OS processes forked from a forkserver that imported torch and marina once (so a
 job starts in a fraction of a second instead of re-importing torch per rank); each rank gets
-torchrun's environment (:func:`marina.distributed.rank_environ`) and a free port chosen at run
+torchrun's environment (:func:`marina.testing.rank_environ`) and a free port chosen at run
 time. The torchrun test launches the documented command line itself.
 """
 
@@ -26,11 +26,12 @@ import torch
 import marina
 from marina import compressors, problems
 from marina.cli import main as cli_main
-from marina.distributed import ENV_VARS, free_port, launch_env, rank_environ
+from marina.distributed import ENV_VARS, launch_env
 from marina.errors import ConfigError
 from marina.network import SimulatedNetwork, copy_stream
 from marina.network.torch_distributed import SIZE_BYTES, worker_block
 from marina.rng import Randomness
+from marina.testing import free_port, rank_environ
 
 WORLD = 3
 METHODS = ("marina", "vr-marina", "diana", "pp-marina")

@@ -10,7 +10,7 @@ import pytest
 
 import golden
 from marina import problems
-from marina.distributed import local_launch
+from marina.testing import local_launch
 
 RECORDED = golden.load()
 CASES = golden.cases()

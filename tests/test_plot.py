@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marina import plotting, results
+from marina import plotting
 from marina.errors import ConfigError
+from marina.experiments import results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

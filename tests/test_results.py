@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from marina import results
 from marina.errors import ConfigError
+from marina.experiments import results
+from marina.files import atomic_write
 
 
 def fake_history(iterations: int = 100, log_every: int = 10, scale: float = 1.0) -> pd.DataFrame:
@@ -72,7 +73,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        results.atomic_write(path, broken)
+        atomic_write(path, broken)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
@@ -83,7 +84,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, pandas as pd, sys
-        from marina import results
+        from marina.experiments import results
         print("ready", flush=True)
         i = 0
         while True:

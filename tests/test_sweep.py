@@ -10,18 +10,19 @@ import pandas as pd
 import pytest
 
 import marina
-from marina import results, sweep
+from marina import experiments
 from marina.errors import ConfigError
+from marina.experiments import results
 
 
-def spec_of(text: str, tmp_path, name="s.toml") -> sweep.SweepSpec:
+def spec_of(text: str, tmp_path, name="s.toml") -> experiments.SweepSpec:
     path = tmp_path / name
     path.write_text(text)
-    return sweep.load_sweep(path)
+    return experiments.load_sweep(path)
 
 
-def configs_of(text: str, tmp_path) -> list[sweep.RunConfig]:
-    return sweep.validate(sweep.expand(spec_of(text, tmp_path)))
+def configs_of(text: str, tmp_path) -> list[experiments.RunConfig]:
+    return experiments.validate(experiments.expand(spec_of(text, tmp_path)))
 
 
 BASE = """
@@ -63,18 +64,20 @@ iterations = 10
 
 
 def test_run_id_is_a_stable_hash_of_the_configuration():
-    c = sweep.RunConfig("a9a", 5, "marina", "randk:1", seed=0, iterations=5000, log_every=25)
-    # the documented canonical form, written out by hand: ids must never change between versions,
-    # or results directories written by older versions could not be resumed
+    c = experiments.RunConfig("a9a", 5, "marina", "randk:1", seed=0, iterations=5000, log_every=25)
+    # the documented canonical form, written out by hand: ids change only with the description's
+    # version (v) or the generator's, or results directories could not be resumed
     canonical = (
-        '{"compressor":"randk:1","iterations":5000,"log_every":25,"method":"marina","params":{},'
-        '"problem":"a9a","seed":0,"split":"contiguous","v":1,"workers":5}'
+        '{"compressor":"randk:1","generator":1,"iterations":5000,"log_every":25,"method":"marina",'
+        '"params":{},"problem":"a9a","seed":0,"split":"contiguous","v":2,"workers":5}'
     )
-    assert c.run_id == hashlib.sha256(canonical.encode()).hexdigest()[:16] == "9023bfe0c84e74b6"
-    assert sweep.RunConfig.from_dict(c.to_dict()) == c
-    assert sweep.RunConfig(**{**c.to_dict(), "device": "cuda"}).run_id == c.run_id  # device is not identity
+    assert c.run_id == hashlib.sha256(canonical.encode()).hexdigest()[:16] == "451ce90c996d8bf7"
+    assert experiments.RunConfig.from_dict(c.to_dict()) == c
+    assert (
+        experiments.RunConfig(**{**c.to_dict(), "device": "cuda"}).run_id == c.run_id
+    )  # device is not identity
     changed = [
-        sweep.RunConfig(**{**c.to_dict(), key: value})
+        experiments.RunConfig(**{**c.to_dict(), key: value})
         for key, value in [
             ("problem", "w8a"),
             ("workers", 4),
@@ -89,9 +92,35 @@ def test_run_id_is_a_stable_hash_of_the_configuration():
     ]
     assert len({x.run_id for x in changed} | {c.run_id}) == len(changed) + 1
     # parameter order does not matter
-    a = sweep.RunConfig("a9a", 5, "marina", "randk:1", params={"p": 0.5, "stepsize": 0.1})
-    b = sweep.RunConfig("a9a", 5, "marina", "randk:1", params={"stepsize": 0.1, "p": 0.5})
+    a = experiments.RunConfig("a9a", 5, "marina", "randk:1", params={"p": 0.5, "stepsize": 0.1})
+    b = experiments.RunConfig("a9a", 5, "marina", "randk:1", params={"stepsize": 0.1, "p": 0.5})
     assert a.run_id == b.run_id
+
+
+def test_run_id_changes_with_the_generator_version(monkeypatch):
+    c = experiments.RunConfig("a9a", 5, "marina", "randk:1", seed=0, iterations=5000, log_every=25)
+    before = c.run_id
+    monkeypatch.setattr(experiments.config, "GENERATOR_VERSION", 2)
+    assert c.identity()["generator"] == 2
+    assert c.run_id != before
+
+
+def test_parameters_are_hashed_in_their_canonical_types():
+    def run_id(**params):
+        return experiments.RunConfig("a9a", 5, "vr-marina", "randk:1", params=params).run_id
+
+    assert run_id(p=1) == run_id(p=1.0)
+    assert run_id(batch_size=4) == run_id(batch_size=4.0)
+    assert run_id(p=0.5) != run_id(p=0.25)
+    for bad, message in [
+        ({"p": "0.5"}, "p == '0.5', must be a number in (0, 1]"),
+        ({"batch_size": 2.5}, "batch_size == 2.5, must be an integer >= 1"),
+        ({"online": 1}, "online == 1, must be true or false"),
+        ({"stepsize": True}, "stepsize == True, must be a finite number > 0"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            run_id(**bad)
+        assert message in str(err.value)
 
 
 def test_duplicates_and_spellings_collapse(tmp_path):
@@ -196,7 +225,7 @@ def test_execute_writes_marina_run_history_and_record(tmp_path):
     (c,) = configs_of(
         BASE + 'methods = "diana"\ncompressors = "randk:2"\nseeds = 3\nlog_every = 7\n', tmp_path
     )
-    record, result = sweep.execute(c, tmp_path / "out")
+    record, result = experiments.execute(c, tmp_path / "out")
     direct = marina.run(
         method="diana",
         compressor="randk:2",
@@ -221,10 +250,10 @@ def test_execute_writes_marina_run_history_and_record(tmp_path):
 def test_sweep_skips_completed_runs(tmp_path):
     cs = configs_of(BASE + 'methods = ["marina", "diana"]\ncompressors = "randk:1"\n', tmp_path)
     out = tmp_path / "out"
-    first = sweep.run_sweep(cs[:1], out)
+    first = experiments.run_sweep(cs[:1], out)
     assert first.finished == [cs[0].run_id]
     before = results.read_run_record(out, cs[0].run_id)
-    second = sweep.run_sweep(cs, out)
+    second = experiments.run_sweep(cs, out)
     assert second.skipped == [cs[0].run_id] and second.finished == [cs[1].run_id]
     assert results.read_run_record(out, cs[0].run_id) == before  # not run again
     df = pd.read_parquet(out / "results.parquet")
@@ -236,8 +265,8 @@ def test_sweep_skips_completed_runs(tmp_path):
 )
 def test_example_sweep_files(name, methods):
     path = Path(__file__).resolve().parents[1] / "examples" / name
-    spec = sweep.load_sweep(path)
-    raws = sweep.expand(spec)
+    spec = experiments.load_sweep(path)
+    raws = experiments.expand(spec)
     assert len(raws) == 4 * 2 * 3 * 3  # problems x methods x compressors x seeds
     assert {r.values["methods"] for r in raws} == methods
     assert {r.values["problems"] for r in raws} == {"a9a", "mushrooms", "phishing", "w8a"}

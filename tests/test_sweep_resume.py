@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marina import results, sweep
+from marina import experiments
 from marina.cli import build_parser, main
 from marina.cli.run import config_from_args
+from marina.experiments import results
 
 # Two short runs, then a long one that checkpoints every 50 rounds: with two workers the short
 # ones finish first and the long one is certainly in flight (with a checkpoint) when killed.
@@ -107,7 +108,7 @@ def reference(tmp_path_factory):
 def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path, reference):
     (tmp_path / "sweep.toml").write_text(CONFIG)
     out = tmp_path / "out"
-    cfgs = sweep.validate(sweep.expand(sweep.load_sweep(tmp_path / "sweep.toml")))
+    cfgs = experiments.validate(experiments.expand(experiments.load_sweep(tmp_path / "sweep.toml")))
     long_run = cfgs[2]
     proc = _start_sweep(tmp_path / "sweep.toml", out)
     ckpt = results.checkpoint_path(out, long_run.run_id)
@@ -187,8 +188,8 @@ def test_interrupted_marina_run_resumes_from_checkpoint_with_identical_history(t
         if row["iteration"] == 460:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), sweep.torch_threads(1):
-        sweep.execute(config, out, checkpoint_every=100, progress=interrupt)
+    with pytest.raises(KeyboardInterrupt), experiments.torch_threads(1):
+        experiments.execute(config, out, checkpoint_every=100, progress=interrupt)
     assert results.read_run_record(out, config.run_id)["status"] == "running"
     assert results.checkpoint_path(out, config.run_id).exists()
     assert main([*args, "--out", str(out)]) == 0

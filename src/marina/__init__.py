@@ -9,8 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from marina import compressors  # noqa: E402
-from marina import problems  # noqa: E402
+from marina import (
+    compressors,  # noqa: E402
+    problems,  # noqa: E402
+)
 from marina.compressors import Compressor, Message  # noqa: E402
 
 __all__ = ["__version__", "compressors", "problems", "Compressor", "Message"]
@@ -20,6 +22,6 @@ from marina.runner import Result, run  # noqa: E402
 
 __all__ += ["methods", "network", "theory", "run", "Result"]
 
-from marina import nets  # noqa: E402
+from marina import distributed, experiments, nets, parameters  # noqa: E402
 
-__all__ += ["nets"]
+__all__ += ["distributed", "experiments", "nets", "parameters"]

@@ -1,326 +1,44 @@
-"""Launching marina on real processes: torchrun's environment, the process group, hosted data, runs.
+"""marina on real processes: one process per rank, each hosting a block of workers.
 
-One process per rank, each hosting a block of workers
-(:func:`marina.network.torch_distributed.worker_block`) and holding only their shards of the
-data; the ranks exchange compressed payloads
-(:class:`marina.network.torch_distributed.TorchDistributedNetwork`). Launch the way PyTorch
-jobs are launched::
+Launch the way PyTorch jobs are launched::
 
     torchrun --nproc-per-node 4 -m marina run --backend torch-distributed \\
         --problem a9a --workers 4 --method marina --compressor randk:1 --out results
-    # several machines: the same command on every node, plus
-    #   --nnodes 2 --node-rank <0|1> --rdzv-backend c10d --rdzv-endpoint HOST:PORT
 
-Environment contract (set by torchrun; :func:`launch_env` checks it): ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; under torchrun's agent store
-(``TORCHELASTIC_USE_AGENT_STORE=True``) every rank connects to the agent's store as a client,
-otherwise rank 0 hosts it (exactly as ``init_method="env://"`` does).
-
-Backends: gloo when the problem lives on the CPU, NCCL when it lives on CUDA (rank r then uses
-``cuda:LOCAL_RANK``). Timeouts: ``timeout_s`` (default :data:`DEFAULT_TIMEOUT_S`) bounds the
-rendezvous and every collective: with gloo each collective raises after it; with NCCL
-``TORCH_NCCL_BLOCKING_WAIT=1`` makes a collective stuck longer than it raise in Python too, and
-``TORCH_NCCL_ASYNC_ERROR_HANDLING=1`` lets the watchdog tear the process down should anything
-still block (both set only when not already set; the NCCL path is untested on this project's
-CPU-only CI). A rank that dies makes the others stop with
-:class:`marina.network.torch_distributed.DistributedError` naming the ranks that stopped
-answering (see that module): about min(5 s, timeout / 2) after a rank dies, at most
-1.5 timeout + 1 s after a rank hangs.
-
-Results: rank 0 writes the same results directory as ``marina run`` (through
-:func:`marina.sweep.execute`, atomically), with two extra history columns, ``wire_bytes`` and
-``payload_bytes`` (cumulative bytes all ranks put on links, and packed message bytes; see the
-network module). Checkpoints are per rank (``runs/<id>/checkpoint.rank<r>-of-<W>.pt``, since
-every rank holds its own workers' state); a run resumes only if every rank holds a checkpoint of
-the same round, otherwise all start afresh (the keyed randomness makes the result the same).
+or call :func:`run` in every process of a torchrun job from Python. Rank r hosts the workers of
+:func:`marina.network.torch_distributed.worker_block` and holds only their shards of the data;
+the ranks exchange compressed payloads
+(:class:`marina.network.torch_distributed.TorchDistributedNetwork`); for the same seed the
+history equals the simulation's. Joining the job (torchrun's environment, the process group,
+timeouts, gloo or NCCL): :mod:`marina.network.launch`. A rank that dies makes the others stop
+with :class:`marina.network.torch_distributed.DistributedError` naming the ranks that stopped
+answering: about min(5 s, timeout / 2) after a rank dies, at most 1.5 timeout + 1 s after a rank
+hangs. Results directories and per-rank checkpoints of ``marina run``:
+:mod:`marina.experiments.distributed`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from marina.errors import ConfigError
-from marina.network.torch_distributed import (
-    DistributedError,
-    TorchDistributedNetwork,
-    first_line,
-    worker_block,
-)
+from marina.experiments.loading import load_problem
+from marina.network.launch import DEFAULT_TIMEOUT_S, ENV_VARS, LaunchEnv, Session, init, launch_env
+from marina.network.torch_distributed import DistributedError
+from marina.runner import Result
+from marina.runner import run as run_on_network
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ENV_VARS",
+    "DistributedError",
     "LaunchEnv",
     "Session",
-    "build_problem",
-    "cli_backend",
-    "free_port",
     "init",
     "launch_env",
-    "local_launch",
-    "rank_environ",
     "run",
 ]
-
-ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-"""What torchrun sets in every process and :func:`launch_env` requires."""
-
-DEFAULT_TIMEOUT_S = 300.0
-"""Default bound (seconds) on the rendezvous and on any one collective."""
-
-_LAUNCH_HINT = (
-    "launch with torchrun, e.g. `torchrun --nproc-per-node 4 -m marina run --backend "
-    "torch-distributed --workers 4 ...`, which sets " + ", ".join(ENV_VARS) + " in every process"
-)
-
-
-@dataclass(frozen=True)
-class LaunchEnv:
-    """This process's place in the job, read from torchrun's environment variables."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
-    restart: int = 0
-    agent_store: bool = False
-
-
-def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
-    """Read and check :data:`ENV_VARS` (default: ``os.environ``).
-
-    Raises:
-        ConfigError: missing variables (all named at once), non-integers, RANK >= WORLD_SIZE,
-            LOCAL_RANK >= LOCAL_WORLD_SIZE, a port out of range.
-    """
-    env = os.environ if environ is None else environ
-    missing = [name for name in ENV_VARS if not str(env.get(name, "")).strip()]
-    if missing:
-        raise ConfigError(
-            f"torch-distributed: environment variable(s) {', '.join(missing)} not set; {_LAUNCH_HINT}"
-        )
-
-    def integer(name: str, low: int, high: int | None = None) -> int:
-        raw = str(env[name]).strip()
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"torch-distributed: {name} == {raw!r}, must be an integer >= {low}") from None
-        if value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ConfigError(f"torch-distributed: {name} == {value}, must be {bound}")
-        return value
-
-    world = integer("WORLD_SIZE", 1)
-    rank = integer("RANK", 0)
-    if rank >= world:
-        raise ConfigError(f"torch-distributed: RANK == {rank}, must be < WORLD_SIZE == {world}")
-    local_rank = integer("LOCAL_RANK", 0)
-    if str(env.get("LOCAL_WORLD_SIZE", "")).strip():
-        local_world = integer("LOCAL_WORLD_SIZE", 1, world)
-        if local_rank >= local_world:
-            raise ConfigError(
-                f"torch-distributed: LOCAL_RANK == {local_rank}, must be < LOCAL_WORLD_SIZE == {local_world}"
-            )
-    port = integer("MASTER_PORT", 1, 65535)
-    restart = integer("TORCHELASTIC_RESTART_COUNT", 0) if env.get("TORCHELASTIC_RESTART_COUNT") else 0
-    return LaunchEnv(
-        rank=rank,
-        world_size=world,
-        local_rank=local_rank,
-        master_addr=str(env["MASTER_ADDR"]).strip(),
-        master_port=port,
-        restart=restart,
-        agent_store=str(env.get("TORCHELASTIC_USE_AGENT_STORE", "")) == "True",
-    )
-
-
-@dataclass
-class Session:
-    """An initialised process group and what a network needs from it (see :func:`init`)."""
-
-    env: LaunchEnv
-    backend: str
-    device: torch.device
-    timeout_s: float
-    store: Any
-    owns_group: bool = True
-
-    @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.env.world_size
-
-    def network(self, workers: int, seed: int = 0, *, keep_log: bool = False) -> TorchDistributedNetwork:
-        """A :class:`TorchDistributedNetwork` of ``workers`` workers on this group (checks that
-        every rank passes the same ``workers`` and ``seed``)."""
-        return TorchDistributedNetwork(
-            workers,
-            seed,
-            device=self.device,
-            timeout_s=self.timeout_s,
-            store=self.store,
-            keep_log=keep_log,
-        )
-
-    def hosted_workers(self, workers: int) -> list[int]:
-        """Global ids of the workers this rank hosts (ConfigError if not divisible)."""
-        return list(worker_block(workers, self.world_size, self.rank))
-
-    def close(self) -> None:
-        """Destroy the process group (if this session created it)."""
-        if self.owns_group and dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-        self.store = None
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _device(device: torch.device | str | None, backend: str | None, env: LaunchEnv) -> torch.device:
-    dev = torch.device(device if device is not None else "cpu")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device == {device!r}, but CUDA is not available on this machine")
-        count = torch.cuda.device_count()
-        index = env.local_rank if dev.index is None else dev.index
-        if index >= count:
-            raise ConfigError(
-                f"torch-distributed: LOCAL_RANK == {env.local_rank} needs cuda:{index}, but only {count} "
-                f"CUDA device(s) are visible; use --nproc-per-node <= {count}"
-            )
-        dev = torch.device("cuda", index)
-    elif dev.type != "cpu":
-        raise ConfigError(f"device == {device!r}, must be cpu or cuda[:i] for torch-distributed")
-    if backend == "nccl" and dev.type != "cuda":
-        raise ConfigError("backend == 'nccl' needs device == 'cuda' (NCCL moves CUDA tensors only)")
-    return dev
-
-
-def init(
-    device: torch.device | str | None = "cpu",
-    *,
-    backend: str | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    environ: Mapping[str, str] | None = None,
-) -> Session:
-    """Join the job described by torchrun's environment and initialise the process group.
-
-    Args:
-        device: ``cpu`` (gloo) or ``cuda`` (NCCL on ``cuda:LOCAL_RANK``); an explicit index is kept.
-        backend: ``gloo`` or ``nccl`` (default: by device). gloo with CUDA tensors works but
-            copies every message through the CPU.
-        timeout_s: bound on the rendezvous (all ranks must join within it) and on each collective.
-        environ: the environment to read (default ``os.environ``).
-
-    Returns:
-        A :class:`Session`; ``session.network(workers, seed)`` builds the network. If a default
-        process group already exists (e.g. initialised by the caller), it is reused as is and
-        ``close()`` leaves it alone.
-
-    Raises:
-        ConfigError: bad environment, device, backend or timeout; ranks that do not join in time.
-    """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ConfigError(f"timeout == {timeout_s!r}, must be a number of seconds > 0")
-    env = launch_env(environ)
-    if backend is not None and backend not in ("gloo", "nccl"):
-        raise ConfigError(f"backend == {backend!r}, must be 'gloo' or 'nccl'")
-    dev = _device(device, backend, env)
-    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if backend == "nccl":
-        if not dist.is_nccl_available():
-            raise ConfigError("backend 'nccl' is not available in this torch build; use a CUDA build")
-        # a collective past the timeout raises in Python (so DistributedError names the ranks)
-        # instead of blocking; the watchdog tears the process down if that ever fails
-        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-    if dist.is_initialized():
-        if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
-            raise ConfigError(
-                f"torch-distributed: the existing process group has rank {dist.get_rank()} of "
-                f"{dist.get_world_size()}, but RANK == {env.rank}, WORLD_SIZE == {env.world_size}"
-            )
-        return Session(env, str(dist.get_backend()), dev, float(timeout_s), None, owns_group=False)
-    timeout = timedelta(seconds=float(timeout_s))
-    where = f"{env.master_addr}:{env.master_port}"
-    try:
-        store = dist.TCPStore(
-            host_name=env.master_addr,
-            port=env.master_port,
-            world_size=env.world_size,
-            is_master=env.rank == 0 and not env.agent_store,
-            timeout=timeout,
-            multi_tenant=True,
-        )
-    except Exception as err:  # noqa: BLE001 - every rendezvous failure gets the same explanation
-        raise ConfigError(
-            f"torch-distributed: rank {env.rank} could not complete the rendezvous at {where} within "
-            f"{timeout_s:g} s ({first_line(err)}): "
-            f"check that all {env.world_size} ranks were started with WORLD_SIZE={env.world_size} and "
-            f"the same MASTER_ADDR:MASTER_PORT, and that the port is free on rank 0's host"
-        ) from None
-    try:
-        dist.init_process_group(
-            backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
-        )
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(
-            f"torch-distributed: rank {env.rank} could not set up the {backend} process group at "
-            f"{where} within {timeout_s:g} s: {first_line(err)}"
-        ) from None
-    if dist.get_world_size() != env.world_size:  # pragma: no cover - guarded by init_process_group
-        raise ConfigError(
-            f"torch-distributed: WORLD_SIZE == {env.world_size} but the group has {dist.get_world_size()}"
-        )
-    fault_store = dist.PrefixStore(f"marina/{env.restart}/", store)
-    return Session(env, backend, dev, float(timeout_s), fault_store)
-
-
-def build_problem(
-    problem: str,
-    workers: int,
-    hosted: Sequence[int],
-    *,
-    split: str = "contiguous",
-    device: torch.device | str | None = None,
-    **options: Any,
-):
-    """The problem restricted to the ``hosted`` workers' shards (constants of the whole problem).
-
-    Built exactly like :func:`marina.sweep.load_problem` (random splits keyed by seed 0), with
-    ``hosted_workers``; ``options`` go to :func:`marina.problems.get`.
-    """
-    from marina import problems
-
-    if split != "contiguous":
-        options["split"] = split
-    return problems.get(
-        problem, workers=workers, seed=0, device=device, hosted_workers=list(hosted), **options
-    )
 
 
 def run(
@@ -336,26 +54,24 @@ def run(
     keep_log: bool = False,
     split: str = "contiguous",
     **kwargs: Any,
-):
+) -> Result:
     """:func:`marina.run` on this rank's block of workers; call it in every process of the job.
 
-    ``problem`` is a spec string (built here with only the hosted shards, see
-    :func:`build_problem`) or a Problem object already restricted to
+    ``problem`` is a spec string (built here with only the hosted shards, by
+    :func:`marina.experiments.loading.load_problem`) or a Problem object already restricted to
     ``session.hosted_workers(workers)`` (e.g. ``problems.libsvm(..., hosted_workers=...)``).
     Every other argument is :func:`marina.run`'s. Joins the job from the environment (reusing an
     existing process group). Returns the :class:`marina.Result` (the same on every rank, up to
     ``time_s``); ``result.config["network"]`` holds the network's final counters.
     """
-    import marina
-
     session = init(device, timeout_s=timeout_s)
     try:
         net = session.network(workers, seed, keep_log=keep_log)
         if isinstance(problem, str):
-            problem = build_problem(
-                problem, workers, session.hosted_workers(workers), split=split, device=session.device
+            problem = load_problem(
+                problem, workers, split, device=session.device, hosted=session.hosted_workers(workers)
             )
-        result = marina.run(
+        result = run_on_network(
             method=method,
             problem=problem,
             workers=workers,
@@ -372,142 +88,3 @@ def run(
         return result
     finally:
         session.close()
-
-
-# -- command line: `marina run --backend torch-distributed` ------------------------------------------
-def _checkpoint(out: str | None, run_id: str, every: int, session: Session, net) -> dict[str, Any]:
-    """Per-rank checkpoint arguments for :func:`marina.run`; resume only if every rank can."""
-    if out is None or not every:
-        return {}
-    from marina import results
-
-    folder = results.run_dir(out, run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"checkpoint.rank{session.rank}-of-{session.world_size}.pt"
-    progress = -1
-    if path.exists():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            progress = int(state["method_state"]["k"])
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint is not resumed
-            progress = -2
-    everyone = net.gather(torch.tensor([[progress]], dtype=torch.int64)).reshape(-1).tolist()
-    if len(set(everyone)) != 1 or everyone[0] < -1:
-        if session.rank == 0 and any(p != -1 for p in everyone):
-            print(
-                f"torch-distributed: the ranks' checkpoints disagree (rounds {everyone}); starting afresh",
-                file=sys.stderr,
-            )
-        with contextlib.suppress(OSError):
-            path.unlink()
-    return {"checkpoint_path": str(path), "checkpoint_every": int(every)}
-
-
-def cli_backend(args: argparse.Namespace, config, cache) -> dict[str, Any] | None:
-    """``marina run --backend torch-distributed``: run ``config`` on this rank's workers.
-
-    Every rank runs the method; rank 0 writes the results directory (``--out``) and returns the
-    run's record, the other ranks return None. A failed run raises on every rank that knows
-    (rank 0 keeps the record and traceback when the failure is not a peer failure).
-    """
-    from marina import results, sweep
-    from marina.progress import ProgressDisplay
-
-    timeout_s = getattr(args, "timeout", None)
-    session = init(config.device, timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
-    try:
-        net = session.network(config.workers, config.seed)
-        net.agree(
-            f"{config.run_id} out={args.out is not None} checkpoint_every={args.checkpoint_every}",
-            f"experiment or output options (run id {config.run_id}: {config.describe()})",
-        )
-        problem = build_problem(
-            config.problem,
-            config.workers,
-            session.hosted_workers(config.workers),
-            split=config.split,
-            device=session.device,
-        )
-        m = float(net.gather(problem.sizes.reshape(-1, 1)).double().mean())
-        ckpt = _checkpoint(args.out, config.run_id, args.checkpoint_every, session, net)
-        lead = session.rank == 0
-        display = ProgressDisplay(enabled=False if (args.quiet or not lead) else None)
-        display.add(config.run_id, f"{config.describe()} [{session.world_size} ranks]", config.iterations)
-        try:
-            record, _ = sweep.execute(
-                config,
-                args.out,
-                checkpoint_every=None,
-                progress=display.callback(config.run_id),
-                problem=problem,
-                backend="torch-distributed",
-                write=lead,
-                m=m,
-                run_kwargs={"network": net, **ckpt},
-            )
-        finally:
-            display.close()
-        if record["status"] == "failed":
-            message = str(record.get("message", ""))
-            if not lead or message.startswith(DistributedError.__name__):
-                raise DistributedError(message.removeprefix(f"{DistributedError.__name__}: "))
-            return record
-        if ckpt:
-            with contextlib.suppress(OSError):
-                Path(ckpt["checkpoint_path"]).unlink()
-        if lead and args.out is not None:
-            results.rebuild(args.out)
-        return record if lead else None
-    finally:
-        session.close()
-
-
-# -- local launches (tests, benchmarks; use torchrun for real jobs) ---------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def rank_environ(
-    rank: int, world_size: int, port: int, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """torchrun's environment for rank ``rank`` of a single-node job on 127.0.0.1:``port``
-    (``base``, default ``os.environ``, plus RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT; on Linux gloo is kept on the loopback interface ``lo``)."""
-    env = dict(os.environ if base is None else base)
-    env.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return env
-
-
-def local_launch(
-    argv: Sequence[str],
-    world_size: int,
-    *,
-    env: Mapping[str, str] | None = None,
-    port: int | None = None,
-    **popen: Any,
-) -> list[subprocess.Popen]:
-    """Start ``world_size`` processes running ``argv`` on this machine, each with torchrun's
-    environment (:func:`rank_environ`), talking over the loopback interface only. For tests
-    and benchmarks; jobs should use torchrun.
-
-    ``popen`` goes to :class:`subprocess.Popen` (a callable value is called with the rank, e.g.
-    ``stdout=lambda r: open(f"rank{r}.log", "w")``). Returns the processes, rank order.
-    """
-    port = free_port() if port is None else int(port)
-    procs = []
-    for rank in range(world_size):
-        kwargs = {k: (v(rank) if callable(v) else v) for k, v in popen.items()}
-        procs.append(subprocess.Popen(list(argv), env=rank_environ(rank, world_size, port, env), **kwargs))
-    return procs

@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from marina import parameters
 from marina.errors import ConfigError
-from marina.results import CONFIG_COLUMNS, PARAM_COLUMNS, atomic_write
+from marina.experiments.results import CONFIG_COLUMNS, PARAM_COLUMNS
+from marina.files import atomic_write
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -77,12 +79,7 @@ _LEGEND_NAMES = {
     "split": "split",
     "iterations": "T",
     "log_every": "log every",
-    "stepsize": "γ",
-    "stepsize_multiplier": "γ ×",
-    "p": "p",
-    "alpha": "α",
-    "batch_size": "b'",
-    "clients": "r",
+    **{p.name: p.legend for p in parameters.PARAMETERS},
 }
 
 

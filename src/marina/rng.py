@@ -73,7 +73,15 @@ from array import array
 import torch
 from torch import Tensor
 
-__all__ = ["GENERATOR_VERSION", "SHARED", "Randomness", "ElementDraws", "mix64", "stream_id", "hash32_reference"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "SHARED",
+    "Randomness",
+    "ElementDraws",
+    "mix64",
+    "stream_id",
+    "hash32_reference",
+]
 
 GENERATOR_VERSION = 1
 """Bumped whenever any draw changes; hashed into run ids, so results of different generators

@@ -44,15 +44,15 @@ import torch
 from torch import Tensor
 
 from marina import compressors, methods, problems
-from marina.errors import ConfigError
+from marina.errors import ConfigError, ValueRangeError
+from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.simulated import SimulatedNetwork
-from marina.results import atomic_write
 
 __all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
 
 HISTORY_COLUMNS = ("iteration", "grad_norm_sq", "loss", "bits_up", "bits_down", "oracle_calls", "time_s")
-CHECKPOINT_FORMAT = "marina-run-checkpoint/1"
+CHECKPOINT_FORMAT = "marina-run-checkpoint/2"
 
 
 @dataclass
@@ -89,11 +89,6 @@ def _int_arg(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _build_problem(problem: Any, workers: int | None, device: Any, dtype: Any) -> problems.Problem:
     if isinstance(problem, problems.Problem):
         prob = problems.get(problem, workers=workers)
@@ -122,16 +117,6 @@ def _initial_point(x0: Any, prob: problems.Problem) -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ConfigError("x0 contains non-finite values, must be finite")
     return x
-
-
-_DIVERGENCE_HINTS = ("non-finite", "largest value", "wire range")
-
-
-def _is_divergence(err: ConfigError) -> bool:
-    """A compressor refusing non-finite values, or values beyond the wire format's range, in the
-    middle of a run (the configuration was validated before round 0): the run diverged."""
-    text = str(err)
-    return any(hint in text for hint in _DIVERGENCE_HINTS)
 
 
 def _plain(value: Any) -> Any:
@@ -191,20 +176,62 @@ def run(
     Raises:
         ConfigError: any bad argument, before the first round.
     """
+    setup = _setup(
+        method, problem, compressor, workers, iterations, seed, log_every, device, dtype, x0, network, params
+    )
+    history = History(setup, progress)
+    checkpoint = Checkpoint(checkpoint_path, checkpoint_every, setup)
+    clock = Clock(setup.x0.device)
+    state = checkpoint.load()
+    if state is not None:  # resume
+        setup.method.load_state_dict(state["method_state"])
+        setup.network.load_counters(state["counters"])
+        history.load(state)
+        clock.elapsed = float(state["elapsed"])
+        if state["status"] != "running":
+            return setup.result(history, state["status"], state["message"])
+    else:
+        with clock:
+            setup.method.start(setup.x0)
+        history.log(0, clock.elapsed)
+    status, message = _rounds(setup, history, checkpoint, clock)
+    checkpoint.save(history, clock, status, message)
+    return setup.result(history, status, message)
+
+
+@dataclass
+class _Setup:
+    """A validated run: the method built on its problem, network and compressor."""
+
+    method: methods.Method
+    problem: problems.Problem
+    network: Network
+    x0: Tensor
+    iterations: int
+    log_every: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the configuration and the parameters used."""
+        return {**self.config, "params": {k: _plain(v) for k, v in self.params.items()}}
+
+    def result(self, history: History, status: str, message: str) -> Result:
+        return Result(history.frame(), status, dict(self.params), message, self.method.x, dict(self.config))
+
+
+def _setup(
+    method, problem, compressor, workers, iterations, seed, log_every, device, dtype, x0, network, params
+) -> _Setup:
+    """Validate the arguments of :func:`run` and build the method (ConfigError before round 0)."""
     cls = methods.get(method)
     iterations = _int_arg("iterations", iterations, 1)
-    if log_every is None:
-        log_every = max(1, iterations // 200)
-    log_every = _int_arg("log_every", log_every, 1)
-    if checkpoint_every is not None:
-        checkpoint_every = _int_arg("checkpoint_every", checkpoint_every, 1)
-        if checkpoint_path is None:
-            raise ConfigError("checkpoint_every is set but checkpoint_path is not")
+    log_every = _int_arg("log_every", max(1, iterations // 200) if log_every is None else log_every, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed == {seed!r}, must be an integer")
     if workers is not None:
         workers = _int_arg("workers", workers, 1)
-
     prob = _build_problem(problem, workers, device, dtype)
     n_total = int(getattr(prob, "total_workers", prob.n_workers))
     Q = (
@@ -221,11 +248,7 @@ def run(
     if net.n != n_total:
         raise ConfigError(f"the network has {net.n} workers but the problem has {n_total}")
     x_start = _initial_point(x0, prob)
-
-    setting = methods.Setting.build(prob, net, Q, iterations)
-    used = cls.resolve(setting, params)
-    algo = cls(prob, net, Q, used)
-
+    used = cls.resolve(methods.Setting.build(prob, net, Q, iterations), params)
     config = {
         "method": cls.name,
         "compressor": Q.spec,
@@ -238,21 +261,88 @@ def run(
         "iterations": iterations,
         "log_every": log_every,
     }
-    fingerprint = {**config, "params": {k: _plain(v) for k, v in used.items()}}
-    extra = getattr(prob, "extra_metrics", None)
-    columns: list[str] = list(HISTORY_COLUMNS)
-    rows: dict[str, list[float]] = {}
-    elapsed = 0.0
-    dev = x_start.device
+    return _Setup(cls(prob, net, Q, used), prob, net, x_start, iterations, log_every, used, config)
 
-    def metrics(x: Tensor) -> tuple[float, float]:
+
+def _rounds(setup: _Setup, history: History, checkpoint: Checkpoint, clock: Clock) -> tuple[str, str]:
+    """Rounds from the method's current one to ``iterations``: (status, message)."""
+    algo, iterations = setup.method, setup.iterations
+    while algo.k < iterations:
+        try:
+            with clock:
+                algo.step()
+        except ValueRangeError as err:  # values beyond the wire format mid-run: diverged
+            algo.k += 1
+            history.log(algo.k, clock.elapsed)
+            return "diverged", _diverged(setup, algo.k, f"values out of the wire range: {err}")
+        k = algo.k
+        if not bool(torch.isfinite(algo.x).all()):
+            history.log(k, clock.elapsed)
+            return "diverged", _diverged(setup, k, "non-finite iterate")
+        if k % setup.log_every == 0 or k == iterations:
+            row = history.log(k, clock.elapsed)
+            if not math.isfinite(row["loss"]):
+                return "diverged", _diverged(setup, k, "non-finite loss")
+        if checkpoint.due(k):
+            checkpoint.save(history, clock, "running", "")
+    return "finished", f"{algo.name}: {iterations} rounds finished"
+
+
+def _diverged(setup: _Setup, k: int, what: str) -> str:
+    gamma = setup.params["stepsize"]
+    return (
+        f"{setup.method.name} diverged at round {k} ({what}) with stepsize {gamma:.6g} "
+        f"(theory value {setup.params['stepsize_theory']:.6g}); lower it, e.g. stepsize_multiplier=0.5 "
+        f"or stepsize={gamma / 2:.6g}"
+    )
+
+
+class Clock:
+    """Wall time of the method itself (``with clock:`` around start and steps), CUDA-synchronised
+    on both sides, so metric evaluation and checkpoint writes are not counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.elapsed = 0.0
+        self._t0 = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> Clock:
+        self._sync()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is None:
+            self._sync()
+        self.elapsed += time.perf_counter() - self._t0
+
+
+class History:
+    """The logged rows: :data:`HISTORY_COLUMNS`, then the problem's ``extra_metrics`` and the
+    network's ``log_columns`` (e.g. wire bytes), in the order they first appear."""
+
+    def __init__(self, setup: _Setup, progress: Callable[[dict[str, float], int], None] | None) -> None:
+        self.setup = setup
+        self.progress = progress
+        self.columns: list[str] = list(HISTORY_COLUMNS)
+        self.rows: dict[str, list[float]] = {}
+
+    def _metrics(self, x: Tensor) -> tuple[float, float]:
+        """||grad f(x)||^2 and f(x) of the whole objective (averaged over ranks if need be)."""
+        prob, net = self.setup.problem, self.setup.network
         if net.hosts_all:
             return float(prob.grad_norm_sq(x)), float(prob.loss(x))
         g = net.global_mean(prob.local_grads(x))
         return float(g @ g), float(net.global_mean(prob.local_losses(x).reshape(-1, 1)).reshape(()))
 
-    def log(k: int) -> dict[str, float]:
-        gns, loss = metrics(algo.x)
+    def log(self, k: int, elapsed: float) -> dict[str, float]:
+        """Append the row of round ``k`` and return it."""
+        algo, net, prob = self.setup.method, self.setup.network, self.setup.problem
+        gns, loss = self._metrics(algo.x)
         row: dict[str, float] = {
             "iteration": k,
             "grad_norm_sq": gns,
@@ -262,115 +352,84 @@ def run(
             "oracle_calls": float(algo.oracle_calls),
             "time_s": elapsed,
         }
+        extra = getattr(prob, "extra_metrics", None)
         more = dict(extra(algo.x)) if extra is not None else {}
-        more.update(net.log_columns() if hasattr(net, "log_columns") else {})  # e.g. wire bytes
+        more.update(net.log_columns() if hasattr(net, "log_columns") else {})
         for key, value in more.items():
-            if key not in columns:
-                columns.append(key)
+            if key not in self.columns:
+                self.columns.append(key)
             row[key] = float(value)
-        for key in columns:
-            rows.setdefault(key, []).append(row.get(key, math.nan))
-        if progress is not None:
-            progress(row, iterations)
+        for key in self.columns:
+            self.rows.setdefault(key, []).append(row.get(key, math.nan))
+        if self.progress is not None:
+            self.progress(row, self.setup.iterations)
         return row
 
-    def save(status: str, message: str) -> None:
-        if checkpoint_path is None:
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame({key: self.rows.get(key, []) for key in self.columns})
+        frame["iteration"] = frame["iteration"].astype("int64")
+        return frame
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "history": {key: torch.tensor(vals, dtype=torch.float64) for key, vals in self.rows.items()},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.columns = list(state["columns"])
+        self.rows = {key: state["history"][key].tolist() for key in self.columns}
+
+
+class Checkpoint:
+    """The whole run state in one file, every ``every`` rounds and at the end (see the module
+    docstring); resumed only by a run with the same fingerprint and x0."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, every: int | None, setup: _Setup) -> None:
+        if every is not None:
+            every = _int_arg("checkpoint_every", every, 1)
+            if path is None:
+                raise ConfigError("checkpoint_every is set but checkpoint_path is not")
+        self.path = None if path is None else os.fspath(path)
+        self.every = every
+        self.setup = setup
+
+    def due(self, k: int) -> bool:
+        return self.every is not None and k % self.every == 0 and k < self.setup.iterations
+
+    def save(self, history: History, clock: Clock, status: str, message: str) -> None:
+        if self.path is None:
             return
+        algo = self.setup.method
         state = {
             "format": CHECKPOINT_FORMAT,
-            "fingerprint": fingerprint,
-            "x0": x_start.cpu(),
+            "fingerprint": self.setup.fingerprint,
+            "x0": self.setup.x0.cpu(),
             "method_state": {
                 k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in algo.state_dict().items()
             },
-            "counters": net.counters(),
-            "columns": list(columns),
-            "history": {key: torch.tensor(vals, dtype=torch.float64) for key, vals in rows.items()},
-            "elapsed": float(elapsed),
+            "counters": self.setup.network.counters(),
+            **history.state(),
+            "elapsed": float(clock.elapsed),
             "status": status,
             "message": message,
         }
-        atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
-    def result(status: str, message: str) -> Result:
-        frame = pd.DataFrame({key: rows.get(key, []) for key in columns})
-        frame["iteration"] = frame["iteration"].astype("int64")
-        return Result(frame, status, dict(used), message, algo.x, dict(config))
-
-    # -- resume or start ------------------------------------------------------------------------
-    status, message = "running", ""
-    resumed = checkpoint_path is not None and os.path.exists(checkpoint_path)
-    if resumed:
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is no checkpoint (ConfigError if it is unreadable
+        or belongs to another run)."""
+        if self.path is None or not os.path.exists(self.path):
+            return None
         try:
-            state = torch.load(os.fspath(checkpoint_path), map_location="cpu", weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise ConfigError(f"checkpoint {self.path!r} cannot be read ({err}); remove it") from err
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.setup.fingerprint:
             raise ConfigError(
-                f"checkpoint {os.fspath(checkpoint_path)!r} cannot be read ({err}); remove it"
-            ) from err
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"checkpoint {os.fspath(checkpoint_path)!r} was written by a different run "
+                f"checkpoint {self.path!r} was written by a different run "
                 f"({state.get('fingerprint')}); remove it or choose another checkpoint_path"
             )
-        if not torch.equal(state["x0"], x_start.cpu()):
-            raise ConfigError(f"checkpoint {os.fspath(checkpoint_path)!r} was written from another x0")
-        algo.load_state_dict(state["method_state"])
-        net.load_counters(state["counters"])
-        columns = list(state["columns"])
-        rows = {key: state["history"][key].tolist() for key in columns}
-        elapsed = float(state["elapsed"])
-        status, message = state["status"], state["message"]
-        if status != "running":
-            return result(status, message)
-    else:
-        _sync(dev)
-        t0 = time.perf_counter()
-        algo.start(x_start)
-        _sync(dev)
-        elapsed += time.perf_counter() - t0
-        log(0)
-
-    gamma = used["stepsize"]
-
-    def diverged(k: int, what: str) -> str:
-        return (
-            f"{cls.name} diverged at round {k} ({what}) with stepsize {gamma:.6g} "
-            f"(theory value {used['stepsize_theory']:.6g}); lower it, e.g. stepsize_multiplier=0.5 "
-            f"or stepsize={gamma / 2:.6g}"
-        )
-
-    # -- rounds -----------------------------------------------------------------------------------
-    while algo.k < iterations:
-        _sync(dev)
-        t0 = time.perf_counter()
-        try:
-            algo.step()
-        except ConfigError as err:
-            if not _is_divergence(err):
-                raise
-            elapsed += time.perf_counter() - t0
-            k = algo.k + 1
-            algo.k = k
-            log(k)
-            status, message = "diverged", diverged(k, f"values out of the wire range: {err}")
-            break
-        _sync(dev)
-        elapsed += time.perf_counter() - t0
-        k = algo.k
-        if not bool(torch.isfinite(algo.x).all()):
-            log(k)
-            status, message = "diverged", diverged(k, "non-finite iterate")
-            break
-        if k % log_every == 0 or k == iterations:
-            row = log(k)
-            if not math.isfinite(row["loss"]):
-                status, message = "diverged", diverged(k, "non-finite loss")
-                break
-        if checkpoint_every is not None and k % checkpoint_every == 0 and k < iterations:
-            save("running", "")
-    if status == "running":
-        status = "finished"
-        message = f"{cls.name}: {iterations} rounds finished"
-    save(status, message)
-    return result(status, message)
+        if not torch.equal(state["x0"], self.setup.x0.cpu()):
+            raise ConfigError(f"checkpoint {self.path!r} was written from another x0")
+        return state

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from marina import plotting, results, sweep
+from marina import experiments, plotting
 from marina.errors import ConfigError
+from marina.experiments import results
 
 METHODS = ("marina", "diana")
 COMPRESSORS = ("randk:1", "randk:5", "randk:10")
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs}, must be >= 0 (0: one per CPU core)")
     raws = [
-        sweep.Raw(
+        experiments.Raw(
             {
                 "problems": args.problem,
                 "workers": args.workers,
@@ -95,8 +96,8 @@ def main(args: argparse.Namespace) -> int:
         for seed in range(args.seeds)
     ]
     names = {"problems": "--problem", "seeds": "--seeds"}
-    cache = sweep.ProblemCache()
-    configs = sweep.validate(raws, lambda k: names.get(k, f"--{k.replace('_', '-')}"), cache=cache)
+    cache = experiments.ProblemCache()
+    configs = experiments.validate(raws, lambda k: names.get(k, f"--{k.replace('_', '-')}"), cache=cache)
     out = Path(args.out)
     jobs = args.jobs or os.cpu_count() or 1
     if not args.quiet:
@@ -106,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
             f"{len(configs)} runs",
             file=sys.stderr,
         )
-    summary = sweep.run_sweep(configs, out, jobs=jobs, quiet=args.quiet, cache=cache)
+    summary = experiments.run_sweep(configs, out, jobs=jobs, quiet=args.quiet, cache=cache)
     if summary.failed:
         raise ConfigError(f"{len(summary.failed)} demo run(s) failed; see {out / results.RUNS_FILE}")
     df = results.load_results(out)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from marina import plotting, results
+from marina import plotting
 from marina.errors import ConfigError
+from marina.experiments import results
 
 
 def register(sub: argparse._SubParsersAction) -> None:

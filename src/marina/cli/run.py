@@ -8,8 +8,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from marina import results, sweep
+from marina import parameters
 from marina.errors import ConfigError
+from marina.experiments import (
+    DEFAULT_CHECKPOINT_EVERY,
+    PARAM_KEYS,
+    ProblemCache,
+    Raw,
+    RunConfig,
+    execute,
+    execute_distributed,
+    results,
+    torch_threads,
+    validate,
+)
 from marina.progress import ProgressDisplay
 
 # How each configuration key is spelled on this command line (for error messages).
@@ -22,19 +34,17 @@ OPTION_NAMES = {
     "seeds": "--seed",
     "iterations": "--iterations",
     "log_every": "--log-every",
-    **{k: "--" + k.replace("_", "-") for k in sweep.PARAM_KEYS},
+    **{p.name: p.flag for p in parameters.PARAMETERS},
 }
 
 
-def _simulated(
-    args: argparse.Namespace, config: sweep.RunConfig, cache: sweep.ProblemCache
-) -> dict[str, Any]:
+def _simulated(args: argparse.Namespace, config: RunConfig, cache: ProblemCache) -> dict[str, Any]:
     """All workers in this process (:class:`marina.network.simulated.SimulatedNetwork`)."""
     display = ProgressDisplay(enabled=False if args.quiet else None)
     display.add(config.run_id, config.describe(), config.iterations)
     try:
         problem = cache.get(config.problem, config.workers, config.split, config.device)
-        record, _ = sweep.execute(
+        record, _ = execute(
             config,
             args.out,
             checkpoint_every=args.checkpoint_every or None,
@@ -49,20 +59,20 @@ def _simulated(
 
 
 def _torch_distributed(
-    args: argparse.Namespace, config: sweep.RunConfig, cache: sweep.ProblemCache
+    args: argparse.Namespace, config: RunConfig, cache: ProblemCache
 ) -> dict[str, Any] | None:
-    """This process is one rank of a torchrun job (:func:`marina.distributed.cli_backend`)."""
-    from marina.distributed import cli_backend
+    """This process is one rank of a torchrun job (:func:`marina.experiments.execute_distributed`)."""
+    return execute_distributed(
+        config, args.out, checkpoint_every=args.checkpoint_every, timeout_s=args.timeout, quiet=args.quiet
+    )
 
-    return cli_backend(args, config, cache)
 
-
-BACKENDS: dict[str, Callable[[argparse.Namespace, sweep.RunConfig, sweep.ProblemCache], dict[str, Any]]] = {
+BACKENDS: dict[str, Callable[[argparse.Namespace, RunConfig, ProblemCache], dict[str, Any] | None]] = {
     "simulated": _simulated,
     "torch-distributed": _torch_distributed,
 }
 """``--backend`` name -> function running one validated configuration and returning its record
-(writing results into ``args.out`` when set, see :func:`marina.sweep.execute`)."""
+(writing results into ``args.out`` when set, see :func:`marina.experiments.execute`)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,18 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--log-every", type=int, default=None, help="history row every N rounds (default iterations/200)"
     )
     o = p.add_argument_group("method parameters (default: the theory values)")
-    o.add_argument("--stepsize", type=float, help="explicit stepsize gamma")
-    o.add_argument("--stepsize-multiplier", type=float, help="gamma = multiplier x theory stepsize")
-    o.add_argument("--p", type=float, help="probability of a dense round (MARINA family), in (0, 1]")
-    o.add_argument("--alpha", type=float, help="DIANA shift stepsize, in (0, 1]")
-    o.add_argument("--batch-size", type=int, help="b', minibatch of VR-MARINA / VR-DIANA (default m/100)")
-    o.add_argument("--clients", type=int, help="r, clients per compressed round of PP-MARINA")
-    o.add_argument("--refresh-p", type=float, help="VR-DIANA: probability of refreshing the reference point")
-    o.add_argument(
-        "--online", action="store_const", const=True, help="VR-MARINA: online (expectation) variant"
-    )
-    o.add_argument("--dense-batch-size", type=int, help="VR-MARINA online: b, minibatch of the dense rounds")
-    o.add_argument("--mu", type=float, help="MARINA: PL constant (stepsize of Theorem 2.2)")
+    for prm in parameters.PARAMETERS:
+        if prm.kind is bool:
+            o.add_argument(prm.flag, action="store_const", const=True, help=prm.help)
+        else:
+            o.add_argument(prm.flag, type=prm.kind, help=prm.help)
     e = p.add_argument_group("execution")
     e.add_argument("--out", default=None, help="results directory (default: print the result, write nothing)")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
@@ -130,9 +133,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--checkpoint-every",
         type=int,
-        default=sweep.DEFAULT_CHECKPOINT_EVERY,
+        default=DEFAULT_CHECKPOINT_EVERY,
         metavar="N",
-        help=f"with --out, checkpoint every N rounds (0: never; default {sweep.DEFAULT_CHECKPOINT_EVERY})",
+        help=f"with --out, checkpoint every N rounds (0: never; default {DEFAULT_CHECKPOINT_EVERY})",
     )
     e.add_argument(
         "--threads",
@@ -145,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def config_from_args(args: argparse.Namespace, cache: sweep.ProblemCache | None = None) -> sweep.RunConfig:
+def config_from_args(args: argparse.Namespace, cache: ProblemCache | None = None) -> RunConfig:
     """The validated configuration the options describe (ConfigError names the option)."""
     values: dict[str, Any] = {
         "problems": args.problem,
@@ -158,11 +161,11 @@ def config_from_args(args: argparse.Namespace, cache: sweep.ProblemCache | None 
     }
     if args.log_every is not None:
         values["log_every"] = args.log_every
-    for key in sweep.PARAM_KEYS:
+    for key in PARAM_KEYS:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    raw = sweep.Raw(values, "")
-    (config,) = sweep.validate([raw], lambda k: OPTION_NAMES.get(k, k), device=args.device, cache=cache)
+    raw = Raw(values, "")
+    (config,) = validate([raw], lambda k: OPTION_NAMES.get(k, k), device=args.device, cache=cache)
     return config
 
 
@@ -198,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-every {args.checkpoint_every}, must be >= 0 (0: never)")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}, must be >= 1")
-    cache = sweep.ProblemCache()
+    cache = ProblemCache()
     config = config_from_args(args, cache)
     if args.out is not None:
         existing = results.read_run_record(args.out, config.run_id)
@@ -210,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
                 return 0
         if args.force:
             shutil.rmtree(results.run_dir(args.out, config.run_id), ignore_errors=True)
-    with sweep.torch_threads(args.threads):
+    with torch_threads(args.threads):
         record = BACKENDS[args.backend](args, config, cache)
     if record is None:  # a rank that does not report
         return 0

@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from marina import results, sweep
+from marina import experiments
 from marina.errors import ConfigError
+from marina.experiments import results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="checkpoint each run every N rounds (0: never; default: the file's checkpoint_every, "
-        f"else {sweep.DEFAULT_CHECKPOINT_EVERY})",
+        f"else {experiments.DEFAULT_CHECKPOINT_EVERY})",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the file's, else cpu)")
     p.add_argument(
@@ -58,13 +59,15 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads}, must be >= 1")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every {args.checkpoint_every}, must be >= 0 (0: never)")
-    spec = sweep.load_sweep(args.config)
+    spec = experiments.load_sweep(args.config)
     device = args.device or spec.device or "cpu"
-    configs = sweep.validate(sweep.expand(spec), device=device)
+    configs = experiments.validate(experiments.expand(spec), device=device)
     checkpoint_every = args.checkpoint_every
     if checkpoint_every is None:
         checkpoint_every = (
-            spec.checkpoint_every if spec.checkpoint_every is not None else sweep.DEFAULT_CHECKPOINT_EVERY
+            spec.checkpoint_every
+            if spec.checkpoint_every is not None
+            else experiments.DEFAULT_CHECKPOINT_EVERY
         )
     out = Path(args.out)
     done = results.completed_run_ids(out) if out.is_dir() else set()
@@ -84,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
             f"{missing} to run ({min(jobs, max(1, missing))} at a time)",
             file=sys.stderr,
         )
-    summary = sweep.run_sweep(
+    summary = experiments.run_sweep(
         configs,
         out,
         jobs=jobs,

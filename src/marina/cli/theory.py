@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from marina import compressors, methods, sweep, theory
+from marina import compressors, experiments, methods, theory
 from marina.errors import ConfigError
 from marina.network.simulated import SimulatedNetwork
 from marina.rng import Randomness
@@ -103,9 +103,9 @@ def compute(
     """Everything ``marina theory`` prints, as a JSON-ready dict."""
     if not (eps > 0):
         raise ConfigError(f"--eps {eps}, must be > 0")
-    (config,) = sweep.validate(
+    (config,) = experiments.validate(
         [
-            sweep.Raw(
+            experiments.Raw(
                 {
                     "problems": problem,
                     "workers": workers,
@@ -119,7 +119,7 @@ def compute(
         ],
         lambda k: {"problems": "--problem", "compressors": "--compressor"}.get(k, f"--{k}"),
     )
-    prob = sweep.load_problem(config.problem, config.workers, config.split)
+    prob = experiments.load_problem(config.problem, config.workers, config.split)
     comp = compressors.get(config.compressor, workers=config.workers)
     net = SimulatedNetwork(config.workers, 0, device=prob.device)
     x0 = prob.initial_point()

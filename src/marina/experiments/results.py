@@ -25,26 +25,28 @@ Both combined files are readable with plain pandas::
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from marina import parameters
 from marina.errors import ConfigError
+from marina.files import atomic_write
 
 __all__ = [
+    "SCHEMA_VERSION",
     "CONFIG_COLUMNS",
     "HISTORY_COLUMNS",
     "PARAM_COLUMNS",
     "TERMINAL_STATUSES",
     "TIME_COLUMNS",
-    "atomic_write",
     "atomic_write_json",
     "atomic_write_parquet",
     "checkpoint_path",
@@ -53,9 +55,11 @@ __all__ = [
     "jsonable",
     "load_results",
     "load_runs",
+    "read_history",
     "read_run_record",
     "rebuild",
     "run_dir",
+    "schema_version",
     "write_run",
 ]
 
@@ -81,15 +85,15 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 TIME_COLUMNS: tuple[str, ...] = ("time_s",)
 """Columns that depend on the machine's speed (everything else is a function of the config)."""
 
-PARAM_COLUMNS: dict[str, str] = {
-    "stepsize": "float64",
-    "stepsize_multiplier": "float64",
-    "p": "float64",
-    "alpha": "float64",
-    "batch_size": "Int64",
-    "clients": "Int64",
-}
-"""Method overrides as given (missing / NaN: the theory default was used), with their dtypes."""
+SCHEMA_VERSION = 2
+"""Version of the files' layout, recorded in every run record (``schema``) and in the metadata of
+every Parquet file (``marina_schema``). 2: per-run histories carry the configuration columns
+(``run_id`` first) and every method parameter of :data:`marina.parameters.PARAMETERS` is a
+column; 1: histories without configuration columns, six parameter columns."""
+
+PARAM_COLUMNS: dict[str, str] = {p.name: p.column_dtype for p in parameters.PARAMETERS}
+"""Every method parameter (:data:`marina.parameters.PARAMETERS`) as given (missing: the theory
+default was used), with its dtype: runs that differ in any parameter differ in these columns."""
 
 CONFIG_COLUMNS: dict[str, str] = {
     "run_id": "string",
@@ -109,53 +113,6 @@ data-set size (epochs = oracle_calls / m)."""
 
 TERMINAL_STATUSES = frozenset({"finished", "diverged"})
 """Statuses of a completed run (a resumed sweep skips it)."""
-
-
-# -- atomic writes ---------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Create ``path`` atomically: ``write(tmp)`` fills a temporary file next to it, which is
-    fsynced and renamed over ``path`` (``os.replace``); the directory is fsynced after.
-
-    Readers see either the old file or the complete new one, never a partial file, whatever
-    happens to this process (including SIGKILL) or the machine.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have created
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def jsonable(value: Any) -> Any:
@@ -187,8 +144,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
-    """Write ``df`` to Parquet (pyarrow, no index), atomically."""
-    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
+    """Write ``df`` to Parquet (pyarrow, no index; :data:`SCHEMA_VERSION` in the metadata as
+    ``marina_schema``), atomically."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"marina_schema": str(SCHEMA_VERSION).encode()}
+    table = table.replace_schema_metadata(meta)
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def schema_version(path: str | os.PathLike) -> int:
+    """The ``marina_schema`` of a Parquet file written by marina (1 for files older than it)."""
+    meta = pq.read_schema(path).metadata or {}
+    return int(meta.get(b"marina_schema", b"1"))
 
 
 @contextlib.contextmanager
@@ -243,19 +210,29 @@ def history_frame(record: dict[str, Any], history: pd.DataFrame) -> pd.DataFrame
 
 
 def _missing(dtype: str) -> str:
-    return dtype if dtype in ("float64", "Int64", "string") else "float64"
+    return dtype if dtype in ("float64", "Int64", "string", "boolean") else "float64"
 
 
 def write_run(out: str | os.PathLike, record: dict[str, Any], history: pd.DataFrame | None = None) -> Path:
     """Write one run's files: ``history.parquet`` (if given) first, then ``run.json``.
 
-    ``record`` must hold ``run_id``, ``status`` and ``config``. Since ``run.json`` is written
-    last, a run is complete exactly when its ``run.json`` says so, whatever moment a kill hits.
+    ``record`` must hold ``run_id``, ``status`` and ``config``. The history is stored as its
+    rows of ``results.parquet`` (:func:`history_frame`: configuration columns in front), and the
+    record gets ``schema`` = :data:`SCHEMA_VERSION`. Since ``run.json`` is written last, a run is
+    complete exactly when its ``run.json`` says so, whatever moment a kill hits.
     """
     directory = run_dir(out, record["run_id"])
+    record = {**record, "schema": SCHEMA_VERSION}
     if history is not None:
-        atomic_write_parquet(directory / HISTORY_FILE, history)
+        atomic_write_parquet(directory / HISTORY_FILE, history_frame(record, history))
     return atomic_write_json(directory / RECORD_FILE, record)
+
+
+def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame:
+    """A completed run's rows of ``results.parquet`` (files of schema 1 get their
+    configuration columns here)."""
+    frame = pd.read_parquet(run_dir(out, record["run_id"]) / HISTORY_FILE)
+    return frame if "run_id" in frame.columns else history_frame(record, frame)
 
 
 def read_run_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
@@ -315,11 +292,7 @@ def rebuild(out: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, Any]]]
                 with contextlib.suppress(OSError):
                     stale.unlink()
         records = sorted(_records(out), key=_sort_key)
-        frames = [
-            history_frame(r, pd.read_parquet(run_dir(out, r["run_id"]) / HISTORY_FILE))
-            for r in records
-            if _is_complete(out, r)
-        ]
+        frames = [read_history(out, r) for r in records if _is_complete(out, r)]
         if frames:
             df = pd.concat(frames, ignore_index=True)
         else:

@@ -1,0 +1,164 @@
+"""Executing one configuration into a results directory (the files: :mod:`.results`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from marina import __version__
+from marina.errors import ConfigError
+from marina.experiments import results
+from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
+from marina.experiments.loading import load_problem
+from marina.network.torch_distributed import DistributedError
+from marina.rng import GENERATOR_VERSION
+from marina.runner import run
+
+__all__ = ["execute", "torch_threads"]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch intra-op threads (None: unchanged), then restore.
+
+    Small problems run fastest on one thread, and far slower with several on a busy machine."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _versions(device: str) -> dict[str, Any]:
+    return {
+        "marina_version": __version__,
+        "generator_version": GENERATOR_VERSION,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "host": platform.node(),
+        "device": device,
+    }
+
+
+def execute(
+    config: RunConfig,
+    out: str | os.PathLike | None,
+    *,
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
+    progress: Callable[[Mapping[str, Any], int], None] | None = None,
+    problem: Any = None,
+    backend: str = "simulated",
+    write: bool = True,
+    m: float | None = None,
+    run_kwargs: Mapping[str, Any] | None = None,
+):
+    """Run one configuration with :func:`marina.run` and write its files into ``out``.
+
+    The run's ``run.json`` is written with status ``running`` when it starts, then its history
+    and final record when it ends (``finished``, ``diverged``; ``failed`` with the error if
+    :func:`marina.run` raised). With ``checkpoint_every`` > 0 the run checkpoints into its own
+    folder and a later call resumes from there; the checkpoint is removed once the run
+    completes. ``progress(row, iterations)`` is called at every log point; ``problem`` (built
+    with :func:`load_problem`) saves building it again. ``write=False`` (e.g. on every
+    torch.distributed rank but 0) runs without touching ``out``. Other backends pass their
+    ``problem`` (the workers this process hosts), ``m`` (the mean local data-set size over all
+    workers, default: over ``problem.sizes``) and extra :func:`marina.run` arguments
+    (``run_kwargs``, e.g. ``network``).
+
+    Returns:
+        (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
+        (None if it failed).
+    """
+    out_path = Path(out) if out is not None else None
+    writing = write and out_path is not None
+    record: dict[str, Any] = {
+        "run_id": config.run_id,
+        "status": "running",
+        "config": config.to_dict(),
+        "backend": backend,
+        **_versions(config.device),
+        "started_at": _now(),
+    }
+    if problem is None:
+        problem = load_problem(config.problem, config.workers, config.split, config.device)
+    record["m"] = float(problem.sizes.double().mean()) if m is None else float(m)
+    record["d"] = int(problem.dim)
+    ckpt = None
+    if writing:
+        folder = results.run_dir(out_path, config.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        # temporary files left by a process killed mid-write (ours, and marina.run's checkpoint)
+        for stale in [*folder.glob(".*.tmp"), *folder.glob(f"{results.CHECKPOINT_FILE}.tmp-*")]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        if checkpoint_every:
+            ckpt = results.checkpoint_path(out_path, config.run_id)
+            if ckpt.exists():
+                record["resumed"] = True
+        results.write_run(out_path, record)
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {**config.params, **(run_kwargs or {})}
+    if ckpt is not None:
+        kwargs.update(checkpoint_path=str(ckpt), checkpoint_every=int(checkpoint_every))
+    if progress is not None:
+        kwargs["progress"] = progress
+    try:
+        result = run(
+            method=config.method,
+            compressor=config.compressor,
+            problem=problem,
+            workers=config.workers,
+            iterations=config.iterations,
+            seed=config.seed,
+            log_every=config.log_every,
+            **kwargs,
+        )
+    except Exception as exc:
+        record.update(
+            status="failed",
+            message=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            finished_at=_now(),
+            wall_s=time.perf_counter() - t0,
+        )
+        if writing:
+            results.write_run(out_path, record)
+        if isinstance(exc, (ConfigError, DistributedError)):  # bad input; a peer rank's failure
+            raise
+        return record, None
+    history = result.history
+    last = history.iloc[-1].to_dict() if len(history) else {}
+    record.update(
+        status=str(result.status),
+        params=dict(result.params),
+        finished_at=_now(),
+        wall_s=time.perf_counter() - t0,
+        iterations_done=int(last.get("iteration", 0)),
+        final=last,
+    )
+    message = getattr(result, "message", None)
+    if message:
+        record["message"] = str(message)
+    if writing:
+        results.write_run(out_path, record, history)
+        if ckpt is not None:
+            with contextlib.suppress(OSError):
+                ckpt.unlink()
+    return results.jsonable(record), result

@@ -1,0 +1,195 @@
+"""The method parameters, each declared once.
+
+Every override a method accepts is one :class:`Parameter` of :data:`PARAMETERS`: its name,
+type, constraint, the methods that take it and its help text. Everything else is derived from
+this table: validation (:meth:`Parameter.check`, used by :meth:`marina.methods.Method.resolve`),
+the keys of sweep files, the columns of ``results.parquet`` (:meth:`Parameter.column_dtype`),
+the ``marina run`` flags (:attr:`Parameter.flag`) and the legends of ``marina plot``.
+
+Values are made canonical before anything is hashed (:meth:`Parameter.canonical`): a float
+parameter given as ``1`` is ``1.0``, an integer given as ``4.0`` is ``4``, and strings or
+booleans where numbers belong are refused, so one configuration has one run id.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from marina.errors import ConfigError
+
+__all__ = ["PARAMETERS", "Parameter", "by_name", "names", "of_method"]
+
+STEPSIZE_METHODS = ("gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina")
+"""Every method takes ``stepsize`` and ``stepsize_multiplier``."""
+
+_DTYPES = {float: "float64", int: "Int64", bool: "boolean"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One method parameter.
+
+    Attributes:
+        name: the keyword of :func:`marina.run` and the sweep-file key.
+        kind: ``float``, ``int`` or ``bool``.
+        domain: ``"positive"`` (finite, > 0), ``"probability"`` (in (0, 1]), ``"count"``
+            (integer >= 1, at most ``bound``) or ``"flag"``.
+        methods: the methods that take it.
+        help: one line for ``--help``.
+        legend: how ``marina plot`` names it when it varies between curves.
+        bound: for counts, the :class:`marina.methods.Setting` attribute bounding it from above.
+        bound_text: what that bound is, for messages.
+    """
+
+    name: str
+    kind: type
+    domain: str
+    methods: tuple[str, ...]
+    help: str
+    legend: str
+    bound: str | None = None
+    bound_text: str = ""
+
+    @property
+    def flag(self) -> str:
+        """The ``marina run`` option, e.g. ``--batch-size``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def column_dtype(self) -> str:
+        """The pandas dtype of its ``results.parquet`` column (nullable: missing = theory default)."""
+        return _DTYPES[self.kind]
+
+    def constraint(self, upper: int | None = None) -> str:
+        """What a value must be, e.g. ``in (0, 1]`` or ``in [1, 20]``."""
+        if self.domain == "positive":
+            return "a finite number > 0"
+        if self.domain == "probability":
+            return "in (0, 1]"
+        if self.domain == "count":
+            return f"in [1, {upper}]" if upper is not None else ">= 1"
+        return "true or false"
+
+    def canonical(self, value: Any) -> Any:
+        """``value`` in this parameter's type (no range check): an integral number for an
+        integer, any real number for a float, a bool for a flag; ConfigError otherwise
+        (strings and booleans are never numbers)."""
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif isinstance(value, (str, bool)):
+            ok = False
+        elif self.kind is float:
+            ok = isinstance(value, numbers.Real)
+        else:
+            ok = isinstance(value, numbers.Real) and float(value).is_integer()
+        if not ok:
+            raise ConfigError(f"{self.name} == {value!r}, must be {_TYPE_PHRASES[self.domain]}")
+        return self.kind(value)
+
+    def check(self, value: Any, setting: Any = None) -> Any:
+        """``value`` made canonical and checked against the constraint (a count against
+        ``getattr(setting, bound)`` when a setting is given)."""
+        v = self.canonical(value)
+        if self.domain == "positive" and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{self.name} == {value!r}, must be {self.constraint()}")
+        if self.domain == "probability" and not (0.0 < v <= 1.0):
+            raise ConfigError(f"{self.name} == {value!r}, must be {self.constraint()}")
+        if self.domain == "count":
+            upper = None if self.bound is None or setting is None else int(getattr(setting, self.bound))
+            if v < 1 or (upper is not None and v > upper):
+                what = self.bound_text + ("" if upper is None else f" = {upper}")
+                raise ConfigError(f"{self.name} == {v}, must be {self.constraint(upper)} ({what})")
+        return v
+
+
+_TYPE_PHRASES = {
+    "positive": "a finite number > 0",
+    "probability": "a number in (0, 1]",
+    "count": "an integer >= 1",
+    "flag": "true or false",
+}
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("stepsize", float, "positive", STEPSIZE_METHODS, "explicit stepsize gamma", "γ"),
+    Parameter(
+        "stepsize_multiplier",
+        float,
+        "positive",
+        STEPSIZE_METHODS,
+        "gamma = multiplier x theory stepsize",
+        "γ ×",
+    ),
+    Parameter(
+        "p",
+        float,
+        "probability",
+        ("marina", "vr-marina", "pp-marina"),
+        "probability of a dense round (MARINA family), in (0, 1]",
+        "p",
+    ),
+    Parameter("alpha", float, "probability", ("diana", "vr-diana"), "DIANA shift stepsize, in (0, 1]", "α"),
+    Parameter(
+        "batch_size",
+        int,
+        "count",
+        ("vr-marina", "vr-diana"),
+        "b', minibatch of VR-MARINA / VR-DIANA (default m/100)",
+        "b'",
+        bound="m_min",
+        bound_text="b', at most the smallest local data set m",
+    ),
+    Parameter(
+        "clients",
+        int,
+        "count",
+        ("pp-marina",),
+        "r, clients per compressed round of PP-MARINA",
+        "r",
+        bound="n",
+        bound_text="r, at most the number of workers n",
+    ),
+    Parameter(
+        "refresh_p",
+        float,
+        "probability",
+        ("vr-diana",),
+        "VR-DIANA: probability of refreshing the reference point",
+        "refresh p",
+    ),
+    Parameter("online", bool, "flag", ("vr-marina",), "VR-MARINA: online (expectation) variant", "online"),
+    Parameter(
+        "dense_batch_size",
+        int,
+        "count",
+        ("vr-marina",),
+        "VR-MARINA online: b, minibatch of the dense rounds (samples drawn with replacement)",
+        "b",
+        bound_text="b, samples drawn with replacement",
+    ),
+    Parameter("mu", float, "positive", ("marina",), "MARINA: PL constant (stepsize of Theorem 2.2)", "μ"),
+)
+"""Every method parameter, in the order of columns, flags and messages."""
+
+_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def names() -> tuple[str, ...]:
+    """Names of all parameters, in table order."""
+    return tuple(_BY_NAME)
+
+
+def by_name(name: str) -> Parameter:
+    """The parameter called ``name`` (ConfigError naming the known ones otherwise)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown parameter {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def of_method(method: str) -> tuple[str, ...]:
+    """Names of the parameters ``method`` takes, in table order."""
+    return tuple(p.name for p in PARAMETERS if method in p.methods)
