@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from marina import parameters
 from marina.errors import ConfigError
 from marina.files import atomic_write
+from marina.runner import HISTORY_COLUMNS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -70,17 +71,6 @@ HISTORY_FILE = "history.parquet"
 RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
-
-HISTORY_COLUMNS: tuple[str, ...] = (
-    "iteration",
-    "grad_norm_sq",
-    "loss",
-    "bits_up",
-    "bits_down",
-    "oracle_calls",
-    "time_s",
-)
-"""The history columns of :func:`marina.run` (models may add more, e.g. ``train_acc``)."""
 
 TIME_COLUMNS: tuple[str, ...] = ("time_s",)
 """Columns that depend on the machine's speed (everything else is a function of the config)."""
