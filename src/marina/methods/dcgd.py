@@ -36,7 +36,7 @@ class QGD(Method):
         # 1. broadcast x^k
         self._broadcast()
         # 2. compressed local gradients
-        G = self.problem.gradients(self.x)  # lazy rows: a sparsifier reads K entries per row
+        G = self.problem.lazy_local_grads(self.x)  # lazy rows: a sparsifier reads K entries per row
         self._charge_full()
         # 3. g^k = mean_i Q_i(grad f_i(x^k))
         g = self.net.aggregate(self.Q, G, k)

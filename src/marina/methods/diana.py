@@ -64,7 +64,7 @@ class DIANA(Method):
 
     def _local_estimates(self, k: int) -> Tensor | LazyRows:
         """Step 2: g_i^k, one row per hosted worker (lazy rows: a sparsifier reads K entries)."""
-        G = self.problem.gradients(self.x)
+        G = self.problem.lazy_local_grads(self.x)
         self._charge_full()
         return G
 

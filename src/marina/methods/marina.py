@@ -54,7 +54,7 @@ class MARINA(Method):
     def _start(self) -> None:
         self.p = float(self.params["p"])
         # 2. g^0 = grad f(x^0): a dense round
-        self.G = self.problem.gradients(self.x)
+        self.G = self.problem.lazy_local_grads(self.x)
         self._charge_full()
         self.g = self.net.aggregate_dense(self.G, 0, self.dense)
 
@@ -72,7 +72,7 @@ class MARINA(Method):
         self.x = self.x - self.gamma * self.g
         # 8. one local gradient evaluation per round: grad f_i(x^{k+1}) (lazy rows: a sparsifier
         #    reads only its K entries of the difference, see marina.lazy_rows)
-        G_new = self.problem.gradients(self.x)
+        G_new = self.problem.lazy_local_grads(self.x)
         self._charge_full()
         if c:
             # 8.+10. c_k = 1: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1}), sent dense
@@ -230,7 +230,7 @@ class PPMARINA(Method):
     def _start(self) -> None:
         self._setup()
         # 2. g^0 = grad f(x^0): a dense round with every client
-        self.G = self.problem.gradients(self.x)
+        self.G = self.problem.lazy_local_grads(self.x)
         self._charge_full()
         self.g = self.net.aggregate_dense(self.G, 0, self.dense)
         # fresh[i]: client i holds grad f_i(x^k) (global, length n, on the CPU)
@@ -250,7 +250,7 @@ class PPMARINA(Method):
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
         self.x = self.x - self.gamma * self.g
-        G_new = self.problem.gradients(self.x)  # lazy rows: sampled clients' K entries are read
+        G_new = self.problem.lazy_local_grads(self.x)  # lazy rows: sampled clients' K entries are read
         if c:
             # 8. full participation: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1})
             self._charge_full()
