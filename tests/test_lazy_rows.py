@@ -5,6 +5,8 @@ Every check here is bit for bit: the lazy path must not change a trajectory, onl
 
 from __future__ import annotations
 
+import copy
+import pickle
 import random
 
 import pytest
@@ -43,7 +45,7 @@ def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
     G_old, G_new = prob.local_grads(x_old), prob.local_grads(x_new)
     for k in (1, 3, prob.dim):
         idx = _entries(prob.n_workers, prob.dim, k, seed + k)
-        lazy_new, lazy_old = prob.gradients(x_new), prob.gradients(x_old)
+        lazy_new, lazy_old = prob.lazy_local_grads(x_new), prob.lazy_local_grads(x_old)
         assert isinstance(lazy_new, LazyRows) and not isinstance(lazy_new, DenseRows)
         assert torch.equal(lazy_new.gather(1, idx), G_new.gather(1, idx))
         # a difference of two lazy points (evaluated together), of a lazy and a dense one
@@ -66,14 +68,14 @@ def test_synthetic_problem_and_hosted_subsets_read_the_same_entries():
     part = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000, hosted_workers=[1, 4])
     x = _point(9, seed)
     idx = _entries(6, 9, 2, seed)
-    got = full.gradients(x).gather(1, idx)
+    got = full.lazy_local_grads(x).gather(1, idx)
     assert torch.equal(got, full.local_grads(x).gather(1, idx))
-    assert torch.equal(part.gradients(x).gather(1, idx[[1, 4]]), got[[1, 4]])
+    assert torch.equal(part.lazy_local_grads(x).gather(1, idx[[1, 4]]), got[[1, 4]])
 
 
 def test_bad_reads_are_named():
     prob = problems.libsvm("mushrooms", workers=3)
-    lazy = prob.gradients(prob.initial_point())
+    lazy = prob.lazy_local_grads(prob.initial_point())
     with pytest.raises(ValueError, match="dim == 0, must be 1"):
         lazy.gather(0, torch.zeros((3, 1), dtype=torch.int64))
     with pytest.raises(ValueError, match=r"index has shape \(2, 1\), must be \(3, K\)"):
@@ -86,7 +88,7 @@ def test_bad_reads_are_named():
 def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
     prob = problems.libsvm("phishing", workers=40, l2=0.01)
     seed = random.randrange(2**31)
-    lazy = prob.gradients(_point(prob.dim, seed)) - prob.gradients(_point(prob.dim, seed + 1))
+    lazy = prob.lazy_local_grads(_point(prob.dim, seed)) - prob.lazy_local_grads(_point(prob.dim, seed + 1))
     dense = materialize(lazy)
     c = compressors.get(spec)
     rng = lambda: Randomness(seed, "compress", 3, range(prob.n_workers))  # noqa: E731
@@ -164,7 +166,7 @@ def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
     for eager in (False, True):
         prob = problems.libsvm("mushrooms", workers=5, l2=0.01)
         if eager:  # the Problem default: every gradient computed at once
-            prob.gradients = lambda x, prob=prob: DenseRows(prob.local_grads(x))
+            prob.lazy_local_grads = lambda x, prob=prob: DenseRows(prob.local_grads(x))
         opts = {"p": 0.2} if "marina" in method else {}
         res = marina.run(
             method=method,
@@ -182,7 +184,7 @@ def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
 
 def test_simulation_reads_lazy_rows_without_materialising():
     prob = problems.libsvm("phishing", workers=30)
-    lazy = prob.gradients(_point(prob.dim, 1))
+    lazy = prob.lazy_local_grads(_point(prob.dim, 1))
     net = SimulatedNetwork(30, 0)
     net.aggregate(compressors.get("randk:1"), lazy, 0)
     assert lazy._G is None  # only the 30 gathered entries were evaluated
@@ -198,7 +200,7 @@ def test_row_subsets_share_one_dense_evaluation(monkeypatch):
     full = prob._grads_from
     monkeypatch.setattr(prob, "_grads_from", lambda w, x: calls.append(1) or full(w, x))
     x = _point(prob.dim, random.randrange(2**31))
-    lazy = prob.gradients(x)
+    lazy = prob.lazy_local_grads(x)
     first, second = lazy.index_select(0, torch.tensor([4, 1])), lazy.index_select(0, torch.tensor([0]))
     nested = first.index_select(0, torch.tensor([1]))
     G = prob.local_grads(x)
@@ -207,3 +209,43 @@ def test_row_subsets_share_one_dense_evaluation(monkeypatch):
     assert torch.equal(nested.dense(), G[[1]])
     assert torch.equal(lazy.dense(), G)
     assert len(calls) == 2  # once for the views (their root), once for local_grads above
+
+
+REFUSED = {  # what a tensor would do, and how the lazy rows refuse it
+    "rows.mean(0)": (lambda r, t: r.mean(0), AttributeError, r"tensor attribute \.mean"),
+    "rows.sum()": (lambda r, t: r.sum(), AttributeError, r"tensor attribute \.sum"),
+    "rows + t": (lambda r, t: r + t, TypeError, r"operator \+"),
+    "t + rows": (lambda r, t: t + r, TypeError, r"operator \+"),
+    "rows * 2": (lambda r, t: r * 2, TypeError, r"operator \*"),
+    "t - rows": (lambda r, t: t - r, TypeError, r"operator - with lazy rows on the right"),
+    "-rows": (lambda r, t: -r, TypeError, "negation"),
+    "rows[0]": (lambda r, t: r[0], TypeError, r"indexing \(use index_select"),
+    "torch.mean(rows)": (lambda r, t: torch.mean(r), TypeError, r"torch\.mean"),
+    "torch.sub(t, rows)": (lambda r, t: torch.sub(t, r), TypeError, r"torch\.sub"),
+    "torch.cat([rows])": (lambda r, t: torch.cat([r]), TypeError, r"torch\.cat"),
+    "list(rows)": (lambda r, t: list(r), TypeError, "iteration"),
+}
+
+
+@pytest.mark.parametrize("what", list(REFUSED))
+def test_lazy_rows_refuse_tensor_operations_and_say_how_to_materialise(what):
+    """Held in a method's state, lazy rows must not silently act like (or fail unlike) a tensor."""
+    prob = problems.libsvm("mushrooms", workers=3)
+    x = _point(prob.dim, 0)
+    dense = prob.local_grads(x)
+    op, error, operation = REFUSED[what]
+    for rows in (prob.lazy_local_grads(x), DenseRows(dense), prob.lazy_local_grads(x) - dense):
+        with pytest.raises(error, match=operation) as info:
+            op(rows, dense)
+        assert f"{type(rows).__name__} (lazy rows" in str(info.value)
+        assert "marina.lazy_rows.materialize(rows) or rows.dense()" in str(info.value)
+        op(materialize(rows), dense)  # what materialising first makes possible
+
+
+def test_lazy_rows_keep_the_python_protocols():
+    rows = DenseRows(torch.ones(2, 3))
+    assert not hasattr(rows, "no_such_attribute")  # an AttributeError, as getattr/hasattr expect
+    assert getattr(rows, "mean", None) is None
+    assert torch.equal(copy.copy(rows).dense(), rows.dense())
+    assert torch.equal(pickle.loads(pickle.dumps(rows)).dense(), rows.dense())
+    assert (rows.shape, rows.dim(), rows.dtype) == (torch.Size((2, 3)), 2, torch.float32)
