@@ -73,7 +73,22 @@ from array import array
 import torch
 from torch import Tensor
 
-__all__ = ["SHARED", "Randomness", "ElementDraws", "mix64", "stream_id", "hash32_reference"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "SHARED",
+    "Randomness",
+    "ElementDraws",
+    "mix64",
+    "stream_id",
+    "hash32_reference",
+]
+
+GENERATOR_VERSION = 1
+"""Version of the generator: bump it whenever any draw changes (any method, key, shape or device).
+
+It is hashed into run ids, so results of different generators never share a directory entry;
+``tests/test_rng_golden.py`` pins the draws of the current version.
+"""
 
 SHARED = -1
 """Worker id that keys draws common to all workers."""
