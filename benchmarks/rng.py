@@ -7,38 +7,47 @@
 
 Each line is the best, over several repetitions, of the mean time of a loop of calls on one
 ``Randomness`` object (each call advances its counter, as in a run). One intra-op thread.
+``--against FILE`` also times another version of ``marina/rng.py`` (e.g. the output of
+``git show HEAD~1:src/marina/rng.py``), its repetitions interleaved with this version's so that
+load from other processes hits both alike, and prints the ratio.
 
-Run: ``python benchmarks/rng.py [--repeats R] [--only small|large]``
+Run: ``python benchmarks/rng.py [--repeats R] [--only small|large] [--against FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
-from marina.rng import SHARED, Randomness
+import marina.rng
 
 
-def per_call(fn: Callable[[], object], repeats: int, budget: float = 0.05) -> float:
-    """Seconds per call: best over ``repeats`` of the mean over a loop of ~``budget`` seconds."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, min(10_000, int(budget / once)))
-    best = float("inf")
-    for _ in range(repeats):
+def per_call(fns: list[Callable[[], object]], repeats: int, budget: float = 0.05) -> list[float]:
+    """Seconds per call of each fn: best over ``repeats`` (interleaved) of the mean over a loop
+    of ~``budget`` seconds."""
+    loops = []
+    for fn in fns:
+        fn()
         t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / loops)
+        fn()
+        loops.append(max(1, min(10_000, int(budget / max(time.perf_counter() - t0, 1e-7)))))
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(loops[i]):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / loops[i])
     return best
 
 
-def small_cases() -> dict[str, Callable[[], object]]:
+def small_cases(R: ModuleType) -> dict[str, Callable[[], object]]:
+    Randomness = R.Randomness
     rng = Randomness(3, "compress", 7, range(5))
     pops = torch.tensor([123, 5000, 10**6, 30, 9000])
     return {
@@ -62,7 +71,8 @@ def small_cases() -> dict[str, Callable[[], object]]:
     }
 
 
-def large_cases() -> dict[str, Callable[[], object]]:
+def large_cases(R: ModuleType) -> dict[str, Callable[[], object]]:
+    Randomness, SHARED = R.Randomness, R.SHARED
     big = Randomness(3, "compress", 7, range(1000))
     one = Randomness(3, "compress", 7, [SHARED])
     return {
@@ -84,20 +94,31 @@ def large_cases() -> dict[str, Callable[[], object]]:
     }
 
 
+def load(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rng_against", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", choices=("small", "large"))
+    ap.add_argument("--against", metavar="FILE", help="another rng.py to time alongside")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    groups = {"small": small_cases, "large": large_cases}
-    for group, make in groups.items():
+    mods = [marina.rng] + ([load(args.against)] if args.against else [])
+    for group, make in {"small": small_cases, "large": large_cases}.items():
         if args.only not in (None, group):
             continue
-        print(f"-- {group}")
-        for name, fn in make().items():
-            t = per_call(fn, args.repeats)
-            print(f"{name:36s} {t * 1e6:12.1f} us")
+        print(f"-- {group}" + ("  (this version | --against | ratio)" if args.against else ""))
+        cases = [make(m) for m in mods]
+        for name in cases[0]:
+            times = per_call([c[name] for c in cases], args.repeats)
+            cols = "".join(f"{t * 1e6:12.1f} us" for t in times)
+            ratio = f"{times[0] / times[1]:8.2f}" if len(times) > 1 else ""
+            print(f"{name:36s}{cols}{ratio}")
 
 
 if __name__ == "__main__":
