@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import random
 
 import pytest
 import torch
@@ -37,10 +36,9 @@ def _entries(n: int, d: int, k: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("name", "workers", "l2"), CASES)
-def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
+def test_gathered_entries_equal_the_dense_local_gradients(seed, name, workers, l2):
     prob = problems.libsvm(name, workers=workers, l2=l2)
     assert prob._scatter == (workers == 300)
-    seed = random.randrange(2**31)
     x_old, x_new = _point(prob.dim, seed), _point(prob.dim, seed + 1)
     G_old, G_new = prob.local_grads(x_old), prob.local_grads(x_new)
     for k in (1, 3, prob.dim):
@@ -62,8 +60,7 @@ def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
         assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx))
 
 
-def test_synthetic_problem_and_hosted_subsets_read_the_same_entries():
-    seed = random.randrange(2**31)
+def test_synthetic_problem_and_hosted_subsets_read_the_same_entries(seed):
     full = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000)
     part = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000, hosted_workers=[1, 4])
     x = _point(9, seed)
@@ -85,9 +82,8 @@ def test_bad_reads_are_named():
 
 
 @pytest.mark.parametrize("spec", ["randk:1", "randk:4", "qsgd:2", "natural", "identity"])
-def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
+def test_compressors_read_lazy_rows_as_they_read_dense_ones(seed, spec):
     prob = problems.libsvm("phishing", workers=40, l2=0.01)
-    seed = random.randrange(2**31)
     lazy = prob.lazy_local_grads(_point(prob.dim, seed)) - prob.lazy_local_grads(_point(prob.dim, seed + 1))
     dense = materialize(lazy)
     c = compressors.get(spec)
@@ -100,9 +96,8 @@ def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
     assert c.gathers == spec.startswith("randk")
 
 
-def test_sparse_sums_add_each_coordinate_in_worker_order():
+def test_sparse_sums_add_each_coordinate_in_worker_order(seed):
     """The canonical sum of sparse messages: sequential in worker order, from 0, per coordinate."""
-    seed = random.randrange(2**31)
     g = torch.Generator().manual_seed(seed)
     n, d, k = 50, 7, 3
     idx = torch.sort(torch.rand(n, d, generator=g).argsort(dim=1)[:, :k], dim=1).values
@@ -116,8 +111,7 @@ def test_sparse_sums_add_each_coordinate_in_worker_order():
     assert sparse_sum(idx, values, d).tolist() == expected
 
 
-def test_sparse_messages_sum_like_their_wire_form():
-    seed = random.randrange(2**31)
+def test_sparse_messages_sum_like_their_wire_form(seed):
     X = torch.randn(9, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     c = compressors.get("randk:5")
     total, bits, local = c.compress_sum(X, Randomness(seed, "compress", 0, range(9)))
@@ -159,9 +153,8 @@ def test_lazy_entries_are_checked_like_dense_rows():
 
 
 @pytest.mark.parametrize("method", ["marina", "qgd", "diana", "pp-marina"])
-def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
+def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(seed, method):
     """The trajectory does not depend on whether the sparsifier's entries were read lazily."""
-    seed = random.randrange(2**31)
     histories = []
     for eager in (False, True):
         prob = problems.libsvm("mushrooms", workers=5, l2=0.01)
@@ -192,14 +185,14 @@ def test_simulation_reads_lazy_rows_without_materialising():
     assert lazy._G is not None
 
 
-def test_row_subsets_share_one_dense_evaluation(monkeypatch):
+def test_row_subsets_share_one_dense_evaluation(seed, monkeypatch):
     """Materialising several row subsets (PP-MARINA's copies with a dense compressor) computes the
     full product once, on the view of all hosted workers."""
     prob = problems.libsvm("mushrooms", workers=6)
     calls = []
     full = prob._grads_from
     monkeypatch.setattr(prob, "_grads_from", lambda w, x: calls.append(1) or full(w, x))
-    x = _point(prob.dim, random.randrange(2**31))
+    x = _point(prob.dim, seed)
     lazy = prob.lazy_local_grads(x)
     first, second = lazy.index_select(0, torch.tensor([4, 1])), lazy.index_select(0, torch.tensor([0]))
     nested = first.index_select(0, torch.tensor([1]))
