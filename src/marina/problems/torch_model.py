@@ -29,18 +29,12 @@ can be evaluated on the same samples. Two ways to get the n per-worker gradients
 (n, b, ...) batch (one call, no Python loop: the forward folds the worker axis into the batch;
 the weight gradients use functorch's batched rule), or a loop of one ``grad_and_value`` per
 hosted worker (n ordinary batches). ``worker_batching="auto"`` (default) uses vmap for the
-minibatch oracles (the hot path: ``minibatch_grad_diffs``) and the loop for the chunks of full
-local passes (``local_grads``), after measurements on this project's CPU (1 thread, 5 workers,
-a shared and loaded 2-core machine where single timings varied by 2x; benchmarks/nets.py prints
-them): minibatch differences cost about the same either way (small CNN, b' = 4 / 16 / 64: vmap
-62 / 213 / 647 ms against loop 88 / 201 / 617 ms; ResNet-18, b' = 2 / 8, minimum of interleaved
-repeats: vmap 4.7 / 18.5 s against loop 6.3 / 14.8 s), while on full-pass chunks of hundreds of
-samples the batched weight gradient was 1.5 to 3x slower than n ordinary batches, whose Python
-overhead is negligible next to their work. vmap over a ResNet-18 works (batch norm is made
-functional, see below). ``minibatch_grad_diffs`` gathers and transforms the samples once and
-makes two gradient calls (x_new, x_old); nesting a second vmap over the two points was measured
-slower (batched weights turn convolutions into grouped convolutions). On a GPU (not measured
-here), vmap's one launch per layer for all workers should favour it further;
+minibatch oracles (the hot path: ``minibatch_grad_diffs``), where both cost about the same, and
+the loop for the chunks of full local passes (``local_grads``), where the batched weight gradient
+was measured slower (figures: ``benchmarks/README.md``, ``benchmarks/nets.py``). vmap over a
+ResNet-18 works (batch norm is made functional, see below). ``minibatch_grad_diffs`` gathers and
+transforms the samples once and makes two gradient calls (x_new, x_old); nesting a second vmap
+over the two points was slower (batched weights turn convolutions into grouped convolutions).
 ``worker_batching="vmap"`` / ``"loop"`` force either.
 
 Batch norm. x holds trainable parameters only. In every oracle call batch norm normalises with
