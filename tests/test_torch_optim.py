@@ -318,3 +318,31 @@ def test_theory_defaults_of_p():
     opt = mt.VRMARINA(ps, compressor="randk:20%", batch_size=4, dense_batch_size=28)
     K = round(0.2 * d)
     assert opt.method_params["p"] == pytest.approx(min(K / d, 4 / (28 + 4)))
+
+
+# -- torch.distributed: each gloo rank one worker ----------------------------------------------------
+@pytest.mark.parametrize("world", [2, 3])
+def test_gloo_ranks_match_marina_run(world, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from marina.testing import local_launch
+
+    script = os.path.join(os.path.dirname(__file__), "torch_optim_ranks.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = local_launch([sys.executable, script, str(tmp_path)], world, env=env, stderr=subprocess.PIPE)
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    for name in ("marina", "vr-marina", "diana", "pp-marina"):
+        for r, rep in enumerate(reports):
+            case = rep[name]
+            assert case["max_diff"] < 1e-12, (name, r, case)
+            assert case["bits_up"][0] == case["bits_up"][1], (name, r, case)
+            assert case["bits_down"][0] == case["bits_down"][1], (name, r, case)
+            assert case["wire_bytes"] > 0 and case["wire_bytes"] == reports[0][name]["wire_bytes"]
+    # PP-MARINA with r = 1 client: ranks not drawn skipped their closure on some rounds
+    assert sum(rep["pp-marina"]["skipped"] for rep in reports) > 0
