@@ -346,3 +346,26 @@ def test_gloo_ranks_match_marina_run(world, tmp_path):
             assert case["wire_bytes"] > 0 and case["wire_bytes"] == reports[0][name]["wire_bytes"]
     # PP-MARINA with r = 1 client: ranks not drawn skipped their closure on some rounds
     assert sum(rep["pp-marina"]["skipped"] for rep in reports) > 0
+
+
+def test_example_train_torch_runs_and_resumes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "train_torch.py")
+    cmd = [
+        sys.executable,
+        script,
+        "--ckpt",
+        str(tmp_path / "c.pt"),
+        "--ckpt-every",
+        "4",
+        "--large-batch",
+        "64",
+    ]
+    first = subprocess.run([*cmd, "--steps", "4"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run([*cmd, "--steps", "8", "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed at step 4" in again.stdout and "rounds 8" in again.stdout, again.stdout
