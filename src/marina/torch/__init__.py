@@ -1,0 +1,13 @@
+"""marina in your own PyTorch training loop: the methods as ``torch.optim.Optimizer`` subclasses.
+
+``MARINA``, ``VRMARINA``, ``PPMARINA``, ``DIANA``, ``QGD`` (:mod:`marina.torch.optim`): each rank
+of a torch.distributed group (or the process alone) is one worker; ``step(closure)`` follows
+``torch.optim.LBFGS``; the algorithms are those of :mod:`marina.methods` on marina's networks and
+compressors. :mod:`marina.torch.closure` adapts the closure to the Problem protocol.
+"""
+
+from __future__ import annotations
+
+from marina.torch.optim import DIANA, MARINA, PPMARINA, QGD, VRMARINA, MarinaOptimizer, compressor_for
+
+__all__ = ["MARINA", "VRMARINA", "PPMARINA", "DIANA", "QGD", "MarinaOptimizer", "compressor_for"]

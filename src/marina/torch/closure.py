@@ -1,0 +1,210 @@
+"""A user's parameters and ``step(closure)`` seen through marina's Problem protocol.
+
+:class:`ClosureProblem` is one worker (this rank): its oracles write the requested point into
+the parameters, call the closure of the current step (which computes the loss of the current
+batch and calls backward) and read the gradients back as one flat vector. Which samples the
+closure uses is the training loop's business: the index draws of the methods (``idx``) are
+ignored, and the loop reads the coin (``optimizer.coin``) to feed the large batch or the full
+local pass on dense rounds.
+
+Several evaluations in one step (VR-MARINA's difference at x^{k+1} and x^k on the same batch,
+PP-MARINA's client recomputing grad f_i(x^k)) see the same randomness and leave the buffers as
+after ONE evaluation: before the first, the torch RNG states (CPU, and the parameters' CUDA
+device) and, with ``module``, the module's buffers are saved; every later evaluation starts
+from that saved state and, when it returns, RNG and buffers are put back to what the FIRST
+evaluation left. So dropout masks agree between the two points, and batch-norm running
+statistics (and ``num_batches_tracked``) advance once per step, with the statistics of the first
+evaluation (at the current parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from marina.errors import ConfigError
+from marina.lazy_rows import DenseRows, LazyRows
+from marina.problems.base import Problem
+
+__all__ = ["ClosureProblem", "ClosureRows"]
+
+
+class ClosureRows(LazyRows):
+    """grad f_i(x) of this worker as one lazy row: the closure runs only when the row is read.
+
+    PP-MARINA's ranks not drawn in a round never read their row, so they never evaluate.
+    """
+
+    def __init__(self, problem: ClosureProblem, x: Tensor) -> None:
+        self.problem, self.x = problem, x
+        self.shape = torch.Size((1, problem.dim))
+        self.dtype, self.device = problem.dtype, problem.device
+        self.values: Tensor | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.values is not None
+
+    def dense(self) -> Tensor:
+        if self.values is None:
+            self.values = self.problem.local_grads(self.x)
+        return self.values
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        return self.dense().gather(1, idx)
+
+    def _select_rows(self, rows: Tensor) -> LazyRows:
+        if rows.numel() == 0:  # not drawn: nothing is evaluated
+            return DenseRows(torch.zeros((0, self.problem.dim), dtype=self.dtype, device=self.device))
+        return self if rows.numel() == 1 else DenseRows(self.dense().index_select(0, rows))
+
+
+class ClosureProblem(Problem):
+    """One worker whose f_i is whatever the current closure computes.
+
+    Args:
+        params: the optimizer's parameters (one dtype, one device), in group order: x is their
+            concatenation, flattened (``d = sum numel``).
+        local_size: m_i, the samples this worker declares (theory defaults, oracle counts).
+        total_workers: n (the world size).
+        worker_ids: this worker's global id, as a one-element tensor.
+        module: the module whose buffers must advance once per step (None: not protected).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        local_size: int,
+        total_workers: int,
+        worker_ids: Tensor,
+        module: nn.Module | None = None,
+    ) -> None:
+        self.params = list(params)
+        dtypes = {p.dtype for p in self.params}
+        devices = {p.device for p in self.params}
+        if len(dtypes) != 1 or len(devices) != 1:
+            raise ConfigError(
+                f"parameters have dtypes {sorted(map(str, dtypes))} on devices {sorted(map(str, devices))}; "
+                "marina.torch optimizers need one dtype and one device for all parameters"
+            )
+        if not next(iter(dtypes)).is_floating_point:
+            raise ConfigError(f"parameters have dtype {next(iter(dtypes))}, must be floating point")
+        self.dtype, self.device = next(iter(dtypes)), next(iter(devices))
+        self.numels = [p.numel() for p in self.params]
+        self.dim = int(sum(self.numels))
+        self.n_workers = 1
+        self.worker_ids = worker_ids
+        self.total_workers = int(total_workers)
+        self.sizes = torch.tensor([int(local_size)], dtype=torch.int64, device=self.device)
+        self.module = module
+        self.name = "closure"
+        self.closure: Callable[[], Tensor] | None = None
+        self.loss_value: Tensor | None = None
+        self.evaluations = 0
+        self._first: tuple | None = None
+
+    # -- the parameters as one vector ------------------------------------------------------------
+    def flat_params(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def write(self, x: Tensor) -> None:
+        """Parameters <- x (in place, so the user's module and any reference to them see it)."""
+        with torch.no_grad():
+            for p, chunk in zip(self.params, x.split(self.numels)):
+                p.copy_(chunk.view_as(p))
+
+    def flat_grads(self) -> Tensor:
+        return torch.cat(
+            [
+                p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+                for p in self.params
+            ]
+        )
+
+    # -- one step's evaluations --------------------------------------------------------------------
+    def begin_step(self, closure: Callable[[], Tensor] | None) -> None:
+        self.closure, self.loss_value, self._first = closure, None, None
+
+    def end_step(self) -> None:
+        self.closure, self._first = None, None
+
+    def _rng_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _rng_state(self) -> tuple[Tensor, list[Tensor]]:
+        cuda = [torch.cuda.get_rng_state(i) for i in self._rng_devices()]
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_state(self, state: tuple[Tensor, list[Tensor]]) -> None:
+        torch.set_rng_state(state[0])
+        for i, s in zip(self._rng_devices(), state[1]):
+            torch.cuda.set_rng_state(s, i)
+
+    def _buffers(self) -> list[Tensor]:
+        return [] if self.module is None else [b for b in self.module.buffers()]
+
+    def _load_buffers(self, saved: list[Tensor]) -> None:
+        with torch.no_grad():
+            for b, s in zip(self._buffers(), saved):
+                b.copy_(s)
+
+    def _call(self, x: Tensor) -> Tensor:
+        if self.closure is None:
+            raise ConfigError(
+                "this step needs gradients but step() was called without a closure; pass "
+                "step(closure) with a closure that zeroes the grads, computes the loss and calls backward"
+            )
+        self.write(x)
+        with torch.enable_grad():
+            loss = self.closure()
+        self.evaluations += 1
+        return loss
+
+    def evaluate(self, x: Tensor) -> Tensor:
+        """(1, d): the closure's gradient at x (see the module doc for RNG and buffers)."""
+        if self._first is None:
+            rng, bufs = self._rng_state(), [b.clone() for b in self._buffers()]
+            self.loss_value = self._call(x)
+            self._first = (rng, bufs, self._rng_state(), [b.clone() for b in self._buffers()])
+        else:
+            rng, bufs, rng_after, bufs_after = self._first
+            self._set_rng_state(rng)
+            self._load_buffers(bufs)
+            try:
+                self._call(x)
+            finally:
+                self._set_rng_state(rng_after)
+                self._load_buffers(bufs_after)
+        return self.flat_grads().reshape(1, -1).clone()
+
+    # -- the Problem protocol ------------------------------------------------------------------------
+    def local_grads(self, x: Tensor) -> Tensor:
+        return self.evaluate(x)
+
+    def lazy_local_grads(self, x: Tensor) -> LazyRows:
+        return ClosureRows(self, x)
+
+    def minibatch_grads(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self.evaluate(x)
+
+    def minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> Tensor:
+        g_new = self.evaluate(x_new)
+        return g_new.sub_(self.evaluate(x_old))
+
+    def local_losses(self, x: Tensor) -> Tensor:
+        value = float("nan") if self.loss_value is None else float(self.loss_value)
+        return torch.tensor([value], dtype=self.dtype, device=self.device)
+
+    @property
+    def L_i(self) -> Tensor:
+        raise ConfigError("the smoothness of a user's model is unknown: the optimizer's lr is the stepsize")
+
+    @property
+    def L_avg(self) -> float:
+        return float(self.L_i.max())
+
+    @property
+    def L_f(self) -> float:
+        return float(self.L_i.max())

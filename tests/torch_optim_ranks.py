@@ -1,0 +1,81 @@
+"""One rank of the gloo parity job of tests/test_torch_optim.py (run under torchrun's environment).
+
+Every rank computes marina.run's trajectory on the whole problem (simulated, n = world size),
+then trains its own shard with the marina.torch optimizer and writes the comparison to
+``<out>/rank<r>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import marina
+import marina.torch as mt
+from marina.problems.torch_model import TorchModelProblem
+from marina.rng import Randomness
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_torch_optim import _closure, _data, _flat, _mlp  # noqa: E402
+
+M, STEPS, SEED, LR = 10, 10, 5, 0.2
+CASES = {
+    "marina": (mt.MARINA, {"p": 0.4}, {}),
+    "vr-marina": (mt.VRMARINA, {"p": 0.4, "batch_size": 3}, {"online": False, "local_size": M}),
+    "diana": (mt.DIANA, {}, {}),
+    "pp-marina": (mt.PPMARINA, {"p": 0.3, "clients": 1}, {}),
+}
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = _data(M * world)
+    report = {}
+    for name, (cls, kwargs, extra) in CASES.items():
+        prob = TorchModelProblem(_mlp(), (x, y), workers=world, init_seed=None, worker_batching="loop")
+        ref = marina.run(
+            method=name,
+            problem=prob,
+            compressor="randk:7",
+            iterations=STEPS,
+            seed=SEED,
+            stepsize=LR,
+            log_every=1,
+            **kwargs,
+        )
+        model = _mlp()
+        opt = cls(model.parameters(), compressor="randk:7", lr=LR, seed=SEED, **kwargs, **extra)
+        xs, ys = x[rank * M : (rank + 1) * M], y[rank * M : (rank + 1) * M]
+        skipped = 0
+        for _ in range(STEPS):
+            if name == "pp-marina" and not opt.participates:
+                before = opt.problem.evaluations
+                opt.step(_closure(model, opt, xs, ys))
+                skipped += opt.problem.evaluations == before  # no closure call on this rank
+                continue
+            if opt.coin is False and "batch_size" in kwargs:
+                idx = Randomness(SEED, "minibatch", opt.method.k, [rank]).sample_without_replacement(M, 3)[0]
+                opt.step(_closure(model, opt, xs[idx], ys[idx]))
+            else:
+                opt.step(_closure(model, opt, xs, ys))
+        row = ref.history.iloc[-2 if name != "diana" else -1]
+        report[name] = {
+            "max_diff": float((_flat(model) - ref.x).abs().max()),
+            "bits_up": [opt.bits_up, float(row["bits_up"])],
+            "bits_down": [opt.bits_down, float(row["bits_down"])],
+            "wire_bytes": opt.wire_bytes,
+            "skipped": skipped,
+        }
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
