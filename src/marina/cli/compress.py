@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from marina.cli import COMMANDS
 from marina.compressors import WIRE_DTYPES, get, known
 from marina.errors import ConfigError
 from marina.rng import Randomness
@@ -26,7 +27,7 @@ EXAMPLE = {"K": "5", "q": "0.1", "s": "4"}
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compress",
-        help="compress random vectors with a compressor and report bits, error and theory",
+        help=COMMANDS["compress"],
         description="Round trip of one compressor through the wire format (compress, pack to bytes, "
         "unpack, decompress) on random vectors, one per worker: exact bits per worker, relative "
         "error ||Q(x)-x||^2/||x||^2 against omega, density and the wire encoding. Without SPEC, "

@@ -13,6 +13,7 @@ import os
 import pandas as pd
 
 from marina import data
+from marina.cli import COMMANDS
 from marina.data.splits import KINDS, make_split, split_report
 from marina.errors import ConfigError
 
@@ -20,7 +21,7 @@ from marina.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "datasets",
-        help="list bundled data sets (rows, features, labels, density) or report a split",
+        help=COMMANDS["datasets"],
         description="Without --workers: one line per data set (bundled ones by default) with rows, "
         "features, label counts, density and file bytes. With --workers: rows and label balance "
         "of every worker under the chosen split (one data set).",

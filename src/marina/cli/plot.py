@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from marina import plotting
+from marina.cli import COMMANDS
 from marina.errors import ConfigError
 from marina.experiments import results
 
@@ -15,7 +16,7 @@ from marina.experiments import results
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="plot results: one curve per configuration, mean and min-max band over seeds",
+        help=COMMANDS["plot"],
         description="Draw y against x for every configuration in the results directories (one "
         "panel per problem, log-scale y, mean over seeds with a min-max band, legends naming "
         "method and compressor).",
