@@ -5,7 +5,7 @@ For each (data set, n) it prints, in the same run:
 - floor: one sparse A x plus one A^T r over the whole data (int32 CSR tensors, A and A^T stored
   separately in their best layout): best of R, and timed again after every method round;
 - the parts of a round: ``problem.local_grads`` (all n local gradients: A x and the lifted
-  A^T w), ``problem.gradients`` (the lazy rows of :mod:`marina.lazy_rows`: A x and the row
+  A^T w), ``problem.lazy_local_grads`` (the lazy rows of :mod:`marina.lazy_rows`: A x and the row
   weights only), reading K = 1 entry per worker of a difference of two such points, the
   compressor's ``compress_decompress`` on a dense (n, d) matrix and ``compress_sum`` on lazy
   rows, one keyed ``Randomness`` call;
@@ -87,12 +87,12 @@ def report_case(name: str, n: int, args: argparse.Namespace) -> None:
     X = torch.randn(prob.n_workers, prob.dim, dtype=torch.float64)
     Q = compressors.get("randk:1")
     ids = torch.arange(prob.n_workers)
-    diff = prob.gradients(x) - prob.gradients(2 * x)
+    diff = prob.lazy_local_grads(x) - prob.lazy_local_grads(2 * x)
     one = Randomness(0, "compress", 1, ids).sample_without_replacement(prob.dim, 1)
     parts = {
         "floor (A x + A^T r)": floor,
         "local_grads": lambda: prob.local_grads(x),
-        "gradients (lazy rows)": lambda: prob.gradients(x),
+        "lazy_local_grads": lambda: prob.lazy_local_grads(x),
         "1 entry/worker of a diff": lambda: diff.gather(1, one),
         "randk:1 on dense rows": lambda: Q.compress_decompress(X, Randomness(0, "compress", 1, ids)),
         "randk:1 on lazy rows": lambda: Q.compress_sum(diff, Randomness(0, "compress", 1, ids)),

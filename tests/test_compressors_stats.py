@@ -16,7 +16,6 @@ rounding of values.
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -28,7 +27,6 @@ from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse f
 Z = 6.0  # standard errors, where a plain CLT tolerance is used
 L = math.log(2 / 1e-9)
 R = 3000  # replicas
-SEED = random.randrange(2**31)
 
 
 UNBIASED = [
@@ -162,15 +160,15 @@ def _check_variance(c, S: torch.Tensor, x: torch.Tensor, n: int, what: str) -> N
 
 @pytest.mark.parametrize("name", UNBIASED)
 @pytest.mark.parametrize("d", DIMS)
-def test_unbiased_and_variance(name, d):
+def test_unbiased_and_variance(seed, name, d):
     n = min(d, 3) if name == "permk" else 1
     c = get(_spec(name, d), workers=n)
     assert c.unbiased
     kinds = KINDS if d in (1, 48) else ["gaussian"]
     for k, kind in enumerate(kinds):
-        x = _vector(kind, d, SEED + k)
+        x = _vector(kind, d, seed + k)
         reps = 400 if name == "permk" else R
-        S = _samples(c, x, n, SEED + 100 + k, reps)
+        S = _samples(c, x, n, seed + 100 + k, reps)
         var, M = _coord_moments(c, x, n)
         for i in range(n):
             _check_mean(S[:, i], x, var[i], M[i], f"{c.spec} d={d} {kind} worker {i}")
@@ -178,20 +176,20 @@ def test_unbiased_and_variance(name, d):
 
 
 @pytest.mark.parametrize("name", ["randk", "qsgd:2", "natural", "natural-dithering:4"])
-def test_unbiased_in_float32(name):
+def test_unbiased_in_float32(seed, name):
     d = 20
     c = get(_spec(name, d))
-    x = _vector("scales", d, SEED).to(torch.float32)
-    S = _samples(c, x, 1, SEED + 1)[:, 0].double()
+    x = _vector("scales", d, seed).to(torch.float32)
+    S = _samples(c, x, 1, seed + 1)[:, 0].double()
     var, M = _coord_moments(c, x.double(), 1)
     _check_mean(S, x.double(), var[0], M[0], f"{c.spec} float32")
 
 
 @pytest.mark.parametrize("d,K", [(10, 1), (10, 3), (50, 7), (9, 9)])
-def test_randk_omega_is_d_over_k_minus_one(d, K):
+def test_randk_omega_is_d_over_k_minus_one(seed, d, K):
     c = get(f"randk:{K}")
-    x = _vector("gaussian", d, SEED)
-    S = _samples(c, x, 1, SEED + 7)[:, 0]
+    x = _vector("gaussian", d, seed)
+    S = _samples(c, x, 1, seed + 7)[:, 0]
     ratio = ((S - x) ** 2).sum(-1) / float(x @ x)
     se = float(ratio.std()) / math.sqrt(R)
     assert abs(float(ratio.mean()) - (d / K - 1)) <= Z * se + 1e-6
@@ -220,11 +218,11 @@ def _expected_nnz(c, x: torch.Tensor) -> float:
     "spec", ["identity", "randk:5", "bernoulli:0.2", "qsgd:1", "qsgd:3", "natural", "natural-dithering:2"]
 )
 @pytest.mark.parametrize("d", [1, 30, 200])
-def test_expected_density(spec, d):
+def test_expected_density(seed, spec, d):
     c = get(spec if not spec.startswith("randk") else f"randk:{min(5, d)}")
     for kind in ["gaussian", "constant"]:
-        x = _vector(kind, d, SEED)
-        S = _samples(c, x, 1, SEED + 3, 2000)[:, 0]
+        x = _vector(kind, d, seed)
+        S = _samples(c, x, 1, seed + 3, 2000)[:, 0]
         nnz = (S != 0).sum(-1).double()
         se = float(nnz.std()) / math.sqrt(nnz.numel())
         expect = _expected_nnz(c, x)
@@ -235,14 +233,14 @@ def test_expected_density(spec, d):
             assert expect == pytest.approx(c.density(d))
 
 
-def test_permk_density_and_blocks():
+def test_permk_density_and_blocks(seed):
     d, n = 10, 4
     c = get("permk", workers=n)
     assert c.correlated and c.density(d) == d / n
     assert c.omega(d) == pytest.approx(d / (d // n) - 1)
     assert get("permk", workers=5).omega(20) == pytest.approx(4.0)
-    x = _vector("gaussian", d, SEED)
-    Xh, bits = c.compress_decompress(x.expand(n, d).contiguous(), Randomness(SEED, "compress", 0, range(n)))
+    x = _vector("gaussian", d, seed)
+    Xh, bits = c.compress_decompress(x.expand(n, d).contiguous(), Randomness(seed, "compress", 0, range(n)))
     sizes = [(i + 1) * d // n - i * d // n for i in range(n)]
     assert (Xh != 0).sum(1).tolist() == sizes
     assert bits.tolist() == [32 * s for s in sizes]
@@ -251,11 +249,11 @@ def test_permk_density_and_blocks():
 
 
 @pytest.mark.parametrize("n,d", [(1, 5), (2, 8), (4, 12), (8, 64), (3, 9), (6, 30)])
-def test_permk_average_is_exact(n, d):
+def test_permk_average_is_exact(seed, n, d):
     c = get("permk", workers=n, value_dtype=torch.float64)
-    x = _vector("gaussian", d, SEED + n)
+    x = _vector("gaussian", d, seed + n)
     for r in range(5):
-        Xh, _ = c.compress_decompress(x.expand(n, d).contiguous(), Randomness(SEED, "compress", r, range(n)))
+        Xh, _ = c.compress_decompress(x.expand(n, d).contiguous(), Randomness(seed, "compress", r, range(n)))
         mean = Xh.mean(0)
         if n & (n - 1) == 0:
             assert torch.equal(mean, x)  # (n x_j) / n is exact for n a power of two
@@ -264,14 +262,14 @@ def test_permk_average_is_exact(n, d):
 
 
 @pytest.mark.parametrize("d,K", [(1, 1), (10, 1), (10, 4), (57, 20), (8, 8)])
-def test_topk_is_contractive(d, K):
+def test_topk_is_contractive(seed, d, K):
     c = get(f"topk:{K}", value_dtype=torch.float64)
     assert not c.unbiased and c.contractive
     assert c.alpha(d) == pytest.approx(K / d)
     with pytest.raises(Exception, match="biased"):
         c.omega(d)
     for kind in KINDS:
-        X = torch.stack([_vector(kind, d, SEED + i) for i in range(20)])
+        X = torch.stack([_vector(kind, d, seed + i) for i in range(20)])
         Xh, _ = c.compress_decompress(X, Randomness(0, "compress", 0, range(20)))
         err = ((Xh - X) ** 2).sum(1)
         bound = (1 - K / d) * (X**2).sum(1)
@@ -282,12 +280,12 @@ def test_topk_is_contractive(d, K):
         assert bool(((X.abs() > thresh) <= kept).all())
 
 
-def test_randk_masks_of_two_workers_are_independent():
+def test_randk_masks_of_two_workers_are_independent(seed):
     d, K, pairs = 12, 4, 3000
     c = get(f"randk:{K}")
     X = torch.arange(1.0, d + 1, dtype=torch.float64).expand(2 * pairs, d).contiguous()
     # pair p is workers 2p and 2p + 1 of one round; the first pair is workers 0 and 1
-    Xh, _ = c.compress_decompress(X, Randomness(SEED, "compress", 0, range(2 * pairs)))
+    Xh, _ = c.compress_decompress(X, Randomness(seed, "compress", 0, range(2 * pairs)))
     m = (Xh != 0).reshape(pairs, 2, d)
     overlap = (m[:, 0] & m[:, 1]).sum(1).double()
     # independent uniform K-subsets: hypergeometric overlap with mean K^2/d (identical masks: K)
@@ -299,7 +297,7 @@ def test_randk_masks_of_two_workers_are_independent():
     assert same <= p + Z * math.sqrt(p * (1 - p) / pairs) + 2 * L / (3 * pairs)
     # and the same two workers across rounds
     rounds = [
-        c.compress_decompress(X[:2], Randomness(SEED, "compress", r, [0, 1]))[0] != 0 for r in range(200)
+        c.compress_decompress(X[:2], Randomness(seed, "compress", r, [0, 1]))[0] != 0 for r in range(200)
     ]
     equal = sum(bool((a[0] == a[1]).all()) for a in rounds)
     assert equal <= 200 * p + Z * math.sqrt(200 * p) + L
@@ -309,23 +307,23 @@ def test_randk_masks_of_two_workers_are_independent():
     "spec",
     ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "identity", "topk:2"],
 )
-def test_same_seed_same_output_different_seed_differs(spec):
+def test_same_seed_same_output_different_seed_differs(seed, spec):
     c = get(spec, workers=4)
-    X = torch.stack([_vector("gaussian", 40, SEED + i) for i in range(4)])
+    X = torch.stack([_vector("gaussian", 40, seed + i) for i in range(4)])
     out = lambda seed, rnd=0: c.compress_decompress(X, Randomness(seed, "compress", rnd, range(4)))[0]  # noqa: E731
-    a = out(SEED)
-    assert torch.equal(a, out(SEED))
+    a = out(seed)
+    assert torch.equal(a, out(seed))
     if spec not in ("identity", "topk:2"):
-        assert not torch.equal(a, out(SEED + 1))
-        assert not torch.equal(a, out(SEED, 1))
+        assert not torch.equal(a, out(seed + 1))
+        assert not torch.equal(a, out(seed, 1))
 
 
 @pytest.mark.parametrize(
     "spec", ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "topk:2"]
 )
-def test_hosted_subset_compresses_like_full_simulation(spec):
+def test_hosted_subset_compresses_like_full_simulation(seed, spec):
     c = get(spec, workers=8)
-    X = torch.stack([_vector("gaussian", 24, SEED + i) for i in range(8)])
-    full, bits = c.compress_decompress(X, Randomness(SEED, "compress", 3, range(8)))
-    part, pbits = c.compress_decompress(X[[3, 5]], Randomness(SEED, "compress", 3, [3, 5]))
+    X = torch.stack([_vector("gaussian", 24, seed + i) for i in range(8)])
+    full, bits = c.compress_decompress(X, Randomness(seed, "compress", 3, range(8)))
+    part, pbits = c.compress_decompress(X[[3, 5]], Randomness(seed, "compress", 3, [3, 5]))
     assert torch.equal(full[[3, 5]], part) and torch.equal(bits[[3, 5]], pbits)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from marina.errors import ConfigError
 from marina.rng import Randomness
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
 
-SEED = random.randrange(2**31)
 SPECS = [
     "identity",
     "randk:3",
@@ -63,7 +61,7 @@ def _x(n: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("wire", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_round_trip_exact_and_lengths(spec, wire):
+def test_round_trip_exact_and_lengths(seed, spec, wire):
     for dtype in (torch.float32, torch.float64):
         for d in (1, 3, 8, 13, 100):
             for n in (1, 5):
@@ -71,10 +69,10 @@ def test_round_trip_exact_and_lengths(spec, wire):
                     continue
                 c = get(spec, value_dtype=wire, workers=max(n, 1) if d >= n else 1)
                 ids = list(range(n)) if c.name != "permk" or d >= n else [0]
-                X = _x(len(ids), d, dtype, SEED + d)
+                X = _x(len(ids), d, dtype, seed + d)
                 if wire == torch.float16:
                     X = X.clamp(-100, 100)  # stay inside float16's range after scaling
-                rng = lambda ids=ids: Randomness(SEED, "compress", 7, ids)  # noqa: E731
+                rng = lambda ids=ids: Randomness(seed, "compress", 7, ids)  # noqa: E731
                 msg = c.compress(X, rng())
                 assert msg.bits.tolist() == _expected_bits(c, d, msg)
                 payloads = c.pack(msg)
@@ -95,22 +93,22 @@ def test_round_trip_exact_and_lengths(spec, wire):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_roundtrip_convenience(spec):
+def test_roundtrip_convenience(seed, spec):
     c = get(spec, workers=1)
-    x = _x(1, 17, torch.float64, SEED)[0]
-    x_hat, bits = c.roundtrip(x, seed=SEED)
+    x = _x(1, 17, torch.float64, seed)[0]
+    x_hat, bits = c.roundtrip(x, seed=seed)
     assert x_hat.shape == (17,) and x_hat.dtype == torch.float64 and isinstance(bits, int)
-    X_hat, B = c.roundtrip(x[None], seed=SEED)
+    X_hat, B = c.roundtrip(x[None], seed=seed)
     assert torch.equal(X_hat[0], x_hat) and B.tolist() == [bits]
     if spec == "identity":
         assert torch.equal(x_hat, x.float().double())
 
 
 @pytest.mark.parametrize("w", list(range(1, 33)))
-def test_code_packing_inverts(w):
+def test_code_packing_inverts(seed, w):
     for m in (1, 7, 8, 9, 100):
         hi = (1 << w) - 1
-        u = Randomness(SEED, "codes", w, range(3)).uniform(m, torch.float64)
+        u = Randomness(seed, "codes", w, range(3)).uniform(m, torch.float64)
         codes = torch.floor(u * (hi + 1)).to(torch.int64).clamp(max=hi)
         codes[:, 0] = hi
         raw = pack_codes(codes, w)
@@ -135,11 +133,11 @@ def test_values_are_little_endian_ieee():
     assert back.tolist() == [[1.0, -2.0]]
 
 
-def test_randk_payload_by_hand():
+def test_randk_payload_by_hand(seed):
     d, K = 5, 2
     c = get(f"randk:{K}")
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
-    msg = c.compress(x, Randomness(SEED, "compress", 0, [0]))
+    msg = c.compress(x, Randomness(seed, "compress", 0, [0]))
     (p,) = c.pack(msg)
     idx = msg.data["indices"][0].tolist()
     assert idx == sorted(idx) and len(set(idx)) == K
@@ -150,10 +148,10 @@ def test_randk_payload_by_hand():
     assert p[8].item() == idx[0] | (idx[1] << 3)
 
 
-def test_qsgd_payload_by_hand():
+def test_qsgd_payload_by_hand(seed):
     c = get("qsgd:2")
     x = torch.tensor([[3.0, -4.0]])  # norm 5: levels 2*3/5 = 1.2 and 2*4/5 = 1.6
-    msg = c.compress(x, Randomness(SEED, "compress", 0, [0]))
+    msg = c.compress(x, Randomness(seed, "compress", 0, [0]))
     (p,) = c.pack(msg)
     # 32-bit norm, then per coordinate sign + 2 level bits: 32 + 2*3 = 38 bits -> 5 bytes
     assert msg.bits.tolist() == [38] and p.numel() == 5
@@ -165,10 +163,10 @@ def test_qsgd_payload_by_hand():
     assert x_hat.tolist() == [[2.5 * (c0 >> 1), -2.5 * (c1 >> 1)]]
 
 
-def test_natural_payload_by_hand():
+def test_natural_payload_by_hand(seed):
     c = get("natural")
     x = torch.tensor([[1.0, -0.75, 0.0]])
-    msg = c.compress(x, Randomness(SEED, "compress", 0, [0]))
+    msg = c.compress(x, Randomness(seed, "compress", 0, [0]))
     (p,) = c.pack(msg)
     assert msg.bits.tolist() == [27] and p.numel() == 4
     codes = unpack_codes(p[None], 3, 9)[0].tolist()
@@ -191,28 +189,28 @@ def test_unpack_rejects_wrong_lengths_and_missing_rng():
         p.unpack(p.pack(msg), 6)
 
 
-def test_permk_receiver_needs_the_senders_call_counter():
+def test_permk_receiver_needs_the_senders_call_counter(seed):
     c = get("permk", workers=3)
-    X = _x(3, 12, torch.float64, SEED)
-    msg = c.compress(X, Randomness(SEED, "compress", 2, range(3)))
+    X = _x(3, 12, torch.float64, seed)
+    msg = c.compress(X, Randomness(seed, "compress", 2, range(3)))
     good = c.decompress(
-        c.unpack(c.pack(msg), 12, dtype=X.dtype, rng=Randomness(SEED, "compress", 2, range(3)))
+        c.unpack(c.pack(msg), 12, dtype=X.dtype, rng=Randomness(seed, "compress", 2, range(3)))
     )
     assert torch.equal(good, c.decompress(msg))
-    late = Randomness(SEED, "compress", 2, range(3))
+    late = Randomness(seed, "compress", 2, range(3))
     late.advance(1)
     wrong = c.decompress(c.unpack(c.pack(msg), 12, dtype=X.dtype, rng=late))
     assert not torch.equal(wrong, good)
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_no_rows_hosted(spec):
+def test_no_rows_hosted(seed, spec):
     """A process hosting no sending worker compresses and unpacks empty batches."""
     c = get(spec, workers=4)
     X = torch.zeros(0, 12, dtype=torch.float64)
-    msg = c.compress(X, Randomness(SEED, "compress", 0, []))
+    msg = c.compress(X, Randomness(seed, "compress", 0, []))
     assert msg.bits.shape == (0,) and c.pack(msg) == []
-    X_hat, bits = c.compress_decompress(X, Randomness(SEED, "compress", 0, []))
+    X_hat, bits = c.compress_decompress(X, Randomness(seed, "compress", 0, []))
     assert X_hat.shape == (0, 12) and bits.shape == (0,)
-    back = c.unpack([], 12, worker_ids=[], dtype=torch.float64, rng=Randomness(SEED, "compress", 0, []))
+    back = c.unpack([], 12, worker_ids=[], dtype=torch.float64, rng=Randomness(seed, "compress", 0, []))
     assert c.decompress(back).shape == (0, 12)

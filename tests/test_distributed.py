@@ -236,6 +236,7 @@ JOBS = {"equivalence": _job_equivalence, "cli": _job_cli, "join": _job_join}
 def equivalence(tmp_path_factory):
     out = tmp_path_factory.mktemp("equivalence")
     seed = random.SystemRandom().randrange(2**31)
+    print(f"random seed {seed} (module fixture: rerun with it by editing here)")
     codes = _join(_launch("equivalence", {"seed": seed}, out), timeout=240)
     assert all(code == 0 for code in codes.values()), f"exit codes {codes}\n{_logs(out)}"
     reports = [json.loads(Path(out, f"report{r}.json").read_text()) for r in range(WORLD)]

@@ -5,7 +5,8 @@ Every check here is bit for bit: the lazy path must not change a trajectory, onl
 
 from __future__ import annotations
 
-import random
+import copy
+import pickle
 
 import pytest
 import torch
@@ -35,15 +36,14 @@ def _entries(n: int, d: int, k: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("name", "workers", "l2"), CASES)
-def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
+def test_gathered_entries_equal_the_dense_local_gradients(seed, name, workers, l2):
     prob = problems.libsvm(name, workers=workers, l2=l2)
     assert prob._scatter == (workers == 300)
-    seed = random.randrange(2**31)
     x_old, x_new = _point(prob.dim, seed), _point(prob.dim, seed + 1)
     G_old, G_new = prob.local_grads(x_old), prob.local_grads(x_new)
     for k in (1, 3, prob.dim):
         idx = _entries(prob.n_workers, prob.dim, k, seed + k)
-        lazy_new, lazy_old = prob.gradients(x_new), prob.gradients(x_old)
+        lazy_new, lazy_old = prob.lazy_local_grads(x_new), prob.lazy_local_grads(x_old)
         assert isinstance(lazy_new, LazyRows) and not isinstance(lazy_new, DenseRows)
         assert torch.equal(lazy_new.gather(1, idx), G_new.gather(1, idx))
         # a difference of two lazy points (evaluated together), of a lazy and a dense one
@@ -60,20 +60,19 @@ def test_gathered_entries_equal_the_dense_local_gradients(name, workers, l2):
         assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx))
 
 
-def test_synthetic_problem_and_hosted_subsets_read_the_same_entries():
-    seed = random.randrange(2**31)
+def test_synthetic_problem_and_hosted_subsets_read_the_same_entries(seed):
     full = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000)
     part = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000, hosted_workers=[1, 4])
     x = _point(9, seed)
     idx = _entries(6, 9, 2, seed)
-    got = full.gradients(x).gather(1, idx)
+    got = full.lazy_local_grads(x).gather(1, idx)
     assert torch.equal(got, full.local_grads(x).gather(1, idx))
-    assert torch.equal(part.gradients(x).gather(1, idx[[1, 4]]), got[[1, 4]])
+    assert torch.equal(part.lazy_local_grads(x).gather(1, idx[[1, 4]]), got[[1, 4]])
 
 
 def test_bad_reads_are_named():
     prob = problems.libsvm("mushrooms", workers=3)
-    lazy = prob.gradients(prob.initial_point())
+    lazy = prob.lazy_local_grads(prob.initial_point())
     with pytest.raises(ValueError, match="dim == 0, must be 1"):
         lazy.gather(0, torch.zeros((3, 1), dtype=torch.int64))
     with pytest.raises(ValueError, match=r"index has shape \(2, 1\), must be \(3, K\)"):
@@ -83,10 +82,9 @@ def test_bad_reads_are_named():
 
 
 @pytest.mark.parametrize("spec", ["randk:1", "randk:4", "qsgd:2", "natural", "identity"])
-def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
+def test_compressors_read_lazy_rows_as_they_read_dense_ones(seed, spec):
     prob = problems.libsvm("phishing", workers=40, l2=0.01)
-    seed = random.randrange(2**31)
-    lazy = prob.gradients(_point(prob.dim, seed)) - prob.gradients(_point(prob.dim, seed + 1))
+    lazy = prob.lazy_local_grads(_point(prob.dim, seed)) - prob.lazy_local_grads(_point(prob.dim, seed + 1))
     dense = materialize(lazy)
     c = compressors.get(spec)
     rng = lambda: Randomness(seed, "compress", 3, range(prob.n_workers))  # noqa: E731
@@ -98,9 +96,8 @@ def test_compressors_read_lazy_rows_as_they_read_dense_ones(spec):
     assert c.gathers == spec.startswith("randk")
 
 
-def test_sparse_sums_add_each_coordinate_in_worker_order():
+def test_sparse_sums_add_each_coordinate_in_worker_order(seed):
     """The canonical sum of sparse messages: sequential in worker order, from 0, per coordinate."""
-    seed = random.randrange(2**31)
     g = torch.Generator().manual_seed(seed)
     n, d, k = 50, 7, 3
     idx = torch.sort(torch.rand(n, d, generator=g).argsort(dim=1)[:, :k], dim=1).values
@@ -114,8 +111,7 @@ def test_sparse_sums_add_each_coordinate_in_worker_order():
     assert sparse_sum(idx, values, d).tolist() == expected
 
 
-def test_sparse_messages_sum_like_their_wire_form():
-    seed = random.randrange(2**31)
+def test_sparse_messages_sum_like_their_wire_form(seed):
     X = torch.randn(9, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     c = compressors.get("randk:5")
     total, bits, local = c.compress_sum(X, Randomness(seed, "compress", 0, range(9)))
@@ -157,14 +153,13 @@ def test_lazy_entries_are_checked_like_dense_rows():
 
 
 @pytest.mark.parametrize("method", ["marina", "qgd", "diana", "pp-marina"])
-def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
+def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(seed, method):
     """The trajectory does not depend on whether the sparsifier's entries were read lazily."""
-    seed = random.randrange(2**31)
     histories = []
     for eager in (False, True):
         prob = problems.libsvm("mushrooms", workers=5, l2=0.01)
         if eager:  # the Problem default: every gradient computed at once
-            prob.gradients = lambda x, prob=prob: DenseRows(prob.local_grads(x))
+            prob.lazy_local_grads = lambda x, prob=prob: DenseRows(prob.local_grads(x))
         opts = {"p": 0.2} if "marina" in method else {}
         res = marina.run(
             method=method,
@@ -182,7 +177,7 @@ def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(method):
 
 def test_simulation_reads_lazy_rows_without_materialising():
     prob = problems.libsvm("phishing", workers=30)
-    lazy = prob.gradients(_point(prob.dim, 1))
+    lazy = prob.lazy_local_grads(_point(prob.dim, 1))
     net = SimulatedNetwork(30, 0)
     net.aggregate(compressors.get("randk:1"), lazy, 0)
     assert lazy._G is None  # only the 30 gathered entries were evaluated
@@ -190,15 +185,15 @@ def test_simulation_reads_lazy_rows_without_materialising():
     assert lazy._G is not None
 
 
-def test_row_subsets_share_one_dense_evaluation(monkeypatch):
+def test_row_subsets_share_one_dense_evaluation(seed, monkeypatch):
     """Materialising several row subsets (PP-MARINA's copies with a dense compressor) computes the
     full product once, on the view of all hosted workers."""
     prob = problems.libsvm("mushrooms", workers=6)
     calls = []
     full = prob._grads_from
     monkeypatch.setattr(prob, "_grads_from", lambda w, x: calls.append(1) or full(w, x))
-    x = _point(prob.dim, random.randrange(2**31))
-    lazy = prob.gradients(x)
+    x = _point(prob.dim, seed)
+    lazy = prob.lazy_local_grads(x)
     first, second = lazy.index_select(0, torch.tensor([4, 1])), lazy.index_select(0, torch.tensor([0]))
     nested = first.index_select(0, torch.tensor([1]))
     G = prob.local_grads(x)
@@ -207,3 +202,43 @@ def test_row_subsets_share_one_dense_evaluation(monkeypatch):
     assert torch.equal(nested.dense(), G[[1]])
     assert torch.equal(lazy.dense(), G)
     assert len(calls) == 2  # once for the views (their root), once for local_grads above
+
+
+REFUSED = {  # what a tensor would do, and how the lazy rows refuse it
+    "rows.mean(0)": (lambda r, t: r.mean(0), AttributeError, r"tensor attribute \.mean"),
+    "rows.sum()": (lambda r, t: r.sum(), AttributeError, r"tensor attribute \.sum"),
+    "rows + t": (lambda r, t: r + t, TypeError, r"operator \+"),
+    "t + rows": (lambda r, t: t + r, TypeError, r"operator \+"),
+    "rows * 2": (lambda r, t: r * 2, TypeError, r"operator \*"),
+    "t - rows": (lambda r, t: t - r, TypeError, r"operator - with lazy rows on the right"),
+    "-rows": (lambda r, t: -r, TypeError, "negation"),
+    "rows[0]": (lambda r, t: r[0], TypeError, r"indexing \(use index_select"),
+    "torch.mean(rows)": (lambda r, t: torch.mean(r), TypeError, r"torch\.mean"),
+    "torch.sub(t, rows)": (lambda r, t: torch.sub(t, r), TypeError, r"torch\.sub"),
+    "torch.cat([rows])": (lambda r, t: torch.cat([r]), TypeError, r"torch\.cat"),
+    "list(rows)": (lambda r, t: list(r), TypeError, "iteration"),
+}
+
+
+@pytest.mark.parametrize("what", list(REFUSED))
+def test_lazy_rows_refuse_tensor_operations_and_say_how_to_materialise(what):
+    """Held in a method's state, lazy rows must not silently act like (or fail unlike) a tensor."""
+    prob = problems.libsvm("mushrooms", workers=3)
+    x = _point(prob.dim, 0)
+    dense = prob.local_grads(x)
+    op, error, operation = REFUSED[what]
+    for rows in (prob.lazy_local_grads(x), DenseRows(dense), prob.lazy_local_grads(x) - dense):
+        with pytest.raises(error, match=operation) as info:
+            op(rows, dense)
+        assert f"{type(rows).__name__} (lazy rows" in str(info.value)
+        assert "marina.lazy_rows.materialize(rows) or rows.dense()" in str(info.value)
+        op(materialize(rows), dense)  # what materialising first makes possible
+
+
+def test_lazy_rows_keep_the_python_protocols():
+    rows = DenseRows(torch.ones(2, 3))
+    assert not hasattr(rows, "no_such_attribute")  # an AttributeError, as getattr/hasattr expect
+    assert getattr(rows, "mean", None) is None
+    assert torch.equal(copy.copy(rows).dense(), rows.dense())
+    assert torch.equal(pickle.loads(pickle.dumps(rows)).dense(), rows.dense())
+    assert (rows.shape, rows.dim(), rows.dtype) == (torch.Size((2, 3)), 2, torch.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -62,8 +61,7 @@ F64 = dict(value_dtype=torch.float64)
 
 
 # -- exact reductions ------------------------------------------------------------------------------
-def test_marina_with_p1_is_gd_bit_for_bit(synth):
-    seed = random.randrange(2**31)
+def test_marina_with_p1_is_gd_bit_for_bit(seed, synth):
     gd = _run(synth, "gd", "randk:2", seed=seed, stepsize=0.05)
     mar = _run(synth, "marina", "randk:2", seed=seed, stepsize=0.05, p=1.0)
     assert torch.equal(gd.x, mar.x)
@@ -74,8 +72,7 @@ def test_marina_with_p1_is_gd_bit_for_bit(synth):
     assert (mar.history["oracle_calls"] - gd.history["oracle_calls"]).tolist() == [M] * 31
 
 
-def test_marina_with_identity_is_gd(synth):
-    seed = random.randrange(2**31)
+def test_marina_with_identity_is_gd(seed, synth):
     gd = _run(synth, "gd", "identity", seed=seed, stepsize=0.05)
     # theory p = zeta/d = 1 for the identity: bit for bit
     mar = _run(synth, "marina", "identity", seed=seed, stepsize=0.05)
@@ -91,8 +88,7 @@ def test_marina_with_identity_is_gd(synth):
     )
 
 
-def test_qgd_and_diana_with_identity_are_gd(synth):
-    seed = random.randrange(2**31)
+def test_qgd_and_diana_with_identity_are_gd(seed, synth):
     gd = _run(synth, "gd", "identity", seed=seed, stepsize=0.05)
     qgd = _run(synth, "qgd", "identity", seed=seed, stepsize=0.05)
     assert torch.equal(gd.x, qgd.x)
@@ -104,10 +100,9 @@ def test_qgd_and_diana_with_identity_are_gd(synth):
     assert torch.allclose(gd64.x, diana.x, rtol=1e-12, atol=1e-13)
 
 
-def test_vr_marina_with_full_batch_is_marina(synth):
+def test_vr_marina_with_full_batch_is_marina(seed, synth):
     """b' = m without replacement: the minibatch difference is the full difference; same coins,
     same compression randomness, so the same trajectory up to float64 rounding."""
-    seed = random.randrange(2**31)
     Q = compressors.get("randk:3", **F64)
     mar = _run(synth, "marina", Q, seed=seed, p=0.3)
     vr = _run(synth, "vr-marina", Q, seed=seed, p=0.3, batch_size=M, stepsize=mar.params["stepsize"])
@@ -118,15 +113,14 @@ def test_vr_marina_with_full_batch_is_marina(synth):
     assert mar.history["bits_up"].tolist() == vr.history["bits_up"].tolist()
 
 
-def test_pp_marina_with_all_clients_and_p1_is_marina(synth):
-    seed = random.randrange(2**31)
+def test_pp_marina_with_all_clients_and_p1_is_marina(seed, synth):
     mar = _run(synth, "marina", "randk:2", seed=seed, p=1.0, stepsize=0.05)
     pp = _run(synth, "pp-marina", "randk:2", seed=seed, p=1.0, stepsize=0.05, clients=N)
     assert torch.equal(mar.x, pp.x)
     assert mar.history.drop(columns="time_s").equals(pp.history.drop(columns="time_s"))
 
 
-def test_pp_marina_with_all_clients_matches_marina_in_distribution(synth):
+def test_pp_marina_with_all_clients_matches_marina_in_distribution(seed, synth):
     """With r = n clients drawn with replacement, g^1 = g^0 + (1/r) sum_t D_{i_t} where
     D_i = Q_i(grad f_i(x^1) - grad f_i(x^0)). With Q = identity (exact wire) and c_0 = 0, MARINA
     gives g^0 + mean_i D_i: PP-MARINA's g^1 has that mean and covariance trace
@@ -139,7 +133,7 @@ def test_pp_marina_with_all_clients_matches_marina_in_distribution(synth):
     x1 = x0 - gamma * synth.local_grads(x0).mean(0)
     Dif = synth.local_grads(x1) - synth.local_grads(x0)
     g1_marina = (x1 - mar.x) / gamma
-    base = random.randrange(2**31)
+    base = seed
     g1 = torch.stack([(x1 - _pp_x(synth, Q, gamma, base + s)) / gamma for s in range(S)])
     # mean: E g^1 = g^0 + mean_i D_i, per-coordinate std sqrt(Var_i(D)/r)/sqrt(S)
     sd = torch.sqrt(Dif.var(dim=0, unbiased=False) / N / S)
@@ -225,11 +219,10 @@ COUNTER_CASES = [
 
 
 @pytest.mark.parametrize("method, params", COUNTER_CASES)
-def test_counters_match_hand_computation(method, params):
+def test_counters_match_hand_computation(seed, method, params):
     """mushrooms split in 5 (m_i = 1625, 1625, 1625, 1625, 1624), d = 112, randk:2:
     dense message 112 * 32 = 3584 bits, compressed 2 (32 + ceil(log2 112) = 7) = 78 bits."""
     prob = _mushrooms5()
-    seed = random.randrange(2**31)
     K = 25
     res = marina.run(
         method=method, problem=prob, compressor="randk:2", iterations=K, seed=seed, log_every=1, **params
@@ -253,12 +246,11 @@ def _mushrooms5():
     return _CACHE["m5"]
 
 
-def test_shared_draws_cross_block_boundaries(synth):
+def test_shared_draws_cross_block_boundaries(seed, synth):
     """Coins of rounds around a block boundary follow the documented keying."""
     from marina.methods import MARINA, Setting
     from marina.network import SimulatedNetwork
 
-    seed = random.randrange(2**31)
     net = SimulatedNetwork(N, seed)
     Q = compressors.get("randk:2")
     params = MARINA.resolve(Setting.build(synth, net, Q, 10), {"p": 0.5})
@@ -271,3 +263,69 @@ def test_shared_draws_cross_block_boundaries(synth):
         draws.tolist()
         == torch.floor(_shared_uniforms(seed, "clients", SHARED_BLOCK + 3, 7) * N).long().tolist()
     )
+
+
+# -- state -----------------------------------------------------------------------------------------
+STATE_FIELDS = {
+    "gd": ["x"],
+    "qgd": ["x"],
+    "diana": ["x", "shifts", "shift_mean"],
+    "vr-diana": ["x", "shifts", "shift_mean", "ref_point", "ref_grads"],
+    "marina": ["x", "g", "lazy_local_grads"],
+    "vr-marina": ["x", "g"],
+    "pp-marina": ["x", "g", "lazy_local_grads", "fresh"],
+}
+STATE_PARAMS = {"marina": {"p": 0.3}, "pp-marina": {"p": 0.3}, "vr-marina": {"p": 0.3}}
+
+
+def _method(name, problem, seed, overrides):
+    from marina.methods import Setting, get
+    from marina.network import SimulatedNetwork
+
+    cls = get(name)
+    net = SimulatedNetwork(problem.n_workers, seed)
+    Q = compressors.get("randk:3")
+    return cls(problem, net, Q, cls.resolve(Setting.build(problem, net, Q, 30), overrides))
+
+
+@pytest.mark.parametrize("name", list(STATE_FIELDS))
+def test_state_dict_is_plain_tensors_and_a_loaded_method_continues_bit_for_bit(name, seed):
+    """One generic state_dict / load_state_dict: the fields of the method's State under their
+    names, lazy rows materialised; a fresh method loading it continues the trajectory exactly."""
+    from marina.lazy_rows import LazyRows
+
+    prob = _mushrooms5()
+    full = _method(name, prob, seed, STATE_PARAMS.get(name, {}))
+    full.start(prob.initial_point())
+    for _ in range(7):
+        full.step()
+    state = full.state_dict()
+    assert list(state) == ["k", "oracle_calls", *STATE_FIELDS[name]]
+    assert all(isinstance(state[f], torch.Tensor) for f in STATE_FIELDS[name])
+    assert isinstance(full.state, full.State)
+    if "lazy_local_grads" in state:
+        assert isinstance(full.state.lazy_local_grads, LazyRows)
+        assert torch.equal(state["lazy_local_grads"], prob.local_grads(full.x))
+    resumed = _method(name, prob, seed, STATE_PARAMS.get(name, {}))
+    resumed.load_state_dict({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+    if name == "pp-marina":
+        assert resumed.state.fresh.device.type == "cpu"
+    for _ in range(8):
+        full.step()
+        resumed.step()
+        assert torch.equal(full.x, resumed.x)
+    assert resumed.k == full.k == 15 and resumed.oracle_calls == full.oracle_calls
+    after, again = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(after[f], again[f]) for f in STATE_FIELDS[name])
+
+
+def test_hyperparameters_are_read_once_at_construction(synth):
+    algo = _method("vr-marina", synth, 0, {"p": 0.25, "batch_size": 3})
+    assert (algo.p, algo.b_prime, algo.online, algo.b) == (0.25, 3, False, None)
+    online = _method("vr-marina", synth, 0, {"online": True, "batch_size": 2, "dense_batch_size": 7})
+    assert (online.online, online.b_prime, online.b) == (True, 2, 7)
+    assert _method("pp-marina", synth, 0, {"clients": 2}).r == 2
+    vr = _method("vr-diana", synth, 0, {"alpha": 0.5, "batch_size": 4, "refresh_p": 0.1})
+    assert (vr.alpha, vr.b, vr.refresh_p) == (0.5, 4, 0.1)
+    with pytest.raises(marina.errors.ConfigError, match="call start"):
+        vr.x  # noqa: B018 - no state before start

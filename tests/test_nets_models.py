@@ -1,7 +1,6 @@
 """Architectures and keyed initialisation of marina.nets (counts checked by hand arithmetic)."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -71,9 +70,8 @@ def test_keyed_init_reproducible_and_seed_dependent():
         assert not torch.equal(pa, pc)
 
 
-def test_keyed_init_follows_pytorch_default_distribution():
+def test_keyed_init_follows_pytorch_default_distribution(seed):
     """Linear weight ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)): moments within 6 sigma (any seed)."""
-    seed = int.from_bytes(os.urandom(4), "little")
     model = keyed_init_(small_cnn(), seed)
     for w, fan_in in (
         (model.linear.weight, 32 * 49),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -22,8 +20,7 @@ def _wire_mean(c, X, seed, stream, round, ids, wire=True):
 
 
 @pytest.mark.parametrize("spec", ["identity", "randk:3"])
-def test_aggregate_equals_wire_path(spec):
-    seed = random.randrange(2**31)
+def test_aggregate_equals_wire_path(seed, spec):
     n, d = 6, 17
     X = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     c = compressors.get(spec)
@@ -41,9 +38,8 @@ def test_aggregate_equals_wire_path(spec):
     assert net.bits_down == 0
 
 
-def test_multiplicity_sends_independent_copies():
+def test_multiplicity_sends_independent_copies(seed):
     """Worker i with multiplicity c sends c independent messages (streams compress, compress#1, ...)."""
-    seed = random.randrange(2**31)
     n, d = 5, 12
     X = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     counts = torch.tensor([0, 2, 1, 0, 3])

@@ -78,7 +78,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 
 
-def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
+def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path, seed):
     """A writer killed at a random moment leaves either no file or one complete version."""
     target = tmp_path / "t.parquet"
     script = textwrap.dedent(
@@ -93,7 +93,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_file(tmp_path):
             i += 1
         """
     )
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     for _ in range(2):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"

@@ -12,7 +12,7 @@ import marina.rng as R
 from marina.rng import SHARED, Randomness, hash32_reference
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
 
-SEEDS = [random.randrange(2**31) for _ in range(2)] + [0]
+SEEDS = ["random", "random", 0]  # the seed fixture draws a seed for each "random" entry
 
 
 def _draw_all(rng: Randomness) -> list[torch.Tensor]:
@@ -30,7 +30,7 @@ def _draw_all(rng: Randomness) -> list[torch.Tensor]:
     ]
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_hosting_subset_gives_same_rows(seed):
     full = _draw_all(Randomness(seed, "compress", 4, range(8)))
     part = _draw_all(Randomness(seed, "compress", 4, [3, 5]))
@@ -40,7 +40,7 @@ def test_hosting_subset_gives_same_rows(seed):
         assert torch.equal(f[[5]], s)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_per_row_populations_do_not_depend_on_other_rows(seed):
     # rows 0 and 3 use the dense method (population <= 4096), the others redraw duplicates
     pops = torch.tensor([10, 5000, 100_000, 3000, 9000, 16])
@@ -134,7 +134,7 @@ def _z(mean: float, expect: float, var: float, count: int) -> float:
     return abs(mean - expect) / math.sqrt(var / count)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_uniform_moments_and_bits_balanced(seed):
     n, m = 8, 50_000
     N = n * m
@@ -154,7 +154,7 @@ def test_uniform_moments_and_bits_balanced(seed):
         assert _z(p, 0.5, 0.25, N) < 6
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_uniform_histogram_chi_square(seed):
     u = Randomness(seed, "hist", 0, range(4)).uniform(100_000, torch.float32).reshape(-1)
     bins = 256
@@ -165,7 +165,7 @@ def test_uniform_histogram_chi_square(seed):
     assert abs(chi2 - (bins - 1)) < 6 * math.sqrt(2 * (bins - 1))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_sample_without_replacement_is_uniform(seed):
     pop, k, n = 30, 4, 2000
     idx = Randomness(seed, "swr", 0, range(n)).sample_without_replacement(pop, k)
@@ -185,7 +185,7 @@ def test_sample_without_replacement_is_uniform(seed):
     assert bool((per_row < torch.tensor([[5], [9], [7]])).all())
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_permutation(seed):
     n, size = 3000, 6
     perm = Randomness(seed, "perm", 0, range(n)).permutation(size)
@@ -248,7 +248,7 @@ def _every_method(key: tuple, ids, pops: torch.Tensor) -> list:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("rows", [1, 2, 31, 32, 33])
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_small_draw_path_equals_tensor_code(monkeypatch, seed, rows):
     gen = random.Random(seed * 100 + rows)
     ids = gen.sample(range(-1, 2000), rows)
@@ -272,7 +272,7 @@ def _swr_with_initial(key: tuple, ids, pop: int | torch.Tensor, k: int) -> list[
     return [rng.sample_without_replacement(pop, k), twin.integers(pop, k)]
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
     ids = list(range(0, 64, 2))
     cases = [(5000, 40), (30, 15), (50, 20), (torch.tensor([30, 50, 40, 5000] * 8), 15)]
@@ -294,7 +294,7 @@ def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
                 assert torch.equal(idx[clean], first[clean])
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
 def test_single_sample_is_one_integer_per_row(seed):
     # k = 1 never has duplicates: the sample is floor(u population) of the call, for both paths
     for rows in (5, 40):

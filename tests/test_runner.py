@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -57,8 +55,7 @@ def test_history_columns_and_params(synth):
 
 
 @pytest.mark.parametrize("method", ["qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina"])
-def test_same_seed_same_history_different_seed_differs(synth, method):
-    seed = random.randrange(2**31)
+def test_same_seed_same_history_different_seed_differs(synth, method, seed):
     kw = dict(method=method, problem=synth, compressor="randk:2", iterations=15, log_every=1, p=0.5)
     if method in ("qgd", "diana", "vr-diana"):
         kw.pop("p")
@@ -101,10 +98,9 @@ def test_theory_defaults_meet_their_guarantee(mushrooms_small, method, spec, K, 
     assert gns[:K].mean() <= bound
 
 
-def test_marina_needs_fewer_bits_than_diana_on_mushrooms(mushrooms5):
+def test_marina_needs_fewer_bits_than_diana_on_mushrooms(mushrooms5, seed):
     """The paper's headline (Figure 1, randk:1, theory stepsizes): MARINA reaches a grad_norm_sq
     level with fewer bits per worker than DIANA sends in total to get there."""
-    seed = random.randrange(2**31)
     mar = marina.run(
         method="marina", problem=mushrooms5, compressor="randk:1", iterations=300, seed=seed, log_every=5
     )
@@ -200,8 +196,7 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize("method", ["marina", "diana", "vr-diana", "pp-marina", "vr-marina"])
-def test_checkpoint_resume_gives_the_uninterrupted_history(tmp_path, synth, method):
-    seed = random.randrange(2**31)
+def test_checkpoint_resume_gives_the_uninterrupted_history(tmp_path, synth, method, seed):
     kw = dict(method=method, problem=synth, compressor="randk:2", iterations=40, seed=seed, log_every=3)
     full = marina.run(**kw)
     path = tmp_path / "run.ckpt"

@@ -22,4 +22,11 @@ class ValueRangeError(ConfigError):
     """Values left the representable range: a non-finite entry, or one beyond the largest value
     of the wire format. Given as input it is a bad value (hence a :class:`ConfigError`); raised
     in the middle of a run it means the run diverged, and :func:`marina.run` catches it by this
-    type to end the run with status ``"diverged"``."""
+    type to end the run with status ``"diverged"``.
+
+    ``non_finite`` tells the two cases apart (True: a NaN or infinite entry) without reading
+    the message."""
+
+    def __init__(self, message: str, *, non_finite: bool = False) -> None:
+        super().__init__(message)
+        self.non_finite = bool(non_finite)

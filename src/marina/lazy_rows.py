@@ -14,7 +14,13 @@ entries are ``a.gather(1, idx) - b.gather(1, idx)``, the same floating-point sub
 dense difference makes entry by entry.
 
 Compressors that only gather (``Compressor.gathers``) read lazy rows as they are; every other
-consumer calls :func:`materialize` first.
+consumer calls :func:`materialize` first. Lazy rows support nothing else: arithmetic other
+than ``-``, indexing, torch functions and tensor methods (``rows.mean(0)``) raise a
+``TypeError`` / ``AttributeError`` that names the operation and says how to materialise them,
+rather than computing something else.
+
+Names say which kind a gradient is: ``Problem.local_grads(x)`` is a dense tensor,
+``Problem.lazy_local_grads(x)`` lazy rows.
 """
 
 from __future__ import annotations
@@ -25,6 +31,22 @@ import torch
 from torch import Tensor
 
 __all__ = ["LazyRows", "DenseRows", "RowDifference", "materialize"]
+
+MATERIALISE = "materialise them first with marina.lazy_rows.materialize(rows) or rows.dense()"
+
+
+def _refusal(cls: type, operation: str) -> str:
+    return (
+        f"{cls.__name__} (lazy rows, entries evaluated where read) does not support {operation}; "
+        + MATERIALISE
+    )
+
+
+def _refused(operation: str):  # noqa: ANN202 - an operator slot of LazyRows
+    def refuse(self: LazyRows, *args: object) -> None:
+        raise TypeError(_refusal(type(self), operation))
+
+    return refuse
 
 
 class LazyRows(ABC):
@@ -73,6 +95,28 @@ class LazyRows(ABC):
 
     def __sub__(self, other: LazyRows | Tensor) -> RowDifference:
         return RowDifference(self, other)
+
+    # -- everything else is refused, with the way out --------------------------------------------
+    def __getattr__(self, name: str):  # noqa: ANN204 - only reached for unknown attributes
+        if name.startswith("__") or name in ("shape", "dtype", "device"):
+            raise AttributeError(name)  # protocols probed by copy, pickle, ...; unset attributes
+        raise AttributeError(_refusal(type(self), f"the tensor attribute .{name}"))
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+        raise TypeError(_refusal(cls, torch.overrides.resolve_name(func) or repr(func)))
+
+    __add__ = __radd__ = __iadd__ = _refused("the operator +")
+    __rsub__ = _refused("the operator - with lazy rows on the right")
+    __mul__ = __rmul__ = __imul__ = _refused("the operator *")
+    __truediv__ = __rtruediv__ = _refused("the operator /")
+    __matmul__ = __rmatmul__ = _refused("the operator @")
+    __pow__ = _refused("the operator **")
+    __neg__ = _refused("negation")
+    __abs__ = _refused("abs()")
+    __getitem__ = __setitem__ = _refused("indexing (use index_select(0, rows) for a row subset)")
+    __iter__ = _refused("iteration")
+    __array__ = _refused("conversion to a NumPy array")
 
 
 class DenseRows(LazyRows):

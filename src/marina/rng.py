@@ -40,33 +40,36 @@ avalanche quality of lowbias32 makes consecutive counters look independent (its 
 bit bias is ~0.1%, far below what any Monte-Carlo test in this project can resolve); rows and
 calls differ by a full 64-bit SplitMix64 key, and injecting ``k2`` *between* the rounds means
 two keys never give shifted copies of the same sequence (which a purely additive key would).
-It is not a cryptographic generator, nor meant to be. It costs about 14 in-place int32
-operations per word on cache-sized chunks (in L2), about 3x cheaper per element than SplitMix64
-on int64 tensors (whose multiply has no vector instruction on AVX2 machines); 16 x 10^6 float32
-uniforms take about 2-3 copies of the tensor, against ~40 for the original one-shot int64 code.
+It is not a cryptographic generator, nor meant to be. It takes 14 in-place int32 operations
+per word on cache-sized chunks, against 12 int64 operations per SplitMix64 word (whose
+multiply has no vector instruction on AVX2 machines); see ``benchmarks/README.md``.
 
 64-bit words (float64 uniforms, ``bits``, index sampling) are SplitMix64 proper: the finaliser
 ``mix64`` of the Weyl sequence ``key + (j + 1) * 0x9E3779B97F4A7C15`` with the full 64-bit call
-key (Steele et al. 2014; passes BigCrush). On int64 tensors it takes 12 operations per word
-against 2 x 13 for two 32-bit words, so 53-bit uniforms cost one hash, not two.
+key (Steele et al. 2014; passes BigCrush), so 53-bit uniforms cost one hash, not two.
 
 Uniform floats: float32 uses the top 24 bits of one 32-bit word w, read as a signed number s (an
 arithmetic shift, one operation less than a logical one): u = s 2^-24 + 1/2, which equals
 ((w >>> 8) xor 2^23) 2^-24, exactly representable, in [0, 1). float64 uses the top 53 bits of
 the 64-bit word: u = (z >>> 11) 2^-53. Lower precisions keep the top bits of the float32 draw.
 
-Small draws: a CPU object with few rows (at most 32) computes the keys of every call, and the
-whole of any call that hashes at most ~128 elements, element by element on Python ints (the
-formulas above; ``hash32_reference`` is the 32-bit hash), and makes the result tensor in one
-call, since a dozen small tensor operations cost far more than the hashing. This is an
-implementation detail: the draws are still a pure function of the key, bit for bit the same
-as the tensor code gives (which larger calls and other devices use).
+One implementation of each distribution, two representations of its numbers. The distributions
+(``Randomness``'s methods) are written once, on raw words, with element formulas (``_unit64``,
+``_scaled``, ``_key63``) that take a Python number or a tensor alike, and a few array
+operations (sort, smallest k, select rows) supplied by one of two array backends:
+``_TensorArrays`` ((rows, cols) tensors, any device) and ``_IntArrays`` (lists of rows of Python
+ints, the specification ``hash32_reference`` / ``_mix_int`` computed element by element). A
+CPU object with few rows (at most ``_PY_KEY_ROWS``) is built with Python-int row keys and draws
+a call on Python ints when it hashes at most ``_PY_ELEMENTS`` elements, since a dozen small
+tensor operations cost far more than hashing that many words; this choice is made in one
+place (``Randomness._call``). Either way the draws are the same bits.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import operator
 import zlib
 from array import array
 
@@ -84,8 +87,11 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 1
-"""Bumped whenever any draw changes; hashed into run ids, so results of different generators
-never share a results-directory entry."""
+"""Version of the generator: bump it whenever any draw changes (any method, key, shape or device).
+
+It is hashed into run ids, so results of different generators never share a directory entry;
+``tests/test_rng_golden.py`` pins the draws of the current version.
+"""
 
 SHARED = -1
 """Worker id that keys draws common to all workers."""
@@ -94,6 +100,8 @@ _CPU = torch.device("cpu")
 
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
+_M53 = (1 << 53) - 1
+_M63 = (1 << 63) - 1
 
 
 def _signed(v: int, bits: int = 64) -> int:
@@ -118,11 +126,10 @@ _DENSE_POPULATION = 4096
 # Randomness objects with at most this many rows (on the CPU) derive their keys with Python
 # ints: a handful of integer operations per row instead of two dozen small tensor operations
 _PY_KEY_ROWS = 32
-# ... and their drawing calls that hash at most this many elements in all (rows x columns; for
-# sample_without_replacement k per sparse row, the population per dense row) are drawn on
-# Python ints too, then made into a tensor with one call: ~0.5-0.7 us per element against a
-# fixed ~150-250 us for the two to three dozen small tensor operations of the tensor code (the
-# two break even near 150-200 elements)
+# ... and draw on Python ints the calls that hash at most this many elements in all (rows x
+# columns; for sample_without_replacement k per sparse row, the population per dense row),
+# making the result tensor with one call (the break-even point against the fixed cost of the
+# tensor code's small operations: benchmarks/README.md)
 _PY_ELEMENTS = 128
 # Python draws scale by per-row highs / populations up to this size (beyond it: the tensor code)
 _PY_HIGH = 2.0**62
@@ -152,91 +159,6 @@ def _mix_int(z: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
-
-
-def _py_words64(keys: list[int], cols: int) -> list[int]:
-    """Unsigned SplitMix64 words of elements 0 .. cols - 1 of each (unsigned) call key, row-major."""
-    return [_mix_int(key + j * _GOLDEN_U) for key in keys for j in range(1, cols + 1)]
-
-
-def _py_words32(keys: list[int], cols: int) -> list[int]:
-    """Unsigned lowbias32 words of elements 0 .. cols - 1 of each (unsigned) call key, row-major
-    (k1 = key mod 2^32 is added to the counter mod 2^32, k2 = key >> 32)."""
-    return [hash32_reference(j, key, key >> 32) for key in keys for j in range(cols)]
-
-
-def _mantissa_bits(dtype: torch.dtype) -> int:
-    """Significand bits p of a floating dtype (implicit bit included): uniforms are k 2^-p."""
-    return round(-math.log2(torch.finfo(dtype).eps)) + 1
-
-
-def _py_uniform(keys: list[int], cols: int, dtype: torch.dtype) -> list[float]:
-    """Row-major uniforms of elements 0 .. cols - 1 as Python floats: exactly the values of
-    :meth:`ElementDraws.uniform` (every step is exact in float64)."""
-    if dtype == torch.float64:
-        return [(z >> 11) * 2.0**-53 for z in _py_words64(keys, cols)]
-    u = [((w >> 8) ^ 0x800000) * 2.0**-24 for w in _py_words32(keys, cols)]
-    if dtype != torch.float32:
-        p = _mantissa_bits(dtype)
-        u = [math.floor(x * 2.0**p) * 2.0**-p for x in u]
-    return u
-
-
-def _py_scaled(keys: list[int], cols: int, highs: list[float]) -> list[int]:
-    """Row-major floor(u high_r) of the float64 uniforms of each key (``integers``, and the
-    with-replacement draws of ``sample_without_replacement``), in float64 arithmetic."""
-    u = _py_uniform(keys, cols, torch.float64)
-    return [math.floor(u[i] * highs[i // cols]) for i in range(len(u))]
-
-
-# array typecodes of the dtypes that small draws build from a buffer (same item size only)
-_TYPECODES = {
-    dt: code
-    for dt, code in (
-        (torch.float64, "d"),
-        (torch.float32, "f"),
-        (torch.int64, "q"),
-        (torch.int32, "i"),
-        (torch.bool, "B"),
-    )
-    if array(code).itemsize == dt.itemsize
-}
-
-
-def _py_tensor(flat: list, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
-    """(rows, cols) CPU tensor of the row-major values ``flat`` (each exact in ``dtype``).
-
-    Through an ``array`` buffer where one fits: about half the cost of ``torch.tensor(list)``.
-    """
-    code = _TYPECODES.get(dtype)
-    if code is None or not flat:
-        return torch.tensor(flat, dtype=dtype).view(rows, cols)
-    return torch.frombuffer(array(code, flat), dtype=dtype).view(rows, cols)
-
-
-def _swr_is_dense(pop: int, k: int) -> bool:
-    """Whether a row of sample_without_replacement takes the k smallest of per-element keys."""
-    return k > 1 and (pop <= _DENSE_POPULATION or 2 * k > pop)
-
-
-def _py_swr(key: int, pop: int, k: int) -> list[int]:
-    """One row of :meth:`Randomness.sample_without_replacement` on Python ints (same indices)."""
-    if _swr_is_dense(pop, k):
-        # the k smallest 63-bit keys; exact ties (probability ~2^-63) go to the smaller index
-        z = [(w >> 1, j) for j, w in enumerate(_py_words64([key], pop))]
-        return sorted(j for _, j in heapq.nsmallest(k, z))
-    popf = float(pop)
-    idx = sorted(_py_scaled([key], k, [popf]))
-    attempt = 0
-    while True:
-        dup = [j for j in range(1, k) if idx[j] == idx[j - 1]]
-        if not dup:
-            return idx
-        attempt += 1
-        fresh = _py_scaled([_mix_int(key ^ _mix_int(attempt * _REDRAW))], k, [popf])
-        for j in dup:  # column j of the redraw replaces a duplicate in column j
-            idx[j] = fresh[j]
-        idx.sort()
 
 
 def _shr(z: Tensor, s: int) -> Tensor:
@@ -279,6 +201,94 @@ def _split32(keys: Tensor) -> tuple[Tensor, Tensor]:
     lo = torch.where(lo >= (1 << 31), lo - (1 << 32), lo)
     hi = keys >> 32  # arithmetic shift: already in [-2^31, 2^31)
     return lo.to(torch.int32).reshape(-1, 1), hi.to(torch.int32).reshape(-1, 1)
+
+
+# -- element formulas: each takes a Python number or a tensor (modified in place) ----------------
+_MANTISSA: dict[torch.dtype, int] = {}
+
+
+def _mantissa_bits(dtype: torch.dtype) -> int:
+    """Significand bits p of a floating dtype (implicit bit included): uniforms are k 2^-p."""
+    p = _MANTISSA.get(dtype)
+    if p is None:
+        p = _MANTISSA[dtype] = round(-math.log2(torch.finfo(dtype).eps)) + 1
+    return p
+
+
+def _floor(x):  # noqa: ANN001, ANN202
+    """floor of a Python float (an int) or of a float tensor (in place)."""
+    return math.floor(x) if type(x) is float else x.floor_()
+
+
+def _unit64(z, out: Tensor | None = None):  # noqa: ANN001, ANN202
+    """The float64 uniform (z >>> 11) 2^-53 of a raw signed 64-bit word (exact).
+
+    Takes a Python int or an int64 tensor, which is shifted in place and written to ``out``.
+    """
+    z >>= 11
+    z &= _M53
+    if out is not None:  # a tensor: into the float output (exact, < 2^53)
+        z = out.copy_(z)
+    z *= 2.0**-53  # a Python int becomes a float here (exact)
+    return z
+
+
+def _unit32(w, out: Tensor | None = None):  # noqa: ANN001, ANN202
+    """The float32 uniform s 2^-24 + 1/2, s = w >> 8 (arithmetic), of a raw signed 32-bit word.
+
+    Exact in float32 and float64 alike. Takes a Python int or an int32 tensor (shifted in place,
+    written to ``out``).
+    """
+    w >>= 8  # s in [-2^23, 2^23)
+    if out is not None:
+        w = out.copy_(w)
+    w *= 2.0**-24
+    w += 0.5
+    return w
+
+
+def _unit_function(dtype: torch.dtype):  # noqa: ANN202
+    """The formula f(word, out=None) of the uniforms of ``dtype``: float64 from a 64-bit word,
+    float32 from a 32-bit word, lower precisions the float32 value rounded down to their p
+    significand bits, floor(u 2^p) 2^-p < 1 (``out`` then float32)."""
+    unit = _UNITS.get(dtype)
+    if unit is None:
+        unit = _UNITS[dtype] = _rounded_unit(_mantissa_bits(dtype))
+    return unit
+
+
+def _rounded_unit(p: int):  # noqa: ANN202
+
+    def unit(w, out: Tensor | None = None):  # noqa: ANN001, ANN202
+        u = _unit32(w, out)
+        u *= 2.0**p
+        u = _floor(u)
+        u *= 2.0**-p
+        return u
+
+    return unit
+
+
+_UNITS = {torch.float64: _unit64, torch.float32: _unit32}
+
+
+def _scaled(u, high):  # noqa: ANN001, ANN202
+    """floor(u high) of a float64 uniform, in float64 arithmetic (``integers``, index draws)."""
+    x = u * high
+    return math.floor(x) if type(x) is float else x.floor_().to(torch.int64)
+
+
+def _key63(z):  # noqa: ANN001, ANN202
+    """The 63-bit sort key z >>> 1 of a raw 64-bit word (the dense subset sampler)."""
+    z >>= 1
+    z &= _M63
+    return z
+
+
+def _swr_is_dense(pop, k: int):  # noqa: ANN001, ANN202
+    """Whether a row of sample_without_replacement takes the k smallest of per-element keys
+    (``pop`` an int or a tensor of per-row populations)."""
+    return (k > 1) & ((pop <= _DENSE_POPULATION) | (2 * k > pop))
 
 
 class ElementDraws:
@@ -375,29 +385,246 @@ class ElementDraws:
             out = torch.empty((self.rows, w), dtype=dtype, device=self.device)
         step = max(1, self.chunk // max(1, self.rows))
         wide = out.dtype == torch.float64
-        x = torch.empty(
-            (self.rows, min(w, step)), dtype=torch.int64 if wide else torch.int32, device=self.device
-        )
+        unit = _unit_function(out.dtype)
+        shape = (self.rows, min(w, step))
+        x = torch.empty(shape, dtype=torch.int64 if wide else torch.int32, device=self.device)
         t = torch.empty_like(x)
+        # below float32 the value is made in float32, then rounded down to the output's bits
+        low = None
+        if not wide and out.dtype != torch.float32:
+            low = torch.empty(shape, dtype=torch.float32, device=self.device)
         for a, b in self._pieces(start, stop):
             xa, ta, o = x[:, : b - a], t[:, : b - a], out[:, a - start : b - start]
-            if wide:
-                self._mix64_into(xa, ta, a)
-                torch.bitwise_right_shift(xa, 11, out=ta)
-                ta &= (1 << 53) - 1
-                o.copy_(ta)  # exact: < 2^53
-                o.mul_(2.0**-53)
-                continue
-            self._hash_into(xa, ta, a)
-            # top 24 bits, signed: s in [-2^23, 2^23), u = s 2^-24 + 1/2 in [0, 1), exact
-            torch.bitwise_right_shift(xa, 8, out=ta)
-            if o.dtype == torch.float32:
-                torch.mul(ta, 2.0**-24, out=o)
-                o.add_(0.5)
-            else:  # fewer mantissa bits: keep the top ones, so that u < 1 still holds
-                p = _mantissa_bits(o.dtype)
-                o.copy_(ta.to(torch.float32).mul_(2.0**-24).add_(0.5).mul_(2.0**p).floor_().mul_(2.0**-p))
+            (self._mix64_into if wide else self._hash_into)(xa, ta, a)
+            if low is None:
+                unit(xa, o)
+            else:
+                o.copy_(unit(xa, low[:, : b - a]))
         return out
+
+
+# array typecodes of the dtypes that small draws build from a buffer (same item size only)
+_TYPECODES = {
+    dt: code
+    for dt, code in (
+        (torch.float64, "d"),
+        (torch.float32, "f"),
+        (torch.int64, "q"),
+        (torch.int32, "i"),
+        (torch.bool, "B"),
+    )
+    if array(code).itemsize == dt.itemsize
+}
+
+
+class _IntArrays:
+    """Arrays of small CPU draws: row-major flat lists of Python numbers (rows of ``cols``
+    elements); call keys are unsigned ints.
+
+    Raw words are the specification computed element by element: ``hash32_reference`` (signed
+    like the tensor code's int32 words) and ``_mix_int`` of the Weyl sequence (unsigned unless
+    ``signed``: the formulas on them mask what they keep).
+    """
+
+    @staticmethod
+    def words32(keys: list[int], cols: int) -> list[int]:
+        return [
+            (hash32_reference(j, key, key >> 32) ^ 1 << 31) - (1 << 31) for key in keys for j in range(cols)
+        ]
+
+    @staticmethod
+    def words64(keys: list[int], cols: int | list[int], signed: bool = False) -> list[int]:
+        """Columns 0 .. cols - 1 of each row (``cols`` one count, or one per row)."""
+        widths = cols if isinstance(cols, list) else [cols] * len(keys)
+        z = [_mix_int(key + j * _GOLDEN_U) for key, w in zip(keys, widths) for j in range(1, w + 1)]
+        return [(v ^ 1 << 63) - (1 << 63) for v in z] if signed else z
+
+    def uniform(self, keys: list[int], cols: int, dtype: torch.dtype, f=None, per_row=None) -> list:  # noqa: ANN001
+        """Uniforms u, or f(u, per_row[r]) in row r (one pass over the elements)."""
+        words = self.words64(keys, cols) if dtype == torch.float64 else self.words32(keys, cols)
+        unit = _unit_function(dtype)
+        if f is None:
+            return list(map(unit, words))
+        if cols != 1:
+            per_row = [a for a in per_row for _ in range(cols)]
+        return [f(unit(w), a) for w, a in zip(words, per_row)]
+
+    @staticmethod
+    def map(f, x: list) -> list:  # noqa: ANN001
+        return list(map(f, x))
+
+    @staticmethod
+    def per_row(values: list, rows: int) -> list:
+        return values
+
+    @staticmethod
+    def rowwise(f, values: list, *args) -> list:  # noqa: ANN001
+        return [f(v, *args) for v in values]
+
+    @staticmethod
+    def width(pops: list[int]) -> list[int]:
+        return pops
+
+    @staticmethod
+    def argsort(w: list[int], cols: int) -> list[int]:
+        # Python's sort is stable, like the tensor code's
+        return [j - r for r in range(0, len(w), cols) for j in sorted(range(r, r + cols), key=w.__getitem__)]
+
+    @staticmethod
+    def smallest(z: list[int], k: int, pops: list[int]) -> list[int]:
+        # row r holds its population's columns; ties go to the smaller index
+        out, r = [], 0
+        for p in pops:
+            out += sorted(j for _, j in heapq.nsmallest(k, zip(z[r : r + p], range(p))))
+            r += p
+        return out
+
+    @staticmethod
+    def sort(x: list, cols: int) -> list:
+        return [v for r in range(0, len(x), cols) for v in sorted(x[r : r + cols])]
+
+    @staticmethod
+    def duplicates(x: list, cols: int) -> list[bool] | None:
+        dup = [j % cols != 0 and x[j] == x[j - 1] for j in range(len(x))]
+        return dup if any(dup) else None
+
+    @staticmethod
+    def where(mask: list[bool], a: list, b: list) -> list:
+        return [u if m else v for m, u, v in zip(mask, a, b)]
+
+    @staticmethod
+    def rekey(keys: list[int], salt: int) -> list[int]:
+        return [_mix_int(key ^ salt) for key in keys]
+
+    @staticmethod
+    def all(mask: list[bool] | bool) -> bool:
+        return mask if mask is False else all(mask)
+
+    @staticmethod
+    def any(mask: list[bool] | bool) -> bool:
+        return mask if mask is False else any(mask)
+
+    @staticmethod
+    def split(mask: list[bool]) -> tuple[list[int], list[int]]:
+        return [r for r, m in enumerate(mask) if m], [r for r, m in enumerate(mask) if not m]
+
+    @staticmethod
+    def take(x: list, rows: list[int]) -> list:
+        return [x[r] for r in rows]
+
+    @staticmethod
+    def merge(rows: int, k: int, parts: list[tuple[list[int], list]]) -> list:
+        out = [0] * (rows * k)
+        for index, values in parts:
+            for i, r in enumerate(index):
+                out[r * k : (r + 1) * k] = values[i * k : (i + 1) * k]
+        return out
+
+    @staticmethod
+    def tensor(x: list, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
+        """The (rows, cols) CPU tensor; through an ``array`` buffer where one fits (about half
+        the cost of ``torch.tensor(list)``)."""
+        code = _TYPECODES.get(dtype)
+        if code is None or not x:
+            return torch.tensor(x, dtype=dtype).view(rows, cols)
+        return torch.frombuffer(array(code, x), dtype=dtype).view(rows, cols)
+
+
+_INTS = _IntArrays()
+
+
+class _TensorArrays:
+    """Arrays of draws as (rows, cols) tensors on one device; call keys (rows,) int64."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def words32(self, keys: Tensor, cols: int) -> Tensor:
+        return ElementDraws(keys, self.device).words(0, cols)
+
+    def words64(self, keys: Tensor, cols: int, signed: bool = True) -> Tensor:
+        return ElementDraws(keys, self.device).words64(0, cols)
+
+    def uniform(self, keys: Tensor, cols: int, dtype: torch.dtype, f=None, per_row=None) -> Tensor:  # noqa: ANN001
+        u = ElementDraws(keys, self.device).uniform(0, cols, dtype)
+        return u if f is None else f(u, per_row)
+
+    @staticmethod
+    def map(f, x: Tensor) -> Tensor:  # noqa: ANN001
+        return f(x)
+
+    def per_row(self, values: Tensor | float, rows: int) -> Tensor | float:
+        """A per-row operand: (rows, 1) float64 (or (1, 1), broadcast) for a tensor, else a float."""
+        if isinstance(values, Tensor):
+            return values.to(device=self.device, dtype=torch.float64).reshape(-1, 1)
+        return float(values)
+
+    @staticmethod
+    def rowwise(f, values: Tensor | int, *args):  # noqa: ANN001, ANN205
+        return f(values, *args)
+
+    @staticmethod
+    def width(pops: Tensor | int) -> int:
+        return int(pops.max()) if isinstance(pops, Tensor) else int(pops)
+
+    @staticmethod
+    def argsort(w: Tensor, cols: int) -> Tensor:
+        if w.shape[0] == 1:  # torch's 1-D sort is several times faster than a sort along dim 1
+            return torch.sort(w[0], stable=True).indices[None, :]
+        return torch.sort(w, dim=1, stable=True).indices
+
+    def smallest(self, z: Tensor, k: int, pops: Tensor | int) -> Tensor:
+        if isinstance(pops, Tensor):  # columns at or beyond a row's population never win
+            cols = _shared_arange(z.shape[1], torch.int32, self.device)
+            z.masked_fill_(cols[None, :] >= pops[:, None], _M63)
+        return torch.sort(torch.topk(z, k, dim=1, largest=False).indices, dim=1).values
+
+    @staticmethod
+    def sort(x: Tensor, cols: int) -> Tensor:
+        return torch.sort(x, dim=1).values
+
+    @staticmethod
+    def duplicates(x: Tensor, cols: int) -> Tensor | None:
+        dup = torch.zeros_like(x, dtype=torch.bool)
+        dup[:, 1:] = x[:, 1:] == x[:, :-1]
+        return dup if bool(dup.any()) else None
+
+    @staticmethod
+    def where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask, a, b)
+
+    @staticmethod
+    def rekey(keys: Tensor, salt: int) -> Tensor:
+        return mix64(keys ^ _signed(salt))
+
+    @staticmethod
+    def all(mask: Tensor | bool) -> bool:
+        return bool(mask.all()) if isinstance(mask, Tensor) else bool(mask)
+
+    @staticmethod
+    def any(mask: Tensor | bool) -> bool:
+        return bool(mask.any()) if isinstance(mask, Tensor) else bool(mask)
+
+    @staticmethod
+    def split(mask: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.nonzero(mask).reshape(-1), torch.nonzero(~mask).reshape(-1)
+
+    @staticmethod
+    def take(x: Tensor, rows: Tensor) -> Tensor:
+        return x[rows]
+
+    def merge(self, rows: int, k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+        out = torch.empty((rows, k), dtype=torch.int64, device=self.device)
+        for index, values in parts:
+            out[index] = values
+        return out
+
+    @staticmethod
+    def tensor(x: Tensor, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
+        return x
+
+
+_TENSORS: dict[torch.device, _TensorArrays] = {}
 
 
 class Randomness:
@@ -442,8 +669,12 @@ class Randomness:
         base = _mix_int(base ^ (stream_id(stream) * 0xD1B54A32D192ED03))
         base = _mix_int(base ^ ((self.round + 1) * 0xAF251AF3B0F025B5))
         self._base = base
-        # small CPU row sets: the same keys from Python ints (identical bits, mod 2^64), and
-        # small drawing calls drawn on Python ints (see _py_keys); no row-key tensor at all
+        tensors = _TENSORS.get(self.device)
+        if tensors is None:
+            tensors = _TENSORS[self.device] = _TensorArrays(self.device)
+        self._tensors = tensors
+        # the implementation choice: small CPU row sets keep their row keys as Python ints (the
+        # same keys mod 2^64), and _call draws their small calls on Python ints
         self._row_ints: list[int] | None = None
         self._row_keys: Tensor | None = None
         if self.device.type == "cpu" and self.worker_ids.numel() <= _PY_KEY_ROWS:
@@ -472,33 +703,29 @@ class Randomness:
         """Skip ``calls`` drawing calls (for code that drew them from :meth:`shared` instead)."""
         self.calls += int(calls)
 
-    # -- raw bits -------------------------------------------------------------------------
-    def _next_keys(self, sub: int = 0) -> Tensor:
+    # -- call keys ----------------------------------------------------------------------------
+    def _call_key(self) -> int:
+        return _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15)
+
+    def _next_keys(self) -> Tensor:
         """(rows,) int64 keys of the next call (the counter is not advanced)."""
         if self._row_ints is not None:
-            return torch.tensor([_signed(v) for v in self._next_key_ints(sub)], dtype=torch.int64)
-        call_key = _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15 + sub)
-        return mix64(self._row_keys ^ _signed(call_key))
+            call_key = self._call_key()
+            return torch.tensor([_signed(_mix_int(v ^ call_key)) for v in self._row_ints], dtype=torch.int64)
+        return mix64(self._row_keys ^ _signed(self._call_key()))
 
-    def _next_key_ints(self, sub: int = 0) -> list[int]:
-        """The keys of :meth:`_next_keys` as unsigned Python ints (small CPU row sets only)."""
-        call_key = _mix_int((self.calls + 1) * 0x9E3779B97F4A7C15 + sub)
-        return [_mix_int(v ^ call_key) for v in self._row_ints]
-
-    def _py_keys(self, elements: int) -> list[int] | None:
-        """Unsigned call keys, the counter advanced, when this call hashes few enough elements
-        (``elements`` in all rows) to be drawn on Python ints; None (nothing advanced) otherwise.
-
-        The Python draws equal the tensor code's bit for bit (tests/test_rng.py compares them).
-        """
-        if self._row_ints is None or not 0 <= elements <= _PY_ELEMENTS:
-            return None
-        keys = self._next_key_ints()
+    def _call(self, elements: int | None):  # noqa: ANN202
+        """(arrays, keys) of the next call, the counter advanced: Python ints when this object
+        keeps Python row keys and the call hashes at most ``_PY_ELEMENTS`` elements in all
+        (``elements``; None where the Python numbers cannot represent the call), else tensors."""
         self.calls += 1
-        return keys
-
-    def _draws(self, keys: Tensor) -> ElementDraws:
-        return ElementDraws(keys, self.device)
+        call_key = _mix_int(self.calls * 0x9E3779B97F4A7C15)  # (counter + 1) golden, as _call_key
+        if self._row_ints is None:
+            return self._tensors, mix64(self._row_keys ^ _signed(call_key))
+        ints = [_mix_int(v ^ call_key) for v in self._row_ints]
+        if elements is not None and 0 <= elements <= _PY_ELEMENTS:
+            return _INTS, ints
+        return self._tensors, torch.tensor([_signed(v) for v in ints], dtype=torch.int64)
 
     def elements(self) -> ElementDraws:
         """One drawing call whose columns can be generated piece by piece (fused loops).
@@ -508,54 +735,36 @@ class Randomness:
         """
         keys = self._next_keys()
         self.calls += 1
-        return self._draws(keys)
+        return ElementDraws(keys, self.device)
 
-    def _words64(self, keys: Tensor, cols: int) -> Tensor:
-        """(rows, cols) int64 of 64 random bits each."""
-        return self._draws(keys).words64(0, cols)
-
+    # -- raw bits -----------------------------------------------------------------------------
     def bits(self, cols: int) -> Tensor:
         """(rows, cols) int64 tensor of uniformly random 64-bit words."""
-        small = self._py_keys(self.n_rows * cols)
-        if small is not None:
-            flat = [_signed(z) for z in _py_words64(small, cols)]
-            return _py_tensor(flat, torch.int64, len(small), cols)
-        keys = self._next_keys()
-        self.calls += 1
-        return self._words64(keys, cols)
+        arrays, keys = self._call(self.n_rows * cols)
+        return arrays.tensor(arrays.words64(keys, cols, signed=True), torch.int64, self.n_rows, cols)
 
     def words32(self, cols: int) -> Tensor:
         """(rows, cols) int32 tensor of uniformly random 32-bit words (two's complement)."""
-        small = self._py_keys(self.n_rows * cols)
-        if small is not None:
-            flat = [_signed(w, 32) for w in _py_words32(small, cols)]
-            return _py_tensor(flat, torch.int32, len(small), cols)
-        return self.elements().words(0, cols)
+        arrays, keys = self._call(self.n_rows * cols)
+        return arrays.tensor(arrays.words32(keys, cols), torch.int32, self.n_rows, cols)
 
-    # -- distributions --------------------------------------------------------------------
+    # -- distributions ------------------------------------------------------------------------
     def uniform(self, cols: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """(rows, cols) uniform numbers in [0, 1) (53 random bits for float64, 24 otherwise)."""
-        small = self._py_keys(self.n_rows * cols) if dtype in _PY_FLOATS else None
-        if small is not None:
-            return _py_tensor(_py_uniform(small, cols, dtype), dtype, len(small), cols)
-        return self.elements().uniform(0, cols, dtype)
+        arrays, keys = self._call(self.n_rows * cols if dtype in _PY_FLOATS else None)
+        return arrays.tensor(arrays.uniform(keys, cols, dtype), dtype, self.n_rows, cols)
 
     def integers(self, high: int | Tensor, cols: int) -> Tensor:
         """(rows, cols) int64 uniform on {0, ..., high-1}; ``high`` scalar or per row (rows,).
 
         floor(u high) of a float64 uniform u (in float64 arithmetic).
         """
-        rows = self.n_rows
-        highs = self._py_highs(high) if 0 <= rows * cols <= _PY_ELEMENTS else None
-        keys = self._py_keys(rows * cols) if highs is not None else None
-        if keys is not None:
-            return _py_tensor(_py_scaled(keys, cols, highs), torch.int64, rows, cols)
-        u = self.uniform(cols)
-        if isinstance(high, Tensor):
-            h = high.to(device=self.device, dtype=torch.float64).reshape(-1, 1)
-        else:
-            h = float(high)
-        return torch.floor(u * h).to(torch.int64)
+        highs = self._py_highs(high)
+        arrays, keys = self._call(self.n_rows * cols if highs is not None else None)
+        h = highs if arrays is _INTS else arrays.per_row(high, self.n_rows)
+        return arrays.tensor(
+            arrays.uniform(keys, cols, torch.float64, _scaled, h), torch.int64, self.n_rows, cols
+        )
 
     def _py_highs(self, high: int | Tensor) -> list[float] | None:
         """Per-row ``high`` as Python floats (the float64 values the tensor code multiplies by),
@@ -575,11 +784,11 @@ class Randomness:
 
     def bernoulli(self, p: float, cols: int = 1) -> Tensor:
         """(rows, cols) boolean, each True with probability p: u < p for a float64 uniform u."""
-        small = self._py_keys(self.n_rows * cols) if type(p) in (float, int) else None
-        if small is not None:
-            flat = [u < p for u in _py_uniform(small, cols, torch.float64)]
-            return _py_tensor(flat, torch.bool, len(small), cols)
-        return self.uniform(cols) < p
+        arrays, keys = self._call(self.n_rows * cols if type(p) in (float, int) else None)
+        ps = [p] * self.n_rows if arrays is _INTS else p
+        return arrays.tensor(
+            arrays.uniform(keys, cols, torch.float64, operator.lt, ps), torch.bool, self.n_rows, cols
+        )
 
     def permutation(self, size: int) -> Tensor:
         """(rows, size) int64: a uniformly random permutation of {0, ..., size-1} per row.
@@ -587,17 +796,8 @@ class Randomness:
         Stable argsort of one 32-bit word per element: exact ties (probability ~size^2/2^33 in
         all, each fixing the order of one pair) are broken by position. O(size log size).
         """
-        small = self._py_keys(self.n_rows * size)
-        if small is not None:  # Python's sort is stable too
-            w = [_signed(x, 32) for x in _py_words32(small, size)]
-            flat = [
-                j - r for r in range(0, len(w), size) for j in sorted(range(r, r + size), key=w.__getitem__)
-            ]
-            return _py_tensor(flat, torch.int64, len(small), size)
-        w = self.words32(size)
-        if w.shape[0] == 1:  # torch's 1-D sort is several times faster than a sort along dim 1
-            return torch.sort(w[0], stable=True).indices[None, :]
-        return torch.sort(w, dim=1, stable=True).indices
+        arrays, keys = self._call(self.n_rows * size)
+        return arrays.tensor(arrays.argsort(arrays.words32(keys, size), size), torch.int64, self.n_rows, size)
 
     def sample_without_replacement(self, population: int | Tensor, k: int) -> Tensor:
         """(rows, k) int64: row r is a uniformly random k-subset of {0, ..., population_r - 1}.
@@ -607,83 +807,69 @@ class Randomness:
 
         - k >= 2 and (population up to 4096 or 2k > population): the k smallest of one random
           63-bit key per element, O(population) per row;
-        - otherwise (always for k = 1): draw k with replacement, redraw the duplicates, repeat (every step is
-          equivariant under permutations of the population, so the final k-set is uniform),
-          O(k log k) expected per row -- never a pass over the population.
+        - otherwise (always for k = 1): draw k with replacement, redraw the duplicates, repeat
+          (every step is equivariant under permutations of the population, so the final k-set
+          is uniform), O(k log k) expected per row -- never a pass over the population.
         """
         rows = self.n_rows
-        scalar = not isinstance(population, Tensor)
         pops: list[int] | None = None  # per-row populations as Python ints (small row sets)
-        if scalar:
-            pop_int = int(population)
-            pop = None
-        else:
+        if isinstance(population, Tensor):
             pop = population.to(device=self.device, dtype=torch.int64).reshape(-1)
             if pop.numel() != rows:
                 raise ValueError(f"population has {pop.numel()} entries, expected one per row ({rows})")
+            if self._row_ints is not None:
+                pops = pop.tolist()
+                smallest = min(pops) if rows else 0
+            else:
+                smallest = int(pop.min()) if rows else 0
+        else:
+            pop = smallest = int(population)
+            if self._row_ints is not None:
+                pops = [pop] * rows
         if k < 0:
             raise ValueError(f"k == {k}, must be >= 0")
-        if scalar:
-            smallest = pop_int
-        elif self._row_ints is not None:
-            pops = pop.tolist()
-            smallest = min(pops) if rows else 0
-        else:
-            smallest = int(pop.min()) if rows else 0
         if rows and k > smallest:
             raise ValueError(f"k == {k} exceeds the smallest population {smallest}")
-        if self._row_ints is not None and k > 0:
-            pops = [pop_int] * rows if pops is None else pops
-            work = sum(p if _swr_is_dense(p, k) else k for p in pops)
-            small = self._py_keys(work) if max(pops, default=0) <= _PY_HIGH else None
-            if small is not None:
-                if k == 1:  # one draw per row, never a duplicate: floor(u population)
-                    flat = _py_scaled(small, 1, [float(p) for p in pops])
-                else:
-                    flat = [j for key, p in zip(small, pops) for j in _py_swr(key, p, k)]
-                return _py_tensor(flat, torch.int64, rows, k)
-        keys = self._next_keys()
-        self.calls += 1
+        work = None
+        if pops is not None and k > 0 and max(pops, default=0) <= _PY_HIGH:
+            work = rows if k == 1 else sum(p if _swr_is_dense(p, k) else k for p in pops)
+        arrays, keys = self._call(work)
         if k == 0 or rows == 0:
             return torch.empty((rows, k), dtype=torch.int64, device=self.device)
-        if scalar:
-            if _swr_is_dense(pop_int, k):
-                return self._swr_dense(keys, pop_int, None, k)
-            return self._swr_sparse(keys, float(pop_int), k)
-        dense = ((pop <= _DENSE_POPULATION) | (2 * k > pop)) & (k > 1)
-        if bool(dense.all()):
-            return self._swr_dense(keys, int(pop.max()), pop, k)
-        if not bool(dense.any()):
-            return self._swr_sparse(keys, pop.to(torch.float64)[:, None], k)
-        out = torch.empty((rows, k), dtype=torch.int64, device=self.device)
-        di, si = torch.nonzero(dense).reshape(-1), torch.nonzero(~dense).reshape(-1)
-        out[di] = self._swr_dense(keys[di], int(pop[di].max()), pop[di], k)
-        out[si] = self._swr_sparse(keys[si], pop[si].to(torch.float64)[:, None], k)
-        return out
+        if arrays is _INTS:
+            pop = pops
+        dense = k > 1 and arrays.rowwise(_swr_is_dense, pop, k)  # k = 1: never dense
+        if arrays.all(dense):
+            out = self._swr_dense(arrays, keys, pop, k)
+        elif not arrays.any(dense):
+            out = self._swr_sparse(arrays, keys, pop, k)
+        else:
+            di, si = arrays.split(dense)
+            parts = [
+                (di, self._swr_dense(arrays, arrays.take(keys, di), arrays.take(pop, di), k)),
+                (si, self._swr_sparse(arrays, arrays.take(keys, si), arrays.take(pop, si), k)),
+            ]
+            out = arrays.merge(rows, k, parts)
+        return arrays.tensor(out, torch.int64, rows, k)
 
-    def _swr_dense(self, keys: Tensor, width: int, pop: Tensor | None, k: int) -> Tensor:
+    @staticmethod
+    def _swr_dense(arrays, keys, pop, k: int):  # noqa: ANN001, ANN205
         """The k smallest of one random 63-bit key per element (ties: probability ~2^-63)."""
-        z = self._words64(keys, width)  # a fresh tensor: shifted in place (logical >> 1)
-        z.bitwise_right_shift_(1).bitwise_and_((1 << 63) - 1)
-        if pop is not None:
-            cols = _shared_arange(width, torch.int32, self.device)
-            z.masked_fill_(cols[None, :] >= pop[:, None], (1 << 63) - 1)
-        return torch.sort(torch.topk(z, k, dim=1, largest=False).indices, dim=1).values
+        z = arrays.map(_key63, arrays.words64(keys, arrays.width(pop)))
+        return arrays.smallest(z, k, pop)
 
-    def _swr_sparse(self, keys: Tensor, popf: Tensor | float, k: int) -> Tensor:
+    @staticmethod
+    def _swr_sparse(arrays, keys, pop, k: int):  # noqa: ANN001, ANN205
         """Draw with replacement, redraw duplicates until none is left (row-wise)."""
-        draw = lambda ks: torch.floor(  # noqa: E731
-            self._draws(ks).uniform(0, k, torch.float64).mul_(popf)
-        ).to(torch.int64)
+        popf = arrays.per_row(pop, len(keys))
+        draw = lambda ks: arrays.uniform(ks, k, torch.float64, _scaled, popf)
         if k == 1:  # one draw per row: never a duplicate
             return draw(keys)
-        idx = torch.sort(draw(keys), dim=1).values
+        idx = arrays.sort(draw(keys), k)
         attempt = 0
-        while True:
-            dup = torch.zeros_like(idx, dtype=torch.bool)
-            dup[:, 1:] = idx[:, 1:] == idx[:, :-1]
-            if not bool(dup.any()):
-                return idx
+        while (dup := arrays.duplicates(idx, k)) is not None:
             attempt += 1
-            fresh = draw(mix64(keys ^ _signed(_mix_int(attempt * _REDRAW))))
-            idx = torch.sort(torch.where(dup, fresh, idx), dim=1).values
+            fresh = draw(arrays.rekey(keys, _mix_int(attempt * _REDRAW)))
+            # column j of the redraw replaces a duplicate in column j
+            idx = arrays.sort(arrays.where(dup, fresh, idx), k)
+        return idx

@@ -24,6 +24,9 @@ Contract (relied on by methods, networks and tests):
 - Lazy input: ``X`` may be :class:`marina.lazy_rows.LazyRows`. Compressors that only gather
   entries chosen without looking at the values (``c.gathers``: RandK) read just those entries,
   and check only them (finite, within the wire range); every other compressor materialises X.
+- Values out of range: a non-finite entry, or one whose message value would exceed the largest
+  value of the wire (or input) dtype, raises :class:`marina.errors.ValueRangeError` (a
+  ConfigError); callers decide by that type, never by the message.
 
 Options accepted by :func:`marina.compressors.get` for every compressor:
 
@@ -48,7 +51,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from marina.errors import ConfigError
+from marina.errors import ConfigError, ValueRangeError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
@@ -452,22 +455,24 @@ class Compressor(ABC):
         return X.contiguous(), self._finite_amax(X)
 
     def _finite_amax(self, X: Tensor) -> float:
-        """max |X| over a non-empty X; ConfigError naming a non-finite entry if there is one."""
+        """max |X| over a non-empty X; ValueRangeError naming a non-finite entry if there is one."""
         lo, hi = torch.aminmax(X)
         amax = max(-float(lo), float(hi))
         if not math.isfinite(amax):
             bad = X[~torch.isfinite(X)][0].item()
-            raise ConfigError(f"{self.spec}: X contains a non-finite value ({bad}), must be finite")
+            raise ValueRangeError(
+                f"{self.spec}: X contains a non-finite value ({bad}), must be finite", non_finite=True
+            )
         return amax
 
     def _check_wire_range(
         self, amax: float, dtype: torch.dtype, scale: float = 1.0, what: str = "|x|"
     ) -> None:
-        """Raise if values up to ``amax * scale`` overflow the wire dtype or the input ``dtype``."""
+        """ValueRangeError if values up to ``amax * scale`` overflow the wire dtype or the input ``dtype``."""
         top = wire_ceiling([self.value_dtype, dtype])
         if amax * scale > top:
             extra = f" times the scale {scale:g}" if scale != 1.0 else ""
-            raise ConfigError(
+            raise ValueRangeError(
                 f"{self.spec}: {what} up to {amax:g}{extra} exceeds {top:g}, the largest value of the "
                 f"{WIRE_DTYPES[self.value_dtype]} wire format and of the input dtype {dtype}"
                 + ("; use value_dtype=torch.float64" if self.value_dtype != torch.float64 else "")

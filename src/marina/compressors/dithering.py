@@ -52,7 +52,7 @@ from marina.compressors.base import (
     register,
 )
 from marina.compressors.wire import bytes_to_values, code_bits, pack_codes, unpack_codes, values_to_bytes
-from marina.errors import ConfigError
+from marina.errors import ConfigError, ValueRangeError
 from marina.rng import Randomness
 
 __all__ = ["QSGD", "NaturalDithering", "row_norms", "round_up_representable"]
@@ -164,7 +164,7 @@ class _Dithering(Compressor):
         if not bool(torch.isfinite(nu).all()):
             big = float(norms.max())
             self._check_wire_range(big, X.dtype, what="||x||")
-            raise ConfigError(f"{self.spec}: ||x|| == {big:g} overflows")  # pragma: no cover
+            raise ValueRangeError(f"{self.spec}: ||x|| == {big:g} overflows")  # pragma: no cover
         return nu
 
     def _run(self, X: Tensor, rng: Randomness, values: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -14,7 +14,7 @@ bit 0 the sign, then the biased exponent of the power of two as the wire dtype s
 Edge cases: magnitudes below the smallest normal power of two 2^emin (of the wire and input
 dtypes, 2^-126 for float32) round to 0 or 2^emin with the unbiased probabilities (the 1/8
 bound then holds up to an additive 2^{2 emin}/4 per coordinate); inputs above 2^emax (2^127 for
-float32) could round up past the largest power of two and raise ConfigError.
+float32) could round up past the largest power of two and raise ValueRangeError.
 
 One drawing call on ``rng`` per compress (d uniforms per row). For float32 input and float32
 wire a bit-manipulation path computes exactly the same result as the general one.
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from marina.compressors.base import Compressor, Message, column_chunks, register
 from marina.compressors.wire import pack_codes, unpack_codes
-from marina.errors import ConfigError
+from marina.errors import ValueRangeError
 from marina.rng import ElementDraws, Randomness
 
 __all__ = ["Natural"]
@@ -86,7 +86,7 @@ class Natural(Compressor):
     def _check(self, amax: float, dtype: torch.dtype) -> None:
         _, emax = self._range(dtype)
         if amax > 2.0**emax:
-            raise ConfigError(
+            raise ValueRangeError(
                 f"{self.spec}: |x| up to {amax:g} exceeds 2^{emax}, the largest power of two of the "
                 f"wire dtype {self.value_dtype} and input dtype {dtype} (it could round up to "
                 f"2^{emax + 1}); use value_dtype=torch.float64 or scale x"

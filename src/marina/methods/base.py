@@ -2,18 +2,25 @@
 
 A method holds
 
-- server-side state, replicated on every process: the iterate x^k (``x``), the estimator g^k,
-  DIANA's shift h^k, ...;
-- worker-side state, one row per hosted worker: the last local gradients, DIANA's h_i, ...;
+- its state, one small dataclass per method (``Method.State``, held in ``method.state``), every
+  field a tensor named for what it is:
+
+  - server-side fields, replicated on every process: the iterate x^k (``x``, also
+    ``method.x``), the estimator g^k (``g``), DIANA's shift mean h^k (``shift_mean``), ...;
+  - worker-side fields, one row per hosted worker: the last local gradients
+    (``lazy_local_grads``, lazy rows), DIANA's shifts h_i (``shifts``), ...;
+
+- hyperparameters (p, alpha, b', ...), read once from the resolved parameters at construction;
 - counters: the round ``k`` and ``oracle_calls`` (cumulative component-gradient evaluations per
   worker, averaged over the n workers).
 
 It talks only to a :class:`marina.network.Network` (aggregation, keyed randomness, bit counters)
 and a :class:`marina.problems.base.Problem` (local oracles); it never loops over workers.
 ``start(x0)`` performs the work of round 0 (e.g. MARINA's dense g^0 round), ``step()`` one
-communication round k -> k+1. ``state_dict()`` / ``load_state_dict()`` carry everything (plain
-tensors and numbers) needed to continue bit-identically: the randomness is keyed by the round,
-so no generator state exists.
+communication round k -> k+1. ``state_dict()`` / ``load_state_dict()`` (one pair for every
+method) carry the state fields, as plain tensors (lazy rows materialised), and the counters:
+everything needed to continue bit-identically, since the randomness is keyed by the round and
+no generator state exists.
 
 Oracle-call convention (counted per worker, then averaged over workers): a full local gradient
 grad f_i(x) costs m_i component gradients; a minibatch gradient on b samples costs b; a minibatch
@@ -26,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -34,10 +41,18 @@ from torch import Tensor
 
 from marina import compressors, parameters
 from marina.errors import ConfigError
-from marina.lazy_rows import materialize
+from marina.lazy_rows import DenseRows, materialize
 from marina.network.base import Network
 
-__all__ = ["Setting", "Method", "dense_compressor", "SHARED_BLOCK"]
+__all__ = [
+    "Setting",
+    "Method",
+    "IterateState",
+    "lazy_field",
+    "cpu_field",
+    "dense_compressor",
+    "SHARED_BLOCK",
+]
 
 SHARED_BLOCK = 1024
 """Rounds per keyed call of the shared draws (coins, client samples); see Method._shared_uniforms."""
@@ -98,6 +113,30 @@ class Setting:
         )
 
 
+@dataclass
+class IterateState:
+    """The state every method has, and all of GD's and QGD's: the iterate.
+
+    Each method's state is a dataclass of tensors extending this one. A field made with
+    :func:`lazy_field` holds :class:`marina.lazy_rows.LazyRows` (materialised by ``state_dict``,
+    restored as :class:`~marina.lazy_rows.DenseRows`); one made with :func:`cpu_field` lives on
+    the CPU whatever the network's device; every other field lives on the network's device.
+    """
+
+    x: Tensor
+    """x^k (d,), replicated on every process."""
+
+
+def lazy_field() -> Any:
+    """A state field holding lazy rows (see :class:`IterateState`)."""
+    return field(metadata={"lazy": True})
+
+
+def cpu_field() -> Any:
+    """A state field kept on the CPU (see :class:`IterateState`)."""
+    return field(metadata={"device": "cpu"})
+
+
 def dense_compressor(compressor) -> compressors.Compressor:
     """The identity at the wire precision of ``compressor``: how dense rounds travel and count."""
     return compressors.get("identity", value_dtype=getattr(compressor, "value_dtype", torch.float32))
@@ -106,14 +145,16 @@ def dense_compressor(compressor) -> compressors.Compressor:
 class Method(ABC):
     """A distributed method: explicit state, one communication round per :meth:`step`.
 
-    Subclasses set ``name``, ``parameters`` (accepted overrides besides stepsize and
-    stepsize_multiplier), ``state_tensors`` (names of tensor attributes that make up the state)
-    and implement :meth:`defaults`, :meth:`_start` and :meth:`step`.
+    Subclasses set ``name`` (the parameters it takes are declared in
+    :data:`marina.parameters.PARAMETERS`) and ``State`` (the dataclass of their state, see
+    :class:`IterateState`), read their hyperparameters in ``__init__`` and implement
+    :meth:`defaults`, :meth:`_initial_state` and :meth:`step`.
     """
 
     name: ClassVar[str]
-    parameters: ClassVar[tuple[str, ...]] = ()
-    state_tensors: ClassVar[tuple[str, ...]] = ("x",)
+    State: ClassVar[type[IterateState]] = IterateState
+    state: Any
+    """An instance of ``State`` after :meth:`start` or :meth:`load_state_dict`, else None."""
 
     def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
         self.problem = problem
@@ -129,7 +170,7 @@ class Method(ABC):
         self.m_mean = float(self.sizes_all.mean())
         self.k = 0
         self.oracle_calls = 0.0
-        self.x: Tensor = torch.empty(0)
+        self.state = None
         self._shared_cache: dict[tuple[str, int], tuple[int, Tensor]] = {}
 
     # -- parameters ---------------------------------------------------------------------------
@@ -191,14 +232,21 @@ class Method(ABC):
         """Theory stepsize (key ``stepsize``) and method parameters, overrides in ``given`` applied."""
 
     # -- running ------------------------------------------------------------------------------
+    @property
+    def x(self) -> Tensor:
+        """The iterate x^k (``state.x``)."""
+        if self.state is None:
+            raise ConfigError(f"{self.name}: no iterate yet; call start(x0) or load_state_dict() first")
+        return self.state.x
+
     def start(self, x0: Tensor) -> None:
         """Set x^0 and do the work of round 0 (e.g. the dense g^0 round)."""
-        self.x = x0.clone()
         self.k = 0
-        self._start()
+        self.state = self._initial_state(x0.clone())
 
-    def _start(self) -> None:  # noqa: B027 - optional hook
-        """Round-0 work; nothing by default."""
+    def _initial_state(self, x0: Tensor) -> IterateState:
+        """The state after round-0 work from x^0 (a copy this method owns); just x^0 by default."""
+        return self.State(x=x0)
 
     @abstractmethod
     def step(self) -> None:
@@ -254,16 +302,20 @@ class Method(ABC):
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors and numbers: enough to continue bit-identically after load."""
-        state: dict[str, Any] = {"k": int(self.k), "oracle_calls": float(self.oracle_calls)}
-        for name in self.state_tensors:
-            state[name] = materialize(getattr(self, name))
-        return state
+        """Plain tensors and numbers: the counters ``k``, ``oracle_calls`` and every field of
+        ``state`` under its name (lazy rows materialised); enough to continue bit-identically."""
+        out: dict[str, Any] = {"k": int(self.k), "oracle_calls": float(self.oracle_calls)}
+        for f in dataclasses.fields(self.state):
+            out[f.name] = materialize(getattr(self.state, f.name))
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict` (tensors moved to the network's device, dtypes kept)."""
+        """Inverse of :meth:`state_dict`: tensors moved to the network's device (a :func:`cpu_field`
+        to the CPU), dtypes kept, a :func:`lazy_field` wrapped as DenseRows."""
         self.k = int(state["k"])
         self.oracle_calls = float(state["oracle_calls"])
-        for name in self.state_tensors:
-            value = state[name]
-            setattr(self, name, value.to(self.net.device) if isinstance(value, Tensor) else value)
+        fields = {}
+        for f in dataclasses.fields(self.State):
+            value = state[f.name].to(f.metadata.get("device", self.net.device))
+            fields[f.name] = DenseRows(value) if f.metadata.get("lazy") else value
+        self.state = self.State(**fields)

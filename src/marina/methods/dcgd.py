@@ -21,25 +21,25 @@ class QGD(Method):
     4. x^{k+1} = x^k - gamma g^k.
 
     Default stepsize gamma = min(1/L_f, 1/sqrt(L_f A K)), A = omega max_i L_i / n
-    (Khaled & Richtarik 2020, ABC assumption; :func:`marina.theory.qgd_stepsize`).
+    (Khaled & Richtarik 2020, ABC assumption; :func:`marina.theory.qgd_stepsize`). State: x^k only
+    (:class:`~marina.methods.base.IterateState`).
     """
 
     name = "qgd"
-    state_tensors = ("x",)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         return {"stepsize": theory.qgd_stepsize(s.L_f, s.L_max, s.omega, s.n, s.iterations)}
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         # 1. broadcast x^k
         self._broadcast()
-        # 2. compressed local gradients
-        G = self.problem.gradients(self.x)  # lazy rows: a sparsifier reads K entries per row
+        # 2. compressed local gradients (lazy rows: a sparsifier reads K entries per row)
+        lazy_local_grads = self.problem.lazy_local_grads(state.x)
         self._charge_full()
         # 3. g^k = mean_i Q_i(grad f_i(x^k))
-        g = self.net.aggregate(self.Q, G, k)
+        g = self.net.aggregate(self.Q, lazy_local_grads, k)
         # 4. x^{k+1} = x^k - gamma g^k
-        self.x = self.x - self.gamma * g
+        state.x = state.x - self.gamma * g
         self.k = k + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,14 +10,35 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import Method, Setting
+from marina.methods.base import IterateState, Method, Setting
+from marina.network.base import Network
 
-__all__ = ["DIANA", "VRDIANA", "default_batch_size"]
+__all__ = ["DIANA", "VRDIANA", "DianaState", "VRDianaState", "default_batch_size"]
 
 
 def default_batch_size(s: Setting) -> int:
     """b' = max(1, m/100), at most the smallest local data set: the paper's Figure 1 uses ~m/100."""
     return max(1, min(s.m_min, s.m // 100))
+
+
+@dataclass
+class DianaState(IterateState):
+    """DIANA's state after round k (besides x^k)."""
+
+    shifts: Tensor
+    """h_i^k (n_local, d), the learned shift of each hosted worker."""
+    shift_mean: Tensor
+    """h^k = (1/n) sum_i h_i^k (d,), the server's copy, replicated on every process."""
+
+
+@dataclass
+class VRDianaState(DianaState):
+    """VR-DIANA's state after round k: DIANA's plus the L-SVRG reference point."""
+
+    ref_point: Tensor
+    """w^k (d,), the reference point, replicated on every process."""
+    ref_grads: Tensor
+    """mu_i^k = grad f_i(w^k) (n_local, d), dense: added to every round's estimate."""
 
 
 class DIANA(Method):
@@ -34,12 +56,13 @@ class DIANA(Method):
     7. h^{k+1} = h^k + alpha Delta^k  (= (1/n) sum_i h_i^{k+1}).
 
     Defaults (Horvath et al. 2019, Theorem 4 with M = 1): alpha = 1/(1+omega),
-    gamma = 1/(10 L_max sqrt(1+omega/n) (omega+2)).
+    gamma = 1/(10 L_max sqrt(1+omega/n) (omega+2)). State: :class:`DianaState` (x^k, the shifts
+    h_i^k, their mean h^k).
     """
 
     name = "diana"
-    parameters = ("alpha",)
-    state_tensors = ("x", "H", "h")
+    State = DianaState
+    state: DianaState
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -48,43 +71,41 @@ class DIANA(Method):
             "alpha": given.get("alpha", theory.diana_alpha(s.omega)),
         }
 
-    def _start(self) -> None:
-        n_local = self.net.n_local
-        self.H = torch.zeros((n_local, self.d), dtype=self.x.dtype, device=self.x.device)  # h_i^0 = 0
-        self.h = torch.zeros_like(self.x)  # h^0 = 0
-        self._setup()
-
-    def _setup(self) -> None:
-        """Derived attributes (after start or load_state_dict)."""
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
         self.alpha = float(self.params["alpha"])
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._setup()
+    def _initial_state(self, x0: Tensor) -> DianaState:
+        return DianaState(x=x0, **self._zero_shifts(x0))
+
+    def _zero_shifts(self, x0: Tensor) -> dict[str, Tensor]:
+        """h_i^0 = 0 and h^0 = 0."""
+        shifts = torch.zeros((self.net.n_local, self.d), dtype=x0.dtype, device=x0.device)
+        return {"shifts": shifts, "shift_mean": torch.zeros_like(x0)}
 
     def _local_estimates(self, k: int) -> Tensor | LazyRows:
         """Step 2: g_i^k, one row per hosted worker (lazy rows: a sparsifier reads K entries)."""
-        G = self.problem.gradients(self.x)
+        lazy_local_grads = self.problem.lazy_local_grads(self.state.x)
         self._charge_full()
-        return G
+        return lazy_local_grads
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         # 1. broadcast x^k
         self._broadcast()
         # 2. local estimates g_i^k
-        V = self._local_estimates(k)
+        estimates = self._local_estimates(k)
         # 3. Delta_i^k = Q_i(g_i^k - h_i^k), sent; the server gets their mean
-        delta_mean, delta_local = self.net.aggregate(self.Q, V - self.H, k, return_local=True)
+        delta_mean, delta_local = self.net.aggregate(self.Q, estimates - state.shifts, k, return_local=True)
         # 4. h_i^{k+1} = h_i^k + alpha Delta_i^k
-        self.H.add_(delta_local, alpha=self.alpha)
+        state.shifts.add_(delta_local, alpha=self.alpha)
         # 5. g^k = h^k + Delta^k
-        g = self.h + delta_mean
+        g = state.shift_mean + delta_mean
         # 6. x^{k+1} = x^k - gamma g^k   (x^k kept for step 8 of VR-DIANA)
-        x_old = self.x
-        self.x = x_old - self.gamma * g
+        x_old = state.x
+        state.x = x_old - self.gamma * g
         # 7. h^{k+1} = h^k + alpha Delta^k
-        self.h = self.h + self.alpha * delta_mean
+        state.shift_mean = state.shift_mean + self.alpha * delta_mean
         self._after_round(k, x_old)
         self.k = k + 1
 
@@ -112,12 +133,13 @@ class VRDIANA(DIANA):
     server broadcasts u^k). Oracle calls per round: 2b, plus m_i on refresh rounds, plus m_i at
     start for mu_i^0. Defaults (Theorem 4): alpha = 1/(1+omega), refresh_p = b/m,
     gamma = 1/(10 L sqrt(1+omega/n)(M^{2/3}+omega+1)) with L = max(max_i L_i, L_avg) bounding
-    the smoothness of the sampled components; b = max(1, m/100).
+    the smoothness of the sampled components; b = max(1, m/100). State: :class:`VRDianaState`
+    (DIANA's, plus w^k and mu_i^k).
     """
 
     name = "vr-diana"
-    parameters = ("alpha", "batch_size", "refresh_p")
-    state_tensors = ("x", "H", "h", "w", "MU")
+    State = VRDianaState
+    state: VRDianaState
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -130,28 +152,29 @@ class VRDIANA(DIANA):
             "refresh_p": given.get("refresh_p", 1.0 / M),
         }
 
-    def _start(self) -> None:
-        # w^0 = x^0, mu_i^0 = grad f_i(w^0)
-        self.w = self.x.clone()
-        self.MU = self.problem.local_grads(self.w)
-        self._charge_full()
-        super()._start()
-
-    def _setup(self) -> None:
-        super()._setup()
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
         self.b = int(self.params["batch_size"])
         self.refresh_p = float(self.params["refresh_p"])
 
+    def _initial_state(self, x0: Tensor) -> VRDianaState:
+        # w^0 = x^0, mu_i^0 = grad f_i(w^0)
+        ref_point = x0.clone()
+        ref_grads = self.problem.local_grads(ref_point)
+        self._charge_full()
+        return VRDianaState(x=x0, ref_point=ref_point, ref_grads=ref_grads, **self._zero_shifts(x0))
+
     def _local_estimates(self, k: int) -> Tensor:
         # 3. g_i^k = minibatch difference at (x^k, w^k) + mu_i^k
+        state = self.state
         idx = self._minibatch(self.b, k)
-        V = self.problem.minibatch_grad_diffs(self.x, self.w, idx)
+        estimates = self.problem.minibatch_grad_diffs(state.x, state.ref_point, idx)
         self.oracle_calls += 2.0 * self.b
-        return V.add_(self.MU)  # V is a fresh tensor of the problem
+        return estimates.add_(state.ref_grads)  # a fresh tensor of the problem
 
     def _after_round(self, k: int, x_old: Tensor) -> None:
         # 1./8. u^k ~ Be(refresh_p), shared; on u^k = 1 the reference point moves to x^k
         if self._coin("refresh", self.refresh_p, k):
-            self.w = x_old
-            self.MU = self.problem.local_grads(x_old)
+            self.state.ref_point = x_old
+            self.state.ref_grads = self.problem.local_grads(x_old)
             self._charge_full()

@@ -20,25 +20,25 @@ class GD(Method):
     3. g^k = (1/n) sum_i grad f_i(x^k);
     4. x^{k+1} = x^k - gamma g^k.
 
-    Default stepsize gamma = 1/L_f (:func:`marina.theory.gd_stepsize`).
+    Default stepsize gamma = 1/L_f (:func:`marina.theory.gd_stepsize`). State: x^k only
+    (:class:`~marina.methods.base.IterateState`).
     """
 
     name = "gd"
-    state_tensors = ("x",)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         return {"stepsize": theory.gd_stepsize(s.L_f)}
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         # 1. broadcast x^k
         self._broadcast()
         # 2. local gradients, sent dense
-        G = self.problem.local_grads(self.x)
+        local_grads = self.problem.local_grads(state.x)
         self._charge_full()
         # 3. g^k = mean_i grad f_i(x^k)
-        g = self.net.aggregate_dense(G, k, self.dense)
+        g = self.net.aggregate_dense(local_grads, k, self.dense)
         # 4. x^{k+1} = x^k - gamma g^k
-        self.x = self.x - self.gamma * g
+        state.x = state.x - self.gamma * g
         self.k = k + 1

@@ -3,16 +3,54 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from marina import theory
 from marina.errors import ConfigError
-from marina.methods.base import Method, Setting
+from marina.lazy_rows import LazyRows
+from marina.methods.base import IterateState, Method, Setting, cpu_field, lazy_field
 from marina.methods.diana import default_batch_size
+from marina.network.base import Network
 
-__all__ = ["MARINA", "VRMARINA", "PPMARINA"]
+__all__ = ["MARINA", "VRMARINA", "PPMARINA", "EstimatorState", "MarinaState", "PPMarinaState"]
+
+
+@dataclass
+class EstimatorState(IterateState):
+    """VR-MARINA's state after round k: x^k and the estimator."""
+
+    g: Tensor
+    """g^k (d,), the server's estimator of grad f(x^k), replicated on every process."""
+
+
+@dataclass
+class MarinaState(EstimatorState):
+    """MARINA's state after round k: VR-MARINA's plus the workers' last local gradients."""
+
+    lazy_local_grads: LazyRows = lazy_field()
+    """grad f_i(x^k) (n_local, d) as lazy rows, kept for the next round's difference (a
+    sparsifier reads K entries of it); :func:`marina.lazy_rows.materialize` gives the tensor."""
+
+
+@dataclass
+class PPMarinaState(MarinaState):
+    """PP-MARINA's state after round k: MARINA's plus which clients hold their gradient."""
+
+    fresh: Tensor = cpu_field()
+    """(n,) bool over ALL workers, on the CPU: client i holds grad f_i(x^k) (it took part in
+    round k - 1, or that round was dense)."""
+
+
+def _first_dense_round(method: Method, x0: Tensor) -> tuple[Tensor, LazyRows]:
+    """Line 2 of MARINA and PP-MARINA: g^0 = grad f(x^0), every worker sending grad f_i(x^0)
+    dense. Returns g^0 and the local gradients, kept for the difference of round 0."""
+    lazy_local_grads = method.problem.lazy_local_grads(x0)
+    method._charge_full()
+    return method.net.aggregate_dense(lazy_local_grads, 0, method.dense), lazy_local_grads
 
 
 class MARINA(Method):
@@ -34,11 +72,12 @@ class MARINA(Method):
     gradient evaluation (m_i oracle calls). Defaults: p = zeta_Q/d (Corollary 2.1),
     gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1); with ``mu`` (a PL constant)
     gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) (Theorem 2.2).
+    State: :class:`MarinaState` (x^k, g^k, the lazy grad f_i(x^k)).
     """
 
     name = "marina"
-    parameters = ("p", "mu")
-    state_tensors = ("x", "g", "G")
+    State = MarinaState
+    state: MarinaState
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -51,36 +90,33 @@ class MARINA(Method):
             out["stepsize"] = theory.marina_stepsize(s.L, s.omega, s.n, p)
         return out
 
-    def _start(self) -> None:
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
-        # 2. g^0 = grad f(x^0): a dense round
-        self.G = self.problem.gradients(self.x)
-        self._charge_full()
-        self.g = self.net.aggregate_dense(self.G, 0, self.dense)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.p = float(self.params["p"])
+    def _initial_state(self, x0: Tensor) -> MarinaState:
+        g, lazy_local_grads = _first_dense_round(self, x0)
+        return MarinaState(x=x0, g=g, lazy_local_grads=lazy_local_grads)
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
         c = self._coin("coin", self.p, k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        self.x = self.x - self.gamma * self.g
+        state.x = state.x - self.gamma * state.g
         # 8. one local gradient evaluation per round: grad f_i(x^{k+1}) (lazy rows: a sparsifier
         #    reads only its K entries of the difference, see marina.lazy_rows)
-        G_new = self.problem.gradients(self.x)
+        lazy_new_grads = self.problem.lazy_local_grads(state.x)
         self._charge_full()
         if c:
             # 8.+10. c_k = 1: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1}), sent dense
-            self.g = self.net.aggregate_dense(G_new, k + 1, self.dense)
+            state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            self.g = self.g + self.net.aggregate(self.Q, G_new - self.G, k)
-        self.G = G_new
+            state.g = state.g + self.net.aggregate(self.Q, lazy_new_grads - state.lazy_local_grads, k)
+        state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
 
 
@@ -109,11 +145,12 @@ class VRMARINA(Method):
     (Corollary 3.1) or min(zeta_Q/d, b'/(b+b')) online (Corollary 3.2) with b = min(m, 10 b')
     (the theory's b = sigma^2/(n eps^2) needs the unknown noise level sigma);
     gamma = 1/(L + sqrt((1-p)/(p n) (omega L^2 + (1+omega) L_avg^2/b'))) (Theorems 3.1, 3.2).
+    State: :class:`EstimatorState` (x^k, g^k).
     """
 
     name = "vr-marina"
-    parameters = ("p", "batch_size", "online", "dense_batch_size")
-    state_tensors = ("x", "g")
+    State = EstimatorState
+    state: EstimatorState
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -136,14 +173,15 @@ class VRMARINA(Method):
         out["L_avg"] = s.L_avg
         return out
 
-    def _setup(self) -> None:
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
-        self.bp = int(self.params["batch_size"])
+        self.b_prime = int(self.params["batch_size"])  # b', the minibatch of compressed rounds
         self.online = bool(self.params["online"])
-        self.b = int(self.params.get("dense_batch_size", 0))
+        self.b = int(self.params["dense_batch_size"]) if self.online else None  # online dense rounds
 
-    def _dense_estimate(self, x, round: int):
-        """Local gradients of the dense rounds: full (finite sum) or a b-minibatch (online)."""
+    def _dense_estimate(self, x: Tensor, round: int) -> Tensor:
+        """Local gradients of the dense rounds, dense: full (finite sum) or a b-minibatch (online)."""
         if self.online:
             idx = self._minibatch(self.b, round, replace=True)
             self.oracle_calls += float(self.b)
@@ -151,33 +189,28 @@ class VRMARINA(Method):
         self._charge_full()
         return self.problem.local_grads(x)
 
-    def _start(self) -> None:
-        self._setup()
+    def _initial_state(self, x0: Tensor) -> EstimatorState:
         # 2. g^0 = grad f(x^0) (online: minibatch of b samples, keyed as round -1)
-        self.g = self.net.aggregate_dense(self._dense_estimate(self.x, -1), 0, self.dense)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._setup()
+        return EstimatorState(x=x0, g=self.net.aggregate_dense(self._dense_estimate(x0, -1), 0, self.dense))
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
         c = self._coin("coin", self.p, k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        x_old = self.x
-        self.x = x_old - self.gamma * self.g
+        x_old = state.x
+        state.x = x_old - self.gamma * state.g
         if c:
             # 8.+10. dense round
-            self.g = self.net.aggregate_dense(self._dense_estimate(self.x, k), k + 1, self.dense)
+            state.g = self.net.aggregate_dense(self._dense_estimate(state.x, k), k + 1, self.dense)
         else:
             # 8.+10. minibatch difference on the same b' samples at x^{k+1} and x^k, compressed
-            idx = self._minibatch(self.bp, k, replace=self.online)
-            diff = self.problem.minibatch_grad_diffs(self.x, x_old, idx)
-            self.oracle_calls += 2.0 * self.bp
-            self.g = self.g + self.net.aggregate(self.Q, diff, k)
+            idx = self._minibatch(self.b_prime, k, replace=self.online)
+            diff = self.problem.minibatch_grad_diffs(state.x, x_old, idx)
+            self.oracle_calls += 2.0 * self.b_prime
+            state.g = state.g + self.net.aggregate(self.Q, diff, k)
         self.k = k + 1
 
 
@@ -211,11 +244,12 @@ class PPMARINA(Method):
 
     Defaults: r = ceil(n/2); p = zeta_Q r/(d n) (Corollary 4.1);
     gamma = 1/(L (1 + sqrt((1-p)(1+omega)/(p r)))) (Theorem 4.1).
+    State: :class:`PPMarinaState` (MARINA's, plus which clients hold grad f_i(x^k)).
     """
 
     name = "pp-marina"
-    parameters = ("p", "clients")
-    state_tensors = ("x", "g", "G", "fresh")
+    State = PPMarinaState
+    state: PPMarinaState
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -223,47 +257,41 @@ class PPMARINA(Method):
         p = given.get("p", theory.pp_marina_p(s.zeta, s.d, s.n, r))
         return {"clients": r, "p": p, "stepsize": theory.pp_marina_stepsize(s.L, s.omega, p, r)}
 
-    def _setup(self) -> None:
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
-        self.r = int(self.params["clients"])
+        self.r = int(self.params["clients"])  # clients drawn on compressed rounds
 
-    def _start(self) -> None:
-        self._setup()
-        # 2. g^0 = grad f(x^0): a dense round with every client
-        self.G = self.problem.gradients(self.x)
-        self._charge_full()
-        self.g = self.net.aggregate_dense(self.G, 0, self.dense)
-        # fresh[i]: client i holds grad f_i(x^k) (global, length n, on the CPU)
-        self.fresh = torch.ones(self.net.n, dtype=torch.bool)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.fresh = self.fresh.cpu()
-        self._setup()
+    def _initial_state(self, x0: Tensor) -> PPMarinaState:
+        g, lazy_local_grads = _first_dense_round(self, x0)  # with every client: all are fresh
+        fresh = torch.ones(self.net.n, dtype=torch.bool)
+        return PPMarinaState(x=x0, g=g, lazy_local_grads=lazy_local_grads, fresh=fresh)
 
     def step(self) -> None:
-        k = self.k
+        k, state = self.k, self.state
         n = self.net.n
         # 4. c_k ~ Be(p), shared
         c = self._coin("coin", self.p, k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        self.x = self.x - self.gamma * self.g
-        G_new = self.problem.gradients(self.x)  # lazy rows: sampled clients' K entries are read
+        state.x = state.x - self.gamma * state.g
+        # lazy rows: with a sparsifier, only the sampled clients' K entries are read
+        lazy_new_grads = self.problem.lazy_local_grads(state.x)
         if c:
             # 8. full participation: g^{k+1} = (1/n) sum_i grad f_i(x^{k+1})
             self._charge_full()
-            self.g = self.net.aggregate_dense(G_new, k + 1, self.dense)
-            self.fresh = torch.ones(n, dtype=torch.bool)
+            state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
+            state.fresh = torch.ones(n, dtype=torch.bool)
         else:
             # 8. r clients i.i.d. uniform with replacement, from the shared stream
             draws = self._shared_choices("clients", k, n, self.r)
             counts = torch.bincount(draws, minlength=n)
             part = counts > 0
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
-            self._charge_full(part.double() * (2.0 - self.fresh.double()))
-            self.g = self.g + self.net.aggregate(self.Q, G_new - self.G, k, multiplicity=counts)
-            self.fresh = part
-        self.G = G_new
+            self._charge_full(part.double() * (2.0 - state.fresh.double()))
+            diffs = lazy_new_grads - state.lazy_local_grads
+            state.g = state.g + self.net.aggregate(self.Q, diffs, k, multiplicity=counts)
+            state.fresh = part
+        state.lazy_local_grads = lazy_new_grads
         self.k = k + 1

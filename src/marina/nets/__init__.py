@@ -20,9 +20,9 @@ from marina.nets.datasets import (
     read_idx,
     write_idx,
 )
-from marina.nets.init import keyed_init_
 from marina.nets.models import ResNet, SmallCNN, resnet18, small_cnn
 from marina.nets.tasks import cifar100, fashion_mnist
+from marina.problems.keyed_init import keyed_init_
 
 __all__ = [
     "CIFAR100_MD5",

@@ -14,9 +14,10 @@ from torch import nn
 from marina.errors import ConfigError
 from marina.nets.datasets import ImageDataset, load_cifar100, load_fashion_mnist
 from marina.nets.models import resnet18, small_cnn
+from marina.problems import register_spec
 from marina.problems.torch_model import TorchModelProblem
 
-__all__ = ["SPECS", "cifar100", "fashion_mnist", "from_spec", "image_problem"]
+__all__ = ["cifar100", "fashion_mnist", "image_problem"]
 
 
 def image_problem(
@@ -84,25 +85,5 @@ def cifar100(
     return image_problem(data, net, workers, name="cifar100", chunk_size=chunk_size, **options)
 
 
-SPECS = {"fashion-mnist": fashion_mnist, "cifar100": cifar100}
-"""Problem spec strings served by this module (see :func:`from_spec`)."""
-
-
-def from_spec(spec: str, workers: int | None = None, seed: int = 0, **options) -> TorchModelProblem | None:
-    """The problem for ``"fashion-mnist"`` / ``"cifar100"`` (``"NAME:DIR"`` sets ``data_dir``), else None.
-
-    ``workers`` defaults to 5 (the paper's neural-network experiment); ``seed`` keys the split;
-    ``options`` go to :func:`fashion_mnist` / :func:`cifar100` (data_dir, split, hosted_workers,
-    device, dtype, train_samples, ...). Used by :func:`marina.problems.get`.
-    """
-    name, sep, folder = spec.partition(":")
-    build = SPECS.get(name)
-    if build is None:
-        return None
-    if sep:
-        if "data_dir" in options:
-            raise ConfigError(
-                f"problem {spec!r} names a directory, and data_dir == {options['data_dir']!r} too"
-            )
-        options["data_dir"] = folder
-    return build(5 if workers is None else workers, seed=seed, **options)
+for _name, _build in (("fashion-mnist", fashion_mnist), ("cifar100", cifar100)):
+    register_spec(_name, _build)

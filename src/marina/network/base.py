@@ -36,9 +36,11 @@ Aggregation (counted in ``bits_up``)
 
     A distributed backend packs the messages (``compressor.pack``), exchanges variable-length
     uint8 payloads (sizes first; a rank whose workers all have multiplicity 0 sends an empty
-    payload and must not hang), unpacks, decompresses and averages in global worker order. The
-    simulation calls ``compressor.compress_decompress`` (no packing), which gives exactly what
-    pack/unpack gives.
+    payload and must not hang), unpacks, sums the decompressed messages in global worker order
+    (``compressor.sum_decompressed``) and divides by the number of messages. The simulation
+    calls ``compressor.compress_sum`` once per copy index on the rows of all workers (no packing,
+    no per-worker message), whose (d,) sum equals ``sum_decompressed`` of the packed and
+    unpacked messages bit for bit.
 
 Broadcast (counted in ``bits_down``)
     The server's broadcast (g^k in MARINA's line 5, x^{k+1} for GD/DIANA) is *accounted* with

@@ -63,9 +63,12 @@ Bytes on the wire (counters, equal on every rank; the network's share of "bytes 
 Errors
     - Compression failures stay consistent: a rank whose compressor refuses its values (non-
       finite, outside the wire range, any other error) sends a negative code in the size
-      exchange instead of raising at once; every rank then raises the same kind of
-      :class:`marina.errors.ConfigError` (whose text says "non-finite" / "wire range", so the
-      runner reports divergence on every rank alike) before the payload collective.
+      exchange instead of raising at once; the code is chosen by the error's type
+      (:class:`marina.errors.ValueRangeError` and its ``non_finite`` flag; anything else is a
+      failure), never by its message. Every rank then raises the same kind of error before the
+      payload collective: a ValueRangeError (the rank's own, or one naming the ranks whose values
+      left the range), so the runner reports divergence on every rank alike, or a
+      :class:`DistributedError` for any other failure.
     - A rank that dies, hangs or disconnects makes every collective of the others fail, at once
       (connection reset) or after the process group's timeout (``init_process_group(timeout=)``;
       gloo applies it to every collective, NCCL through its watchdog: see
@@ -96,7 +99,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from marina.errors import ConfigError, MarinaError
+from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
 from marina.rng import Randomness
 
@@ -108,6 +111,13 @@ SIZE_BYTES = 8
 
 # negative size codes: why a rank sent no message (see "Errors")
 _NON_FINITE, _WIRE_RANGE, _FAILED = -1, -2, -3
+
+
+def failure_code(err: BaseException) -> int:
+    """The size code a rank sends when compressing raised ``err``: by type, not by message."""
+    if isinstance(err, ValueRangeError):
+        return _NON_FINITE if err.non_finite else _WIRE_RANGE
+    return _FAILED
 
 
 class DistributedError(MarinaError, RuntimeError):
@@ -367,9 +377,7 @@ class TorchDistributedNetwork(Network):
                 filled += rows.numel()
         except Exception as err:  # noqa: BLE001 - reported to every rank by the size exchange
             error = err
-            text = str(err)
-            code = _NON_FINITE if "non-finite" in text else _WIRE_RANGE if "wire range" in text else _FAILED
-            sizes.fill_(code)
+            sizes.fill_(failure_code(err))
 
         # 2. size exchange: bits of every message slot of every rank
         all_sizes = self._all_gather(sizes, f"size exchange of {compressor.spec}").cpu().reshape(W, slots)
@@ -467,7 +475,7 @@ class TorchDistributedNetwork(Network):
         codes = all_sizes.reshape(self.world_size, -1).min(dim=1).values.tolist()
         bad = [r for r, c in enumerate(codes) if c < 0]
         worst = min(codes)
-        if error is not None and worst != _FAILED and isinstance(error, ConfigError):
+        if worst != _FAILED and isinstance(error, ValueRangeError):
             raise error
         ranks = ", ".join(str(r) for r in bad)
         if worst == _FAILED:
@@ -477,9 +485,10 @@ class TorchDistributedNetwork(Network):
                 f"{compressor.spec} in round {self._round}{cause}; see their logs"
             ) from error
         reason = "contain a non-finite value" if worst == _NON_FINITE else "exceed the wire range"
-        raise ConfigError(
+        raise ValueRangeError(
             f"{compressor.spec}: the values of the workers on rank(s) {ranks} {reason} in round "
-            f"{self._round} (every rank stops alike)"
+            f"{self._round} (every rank stops alike)",
+            non_finite=worst == _NON_FINITE,
         )
 
     # -- metrics ------------------------------------------------------------------------------

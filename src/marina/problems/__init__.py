@@ -12,6 +12,7 @@ Every problem implements :class:`Problem` (``base.py``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from marina.errors import ConfigError
@@ -26,7 +27,9 @@ __all__ = [
     "LogisticProblem",
     "Problem",
     "SyntheticProblem",
+    "SPEC_BUILDERS",
     "get",
+    "register_spec",
     "libsvm",
     "synthetic",
 ]
@@ -62,9 +65,26 @@ def get(
         raise ConfigError(f"problem == {spec!r}, must be a Problem, a bundled data set name or a file path")
     if os.fspath(spec) == "synthetic":
         return synthetic(workers=5 if workers is None else workers, seed=seed, **kwargs)
-    from marina.nets.tasks import from_spec  # lazy: marina.nets builds on this package
-
-    net = from_spec(os.fspath(spec), workers, seed, **kwargs)  # fashion-mnist, cifar100[:DIR]
-    if net is not None:
-        return net
+    name, sep, folder = os.fspath(spec).partition(":")
+    build = SPEC_BUILDERS.get(name)  # fashion-mnist, cifar100[:DIR]
+    if build is not None:
+        if sep:
+            if "data_dir" in kwargs:
+                raise ConfigError(
+                    f"problem {spec!r} names a directory, and data_dir == {kwargs['data_dir']!r} too"
+                )
+            kwargs["data_dir"] = folder
+        return build(5 if workers is None else workers, seed=seed, **kwargs)
     return libsvm(spec, workers=1 if workers is None else workers, seed=seed, **kwargs)
+
+
+SPEC_BUILDERS: dict[str, Callable[..., Problem]] = {}
+"""Spec names :func:`get` builds besides data sets and ``synthetic``: ``NAME`` or ``NAME:DIR``
+(``DIR`` sets ``data_dir``), called as ``build(workers, seed=seed, **options)``; workers default
+to 5 (the paper's neural-network experiment). :mod:`marina.nets` registers ``fashion-mnist`` and
+``cifar100`` (:func:`register_spec`)."""
+
+
+def register_spec(name: str, build: Callable[..., Problem]) -> None:
+    """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``."""
+    SPEC_BUILDERS[name] = build

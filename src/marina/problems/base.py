@@ -63,11 +63,13 @@ class Problem(ABC):
     # -- oracles (the hot path) ----------------------------------------------------------------
     @abstractmethod
     def local_grads(self, x: Tensor) -> Tensor:
-        """(n_workers, d): grad f_i(x) for every hosted worker, at the common point x (d,)."""
+        """(n_workers, d) dense tensor: grad f_i(x) for every hosted worker, at the common point x (d,)."""
 
-    def gradients(self, x: Tensor) -> LazyRows:
-        """The local gradients at x as :class:`marina.lazy_rows.LazyRows`: entries read by a
-        sparsifying compressor may be evaluated alone. By default they are computed at once."""
+    def lazy_local_grads(self, x: Tensor) -> LazyRows:
+        """The local gradients at x as :class:`marina.lazy_rows.LazyRows` (not a tensor): entries
+        read by a sparsifying compressor may be evaluated alone; :func:`marina.lazy_rows.materialize`
+        gives the dense tensor, equal to :meth:`local_grads` bit for bit. By default they are
+        computed at once."""
         return DenseRows(self.local_grads(x))
 
     @abstractmethod

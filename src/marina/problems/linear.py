@@ -333,7 +333,7 @@ class LinearModelProblem(Problem):
         x = self._x(x)
         return self._grads_from(self._row_weights(x), x)
 
-    def gradients(self, x: Tensor) -> LazyRows:
+    def lazy_local_grads(self, x: Tensor) -> LazyRows:
         """The local gradients at x, evaluated where read (:mod:`marina.lazy_rows`).
 
         On the deterministic CPU path only t = A x is computed now. An entry (i, c) read by
@@ -483,7 +483,7 @@ class LinearModelProblem(Problem):
 
 
 class _LinearGradients(LazyRows):
-    """Local gradients of a :class:`LinearModelProblem` at x, from t = A x (``gradients``).
+    """Local gradients of a :class:`LinearModelProblem` at x, from t = A x (``lazy_local_grads``).
 
     A row subset (``workers``: positions among the hosted workers) keeps a reference to the
     view of all hosted workers (``root``), which computes and keeps the dense gradients once

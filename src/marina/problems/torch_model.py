@@ -90,6 +90,7 @@ from torch.func import functional_call, grad, grad_and_value, replace_all_batch_
 from marina.data.splits import make_split
 from marina.errors import ConfigError
 from marina.problems.base import Problem
+from marina.problems.keyed_init import keyed_init_
 from marina.rng import Randomness
 
 __all__ = ["TorchModelProblem", "WORKER_BATCHING"]
@@ -190,8 +191,6 @@ class TorchModelProblem(Problem):
         # -- the model: a training copy with functional batch norm, an evaluation copy ----------
         base = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         if init_seed is not None:
-            from marina.nets.init import keyed_init_
-
             keyed_init_(base, int(init_seed))
         self._eval_model = copy.deepcopy(base)
         self._bn_prefixes = []
