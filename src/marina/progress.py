@@ -11,6 +11,7 @@ bars-free plain form.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -41,8 +42,6 @@ def auto_mode(stream: TextIO | None = None) -> str:
     if terminal_enabled(stream):
         return "bars"
     if _in_notebook():
-        import importlib.util
-
         if importlib.util.find_spec("tqdm") is not None:
             return "tqdm"
     return "lines"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 
 from marina import __version__
+from marina.errors import MarinaError
 
 # Subcommand modules with their one-line help, in the order ``marina --help`` lists them.
 COMMANDS: dict[str, str] = {
@@ -32,18 +32,6 @@ COMMANDS: dict[str, str] = {
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def cli_syntax(text: str, extra: dict[str, str] | None = None) -> str:
-    """Hints in ``text`` written for Python (``stepsize_multiplier=0.5``) in command-line syntax
-    (``--stepsize-multiplier 0.5``); ``extra`` maps more literal spellings."""
-    from marina import parameters
-
-    for prm in parameters.PARAMETERS:
-        text = re.sub(rf"(?<![\w.-]){prm.name}=([^\s,;)]+)", rf"{prm.flag} \1", text)
-    for python, cli in (extra or {}).items():
-        text = text.replace(python, cli)
-    return text
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -81,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK
-    from marina.errors import MarinaError
-
     try:
         return int(args.func(args) or 0)
     except MarinaError as err:

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from marina import data, parameters, trackers
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, cli_syntax
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED
+from marina.cli.syntax import cli_syntax
 from marina.errors import ConfigError
 from marina.experiments import (
     DEFAULT_CHECKPOINT_EVERY,
