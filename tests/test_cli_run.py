@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 
 import pandas as pd
 import pytest
@@ -163,14 +164,51 @@ def test_progress_bars_draw_on_terminals_only():
     display.close()
     assert term.getvalue().endswith("\x1b[J") or "\x1b[" in term.getvalue().rsplit("diverged", 1)[1]
 
-    plain = io.StringIO()  # not a terminal: no bars, messages still printed
-    display = ProgressDisplay(stream=plain)
-    assert not display.enabled
+    plain = io.StringIO()  # not a terminal (nohup, SLURM): plain lines, no escape codes
+    display = ProgressDisplay(stream=plain, line_interval=0.0)
+    assert display.mode == "lines"
+    display.set_header("sweep", 2)
+    display.add("a", "x", 10)
+    display.update("a", 0, 0.5)
+    display.update("a", 5, 0.1)
+    display.message("note")
+    display.remove("a")
+    display.advance_header()
+    display.close()
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "x: 0/10 rounds, |grad f|^2 5.000e-01"
+    assert lines[1].startswith("x: 5/10 rounds, ") and lines[1].endswith("rounds/s, |grad f|^2 1.000e-01")
+    assert lines[2] == "note" and lines[3].startswith("sweep: 1/2 runs, 0:00:0")
+    assert "\x1b" not in plain.getvalue()
+
+    slow = io.StringIO()  # one line per run every line_interval seconds at most
+    display = ProgressDisplay(stream=slow, line_interval=60.0)
+    display.add("a", "x", 10)
+    for k in range(10):
+        display.update("a", k, 1.0)
+    assert slow.getvalue() == ""
+
+    quiet = io.StringIO()
+    display = ProgressDisplay(stream=quiet, enabled=False)
+    assert not display.enabled and display.mode == "off"
     display.add("a", "x", 10)
     display.update("a", 5, 0.1)
     display.message("note")
+    assert quiet.getvalue() == "note\n"
+
+
+def test_progress_uses_tqdm_in_notebooks(monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    out = io.StringIO()
+    display = ProgressDisplay(stream=out)
+    assert display.mode == "tqdm"
+    display.add("a", "a9a marina", 100)
+    display.update("a", 40, 0.25)
+    assert display._tqdm["a"].n == 40
+    display.remove("a")
     display.close()
-    assert plain.getvalue() == "note\n"
+    assert "a9a marina" in out.getvalue()
 
 
 # -- configuration errors: one line on stderr, exit status 2, no traceback -----------------------

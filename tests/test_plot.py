@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+from scipy import stats
 
 from marina import plotting
 from marina.errors import ConfigError
@@ -75,14 +79,15 @@ def test_one_panel_per_problem_one_curve_per_configuration():
         ]
         assert len(ax.collections) == 4  # one min-max band per curve (3 seeds)
         assert ax.get_yscale() == "log"
-        legend = sorted(t.get_text() for t in ax.get_legend().get_texts())
-        assert legend == sorted(ln.get_label() for ln in lines)
+        assert ax.get_legend() is None  # one legend for the whole figure
         by_label = {ln.get_label(): ln for ln in lines}
         for comp in ("randk:1", "randk:5"):  # one color per compressor, one style per method
             marina, diana = by_label[f"MARINA, {comp}"], by_label[f"DIANA, {comp}"]
             assert marina.get_color() == diana.get_color()
             assert marina.get_linestyle() != diana.get_linestyle()
         assert by_label["MARINA, randk:1"].get_color() != by_label["MARINA, randk:5"].get_color()
+    (legend,) = fig.legends
+    assert sorted(t.get_text() for t in legend.get_texts()) == sorted(ln.get_label() for ln in lines)
 
 
 def test_mean_and_band_over_seeds_on_rounds():
@@ -162,3 +167,88 @@ def test_save_rejects_unknown_format(tmp_path):
     fig = plotting.plot(make_results(seeds=(0,), problems=("a9a",)), "rounds", "loss")
     with pytest.raises(ConfigError, match=r"unknown figure format '.jpg'; allowed: .png, .pdf, .svg"):
         plotting.save(fig, tmp_path / "f.jpg")
+
+
+def test_one_legend_below_the_panels_markers_and_plain_tick_labels():
+    df = make_results()
+    df["bits_up"] *= 1000.0  # millions of bits: matplotlib would write a "1e7" offset
+    fig = plotting.plot(df, "bits", "grad_norm_sq")
+    fig.savefig(io.BytesIO(), format="png")  # lay out and draw
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in axes)
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert all(legend_top <= ax.get_window_extent().y0 for ax in axes)  # outside, below the panels
+    for ax in axes:
+        assert ax.xaxis.get_offset_text().get_text() == ""
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert ticks and all("e" not in t for t in ticks) and any(t.endswith("M") for t in ticks)
+        lines = labelled_lines(ax)
+        assert all(ln.get_marker() not in (None, "None", "") for ln in lines)
+        assert len({ln.get_markevery() for ln in lines}) == len(lines)  # coinciding curves stay apart
+    assert plotting._compact(2_500_000) == "2.5M" and plotting._compact(0.01) == "0.01"
+
+
+def test_band_kinds():
+    df = make_results(problems=("a9a",))
+    it = np.arange(0, 101, 10)
+    per_seed = np.array([(1.0 + 0.1 * s) / (1.0 + it) * 2.0 for s in (0, 1, 2)])
+    mean, sd = per_seed.mean(axis=0), per_seed.std(axis=0, ddof=1)
+    half = {
+        "minmax": None,
+        "std": sd,
+        "ci95": stats.t.ppf(0.975, 2) * sd / np.sqrt(3),
+    }
+    assert list(plotting.BANDS) == ["minmax", "std", "ci95"]
+    for band, h in half.items():
+        (c,) = [c for c in plotting.curves(df, "rounds", "grad_norm_sq", band) if c.label == "DIANA, randk:5"]
+        lo, hi = (per_seed.min(axis=0), per_seed.max(axis=0)) if h is None else (mean - h, mean + h)
+        np.testing.assert_allclose(c.mean, mean, rtol=1e-12)
+        np.testing.assert_allclose(c.lo, lo, rtol=1e-12)
+        np.testing.assert_allclose(c.hi, hi, rtol=1e-12)
+        fig = plotting.plot(df, "rounds", "grad_norm_sq", band=band)
+        assert len(fig.axes[0].collections) == 4
+    with pytest.raises(ConfigError, match=r"--band 'iqr' is not a band; allowed: minmax, std, ci95"):
+        plotting.plot(df, "rounds", "grad_norm_sq", band="iqr")
+
+
+def test_plot_into_given_axes():
+    fig = Figure()
+    ax = fig.subplots()
+    assert plotting.plot(make_results(problems=("a9a",)), "rounds", "grad_norm_sq", ax=ax) is fig
+    assert len(labelled_lines(ax)) == 4 and ax.get_legend() is not None
+    with pytest.raises(ConfigError, match="ax= draws one problem, these results hold 2: a9a, w8a"):
+        plotting.plot(make_results(), "rounds", "grad_norm_sq", ax=fig.subplots())
+
+
+def test_best_keeps_the_multiplier_with_the_lowest_final_value():
+    frames = []
+    for mult in (0.5, 1.0, 2.0):
+        f = make_results(problems=("a9a",), extra={"stepsize_multiplier": mult})
+        f["run_id"] = f["run_id"] + f"-x{mult}"
+        # MARINA is best at 2, DIANA at 1; DIANA at 0.5 would be best but diverged (stopped early)
+        factor = {0.5: 0.9, 1.0: 1.0, 2.0: 0.5}[mult]
+        f.loc[f.method == "marina", "grad_norm_sq"] *= factor
+        f.loc[f.method == "diana", "grad_norm_sq"] *= {0.5: 0.1, 1.0: 1.0, 2.0: 3.0}[mult]
+        if mult == 0.5:
+            f = f[(f.method != "diana") | (f.iteration <= 50)]
+        frames.append(f)
+    df = pd.concat(frames, ignore_index=True)
+    kept, choices = plotting.best(df, "stepsize_multiplier", "grad_norm_sq")
+    by_label = {c["label"]: c for c in choices}
+    assert {k: c["kept"] for k, c in by_label.items()} == {
+        "DIANA, randk:1": 1.0,
+        "DIANA, randk:5": 1.0,
+        "MARINA, randk:1": 2.0,
+        "MARINA, randk:5": 2.0,
+    }
+    assert by_label["DIANA, randk:1"]["tried"][0.5] == float("inf")
+    assert kept.groupby(["method", "compressor"])["stepsize_multiplier"].nunique().eq(1).all()
+    labels = sorted(c.label for c in plotting.curves(kept, "rounds", "grad_norm_sq"))
+    assert labels == [
+        "DIANA, randk:1, γ × 1",
+        "DIANA, randk:5, γ × 1",
+        "MARINA, randk:1, γ × 2",
+        "MARINA, randk:5, γ × 2",
+    ]
+    with pytest.raises(ConfigError, match=r"--best 'method' is not a configuration column; allowed: workers"):
+        plotting.best(df, "method")

@@ -3,25 +3,49 @@
 Implements MARINA, VR-MARINA (finite-sum and online) and PP-MARINA (Gorbunov, Burlachenko, Li,
 Richtarik, ICML 2021) with the baselines GD, QGD (compressed GD), DIANA and VR-DIANA, unbiased
 compressors with exact wire bits, theory-driven defaults, simulated and torch.distributed workers.
+
+Submodules and ``run`` / ``Result`` load on first use, so ``import marina`` (and
+``marina --version``) does not import torch.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from marina import (
-    compressors,  # noqa: E402
-    problems,  # noqa: E402
+_SUBMODULES = (
+    "compressors",
+    "problems",
+    "methods",
+    "network",
+    "theory",
+    "distributed",
+    "experiments",
+    "nets",
+    "parameters",
+    "trackers",
 )
-from marina.compressors import Compressor, Message  # noqa: E402
+_NAMES = {
+    "Compressor": "marina.compressors",
+    "Message": "marina.compressors",
+    "run": "marina.runner",
+    "Result": "marina.runner",
+}
 
-__all__ = ["__version__", "compressors", "problems", "Compressor", "Message"]
+__all__ = ["__version__", *_SUBMODULES, *_NAMES]
 
-from marina import methods, network, theory  # noqa: E402
-from marina.runner import Result, run  # noqa: E402
 
-__all__ += ["methods", "network", "theory", "run", "Result"]
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"marina.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'marina' has no attribute {name!r}")
 
-from marina import distributed, experiments, nets, parameters  # noqa: E402
 
-__all__ += ["distributed", "experiments", "nets", "parameters"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

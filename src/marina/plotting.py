@@ -2,10 +2,14 @@
 
 A *configuration* is a run's configuration without its seed: problem, workers, split, method,
 compressor, iterations, log_every and the parameter overrides. Its runs over several seeds are
-drawn as one curve, the mean over seeds, with a shaded min-max band. Curves are aligned on a
+drawn as one curve, the mean over seeds, with a shaded band (:data:`BANDS`: min-max, mean +-
+one standard deviation, or a 95% confidence interval of the mean). Curves are aligned on a
 common x grid (the union of the seeds' logged x values, restricted to the range every seed
 reaches; y is interpolated linearly in log y when y > 0, linearly otherwise), so x may be
-communication rounds, bits sent per worker, epochs or wall time alike. One panel per problem.
+communication rounds, bits sent per worker, epochs or wall time alike. One panel per problem,
+one legend per figure below the panels, markers every few points so that coinciding curves stay
+distinguishable, plain tick labels (``2M``, never a ``1e6`` offset). :func:`best` keeps, per
+curve, the value of a parameter (e.g. the stepsize multiplier) with the lowest final metric.
 
 Built on :class:`matplotlib.figure.Figure` directly (no pyplot state): safe in scripts,
 notebooks and worker processes.
@@ -22,7 +26,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from scipy import stats
 
 from marina import parameters
 from marina.errors import ConfigError
@@ -30,10 +37,12 @@ from marina.experiments.results import CONFIG_COLUMNS, PARAM_COLUMNS
 from marina.files import atomic_write
 
 __all__ = [
+    "BANDS",
     "FIGURE_FORMATS",
     "X_AXES",
     "Curve",
     "available_y",
+    "best",
     "curves",
     "figure_path",
     "method_label",
@@ -59,6 +68,15 @@ Y_LABELS: dict[str, str] = {
 }
 
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
+
+BANDS: dict[str, str] = {
+    "minmax": "min-max over seeds",
+    "std": "mean +- one standard deviation over seeds",
+    "ci95": "95% confidence interval of the mean (Student t)",
+}
+"""The bands ``marina plot --band`` draws around each mean curve."""
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 METHOD_NAMES = {
     "gd": "GD",
@@ -115,7 +133,7 @@ def available_y(df: pd.DataFrame) -> list[str]:
 
 @dataclass
 class Curve:
-    """One configuration's curve: mean over seeds and the min-max band, on a common x grid."""
+    """One configuration's curve: mean over seeds and its band (``lo``, ``hi``), on a common x grid."""
 
     problem: str
     key: dict[str, Any]
@@ -129,8 +147,8 @@ class Curve:
     """The label without the method (compressor and varying parameters): one color per variant."""
 
 
-def _aggregate(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
-    """Mean, min and max over runs of y(x), on the union of their x in the common range."""
+def _aggregate(runs: list[tuple[np.ndarray, np.ndarray]], band: str = "minmax") -> tuple[np.ndarray, ...]:
+    """Mean and band (:data:`BANDS`) over runs of y(x), on the union of their x in the common range."""
     runs = [(x[np.isfinite(x) & ~np.isnan(y)], y[np.isfinite(x) & ~np.isnan(y)]) for x, y in runs]
     runs = [(x, y) for x, y in runs if len(x)]
     if not runs:
@@ -153,7 +171,18 @@ def _aggregate(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, .
         else:
             ys.append(np.interp(grid, x, y))
     stack = np.vstack(ys)
-    return grid, stack.mean(axis=0), stack.min(axis=0), stack.max(axis=0)
+    mean = stack.mean(axis=0)
+    if band == "minmax":
+        return grid, mean, stack.min(axis=0), stack.max(axis=0)
+    half = stack.std(axis=0, ddof=1)
+    if band == "ci95":
+        half = half * float(stats.t.ppf(0.975, len(ys) - 1)) / math.sqrt(len(ys))
+    return grid, mean, mean - half, mean + half
+
+
+def _check_band(band: str) -> None:
+    if band not in BANDS:
+        raise ConfigError(f"--band {band!r} is not a band; allowed: {', '.join(BANDS)}")
 
 
 def _format_value(value: Any) -> str:
@@ -168,8 +197,9 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq") -> list[Curve]:
-    """The curves of ``df`` for axes ``x`` and ``y``: one per (problem, configuration).
+def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq", band: str = "minmax") -> list[Curve]:
+    """The curves of ``df`` for axes ``x`` and ``y``: one per (problem, configuration), with
+    bands of kind ``band`` (:data:`BANDS`).
 
     Labels name the method and the compressor, plus every configuration column that varies
     among the curves of the same problem (e.g. ``n=10``, ``γ × 2``, ``b'=65``).
@@ -179,6 +209,7 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq") -> list
             f"--y {y!r} is not a numeric history column of these results; "
             f"available: {', '.join(available_y(df)) or '(none)'}"
         )
+    _check_band(band)
     if df.empty:
         return []
     df = df.assign(_x=x_values(df, x).to_numpy(), _y=df[y].astype("float64").to_numpy())
@@ -198,7 +229,7 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq") -> list
                 (r["_x"].to_numpy(dtype=float), r["_y"].to_numpy(dtype=float))
                 for _, r in gdf.sort_values("iteration").groupby("run_id", sort=True)
             ]
-            gx, mean, lo, hi = _aggregate(per_run)
+            gx, mean, lo, hi = _aggregate(per_run, band)
             parts = [str(key["compressor"])]
             for c in varying:
                 v = key[c]
@@ -238,6 +269,25 @@ def _auto_yscale(y: str, cs: list[Curve]) -> str:
     return "linear"
 
 
+def _compact(value: float, _pos: Any = None) -> str:
+    """A tick label without offset or exponent: ``2.5M``, ``300k``, ``0.01``."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
+def _style_axes(ax: Axes, x: str, y: str, xscale: str, yscale: str) -> None:
+    ax.set_yscale(yscale)
+    ax.set_xscale(xscale)
+    for axis, scale in ((ax.xaxis, xscale), (ax.yaxis, yscale)):
+        if scale == "linear":
+            axis.set_major_formatter(FuncFormatter(_compact))
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel(Y_LABELS.get(y, y))
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot(
     df: pd.DataFrame,
     x: str = "rounds",
@@ -247,13 +297,17 @@ def plot(
     xscale: str = "linear",
     title: str | None = None,
     ncols: int | None = None,
+    band: str = "minmax",
+    ax: Axes | None = None,
 ) -> Figure:
     """Draw ``y`` against ``x`` for every configuration of ``df`` (see :func:`curves`).
 
     One panel per problem (titled with the problem and, when it is the same for every curve,
-    the number of workers n); mean over seeds as a line, min-max over seeds as a band; one
-    color per compressor (and varying parameters) and one line style per method, the same in
-    every panel, so that e.g. MARINA and DIANA with randk:1 share a color.
+    the number of workers n); mean over seeds as a line, ``band`` over seeds shaded; one color
+    per compressor (and varying parameters), one line style and marker per method (markers every
+    few points, offset per curve, so that coinciding curves stay apart), the same in every panel,
+    so that e.g. MARINA and DIANA with randk:1 share a color. One legend for the figure, below
+    the panels.
 
     Args:
         df: a results table (:func:`marina.results.load_results`).
@@ -261,6 +315,8 @@ def plot(
         y: any numeric history column (``grad_norm_sq``, ``loss``, ``train_acc``, ...).
         yscale: ``log``, ``linear`` or ``auto`` (log unless y is an accuracy or not positive).
         xscale: ``linear`` or ``log``.
+        band: ``minmax``, ``std`` or ``ci95`` (:data:`BANDS`).
+        ax: draw into these axes (one problem only; legend inside them) instead of a new figure.
     Returns:
         The :class:`matplotlib.figure.Figure` (save it with :func:`save`).
     """
@@ -272,38 +328,99 @@ def plot(
             raise ConfigError(f"{name} {value!r} is not allowed; allowed: {', '.join(allowed)}")
     if df.empty:
         raise ConfigError("the results table is empty: no completed run to plot")
-    cs = curves(df, x, y)
+    cs = curves(df, x, y, band)
     problems = list(dict.fromkeys(c.problem for c in cs))
-    ncols = ncols or (len(problems) if len(problems) <= 3 else math.ceil(math.sqrt(len(problems))))
-    nrows = math.ceil(len(problems) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.3), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    if ax is not None:
+        if len(problems) != 1:
+            raise ConfigError(
+                f"ax= draws one problem, these results hold {len(problems)}: {', '.join(problems)}"
+            )
+        fig, panels = ax.figure, [ax]
+    else:
+        ncols = ncols or (len(problems) if len(problems) <= 3 else math.ceil(math.sqrt(len(problems))))
+        nrows = math.ceil(len(problems) / ncols)
+        fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.9), layout="constrained")
+        panels = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     scale = _auto_yscale(y, cs) if yscale == "auto" else yscale
     colors: dict[str, Any] = {}
     cycle = [f"C{i}" for i in range(10)]
     methods = list(dict.fromkeys(c.key["method"] for c in cs))
     styles = ["-", "--", "-.", ":"]
-    for ax, problem in zip(axes.flat, problems):
+    handles: dict[str, Any] = {}
+    for panel, problem in zip(panels, problems):
         pcs = [c for c in cs if c.problem == problem]
-        for c in pcs:
+        for i, c in enumerate(pcs):
             color = colors.setdefault(c.variant, cycle[len(colors) % len(cycle)])
-            style = styles[methods.index(c.key["method"]) % len(styles)]
-            ax.plot(c.x, c.mean, style, color=color, label=c.label, linewidth=1.6)
+            m = methods.index(c.key["method"])
+            (line,) = panel.plot(
+                c.x,
+                c.mean,
+                styles[m % len(styles)],
+                color=color,
+                label=c.label,
+                linewidth=1.6,
+                marker=MARKERS[m % len(MARKERS)],
+                markersize=4,
+                markevery=((0.013 * i) % 0.1, 0.1),
+            )
+            handles.setdefault(c.label, line)
             if len(c.seeds) > 1:
-                ax.fill_between(c.x, c.lo, c.hi, color=color, alpha=0.18, linewidth=0)
+                panel.fill_between(c.x, c.lo, c.hi, color=color, alpha=0.18, linewidth=0)
         workers = {c.key.get("workers") for c in pcs}
-        ax.set_title(f"{problem}, n = {workers.pop()}" if len(workers) == 1 else str(problem))
-        ax.set_yscale(scale)
-        ax.set_xscale(xscale)
-        ax.set_xlabel(X_AXES[x])
-        ax.set_ylabel(Y_LABELS.get(y, y))
-        ax.grid(True, which="major", alpha=0.3)
+        panel.set_title(f"{problem}, n = {workers.pop()}" if len(workers) == 1 else str(problem))
+        _style_axes(panel, x, y, xscale, scale)
+    if ax is not None:
         ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(problems) :]:
-        ax.set_visible(False)
+        return fig
+    for panel in panels[len(problems) :]:
+        panel.set_visible(False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize="small",
+        frameon=False,
+    )
     if title:
         fig.suptitle(title)
     return fig
+
+
+def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Per curve (configuration without ``column``), the runs of the value of ``column`` whose
+    final ``y`` (last logged value, mean over seeds) is lowest; a run that diverged or stopped
+    early counts as +inf. This is how tuned-stepsize figures are drawn from a grid of
+    ``stepsize_multiplier`` values.
+
+    Returns:
+        (the kept rows of ``df``, one dict per curve: ``problem``, ``label`` (method,
+        compressor), ``kept``, ``final`` and ``tried`` (value -> final)).
+    """
+    allowed = [c for c in _KEY_COLUMNS if c not in ("problem", "method", "compressor")]
+    if column not in allowed:
+        raise ConfigError(f"--best {column!r} is not a configuration column; allowed: {', '.join(allowed)}")
+    if y not in available_y(df):
+        raise ConfigError(f"--y {y!r} is not a numeric history column of these results")
+    if df.empty or column not in df.columns:
+        return df, []
+    last = df.sort_values("iteration").groupby("run_id", sort=False).tail(1)
+    ok = np.isfinite(last[y].astype("float64")) & (last["iteration"] >= last["iterations"])
+    finals = last.assign(_final=np.where(ok, last[y].astype("float64"), np.inf))
+    keys = [c for c in _KEY_COLUMNS if c in df.columns and c != column]
+    kept_runs: list[str] = []
+    choices: list[dict[str, Any]] = []
+    for key_values, g in finals.groupby(keys, sort=True, dropna=False):
+        key = dict(zip(keys, key_values))
+        tried: dict[Any, float] = {}
+        for value, gv in g.groupby(column, sort=True, dropna=False):
+            tried[None if _is_missing(value) else value] = float(gv["_final"].mean())
+        kept = min(tried, key=lambda v: tried[v])
+        mask = g[column].isna() if kept is None else g[column] == kept
+        kept_runs += g.loc[mask, "run_id"].tolist()
+        label = f"{method_label(key['method'])}, {key['compressor']}"
+        choices.append(dict(problem=key["problem"], label=label, kept=kept, final=tried[kept], tried=tried))
+    return df[df["run_id"].isin(kept_runs)], choices
 
 
 def figure_path(path: str | os.PathLike) -> Path:

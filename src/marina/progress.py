@@ -1,13 +1,17 @@
-"""Terminal progress bars for runs and sweeps (no dependencies).
+"""Progress of runs and sweeps: terminal bars, plain lines for logs, tqdm in notebooks.
 
-One line per run in flight (rounds done, rounds per second, current ||grad f||^2) under an
-optional header line for the sweep (runs done out of the total). The display draws on stderr
-and only when stderr is a terminal; otherwise (logs, CI, pipes) and with ``--quiet`` it is
-silent, and :meth:`ProgressDisplay.message` lines are printed plainly.
+One bar per run in flight (rounds done, rounds per second, current ||grad f||^2) under an
+optional header for the sweep (runs done out of the total), on stderr, in one of the
+:data:`MODES`: ``bars`` redrawn in place when stderr is a terminal; ``lines`` otherwise (nohup,
+SLURM logs, pipes): one plain line per run every ``line_interval`` seconds and one per finished
+run; ``tqdm`` (``tqdm.auto``: widgets in Jupyter) in a notebook when tqdm is installed; ``off``
+with ``--quiet``. :meth:`ProgressDisplay.message` lines are printed in every mode but ``off``'s
+bars-free plain form.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -15,7 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["Bar", "ProgressDisplay", "terminal_enabled"]
+__all__ = ["MODES", "Bar", "ProgressDisplay", "auto_mode", "terminal_enabled"]
+
+MODES = ("bars", "lines", "tqdm", "off")
 
 
 def terminal_enabled(stream: TextIO | None = None, quiet: bool = False) -> bool:
@@ -27,8 +33,27 @@ def terminal_enabled(stream: TextIO | None = None, quiet: bool = False) -> bool:
     return bool(isatty and isatty())
 
 
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+def auto_mode(stream: TextIO | None = None) -> str:
+    """``bars`` on a terminal, ``tqdm`` in a notebook with tqdm installed, else ``lines``."""
+    if terminal_enabled(stream):
+        return "bars"
+    if _in_notebook():
+        if importlib.util.find_spec("tqdm") is not None:
+            return "tqdm"
+    return "lines"
+
+
 def _fmt_num(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 @dataclass
@@ -67,13 +92,23 @@ class Bar:
             return None
         return (self.done - self._base) / elapsed
 
+    def status(self) -> str:
+        """The bar as plain text: ``desc: done/total unit, rate unit/s, value``."""
+        parts = [f"{self.desc}: {self.done}/{self.total} {self.unit}"]
+        if self.elapsed:
+            parts.append(f"{_clock(time.monotonic() - self.started)} elapsed")
+        elif (rate := self.rate) is not None:
+            parts.append(f"{_fmt_num(rate)} {self.unit}/s")
+        if self.value is not None:
+            parts.append(f"{self.value_name} {self.value:.3e}")
+        return ", ".join(parts)
+
     def render(self, width: int) -> str:
         """The bar as one line of at most ``width`` characters."""
         frac = min(1.0, self.done / self.total) if self.total > 0 else 0.0
         right = f" {self.done}/{self.total} {self.unit}"
         if self.elapsed:
-            seconds = int(time.monotonic() - self.started)
-            right += f" {seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d} elapsed"
+            right += f" {_clock(time.monotonic() - self.started)} elapsed"
         elif (rate := self.rate) is not None:
             right += f" {_fmt_num(rate)} {self.unit}/s"
         if self.value is not None:
@@ -86,12 +121,14 @@ class Bar:
 
 
 class ProgressDisplay:
-    """A block of bars redrawn in place on a terminal.
+    """Progress of runs (and a sweep) in one of the :data:`MODES`.
 
     Args:
-        stream: where to draw (default stderr).
-        enabled: draw live bars (default: :func:`terminal_enabled`).
-        min_interval: seconds between redraws (updates in between are folded together).
+        stream: where to write (default stderr).
+        enabled: False: ``off``; True: ``bars``; None (default): ``mode``, else :func:`auto_mode`.
+        min_interval: seconds between redraws of bars (updates in between are folded together).
+        mode: one of :data:`MODES` (overrides ``enabled``).
+        line_interval: ``lines`` mode: seconds between two lines of one run.
     """
 
     def __init__(
@@ -99,25 +136,40 @@ class ProgressDisplay:
         stream: TextIO | None = None,
         enabled: bool | None = None,
         min_interval: float = 0.1,
+        mode: str | None = None,
+        line_interval: float = 5.0,
     ) -> None:
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = terminal_enabled(self.stream) if enabled is None else bool(enabled)
+        if mode is None:
+            mode = auto_mode(self.stream) if enabled is None else ("bars" if enabled else "off")
+        if mode not in MODES:
+            raise ValueError(f"progress mode {mode!r}; allowed: {', '.join(MODES)}")
+        self.mode = mode
+        self.enabled = mode != "off"
         self.min_interval = min_interval
+        self.line_interval = line_interval
         self.header: Bar | None = None
         self.bars: dict[Any, Bar] = {}
         self._drawn = 0
         self._last = 0.0
+        self._printed: dict[Any, float] = {}  # lines: when each bar last printed
+        self._tqdm: dict[Any, Any] = {}  # tqdm: the tqdm object of each bar (None: the header)
 
     # -- bars --------------------------------------------------------------------------------------
     def set_header(self, desc: str, total: int, unit: str = "runs", done: int = 0) -> Bar:
         """The sweep's own bar (``done`` of ``total`` already), drawn above the per-run bars."""
         self.header = Bar(desc, total, unit=unit, value_name="", elapsed=True)
         self.header.update(done)
+        if self.mode == "tqdm":
+            self._tqdm[None] = self._new_tqdm(desc, total, unit, done)
         return self.header
 
     def add(self, key: Any, desc: str, total: int) -> Bar:
         bar = Bar(desc, total)
         self.bars[key] = bar
+        if self.mode == "tqdm":
+            self._tqdm[key] = self._new_tqdm(desc, total, "rounds", 0)
+        self._printed[key] = time.monotonic()
         self.refresh()
         return bar
 
@@ -126,7 +178,32 @@ class ProgressDisplay:
         if bar is None:
             return
         bar.update(done, value)
+        if self.mode == "lines":
+            now = time.monotonic()
+            if now - self._printed.get(key, 0.0) >= self.line_interval:
+                self._printed[key] = now
+                self._write(bar.status())
+        elif self.mode == "tqdm":
+            self._tqdm_set(key, bar)
         self.refresh()
+
+    def _new_tqdm(self, desc: str, total: int, unit: str, done: int) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total, desc=desc, unit=unit.rstrip("s"), initial=done, file=self.stream, leave=False
+        )
+
+    def _tqdm_set(self, key: Any, bar: Bar) -> None:
+        t = self._tqdm.get(key)
+        if t is not None:
+            t.update(bar.done - t.n)
+            if bar.value is not None:
+                t.set_postfix_str(f"{bar.value_name} {bar.value:.3e}", refresh=False)
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def callback(self, key: Any):
         """A ``progress`` callback for :func:`marina.run`: ``callback(row, iterations)`` with a
@@ -139,11 +216,19 @@ class ProgressDisplay:
 
     def remove(self, key: Any) -> None:
         self.bars.pop(key, None)
+        self._printed.pop(key, None)
+        t = self._tqdm.pop(key, None)
+        if t is not None:
+            t.close()
         self.refresh(force=True)
 
     def advance_header(self, n: int = 1) -> None:
         if self.header is not None:
             self.header.update(self.header.done + n)
+            if self.mode == "lines":
+                self._write(self.header.status())
+            elif self.mode == "tqdm":
+                self._tqdm_set(None, self.header)
             self.refresh(force=True)
 
     # -- drawing -------------------------------------------------------------------------------------
@@ -160,8 +245,8 @@ class ProgressDisplay:
             self._drawn = 0
 
     def refresh(self, force: bool = False) -> None:
-        """Redraw (at most every ``min_interval`` seconds unless ``force``)."""
-        if not self.enabled:
+        """Redraw bars (at most every ``min_interval`` seconds unless ``force``)."""
+        if self.mode != "bars":
             return
         now = time.monotonic()
         if not force and now - self._last < self.min_interval:
@@ -177,19 +262,27 @@ class ProgressDisplay:
 
     def message(self, text: str) -> None:
         """Print a line above the bars (plainly when bars are off)."""
-        if self.enabled:
+        if self.mode == "bars":
             self._clear()
-        self.stream.write(text.rstrip("\n") + "\n")
-        self.stream.flush()
-        if self.enabled:
+        if self.mode == "tqdm":
+            from tqdm.auto import tqdm
+
+            tqdm.write(text.rstrip("\n"), file=self.stream)
+        else:
+            self._write(text.rstrip("\n"))
+        if self.mode == "bars":
             self.refresh(force=True)
 
     def close(self) -> None:
         """Erase the bars."""
-        if self.enabled:
+        if self.mode == "bars":
             self._clear()
             self.stream.flush()
+        for t in self._tqdm.values():
+            t.close()
+        self._tqdm.clear()
         self.bars.clear()
+        self._printed.clear()
         self.header = None
 
     def __enter__(self) -> ProgressDisplay:

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marina import compressors, methods, problems
+from marina import compressors, methods, problems, trackers
 from marina.errors import ConfigError, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
@@ -142,6 +142,7 @@ def run(
     checkpoint_path: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     network: Network | None = None,
+    loggers: Any = None,
     **params: Any,
 ) -> Result:
     """Run ``method`` on ``problem`` split among ``workers`` for ``iterations`` rounds.
@@ -165,6 +166,9 @@ def run(
             (and at the end) and resume from it when the same call is made again.
         network: a :class:`marina.network.Network` to run on (default: a simulated network
             hosting all workers, on the problem's device).
+        loggers: trackers that also get every history row: ``"tensorboard"``, ``"mlflow"``,
+            ``"wandb"`` (comma-separated or a list; files under the working directory), or
+            objects from :func:`marina.trackers.make` (see :mod:`marina.trackers`).
         **params: overrides: ``stepsize`` or ``stepsize_multiplier`` (times the theory
             stepsize), ``p``, ``alpha``, ``batch_size`` (b'), ``clients`` (r), ``refresh_p``,
             ``online``, ``dense_batch_size`` (b), ``mu`` (PL constant, marina) as the method
@@ -179,8 +183,19 @@ def run(
     setup = _setup(
         method, problem, compressor, workers, iterations, seed, log_every, device, dtype, x0, network, params
     )
-    history = History(setup, progress)
-    checkpoint = Checkpoint(checkpoint_path, checkpoint_every, setup)
+    session = trackers.Session(loggers, setup.fingerprint)
+    history = History(setup, session.wrap(progress))
+    try:
+        result = _execute(setup, history, Checkpoint(checkpoint_path, checkpoint_every, setup))
+    except BaseException as exc:
+        session.close("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    session.close(result.status, result.message)
+    return result
+
+
+def _execute(setup: _Setup, history: History, checkpoint: Checkpoint) -> Result:
+    """Resume from ``checkpoint`` or start, then run the rounds left."""
     clock = Clock(setup.x0.device)
     state = checkpoint.load()
     if state is not None:  # resume

@@ -10,10 +10,13 @@ error ||Q(x) - x||^2 / ||x||^2 next to the compressor's theory (omega, density, 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 import torch
 
+from marina.cli import COMMANDS
+from marina.cli.syntax import cli_syntax
 from marina.compressors import WIRE_DTYPES, get, known
 from marina.errors import ConfigError
 from marina.rng import Randomness
@@ -21,12 +24,13 @@ from marina.rng import Randomness
 INPUTS = ("gaussian", "uniform", "sparse", "constant")
 DTYPES = {name: dt for dt, name in WIRE_DTYPES.items()}
 EXAMPLE = {"K": "5", "q": "0.1", "s": "4"}
+WIRE_HINTS = {f"value_dtype=torch.{name}": f"--wire {name}" for name in DTYPES}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compress",
-        help="compress random vectors with a compressor and report bits, error and theory",
+        help=COMMANDS["compress"],
         description="Round trip of one compressor through the wire format (compress, pack to bytes, "
         "unpack, decompress) on random vectors, one per worker: exact bits per worker, relative "
         "error ||Q(x)-x||^2/||x||^2 against omega, density and the wire encoding. Without SPEC, "
@@ -45,10 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="input dtype")
     p.add_argument("--wire", default="float32", choices=list(DTYPES), help="wire precision of values")
     p.add_argument("--list", action="store_true", help="list the known compressors and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=main)
 
 
-def list_compressors() -> None:
+def list_compressors(as_json: bool = False) -> None:
     """Print the known compressors with their theory and wire encoding."""
     rows = []
     for template in known():
@@ -64,6 +69,10 @@ def list_compressors() -> None:
                 "correlated across workers" if c.correlated else "",
             )
         )
+    if as_json:
+        keys = ("spec", "unbiased", "omega", "density", "wire", "note")
+        print(json.dumps([dict(zip(keys, (r[0], r[1] == "yes", *r[2:]))) for r in rows]))
+        return
     head = ("spec", "unbiased", "omega(d)", "density(d)")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  wire (w = bits per value)")
@@ -89,8 +98,15 @@ def make_input(kind: str, n: int, d: int, seed: int, dtype: torch.dtype) -> torc
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except ConfigError as exc:  # hints written for Python (value_dtype=...) in this command's syntax
+        raise ConfigError(cli_syntax(str(exc), WIRE_HINTS)) from None
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.list or args.spec is None:
-        list_compressors()
+        list_compressors(args.json)
         return 0
     n, d = args.workers, args.dim
     if n < 1:
@@ -110,6 +126,28 @@ def main(args: argparse.Namespace) -> int:
         rng=Randomness(args.seed, "compress", args.round, ids),
     )
     X_hat = c.decompress(back)
+    sq = (X.double() ** 2).sum(1)
+    err = ((X_hat.double() - X.double()) ** 2).sum(1)
+    rel = torch.where(sq > 0, err / torch.where(sq > 0, sq, 1.0), torch.zeros_like(sq))
+    nnz = (X_hat != 0).sum(1)
+    if args.json:
+        per_worker = [
+            {
+                "worker": i,
+                "bits": int(msg.bits[i]),
+                "bytes": int(payloads[i].numel()),
+                "nnz": int(nnz[i]),
+                "relative_error": float(rel[i]),
+            }
+            for i in range(n)
+        ]
+        obj = {"spec": c.spec, "dim": d, "workers": n, "seed": args.seed, "round": args.round}
+        obj.update(input=args.input, dtype=args.dtype, wire=args.wire, unbiased=bool(c.unbiased))
+        obj.update(omega=c.omega(d) if c.unbiased else None, alpha=None if c.unbiased else c.alpha(d))
+        obj.update(density=float(c.density(d)), wire_format=c.wire_format(d), per_worker=per_worker)
+        obj.update(mean_relative_error=float(rel.mean()), total_bits=int(msg.bits.sum()))
+        print(json.dumps(obj))
+        return 0
 
     where = f"seed={args.seed}  round={args.round}  input={args.input} ({args.dtype})"
     print(f"{c.spec}  d={d}  workers={n}  {where}")
@@ -123,10 +161,6 @@ def main(args: argparse.Namespace) -> int:
     if c.correlated:
         print("        correlated across workers: one shared random permutation, disjoint blocks")
     print(f"wire:   {c.wire_format(d)} per worker (values as {args.wire})")
-    sq = (X.double() ** 2).sum(1)
-    err = ((X_hat.double() - X.double()) ** 2).sum(1)
-    rel = torch.where(sq > 0, err / torch.where(sq > 0, sq, 1.0), torch.zeros_like(sq))
-    nnz = (X_hat != 0).sum(1)
     print(
         f"{'worker':>6} {'bits':>10} {'bytes':>9} {'bits/coord':>10} {'nnz':>9} {'||Q(x)-x||^2/||x||^2':>22}"
     )

@@ -8,11 +8,13 @@ marina datasets a9a --workers 10 --split dirichlet --alpha 0.1   # per-worker sp
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pandas as pd
 
 from marina import data
+from marina.cli import COMMANDS
 from marina.data.splits import KINDS, make_split, split_report
 from marina.errors import ConfigError
 
@@ -20,7 +22,7 @@ from marina.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "datasets",
-        help="list bundled data sets (rows, features, labels, density) or report a split",
+        help=COMMANDS["datasets"],
         description="Without --workers: one line per data set (bundled ones by default) with rows, "
         "features, label counts, density and file bytes. With --workers: rows and label balance "
         "of every worker under the chosen split (one data set).",
@@ -41,11 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="dirichlet: per-label Dirichlet cuts (unequal shard sizes) instead of equal shards",
     )
     p.add_argument("--drop-remainder", action="store_true", help="drop the N mod n extra rows")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=main)
 
 
 def summary(names: list[str]) -> pd.DataFrame:
-    """One row per data set: name, rows, features, labels (file values: count), density, bytes."""
+    """One row per data set: name, rows, features, labels (file values: count), density (the
+    fraction of non-zero entries), bytes."""
     rows = []
     for name in names:
         ds = data.load(name)
@@ -56,7 +60,7 @@ def summary(names: list[str]) -> pd.DataFrame:
                 "rows": ds.n_rows,
                 "features": ds.n_features,
                 "labels": counts,
-                "density": f"{100 * ds.density:.2f}%",
+                "density": float(ds.density),
                 "bytes": os.path.getsize(ds.path),
             }
         )
@@ -66,7 +70,12 @@ def summary(names: list[str]) -> pd.DataFrame:
 def main(args: argparse.Namespace) -> int:
     names = args.names or data.bundled_names()
     if args.workers is None:
-        print(summary(names).to_string(index=False))
+        table = summary(names)
+        if args.json:
+            print(json.dumps(table.to_dict(orient="records")))
+            return 0
+        table["density"] = [f"{100 * v:.2f}%" for v in table["density"]]
+        print(table.to_string(index=False))
         if not args.names:
             print(f"\n(files in {data.bundled_dir()}; bytes are of the stored .gz files; see SOURCES.md)")
         return 0
@@ -83,6 +92,11 @@ def main(args: argparse.Namespace) -> int:
         drop_remainder=args.drop_remainder,
     )
     table = split_report(split, ds.y)
+    if args.json:
+        head = {"name": ds.name, "rows": ds.n_rows, "kept": int(split.order.size), "split": args.split}
+        head.update(workers=args.workers, shards=json.loads(table.to_json(orient="records")))
+        print(json.dumps(head))
+        return 0
     print(f"{ds.name}: {ds.n_rows} rows, {split.order.size} kept, {args.split} split among {args.workers}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from marina import experiments, plotting
+from marina.cli import COMMANDS
 from marina.errors import ConfigError
 from marina.experiments import results
 
@@ -30,7 +31,7 @@ DEFAULT_SEEDS = 2
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="MARINA vs DIANA on a9a: runs and paper-style figures in about a minute",
+        help=COMMANDS["demo"],
         description="Run MARINA and DIANA with randk:1, randk:5 and randk:10 on the bundled a9a "
         "data set (n = 5 workers, theory stepsizes) and draw ||grad f||^2 against rounds, "
         "#bits/n and epochs. Results and figures go to --out.",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from marina import plotting
+from marina.cli import COMMANDS
 from marina.errors import ConfigError
 from marina.experiments import results
 
@@ -15,10 +17,10 @@ from marina.experiments import results
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="plot results: one curve per configuration, mean and min-max band over seeds",
+        help=COMMANDS["plot"],
         description="Draw y against x for every configuration in the results directories (one "
-        "panel per problem, log-scale y, mean over seeds with a min-max band, legends naming "
-        "method and compressor).",
+        "panel per problem, log-scale y, mean over seeds with a band, one legend naming method and "
+        "compressor below the panels).",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="results directories (marina run / sweep --out)")
     p.add_argument(
@@ -44,6 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compressor", action="append", default=None, help="only this compressor (repeatable)")
     p.add_argument("--yscale", default="auto", choices=["auto", "log", "linear"], help="default auto (log)")
     p.add_argument("--xscale", default="linear", choices=["linear", "log"], help="default linear")
+    p.add_argument(
+        "--band",
+        default="minmax",
+        choices=list(plotting.BANDS),
+        help="band over seeds: minmax (default), std (mean +- one standard deviation), ci95 "
+        "(95%% confidence interval of the mean)",
+    )
+    p.add_argument(
+        "--best",
+        default=None,
+        metavar="COLUMN",
+        help="per curve, keep only the value of COLUMN (e.g. stepsize_multiplier) with the lowest "
+        "final y (diverged runs count as +inf) and say which was kept",
+    )
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
     p.set_defaults(func=main)
@@ -68,12 +84,27 @@ def select(df: pd.DataFrame, column: str, wanted: list[str] | None) -> pd.DataFr
     return df[df[column].isin(wanted)]
 
 
+def _value(v: object) -> str:
+    return "theory" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def main(args: argparse.Namespace) -> int:
     df = load(args.dirs)
     for column in ("problem", "method", "compressor"):
         df = select(df, column, getattr(args, column))
     output = plotting.figure_path(args.output or Path(args.dirs[0]) / f"{args.y}-vs-{args.x}.png")
-    fig = plotting.plot(df, args.x, args.y, yscale=args.yscale, xscale=args.xscale, title=args.title)
+    if args.best:
+        df, choices = plotting.best(df, args.best, args.y)
+        for c in choices:
+            tried = ", ".join(f"{_value(v)}: {f:.4g}" for v, f in c["tried"].items())
+            print(
+                f"{c['problem']}, {c['label']}: kept {args.best} = {_value(c['kept'])} "
+                f"(final {args.y} {c['final']:.4g}; tried {tried})",
+                file=sys.stderr,
+            )
+    fig = plotting.plot(
+        df, args.x, args.y, yscale=args.yscale, xscale=args.xscale, title=args.title, band=args.band
+    )
     plotting.save(fig, output, dpi=args.dpi)
     print(output)
     return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from marina import parameters
+from marina import data, parameters, trackers
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED
+from marina.cli.syntax import cli_syntax
 from marina.errors import ConfigError
 from marina.experiments import (
     DEFAULT_CHECKPOINT_EVERY,
@@ -38,9 +41,17 @@ OPTION_NAMES = {
 }
 
 
+PROBLEM_HELP = (
+    f"a bundled LibSVM data set ({', '.join(data.bundled_names())}), a LibSVM file path, "
+    "fashion-mnist[:DIR] (small CNN), cifar100[:DIR] (ResNet-18; DIR holds the python-version "
+    "archive), or synthetic (default a9a)"
+)
+
+
 def _simulated(args: argparse.Namespace, config: RunConfig, cache: ProblemCache) -> dict[str, Any]:
     """All workers in this process (:class:`marina.network.simulated.SimulatedNetwork`)."""
     display = ProgressDisplay(enabled=False if args.quiet else None)
+    loggers = trackers.names(args.log, option="--log") if args.log else None
     display.add(config.run_id, config.describe(), config.iterations)
     try:
         problem = cache.get(config.problem, config.workers, config.split, config.device)
@@ -50,6 +61,7 @@ def _simulated(args: argparse.Namespace, config: RunConfig, cache: ProblemCache)
             checkpoint_every=args.checkpoint_every or None,
             progress=display.callback(config.run_id),
             problem=problem,
+            loggers=loggers,
         )
     finally:
         display.close()
@@ -78,7 +90,7 @@ BACKENDS: dict[str, Callable[[argparse.Namespace, RunConfig, ProblemCache], dict
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="run one experiment (one method, compressor, problem, seed)",
+        help=COMMANDS["run"],
         description="Run one method on one problem split among n workers and, with --out, write "
         "its history into a results directory (results.parquet, runs.json; see `marina plot`). "
         "Parameters left out take their theory defaults (`marina theory` shows them). Run "
@@ -86,9 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "does), and one cut short resumes from its checkpoint.",
     )
     g = p.add_argument_group("experiment")
-    g.add_argument(
-        "--problem", default="a9a", help="bundled data set name, LibSVM file path, or synthetic (default a9a)"
-    )
+    g.add_argument("--problem", default="a9a", help=PROBLEM_HELP)
     g.add_argument("--workers", type=int, default=5, help="number of workers n (default 5)")
     g.add_argument(
         "--split",
@@ -144,7 +154,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="torch threads (default: torch's choice; 1 suits small problems)",
     )
     e.add_argument("--force", action="store_true", help="run again even if DIR already holds this run")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--log",
+        default=None,
+        metavar="TRACKERS",
+        help="also log the history to trackers: tensorboard, mlflow, wandb, comma-separated "
+        "(files under --out, else here; simulated backend)",
+    )
+    e.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (run_id, status, message, config, params, final) instead of text",
+    )
+    e.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=main)
 
 
@@ -196,11 +218,35 @@ def _summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _report(args: argparse.Namespace, record: dict[str, Any], skipped: bool = False) -> int:
+    """Print the outcome of a run (text, or JSON with ``--json``) and return the exit status:
+    0 finished, 3 diverged, 1 failed."""
+    record = {**record, "message": cli_syntax(str(record.get("message", "")))}
+    status = record.get("status")
+    code = EXIT_DIVERGED if status == "diverged" else EXIT_FAILED if status == "failed" else 0
+    if args.json:
+        keys = ("run_id", "status", "message", "config", "params", "final")
+        obj = {k: record.get(k) for k in keys}
+        obj.update(out=args.out, skipped=skipped, exit_code=code)
+        print(json.dumps(results.jsonable(obj)))
+        return code
+    if skipped:
+        print(f"{args.out} already holds this run ({record['run_id']}); --force runs it again")
+    print(_summary(record))
+    if args.out is not None and not skipped:
+        print(f"run {record['run_id']} written to {args.out} (results.parquet, runs.json)")
+    if status == "failed":
+        print(record.get("traceback", ""), file=sys.stderr)
+    return code
+
+
 def main(args: argparse.Namespace) -> int:
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every {args.checkpoint_every}, must be >= 0 (0: never)")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads}, must be >= 1")
+    if args.log and args.backend != "simulated":
+        raise ConfigError(f"--log {args.log}: trackers are for --backend simulated, not {args.backend}")
     cache = ProblemCache()
     config = config_from_args(args, cache)
     if args.out is not None:
@@ -208,19 +254,11 @@ def main(args: argparse.Namespace) -> int:
         if existing and existing.get("status") in results.TERMINAL_STATUSES:
             if not args.force:
                 results.rebuild(args.out)
-                print(f"{args.out} already holds this run ({config.run_id}); --force runs it again")
-                print(_summary(existing))
-                return 0
+                return _report(args, existing, skipped=True)
         if args.force:
             shutil.rmtree(results.run_dir(args.out, config.run_id), ignore_errors=True)
     with torch_threads(args.threads):
         record = BACKENDS[args.backend](args, config, cache)
     if record is None:  # a rank that does not report
         return 0
-    print(_summary(record))
-    if args.out is not None:
-        print(f"run {config.run_id} written to {args.out} (results.parquet, runs.json)")
-    if record["status"] == "failed":
-        print(record.get("traceback", ""), file=sys.stderr)
-        return 1
-    return 0
+    return _report(args, record)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from marina import compressors, experiments, methods, theory
+from marina.cli import COMMANDS
 from marina.errors import ConfigError
 from marina.network.simulated import SimulatedNetwork
 from marina.rng import Randomness
@@ -38,7 +39,7 @@ MEASURE_ROUNDS = 16
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "theory",
-        help="theory constants, default parameters and predicted cost of every method",
+        help=COMMANDS["theory"],
         description="Print omega and zeta_Q of the compressor, the smoothness constants of the "
         "problem, and for each method its theory stepsize, p or alpha and the predicted "
         "communication rounds, bits per worker (#bits/n) and oracle calls to reach "

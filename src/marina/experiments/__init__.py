@@ -28,7 +28,9 @@ from marina.experiments.grid import (
     SweepSpec,
     expand,
     load_sweep,
+    parse_shard,
     parse_sweep,
+    shard,
     validate,
 )
 from marina.experiments.loading import ProblemCache, load_problem
@@ -49,9 +51,11 @@ __all__ = [
     "expand",
     "load_problem",
     "load_sweep",
+    "parse_shard",
     "parse_sweep",
     "results",
     "run_sweep",
+    "shard",
     "torch_threads",
     "validate",
 ]

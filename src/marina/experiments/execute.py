@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from marina import __version__
+from marina import __version__, trackers
 from marina.errors import ConfigError
 from marina.experiments import results
 from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
@@ -68,6 +68,7 @@ def execute(
     write: bool = True,
     m: float | None = None,
     run_kwargs: Mapping[str, Any] | None = None,
+    loggers: Any = None,
 ):
     """Run one configuration with :func:`marina.run` and write its files into ``out``.
 
@@ -80,7 +81,9 @@ def execute(
     torch.distributed rank but 0) runs without touching ``out``. Other backends pass their
     ``problem`` (the workers this process hosts), ``m`` (the mean local data-set size over all
     workers, default: over ``problem.sizes``) and extra :func:`marina.run` arguments
-    (``run_kwargs``, e.g. ``network``).
+    (``run_kwargs``, e.g. ``network``). ``loggers``: tracker names (:mod:`marina.trackers`),
+    writing under ``out`` (else the working directory) with the run id as run name; not on
+    processes that do not write.
 
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
@@ -119,6 +122,8 @@ def execute(
         kwargs.update(checkpoint_path=str(ckpt), checkpoint_every=int(checkpoint_every))
     if progress is not None:
         kwargs["progress"] = progress
+    if loggers and write:
+        kwargs["loggers"] = trackers.make(loggers, root=out_path, run_name=config.run_id)
     try:
         result = run(
             method=config.method,

@@ -58,7 +58,9 @@ __all__ = [
     "SweepSpec",
     "expand",
     "load_sweep",
+    "parse_shard",
     "parse_sweep",
+    "shard",
     "validate",
 ]
 
@@ -283,3 +285,28 @@ def validate(
         rc = RunConfig(**cfg, device=device)
         out.setdefault(rc.run_id, rc)
     return list(out.values())
+
+
+# -- shards -------------------------------------------------------------------------------------------
+def parse_shard(text: str, name: str = "--shard") -> tuple[int, int]:
+    """``"I/N"`` (1-based, as ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) -> ``(I, N)``."""
+    index, sep, count = str(text).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = 0
+    if not sep or not 1 <= i <= n:
+        raise ConfigError(f"{name} {text!r}, must be I/N with integers 1 <= I <= N (e.g. 2/8)")
+    return i, n
+
+
+def shard(configs: Sequence[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """The configurations shard ``index`` of ``count`` owns: every ``count``-th of the grid in
+    run-id order, starting at the ``index``-th (1-based).
+
+    The assignment depends on the grid alone, not on what a results directory holds, so shards
+    started at different times, or started again after a kill, own disjoint sets covering the
+    grid; each then runs the configurations of its set not yet complete.
+    """
+    ordered = sorted(configs, key=lambda c: c.run_id)
+    return ordered[index - 1 :: count]

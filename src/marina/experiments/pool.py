@@ -51,6 +51,7 @@ def _worker_main(
     threads: int,
     parent: int,
     progress: bool,
+    loggers: list[str] | None = None,
 ) -> None:
     """A sweep worker process: run configurations from ``tasks`` until the None sentinel.
 
@@ -88,7 +89,12 @@ def _worker_main(
         try:
             problem = problems.get(config.problem, config.workers, config.split, config.device)
             record, _ = execute(
-                config, out, checkpoint_every=checkpoint_every, progress=callback, problem=problem
+                config,
+                out,
+                checkpoint_every=checkpoint_every,
+                progress=callback,
+                problem=problem,
+                loggers=loggers,
             )
             messages.put(("done", run_id, record["status"], record.get("message", "")))
         except Exception as exc:  # ConfigError re-raised by execute, or a failure to load
@@ -106,6 +112,7 @@ def run_sweep(
     rebuild_every: float = 5.0,
     cache: ProblemCache | None = None,
     threads: int | None = None,
+    loggers: list[str] | None = None,
 ) -> SweepSummary:
     """Run every configuration not yet complete in ``out``, ``jobs`` at a time.
 
@@ -115,7 +122,8 @@ def run_sweep(
     end, also when interrupted (Ctrl-C): rerunning the same sweep then finishes the rest.
     ``cache`` (e.g. the one :func:`validate` filled) serves the problems of in-process runs.
     ``threads``: torch threads per worker process (default: the cores divided among the jobs)
-    and, if given, for in-process runs.
+    and, if given, for in-process runs. ``loggers``: tracker names (:mod:`marina.trackers`)
+    every run also logs to, under ``out``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,9 +158,9 @@ def run_sweep(
             pass
         elif jobs <= 1 or len(todo) == 1:
             with torch_threads(threads):
-                _run_inline(todo, out, checkpoint_every, display, finished, cache or ProblemCache())
+                _run_inline(todo, out, checkpoint_every, display, finished, cache or ProblemCache(), loggers)
         else:
-            _run_pool(todo, out, min(jobs, len(todo)), checkpoint_every, display, finished, threads)
+            _run_pool(todo, out, min(jobs, len(todo)), checkpoint_every, display, finished, threads, loggers)
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
@@ -163,21 +171,28 @@ def run_sweep(
     return summary
 
 
-def _run_inline(todo, out, checkpoint_every, display, finished, cache: ProblemCache) -> None:
+def _run_inline(todo, out, checkpoint_every, display, finished, cache: ProblemCache, loggers=None) -> None:
     for cfg in todo:
         display.add(cfg.run_id, cfg.describe(), cfg.iterations)
         try:
             problem = cache.get(cfg.problem, cfg.workers, cfg.split, cfg.device)
             callback = display.callback(cfg.run_id)
             record, _ = execute(
-                cfg, out, checkpoint_every=checkpoint_every, progress=callback, problem=problem
+                cfg,
+                out,
+                checkpoint_every=checkpoint_every,
+                progress=callback,
+                problem=problem,
+                loggers=loggers,
             )
             finished(cfg, record["status"], record.get("message", ""))
         finally:
             display.remove(cfg.run_id)
 
 
-def _run_pool(todo, out, jobs, checkpoint_every, display, finished, threads: int | None) -> None:
+def _run_pool(
+    todo, out, jobs, checkpoint_every, display, finished, threads: int | None, loggers=None
+) -> None:
     ctx = multiprocessing.get_context("spawn")
     tasks, messages = ctx.Queue(), ctx.Queue()
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
@@ -186,7 +201,7 @@ def _run_pool(todo, out, jobs, checkpoint_every, display, finished, threads: int
         tasks.put(c.to_dict())
     for _ in range(jobs):
         tasks.put(None)
-    args = (tasks, messages, str(out), checkpoint_every, threads, os.getpid(), display.enabled)
+    args = (tasks, messages, str(out), checkpoint_every, threads, os.getpid(), display.enabled, loggers)
     procs: dict[int, Any] = {}
     running: dict[int, str] = {}  # pid -> run id
 

@@ -51,6 +51,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_parquet",
     "checkpoint_path",
+    "collect",
     "completed_run_ids",
     "history_frame",
     "jsonable",
@@ -290,6 +291,14 @@ def rebuild(out: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, Any]]]
         atomic_write_parquet(out / RESULTS_FILE, df)
         atomic_write_json(out / RUNS_FILE, records)
     return df, records
+
+
+def collect(out: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """:func:`rebuild` of an existing results directory (``marina collect DIR``)."""
+    out = Path(out)
+    if not (out / RUNS_DIR).is_dir():
+        raise ConfigError(f"{str(out)!r} is not a results directory: no {RUNS_DIR}/ folder in it")
+    return rebuild(out)
 
 
 def load_results(out: str | os.PathLike) -> pd.DataFrame:
