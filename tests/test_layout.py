@@ -40,3 +40,20 @@ def test_public_entry_points():
         assert name in marina.__all__, name
         assert getattr(marina, name) is not None
     assert callable(marina.distributed.run) and callable(marina.experiments.run_sweep)
+
+
+def test_net_specs_resolve_in_a_fresh_process_that_imports_only_problems():
+    """``import marina`` loads nothing eagerly, so the image specs must not rely on
+    ``marina.nets`` having been imported by someone else."""
+    import subprocess
+    import sys
+
+    data = Path(marina.__file__).parent / "data" / "fashion_mnist"
+    code = (
+        "import marina.problems as P, sys; "
+        f"p = P.get('fashion-mnist', data_dir={str(data)!r}, workers=2, train_samples=40); "
+        "print(type(p).__name__, 'marina.nets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "TorchModelProblem True"  # nets loaded by the spec itself

@@ -14,7 +14,6 @@ from torch import nn
 from marina.errors import ConfigError
 from marina.nets.datasets import ImageDataset, load_cifar100, load_fashion_mnist
 from marina.nets.models import resnet18, small_cnn
-from marina.problems import register_spec
 from marina.problems.torch_model import TorchModelProblem
 
 __all__ = ["cifar100", "fashion_mnist", "image_problem"]
@@ -83,7 +82,3 @@ def cifar100(
     data = load_cifar100(data_dir)
     net = model if model is not None else resnet18(num_classes=100, norm=norm)
     return image_problem(data, net, workers, name="cifar100", chunk_size=chunk_size, **options)
-
-
-for _name, _build in (("fashion-mnist", fashion_mnist), ("cifar100", cifar100)):
-    register_spec(_name, _build)

@@ -11,6 +11,7 @@ Every problem implements :class:`Problem` (``base.py``).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -66,7 +67,7 @@ def get(
     if os.fspath(spec) == "synthetic":
         return synthetic(workers=5 if workers is None else workers, seed=seed, **kwargs)
     name, sep, folder = os.fspath(spec).partition(":")
-    build = SPEC_BUILDERS.get(name)  # fashion-mnist, cifar100[:DIR]
+    build = _builder(name)  # fashion-mnist, cifar100[:DIR]
     if build is not None:
         if sep:
             if "data_dir" in kwargs:
@@ -78,13 +79,24 @@ def get(
     return libsvm(spec, workers=1 if workers is None else workers, seed=seed, **kwargs)
 
 
-SPEC_BUILDERS: dict[str, Callable[..., Problem]] = {}
+SPEC_BUILDERS: dict[str, str | Callable[..., Problem]] = {
+    "fashion-mnist": "marina.nets.tasks:fashion_mnist",
+    "cifar100": "marina.nets.tasks:cifar100",
+}
 """Spec names :func:`get` builds besides data sets and ``synthetic``: ``NAME`` or ``NAME:DIR``
 (``DIR`` sets ``data_dir``), called as ``build(workers, seed=seed, **options)``; workers default
-to 5 (the paper's neural-network experiment). :mod:`marina.nets` registers ``fashion-mnist`` and
-``cifar100`` (:func:`register_spec`)."""
+to 5 (the paper's neural-network experiment). A builder is a callable or ``"module:function"``,
+imported when first used (the image tasks of :mod:`marina.nets` build on this package)."""
 
 
-def register_spec(name: str, build: Callable[..., Problem]) -> None:
+def register_spec(name: str, build: str | Callable[..., Problem]) -> None:
     """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``."""
     SPEC_BUILDERS[name] = build
+
+
+def _builder(name: str) -> Callable[..., Problem] | None:
+    build = SPEC_BUILDERS.get(name)
+    if isinstance(build, str):
+        module, _, attr = build.partition(":")
+        build = SPEC_BUILDERS[name] = getattr(importlib.import_module(module), attr)
+    return build
