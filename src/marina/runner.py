@@ -239,7 +239,7 @@ def _setup(
         if isinstance(compressor, str)
         else compressors.get(compressor)
     )
-    if not getattr(Q, "unbiased", False):
+    if not getattr(Q, "unbiased", False) and not (cls.takes_contractive and Q.contractive):
         raise ConfigError(
             f"compressor {Q.spec!r} is biased; {cls.name} needs an unbiased compressor "
             f"(identity, randk:K, ...); a contractive one needs an error-feedback method"

@@ -229,7 +229,7 @@ def validate(
                 comp = compressors.get(spec, workers=cfg["workers"])
             except ConfigError as exc:
                 raise ConfigError(f"{names('compressors')} = {spec!r}: {exc}") from None
-            if not comp.unbiased:
+            if not comp.unbiased and not (cls.takes_contractive and comp.contractive):
                 raise ConfigError(
                     f"{names('compressors')} = {spec!r} is biased; {cls.name} needs an unbiased compressor"
                 )
