@@ -3,6 +3,7 @@ oracle calls, hand-computed theory stepsizes, and EF21's Lyapunov descent on eve
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -237,3 +238,34 @@ def test_ef21_topk_converges_with_theory_stepsizes(name):
     peak = max(errors)
     assert peak > 0
     assert errors[-1] < 0.05 * peak, (name, errors[-1], peak)
+
+
+# -- marina theory ---------------------------------------------------------------------------------
+def test_marina_theory_predicts_ef21_and_dasha_from_hand_formulas(capsys):
+    from marina.cli import main
+
+    tiny = ["--problem", "synthetic", "--workers", "3"]
+    assert main(["theory", *tiny, "--compressor", "randk:2", "--eps", "0.01", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)
+    prob = problems.get("synthetic", workers=3)
+    d, m, n = 10, 20, 3
+    delta0 = prob.loss(prob.initial_point()) + prob.nonconvexity * d
+    L_f, L = float(prob.L_f), float(prob.L)
+    rows = {r["label"]: r for r in t["methods"]}
+    # randk:2 on d = 10: omega = 4, scaled to alpha = 1/5; messages of 2 (32 + 4) = 72 bits
+    root = math.sqrt(0.8)
+    gamma_ef21 = 1 / (L_f + L * math.sqrt(0.8 / (1 - root) ** 2))
+    gamma_dasha = 1 / (L_f + math.sqrt(16 * 4 * 9 / n) * L)
+    for label, gamma in (("ef21", gamma_ef21), ("dasha", gamma_dasha)):
+        rounds = math.ceil(2 * delta0 / (gamma * 0.01**2))
+        got = rows[label]
+        assert got["stepsize"] == pytest.approx(gamma, rel=1e-12), label
+        assert got["rounds"] == rounds, label
+        assert got["bits_per_worker"] == pytest.approx(d * 32 + rounds * 72, rel=1e-12), label
+        assert got["oracle_calls"] == pytest.approx(m * (1 + rounds), rel=1e-12), label
+    assert rows["dasha"]["alpha"] == pytest.approx(1 / 9)  # a = 1/(2 omega + 1)
+    assert "ef21-sgd" not in rows and "dasha-mvr" not in rows  # guarantees need sigma
+    # a biased compressor: only the error-feedback rows
+    assert main(["theory", *tiny, "--compressor", "topk:2", "--json"]) == 0
+    labels = [r["label"] for r in json.loads(capsys.readouterr().out)["methods"]]
+    assert labels == ["ef21", "ef21-pp"]

@@ -467,3 +467,58 @@ def dasha_mvr_stepsize(
     c = _dasha_compression_term(omega, n)
     root = math.sqrt(48.0 * c * (L**2 + (1.0 - b) ** 2 * La**2 / B) + 12.0 * La**2 / (b * int(n) * B))
     return 1.0 / (_positive("L_f", L_f) + root)
+
+
+def predict_successor(
+    method: str,
+    *,
+    eps: float,
+    delta0: float,
+    d: int,
+    n: int,
+    m: int,
+    L: float,
+    L_f: float,
+    L_avg: float,
+    omega: float,
+    alpha: float,
+    message_bits: float,
+    wire_bits: int = 32,
+    batch_size: int | None = None,
+    participation: float | None = None,
+) -> Prediction:
+    """:func:`predict` for the successors whose guarantee is 2 Delta_0/(gamma K) with the dense
+    start g_i^0 = grad f_i(x^0) (the G^0 terms vanish): ``ef21`` (EF21, Theorem 1),
+    ``ef21-pp`` (the extensions paper's EF21-PP theorem), ``dasha`` (Theorem 6.1) and
+    ``dasha-page`` (Theorem 6.4). EF21-SGD and DASHA-MVR are not covered: their bounds add
+    terms of the unknown noise level sigma^2.
+
+    Per round: EF21 and DASHA one message and m oracle calls; EF21-PP q messages and q m calls on
+    average; DASHA-PAGE one message and p m + (1 - p) 2 B calls; plus the dense start (d values,
+    m calls).
+    """
+    eps2 = _positive("eps", eps) ** 2
+    dense = float(d) * wire_bits
+    msg = float(message_bits)
+    p = None
+    share, per_round_oracle = 1.0, float(m)
+    if method == "ef21":
+        gamma = ef21_stepsize(L_f, L, alpha)
+    elif method == "ef21-pp":
+        share = _probability("participation", 0.5 if participation is None else participation)
+        gamma = ef21_pp_stepsize(L_f, L, alpha, share)
+        per_round_oracle = share * float(m)
+    elif method == "dasha":
+        gamma = dasha_stepsize(L_f, L, omega, n)
+    elif method == "dasha-page":
+        B = int(batch_size or 1)
+        p = dasha_page_p(m, B)
+        gamma = dasha_page_stepsize(L_f, L, L_avg, omega, n, p, B)
+        per_round_oracle = p * float(m) + (1.0 - p) * 2.0 * B
+    else:
+        raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
+    K = max(1, math.ceil(2.0 * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
+    bits = dense + K * share * msg
+    oracle = float(m) + K * per_round_oracle
+    a = dasha_momentum(omega) if method.startswith("dasha") else None
+    return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, a)

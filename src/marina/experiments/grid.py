@@ -270,7 +270,7 @@ def validate(
                 raise ConfigError(f"{names('problems')} = {cfg['problem']!r}: {exc}") from None
             comp = compressors.get(cfg["compressor"], workers=cfg["workers"])
             try:
-                comp.omega(int(prob.dim))
+                comp.omega(int(prob.dim)) if comp.unbiased else comp.alpha(int(prob.dim))
             except ConfigError as exc:
                 raise ConfigError(
                     f"{names('compressors')} = {cfg['compressor']!r} on {cfg['problem']}: {exc}"
