@@ -471,19 +471,11 @@ def dasha_mvr_stepsize(
 
 def predict_successor(
     method: str,
+    setting,
     *,
     eps: float,
     delta0: float,
-    d: int,
-    n: int,
-    m: int,
-    L: float,
-    L_f: float,
-    L_avg: float,
-    omega: float,
-    alpha: float,
     message_bits: float,
-    wire_bits: int = 32,
     batch_size: int | None = None,
     participation: float | None = None,
 ) -> Prediction:
@@ -493,32 +485,33 @@ def predict_successor(
     ``dasha-page`` (Theorem 6.4). EF21-SGD and DASHA-MVR are not covered: their bounds add
     terms of the unknown noise level sigma^2.
 
-    Per round: EF21 and DASHA one message and m oracle calls; EF21-PP q messages and q m calls on
-    average; DASHA-PAGE one message and p m + (1 - p) 2 B calls; plus the dense start (d values,
-    m calls).
+    ``setting`` holds the constants (a :class:`marina.methods.Setting`: d, n, m, L, L_f, L_avg,
+    omega, alpha, wire_bits). Per round: EF21 and DASHA one message and m oracle calls; EF21-PP
+    q messages and q m calls on average; DASHA-PAGE one message and p m + (1 - p) 2 B calls;
+    plus the dense start (d values, m calls).
     """
+    s = setting
     eps2 = _positive("eps", eps) ** 2
-    dense = float(d) * wire_bits
-    msg = float(message_bits)
+    m = float(s.m)
     p = None
-    share, per_round_oracle = 1.0, float(m)
+    share, per_round_oracle = 1.0, m
     if method == "ef21":
-        gamma = ef21_stepsize(L_f, L, alpha)
+        gamma = ef21_stepsize(s.L_f, s.L, s.alpha)
     elif method == "ef21-pp":
         share = _probability("participation", 0.5 if participation is None else participation)
-        gamma = ef21_pp_stepsize(L_f, L, alpha, share)
-        per_round_oracle = share * float(m)
+        gamma = ef21_pp_stepsize(s.L_f, s.L, s.alpha, share)
+        per_round_oracle = share * m
     elif method == "dasha":
-        gamma = dasha_stepsize(L_f, L, omega, n)
+        gamma = dasha_stepsize(s.L_f, s.L, s.omega, s.n)
     elif method == "dasha-page":
         B = int(batch_size or 1)
-        p = dasha_page_p(m, B)
-        gamma = dasha_page_stepsize(L_f, L, L_avg, omega, n, p, B)
-        per_round_oracle = p * float(m) + (1.0 - p) * 2.0 * B
+        p = dasha_page_p(s.m, B)
+        gamma = dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B)
+        per_round_oracle = p * m + (1.0 - p) * 2.0 * B
     else:
         raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
     K = max(1, math.ceil(2.0 * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
-    bits = dense + K * share * msg
-    oracle = float(m) + K * per_round_oracle
-    a = dasha_momentum(omega) if method.startswith("dasha") else None
+    bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
+    oracle = m + K * per_round_oracle
+    a = dasha_momentum(s.omega) if method.startswith("dasha") else None
     return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, a)

@@ -163,18 +163,10 @@ def compute(
         if predicted in SUCCESSORS:
             pred = theory.predict_successor(
                 predicted,
+                setting,
                 eps=eps,
                 delta0=out["delta0"],
-                d=setting.d,
-                n=setting.n,
-                m=setting.m,
-                L=setting.L,
-                L_f=setting.L_f,
-                L_avg=setting.L_avg,
-                omega=setting.omega,
-                alpha=setting.alpha,
                 message_bits=bits,
-                wire_bits=setting.wire_bits,
                 batch_size=used.get("batch_size"),
                 participation=used.get("participation"),
             )
