@@ -269,3 +269,43 @@ def test_marina_theory_predicts_ef21_and_dasha_from_hand_formulas(capsys):
     assert main(["theory", *tiny, "--compressor", "topk:2", "--json"]) == 0
     labels = [r["label"] for r in json.loads(capsys.readouterr().out)["methods"]]
     assert labels == ["ef21", "ef21-pp"]
+
+
+# -- state -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, spec",
+    [
+        ("ef21", "topk:3"),
+        ("ef21-pp", "randk:3"),
+        ("ef21-sgd", "topk:3"),
+        ("dasha", "randk:3"),
+        ("dasha-page", "randk:3"),
+        ("dasha-mvr", "randk:3"),
+    ],
+)
+def test_state_dict_continues_bit_identically(prob, method, spec):
+    """5 rounds, state_dict, a fresh method loads it and does 7 more: the iterate and the
+    counters of 12 uninterrupted rounds, bit for bit (the randomness is keyed by the round)."""
+
+    def build():
+        net = SimulatedNetwork(prob.n_workers, SEED)
+        Q = compressors.get(spec)
+        cls = methods.get(method)
+        return cls(prob, net, Q, cls.resolve(methods.Setting.build(prob, net, Q, K), {})), net
+
+    whole, net_whole = build()
+    whole.start(prob.initial_point())
+    for _ in range(K):
+        whole.step()
+    first, net_first = build()
+    first.start(prob.initial_point())
+    for _ in range(5):
+        first.step()
+    second, net_second = build()
+    second.load_state_dict(first.state_dict())
+    net_second.load_counters(net_first.counters())
+    for _ in range(K - 5):
+        second.step()
+    assert torch.equal(second.x, whole.x)
+    assert second.oracle_calls == whole.oracle_calls
+    assert net_second.counters() == net_whole.counters()

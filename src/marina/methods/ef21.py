@@ -87,9 +87,10 @@ class EF21(Method):
         g = self.net.aggregate_dense(estimates, 0, self.dense)
         return EF21State(x=x0, g=g, estimates=estimates)
 
-    def _new_local_grads(self, k: int) -> Tensor | LazyRows:
-        """Step 3: grad f_i(x^{k+1}) of the hosted workers (lazy rows), oracle calls charged."""
-        self._charge_full()
+    def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor | LazyRows:
+        """Step 3: grad f_i(x^{k+1}) of the hosted workers (lazy rows), oracle calls charged to
+        the clients sending (``mult``, see :meth:`_participants`)."""
+        self._charge_full(None if mult is None else mult.double())
         return self.problem.lazy_local_grads(self.state.x)
 
     def _participants(self, k: int) -> Tensor | None:
@@ -107,7 +108,7 @@ class EF21(Method):
             self.k = k + 1  # no client takes part: nothing is computed or sent
             return
         # 3. local gradients at x^{k+1}
-        new_grads = self._new_local_grads(k)
+        new_grads = self._new_local_grads(k, mult)
         # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
         mean, local = self.net.aggregate(
             self.Q, new_grads - state.estimates, k, multiplicity=mult, return_local=True
@@ -154,13 +155,7 @@ class EF21PP(EF21):
 
     def _participants(self, k: int) -> Tensor:
         # each client takes part with probability q, from the shared stream
-        part = self._shared_uniforms("participation", k, self.net.n) < self.q
-        self._part = part
-        return part.to(torch.int64)
-
-    def _new_local_grads(self, k: int) -> Tensor | LazyRows:
-        self._charge_full(self._part.double())  # participating clients only
-        return self.problem.lazy_local_grads(self.state.x)
+        return (self._shared_uniforms("participation", k, self.net.n) < self.q).to(torch.int64)
 
 
 class EF21SGD(EF21):
@@ -191,7 +186,7 @@ class EF21SGD(EF21):
         super().__init__(problem, network, compressor, params)
         self.b = int(self.params["batch_size"])
 
-    def _new_local_grads(self, k: int) -> Tensor:
+    def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor:
         # 3. minibatch gradient at x^{k+1} on b samples without replacement
         idx = self._minibatch(self.b, k)
         self.oracle_calls += float(self.b)
