@@ -11,6 +11,7 @@ import torch
 
 import marina
 from marina import compressors, methods, problems, theory
+from marina.cli import main
 from marina.errors import ConfigError
 from marina.methods.base import SHARED_BLOCK
 from marina.network.simulated import SimulatedNetwork
@@ -242,8 +243,6 @@ def test_ef21_topk_converges_with_theory_stepsizes(name):
 
 # -- marina theory ---------------------------------------------------------------------------------
 def test_marina_theory_predicts_ef21_and_dasha_from_hand_formulas(capsys):
-    from marina.cli import main
-
     tiny = ["--problem", "synthetic", "--workers", "3"]
     assert main(["theory", *tiny, "--compressor", "randk:2", "--eps", "0.01", "--json"]) == 0
     t = json.loads(capsys.readouterr().out)
