@@ -361,7 +361,9 @@ def predict(
 # Richtarik, Sokolov, Fatkhullin, "EF21: A New, Simpler, Theoretically Better, and Practically
 # Faster Error Feedback", NeurIPS 2021 ("EF21" below); Fatkhullin, Sokolov, Gorbunov, Li,
 # Richtarik, "EF21 with Bells & Whistles", 2021 ("the extensions paper"). There L is the
-# smoothness of f (our L_f) and L-tilde = sqrt(mean_i L_i^2) (our L).
+# smoothness of f (our L_f) and L-tilde = sqrt(mean_i L_i^2) (our L). The EF21-PP and EF21-SGD
+# constants below are our reading of the extensions paper's theorems, written without its text
+# at hand: check them against it before relying on the exact constants.
 def ef21_theta_beta(alpha: float) -> tuple[float, float]:
     """(theta, beta) = (1 - sqrt(1 - alpha), (1 - alpha)/(1 - sqrt(1 - alpha))): EF21, Lemma 3
     with Young's parameter s = 1/sqrt(1 - alpha) - 1, the choice of Theorem 1 (beta = 0 at
@@ -410,7 +412,9 @@ def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
 # -- DASHA family (Tyurin and Richtarik, "DASHA: Distributed Nonconvex Optimization with
 # Communication Compression and Optimal Oracle Complexity", ICLR 2023) ----------------------------
 # There L is the smoothness of f (our L_f), L-hat = sqrt(mean_i L_i^2) (our L), L_max (PAGE) and
-# L_sigma (MVR) the mean-squared smoothness of the sampled components (our L_avg).
+# L_sigma (MVR) the mean-squared smoothness of the sampled components (our L_avg). The constants
+# 16, 48, 2 and 12 of Theorems 6.1, 6.4 and 6.7 are our reading of the paper, written without
+# its text at hand: check them against it before relying on the exact constants.
 def dasha_momentum(omega: float) -> float:
     """a = 1/(2 omega + 1) (DASHA, Theorems 6.1, 6.4 and 6.7)."""
     return 1.0 / (2.0 * _nonnegative("omega", omega) + 1.0)
