@@ -15,6 +15,11 @@ For each (data set, n) it prints, in the same run:
   <= 2 at n = 1000) and whether this run meets it. RandK rounds read only the K sent entries
   of the local gradients (MARINA's compressed rounds, QGD, DIANA, PP-MARINA), so they can
   cost less than the floor: the whole A^T w product is skipped;
+- the successors EF21, EF21-PP, EF21-SGD (with topk:1: TopK reads every entry, so an EF21
+  round materialises the dense local gradients, A x and the whole A^T w: a dense gradient per
+  round is inherent to EF21, about the floor; EF21-SGD only a minibatch), DASHA, DASHA-PAGE
+  and DASHA-MVR (randk:1; DASHA keeps h_i = grad f_i dense, so it too costs a dense gradient
+  a round), no target;
 - VR-MARINA with every round compressed (p forced to 1e-12) for growing b': the time of a
   compressed round grows with b', not with m (O(b') oracle cost), next to a dense round.
 
@@ -42,6 +47,9 @@ _spec.loader.exec_module(_bench)
 best_of, csr = _bench.best_of, _bench.csr
 
 METHODS = ["gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina"]
+METHODS += ["ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr"]
+COMPRESSOR = {"ef21": "topk:1", "ef21-pp": "topk:1", "ef21-sgd": "topk:1"}
+"""The compressor of each method's row (randk:1 where absent): EF21 with the contractive TopK."""
 TARGETS = {5: 1.3, 1000: 2.0}  # median x floor for MARINA, DIANA and QGD, by number of workers
 TARGETED = ("marina", "diana", "qgd")
 
@@ -106,16 +114,17 @@ def report_case(name: str, n: int, args: argparse.Namespace) -> None:
         print(f"  {label:26s} {t * 1e3:8.3f} ms   {note}")
     target = TARGETS.get(n)
     print(
-        f"  {'method':10s} {'med ms':>8s} {'rounds/s':>9s} {'med floor':>9s} {'x floor':>8s} "
+        f"  {'method':10s} {'comp':7s} {'med ms':>8s} {'rounds/s':>9s} {'med floor':>9s} {'x floor':>8s} "
         f"{'min ms':>8s} {'min floor':>9s} {'x floor':>8s}  target"
     )
     for method in args.methods:
-        med, fmed, low, flow = method_time(prob, floor, method, args.rounds)
+        spec = COMPRESSOR.get(method, "randk:1")
+        med, fmed, low, flow = method_time(prob, floor, method, args.rounds, spec)
         verdict = ""
         if target is not None and method in TARGETED:
             verdict = f"<= {target}: {'met' if med / fmed <= target else 'MISSED'}"
         print(
-            f"  {method:10s} {med * 1e3:8.3f} {1 / med:9.1f} {fmed * 1e3:9.3f} {med / fmed:8.2f} "
+            f"  {method:10s} {spec:7s} {med * 1e3:8.3f} {1 / med:9.1f} {fmed * 1e3:9.3f} {med / fmed:8.2f} "
             f"{low * 1e3:8.3f} {flow * 1e3:9.3f} {low / flow:8.2f}  {verdict}"
         )
 

@@ -34,7 +34,26 @@ from marina.rng import Randomness
 from marina.testing import free_port, rank_environ
 
 WORLD = 3
-METHODS = ("marina", "vr-marina", "diana", "pp-marina")
+RUNS = {
+    name: (name.split()[0], name.split()[1] if " " in name else "randk:3")
+    for name in (
+        "marina",
+        "vr-marina",
+        "diana",
+        "pp-marina",
+        "ef21",  # randk:3 scaled to a contractive compressor
+        "ef21 topk:3",
+        "ef21-pp topk:3",
+        "ef21-sgd topk:3",
+        "dasha",
+        "dasha-page",
+        "dasha-mvr",
+    )
+}
+"""Runs compared with the simulation: name -> (method, compressor); topk:3 sends messages of
+randk:3's size (3 values and their indices)."""
+PARTIAL = ("pp-marina", "ef21-pp")
+"""Methods where only some clients send in a compressed round."""
 SYNTHETIC = {"workers": 6, "dim": 40, "samples": 30, "seed": 3}
 ITERATIONS = 30
 CLI_SYNTHETIC = ["run", "--backend", "torch-distributed", "--problem", "synthetic", "--workers", "3"]
@@ -110,18 +129,18 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
     with distributed.init("cpu", timeout_s=30) as session:
         hosted = session.hosted_workers(SYNTHETIC["workers"])
         prob = problems.synthetic(**SYNTHETIC, hosted_workers=hosted)
-        for method in METHODS:
+        for name, (method, spec) in RUNS.items():
             res = distributed.run(
                 method=method,
                 problem=prob,
                 workers=SYNTHETIC["workers"],
-                compressor="randk:3",
+                compressor=spec,
                 iterations=ITERATIONS,
                 seed=seed,
                 log_every=1,
                 keep_log=True,
             )
-            report["runs"][method] = {
+            report["runs"][name] = {
                 "history": res.history.to_dict(orient="list"),
                 "counters": res.config["network"],
                 "exchanges": res.config["exchanges"],
@@ -243,33 +262,35 @@ def equivalence(tmp_path_factory):
     return seed, reports
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_three_processes_follow_the_simulated_trajectory(equivalence, method):
+@pytest.mark.parametrize("name", RUNS)
+def test_three_processes_follow_the_simulated_trajectory(equivalence, name):
     seed, reports = equivalence
+    method, spec = RUNS[name]
     sim = marina.run(
         method=method,
         problem=problems.synthetic(**SYNTHETIC),
-        compressor="randk:3",
+        compressor=spec,
         iterations=ITERATIONS,
         seed=seed,
         log_every=1,
     )
     expected = sim.history
     for report in reports:  # every rank holds the same history
-        got = pd.DataFrame(report["runs"][method]["history"])
+        got = pd.DataFrame(report["runs"][name]["history"])
         assert got["iteration"].tolist() == expected["iteration"].tolist()
         rel = ((got["grad_norm_sq"] - expected["grad_norm_sq"]).abs() / expected["grad_norm_sq"]).max()
         assert rel <= 1e-10, f"seed {seed}, rank {report['rank']}: relative difference {rel}"
         for column in ("bits_up", "bits_down", "oracle_calls"):
             assert got[column].tolist() == expected[column].tolist(), (seed, column)
         # the wire counters are history columns too (cumulative, equal on every rank)
-        assert got["wire_bytes"].iloc[-1] == report["runs"][method]["counters"]["wire_bytes"]
+        assert got["wire_bytes"].iloc[-1] == report["runs"][name]["counters"]["wire_bytes"]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equivalence, method):
+@pytest.mark.parametrize("name", RUNS)
+def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equivalence, name):
     seed, reports = equivalence
-    run = reports[0]["runs"][method]
+    method = RUNS[name][0]
+    run = reports[0]["runs"][name]
     W, n = WORLD, SYNTHETIC["workers"]
     n_local = n // W
     d = SYNTHETIC["dim"]
@@ -283,7 +304,7 @@ def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equiva
         assert all(b % msg == 0 for b in per_rank)
         assert ex["size_bytes"] == W * ex["slots"] * SIZE_BYTES
         assert ex["slots"] == max(per_rank) // msg  # the largest number of messages of a rank
-        if method != "pp-marina" or ex["stream"] == "dense":  # one message per worker
+        if method not in PARTIAL or ex["stream"] == "dense":  # one message per worker
             assert per_rank == [n_local * msg] * W and ex["padding_bytes"] == 0
         assert ex["padding_bytes"] == W * max(per_rank) - sum(per_rank)
         assert ex["wire_bytes"] == (W - 1) * (ex["size_bytes"] + ex["payload_bytes"] + ex["padding_bytes"])
@@ -297,7 +318,7 @@ def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equiva
         <= 8 * run["counters"]["payload_bytes"]
         < run["counters"]["bits_up"] + 8 * sum(ex["messages"] for ex in run["exchanges"])
     )
-    if method == "pp-marina":  # clients not drawn send nothing: some rank had no message at all
+    if method in PARTIAL:  # clients not drawn send nothing: some rank had no message at all
         assert any(0 in ex["rank_bytes"] for ex in run["exchanges"] if ex["stream"] != "dense")
 
 

@@ -13,6 +13,7 @@ from marina.errors import ConfigError
 
 MESSAGE = "smoothness constants unknown here: pass stepsize=..."
 METHODS = ["gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina"]
+METHODS += ["ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr"]
 
 
 def _unknown(self):
@@ -52,8 +53,8 @@ def test_explicit_stepsize_gives_the_same_run_as_with_constants(method):
         torch.tensor(blind.history[cols].to_numpy()), torch.tensor(known.history[cols].to_numpy())
     )
     assert blind.params["stepsize"] == 0.02
-    # parameters that do not involve L (p, alpha, b', r) keep their theory values
-    for key in ("p", "alpha", "batch_size", "clients"):
+    # parameters that do not involve L (p, alpha, b', r, q, a, b) keep their theory values
+    for key in ("p", "alpha", "batch_size", "clients", "participation", "momentum", "mvr_momentum"):
         assert blind.params.get(key) == known.params.get(key)
 
 

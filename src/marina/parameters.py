@@ -22,7 +22,21 @@ from marina.errors import ConfigError
 
 __all__ = ["PARAMETERS", "Parameter", "by_name", "names", "of_method"]
 
-STEPSIZE_METHODS = ("gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina")
+STEPSIZE_METHODS = (
+    "gd",
+    "qgd",
+    "diana",
+    "vr-diana",
+    "marina",
+    "vr-marina",
+    "pp-marina",
+    "ef21",
+    "ef21-pp",
+    "ef21-sgd",
+    "dasha",
+    "dasha-page",
+    "dasha-mvr",
+)
 """Every method takes ``stepsize`` and ``stepsize_multiplier``."""
 
 _DTYPES = {float: "float64", int: "Int64", bool: "boolean"}
@@ -127,8 +141,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "p",
         float,
         "probability",
-        ("marina", "vr-marina", "pp-marina"),
-        "probability of a dense round (MARINA family), in (0, 1]",
+        ("marina", "vr-marina", "pp-marina", "dasha-page"),
+        "probability of a dense round (MARINA family) or of a full gradient (DASHA-PAGE), in (0, 1]",
         "p",
     ),
     Parameter("alpha", float, "probability", ("diana", "vr-diana"), "DIANA shift stepsize, in (0, 1]", "α"),
@@ -136,8 +150,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         "batch_size",
         int,
         "count",
-        ("vr-marina", "vr-diana"),
-        "b', minibatch of VR-MARINA / VR-DIANA (default m/100)",
+        ("vr-marina", "vr-diana", "ef21-sgd", "dasha-page", "dasha-mvr"),
+        "b', minibatch of VR-MARINA / VR-DIANA / EF21-SGD / DASHA-PAGE / DASHA-MVR (default m/100)",
         "b'",
         bound="m_min",
         bound_text="b', at most the smallest local data set m",
@@ -165,12 +179,36 @@ PARAMETERS: tuple[Parameter, ...] = (
         "dense_batch_size",
         int,
         "count",
-        ("vr-marina",),
-        "VR-MARINA online: b, minibatch of the dense rounds (samples drawn with replacement)",
+        ("vr-marina", "dasha-mvr"),
+        "VR-MARINA online / DASHA-MVR: b, minibatch of the dense rounds (drawn with replacement)",
         "b",
         bound_text="b, samples drawn with replacement",
     ),
     Parameter("mu", float, "positive", ("marina",), "MARINA: PL constant (stepsize of Theorem 2.2)", "μ"),
+    Parameter(
+        "participation",
+        float,
+        "probability",
+        ("ef21-pp",),
+        "EF21-PP: probability that a client takes part in a round",
+        "q",
+    ),
+    Parameter(
+        "momentum",
+        float,
+        "probability",
+        ("dasha", "dasha-page", "dasha-mvr"),
+        "DASHA: momentum a of the compressed messages (default 1/(2 omega + 1))",
+        "a",
+    ),
+    Parameter(
+        "mvr_momentum",
+        float,
+        "probability",
+        ("dasha-mvr",),
+        "DASHA-MVR: momentum b of the variance reduction",
+        "b (MVR)",
+    ),
 )
 """Every method parameter, in the order of columns, flags and messages."""
 

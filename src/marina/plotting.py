@@ -86,6 +86,12 @@ METHOD_NAMES = {
     "marina": "MARINA",
     "vr-marina": "VR-MARINA",
     "pp-marina": "PP-MARINA",
+    "ef21": "EF21",
+    "ef21-pp": "EF21-PP",
+    "ef21-sgd": "EF21-SGD",
+    "dasha": "DASHA",
+    "dasha-page": "DASHA-PAGE",
+    "dasha-mvr": "DASHA-MVR",
 }
 
 # Columns that identify a configuration (seed and run_id are what varies inside one).
@@ -249,7 +255,12 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq", band: s
 
 
 _METHOD_ORDER = {
-    m: i for i, m in enumerate(("marina", "vr-marina", "pp-marina", "diana", "vr-diana", "qgd", "gd"))
+    m: i
+    for i, m in enumerate(
+        ("marina", "vr-marina", "pp-marina")
+        + ("ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr")
+        + ("diana", "vr-diana", "qgd", "gd")
+    )
 }
 
 

@@ -148,11 +148,13 @@ def run(
     """Run ``method`` on ``problem`` split among ``workers`` for ``iterations`` rounds.
 
     Args:
-        method: gd, qgd, diana, vr-diana, marina, vr-marina, pp-marina.
+        method: gd, qgd, diana, vr-diana, marina, vr-marina, pp-marina, ef21, ef21-pp, ef21-sgd,
+            dasha, dasha-page, dasha-mvr.
         problem: a :class:`marina.problems.Problem`, a bundled data set name (``"a9a"``,
             ``"mushrooms"``, ...), a LibSVM file path or ``"synthetic"``.
-        compressor: spec string (``"randk:1"``) or a compressor object; must be unbiased.
-            GD uses only its wire precision.
+        compressor: spec string (``"randk:1"``) or a compressor object; must be unbiased, except
+            for the EF21 family, which also takes contractive ones (``topk:K``). GD uses only its
+            wire precision.
         workers: number of workers n (a problem object already fixes it).
         iterations: number of communication rounds K (>= 1).
         seed: keys every random draw (coins, compressors, minibatches, clients).
@@ -171,7 +173,8 @@ def run(
             objects from :func:`marina.trackers.make` (see :mod:`marina.trackers`).
         **params: overrides: ``stepsize`` or ``stepsize_multiplier`` (times the theory
             stepsize), ``p``, ``alpha``, ``batch_size`` (b'), ``clients`` (r), ``refresh_p``,
-            ``online``, ``dense_batch_size`` (b), ``mu`` (PL constant, marina) as the method
+            ``online``, ``dense_batch_size`` (b), ``mu`` (PL constant, marina), ``participation``
+            (EF21-PP), ``momentum`` (DASHA's a), ``mvr_momentum`` (DASHA-MVR's b) as the method
             accepts them.
 
     Returns:
@@ -254,7 +257,7 @@ def _setup(
         if isinstance(compressor, str)
         else compressors.get(compressor)
     )
-    if not getattr(Q, "unbiased", False):
+    if not getattr(Q, "unbiased", False) and not (cls.takes_contractive and Q.contractive):
         raise ConfigError(
             f"compressor {Q.spec!r} is biased; {cls.name} needs an unbiased compressor "
             f"(identity, randk:K, ...); a contractive one needs an error-feedback method"

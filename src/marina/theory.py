@@ -355,3 +355,167 @@ def predict(
             "vr-marina-online, pp-marina"
         )
     return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, alpha)
+
+
+# -- EF21 family (error feedback with contractive compressors) -------------------------------------
+# Richtarik, Sokolov, Fatkhullin, "EF21: A New, Simpler, Theoretically Better, and Practically
+# Faster Error Feedback", NeurIPS 2021 ("EF21" below); Fatkhullin, Sokolov, Gorbunov, Li,
+# Richtarik, "EF21 with Bells & Whistles", 2021 ("the extensions paper"). There L is the
+# smoothness of f (our L_f) and L-tilde = sqrt(mean_i L_i^2) (our L). The EF21-PP and EF21-SGD
+# constants below are our reading of the extensions paper's theorems, written without its text
+# at hand: check them against it before relying on the exact constants.
+def ef21_theta_beta(alpha: float) -> tuple[float, float]:
+    """(theta, beta) = (1 - sqrt(1 - alpha), (1 - alpha)/(1 - sqrt(1 - alpha))): EF21, Lemma 3
+    with Young's parameter s = 1/sqrt(1 - alpha) - 1, the choice of Theorem 1 (beta = 0 at
+    alpha = 1)."""
+    alpha = _probability("alpha", alpha)
+    root = math.sqrt(1.0 - alpha)
+    return 1.0 - root, (1.0 - alpha) / (1.0 - root)
+
+
+def ef21_stepsize(L_f: float, L: float, alpha: float) -> float:
+    """gamma = 1/(L_f + L sqrt(beta/theta)) (EF21, Theorem 1); alpha = 1 gives GD's 1/L_f."""
+    theta, beta = ef21_theta_beta(alpha)
+    return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(beta / theta))
+
+
+def ef21_pp_theta_beta(alpha: float, participation: float) -> tuple[float, float]:
+    """(theta_p, beta_p) of EF21-PP (the extensions paper, partial-participation theorem) with
+    every client taking part with probability q = ``participation`` (p_min = p_max = q):
+    theta_p = rho q + theta q - rho, beta_p = beta q + (1 + 1/rho)(1 - q), with the free
+    rho = theta q/(2 (1 - q)) (our choice; the theorem asks only theta_p > 0), so
+    theta_p = theta q/2. q = 1 gives EF21's (theta, beta)."""
+    theta, beta = ef21_theta_beta(alpha)
+    q = _probability("participation", participation)
+    if q == 1.0:
+        return theta, beta
+    rho = theta * q / (2.0 * (1.0 - q))
+    return rho * q + theta * q - rho, beta * q + (1.0 + 1.0 / rho) * (1.0 - q)
+
+
+def ef21_pp_stepsize(L_f: float, L: float, alpha: float, participation: float) -> float:
+    """gamma = 1/(L_f + L sqrt(beta_p/theta_p)) (EF21-PP, the extensions paper), with
+    (theta_p, beta_p) of :func:`ef21_pp_theta_beta`."""
+    theta, beta = ef21_pp_theta_beta(alpha, participation)
+    return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(beta / theta))
+
+
+def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
+    """gamma = 1/(L_f + L sqrt(beta_1/theta)) with beta_1 = 2 beta (EF21-SGD, the extensions
+    paper: the estimator's error splits by Young's inequality into the compression part and the
+    minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). The noise adds a
+    neighbourhood to the guarantee, not a smaller stepsize."""
+    theta, beta = ef21_theta_beta(alpha)
+    return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(2.0 * beta / theta))
+
+
+# -- DASHA family (Tyurin and Richtarik, "DASHA: Distributed Nonconvex Optimization with
+# Communication Compression and Optimal Oracle Complexity", ICLR 2023) ----------------------------
+# There L is the smoothness of f (our L_f), L-hat = sqrt(mean_i L_i^2) (our L), L_max (PAGE) and
+# L_sigma (MVR) the mean-squared smoothness of the sampled components (our L_avg). The constants
+# 16, 48, 2 and 12 of Theorems 6.1, 6.4 and 6.7 are our reading of the paper, written without
+# its text at hand: check them against it before relying on the exact constants.
+def dasha_momentum(omega: float) -> float:
+    """a = 1/(2 omega + 1) (DASHA, Theorems 6.1, 6.4 and 6.7)."""
+    return 1.0 / (2.0 * _nonnegative("omega", omega) + 1.0)
+
+
+def _dasha_compression_term(omega: float, n: int) -> float:
+    """omega (2 omega + 1)/n, the compression factor of every DASHA stepsize."""
+    omega = _nonnegative("omega", omega)
+    return omega * (2.0 * omega + 1.0) / int(n)
+
+
+def dasha_stepsize(L_f: float, L: float, omega: float, n: int) -> float:
+    """gamma = 1/(L_f + sqrt(16 omega (2 omega + 1)/n) L) (DASHA, Theorem 6.1)."""
+    root = math.sqrt(16.0 * _dasha_compression_term(omega, n))
+    return 1.0 / (_positive("L_f", L_f) + root * _positive("L", L))
+
+
+def dasha_page_p(m: int, batch_size: int) -> float:
+    """p = B/(m + B) (DASHA, Corollary 6.5)."""
+    return int(batch_size) / (int(m) + int(batch_size))
+
+
+def dasha_page_stepsize(
+    L_f: float, L: float, L_avg: float, omega: float, n: int, p: float, batch_size: int
+) -> float:
+    """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-p) L_max^2/B)
+    + 2 (1-p) L_max^2/(p n B))) with L_max = L_avg (DASHA-PAGE, Theorem 6.4)."""
+    p = _probability("p", p)
+    B = int(batch_size)
+    L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
+    c = _dasha_compression_term(omega, n)
+    root = math.sqrt(48.0 * c * (L**2 + (1.0 - p) * La**2 / B) + 2.0 * (1.0 - p) * La**2 / (p * int(n) * B))
+    return 1.0 / (_positive("L_f", L_f) + root)
+
+
+def dasha_mvr_momentum(omega: float, batch_size: int, dense_batch_size: int) -> float:
+    """b = min(sqrt(B/B_0)/omega, B/B_0) (DASHA-MVR, Corollary 6.8, b = min((1/omega)
+    sqrt(n eps B/sigma^2), n eps B/sigma^2), with the unknown sigma^2/(n eps) replaced by the
+    initial batch B_0 = ``dense_batch_size``: the batch that makes one minibatch gradient
+    eps-accurate, as in the corollary's choice of B_init)."""
+    ratio = int(batch_size) / int(dense_batch_size)
+    omega = _nonnegative("omega", omega)
+    return min(1.0, ratio if omega == 0 else min(math.sqrt(ratio) / omega, ratio))
+
+
+def dasha_mvr_stepsize(
+    L_f: float, L: float, L_avg: float, omega: float, n: int, b: float, batch_size: int
+) -> float:
+    """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-b)^2 L_sigma^2/B)
+    + 12 L_sigma^2/(b n B))) with L_sigma = L_avg (DASHA-MVR, Theorem 6.7)."""
+    b = _probability("mvr_momentum", b)
+    B = int(batch_size)
+    L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
+    c = _dasha_compression_term(omega, n)
+    root = math.sqrt(48.0 * c * (L**2 + (1.0 - b) ** 2 * La**2 / B) + 12.0 * La**2 / (b * int(n) * B))
+    return 1.0 / (_positive("L_f", L_f) + root)
+
+
+def predict_successor(
+    method: str,
+    setting,
+    *,
+    eps: float,
+    delta0: float,
+    message_bits: float,
+    batch_size: int | None = None,
+    participation: float | None = None,
+) -> Prediction:
+    """:func:`predict` for the successors whose guarantee is 2 Delta_0/(gamma K) with the dense
+    start g_i^0 = grad f_i(x^0) (the G^0 terms vanish): ``ef21`` (EF21, Theorem 1),
+    ``ef21-pp`` (the extensions paper's EF21-PP theorem), ``dasha`` (Theorem 6.1) and
+    ``dasha-page`` (Theorem 6.4). EF21-SGD and DASHA-MVR are not covered: their bounds add
+    terms of the unknown noise level sigma^2.
+
+    ``setting`` holds the constants (a :class:`marina.methods.Setting`: d, n, m, L, L_f, L_avg,
+    omega, alpha, wire_bits). Per round: EF21 and DASHA one message and m oracle calls; EF21-PP
+    q messages and q m calls on average; DASHA-PAGE one message and p m + (1 - p) 2 B calls;
+    plus the dense start (d values, m calls).
+    """
+    s = setting
+    eps2 = _positive("eps", eps) ** 2
+    m = float(s.m)
+    p = None
+    share, per_round_oracle = 1.0, m
+    if method == "ef21":
+        gamma = ef21_stepsize(s.L_f, s.L, s.alpha)
+    elif method == "ef21-pp":
+        share = _probability("participation", 0.5 if participation is None else participation)
+        gamma = ef21_pp_stepsize(s.L_f, s.L, s.alpha, share)
+        per_round_oracle = share * m
+    elif method == "dasha":
+        gamma = dasha_stepsize(s.L_f, s.L, s.omega, s.n)
+    elif method == "dasha-page":
+        B = int(batch_size or 1)
+        p = dasha_page_p(s.m, B)
+        gamma = dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B)
+        per_round_oracle = p * m + (1.0 - p) * 2.0 * B
+    else:
+        raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
+    K = max(1, math.ceil(2.0 * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
+    bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
+    oracle = m + K * per_round_oracle
+    a = dasha_momentum(s.omega) if method.startswith("dasha") else None
+    return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, a)

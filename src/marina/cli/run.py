@@ -106,7 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how rows are divided: contiguous (default), shuffled, dirichlet",
     )
     g.add_argument(
-        "--method", default="marina", help="gd, qgd, diana, vr-diana, marina (default), vr-marina, pp-marina"
+        "--method",
+        default="marina",
+        help="gd, qgd, diana, vr-diana, marina (default), vr-marina, pp-marina, ef21, ef21-pp, "
+        "ef21-sgd, dasha, dasha-page, dasha-mvr",
     )
     g.add_argument(
         "--compressor", default="randk:1", help="compressor spec, e.g. randk:5, identity (default randk:1)"
@@ -207,9 +210,8 @@ def _summary(record: dict[str, Any]) -> str:
             )
         )
     params = record.get("params") or {}
-    shown = {
-        k: v for k, v in params.items() if k in ("stepsize", "p", "alpha", "batch_size", "clients", "omega")
-    }
+    keys = ("stepsize", "p", "alpha", "batch_size", "clients", "participation", "momentum", "mvr_momentum")
+    shown = {k: v for k, v in params.items() if k in keys + ("omega", "contraction") and v is not None}
     if shown:
         lines.append(
             "parameters: "

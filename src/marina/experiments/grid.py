@@ -231,7 +231,7 @@ def validate(
                 comp = compressors.get(spec, workers=cfg["workers"])
             except ConfigError as exc:
                 raise ConfigError(f"{names('compressors')} = {spec!r}: {exc}") from None
-            if not comp.unbiased:
+            if not comp.unbiased and not (cls.takes_contractive and comp.contractive):
                 raise ConfigError(
                     f"{names('compressors')} = {spec!r} is biased; {cls.name} needs an unbiased compressor"
                 )
@@ -272,7 +272,7 @@ def validate(
                 raise ConfigError(f"{names('problems')} = {cfg['problem']!r}: {exc}") from None
             comp = compressors.get(cfg["compressor"], workers=cfg["workers"])
             try:
-                comp.omega(int(prob.dim))
+                comp.omega(int(prob.dim)) if comp.unbiased else comp.alpha(int(prob.dim))
             except ConfigError as exc:
                 raise ConfigError(
                     f"{names('compressors')} = {cfg['compressor']!r} on {cfg['problem']}: {exc}"

@@ -10,6 +10,12 @@ name           class                                    reference
 ``marina``     :class:`~marina.methods.marina.MARINA`   Algorithm 1, Theorems 2.1 / 2.2
 ``vr-marina``  :class:`~marina.methods.marina.VRMARINA` Algorithms 2 and 3, Theorems 3.1 / 3.2
 ``pp-marina``  :class:`~marina.methods.marina.PPMARINA` Algorithm 4, Theorem 4.1
+``ef21``       :class:`~marina.methods.ef21.EF21`       Richtarik, Sokolov, Fatkhullin 2021, Thm 1
+``ef21-pp``    :class:`~marina.methods.ef21.EF21PP`     Fatkhullin et al. 2021, partial participation
+``ef21-sgd``   :class:`~marina.methods.ef21.EF21SGD`    Fatkhullin et al. 2021, minibatch gradients
+``dasha``      :class:`~marina.methods.dasha.DASHA`     Tyurin & Richtarik 2023, Theorem 6.1
+``dasha-page`` :class:`~marina.methods.dasha.DASHAPAGE` Tyurin & Richtarik 2023, Theorem 6.4
+``dasha-mvr``  :class:`~marina.methods.dasha.DASHAMVR`  Tyurin & Richtarik 2023, Theorem 6.7
 =============  =======================================  ==========================================
 """
 
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 from marina.errors import ConfigError
 from marina.methods.base import Method, Setting
+from marina.methods.dasha import DASHA, DASHAMVR, DASHAPAGE
 from marina.methods.dcgd import QGD
 from marina.methods.diana import DIANA, VRDIANA
+from marina.methods.ef21 import EF21, EF21PP, EF21SGD
 from marina.methods.gd import GD
 from marina.methods.marina import MARINA, PPMARINA, VRMARINA
 
@@ -34,10 +42,18 @@ __all__ = [
     "MARINA",
     "VRMARINA",
     "PPMARINA",
+    "EF21",
+    "EF21PP",
+    "EF21SGD",
+    "DASHA",
+    "DASHAPAGE",
+    "DASHAMVR",
 ]
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (GD, QGD, DIANA, VRDIANA, MARINA, VRMARINA, PPMARINA)
+    cls.name: cls
+    for cls in (GD, QGD, DIANA, VRDIANA, MARINA, VRMARINA, PPMARINA)
+    + (EF21, EF21PP, EF21SGD, DASHA, DASHAPAGE, DASHAMVR)
 }
 
 

@@ -65,8 +65,11 @@ class Setting:
     Attributes:
         d: dimension; n: number of workers; m: largest local data set; m_min: smallest one;
         L: sqrt(mean_i L_i^2); L_max: max_i L_i; L_f: smoothness of f; L_avg: average smoothness
-        of minibatch differences (script-L); omega, zeta: of the compressor at dimension d;
-        wire_bits: bits of one dense value on the wire; iterations: number of rounds K;
+        of minibatch differences (script-L); omega, zeta: of the compressor at dimension d
+        (omega NaN for a biased one); alpha: contraction ||C(x) - x||^2 <= (1 - alpha) ||x||^2
+        of the compressor, or of Q/(1 + omega) for an unbiased Q that is not contractive
+        (the error-feedback methods' compressor); wire_bits: bits of one dense value on the
+        wire; iterations: number of rounds K;
         unknown_constants: None, or why the smoothness constants are unknown (a neural network
         without ``smoothness=``): they are then NaN, and theory stepsizes need an explicit
         ``stepsize``.
@@ -85,6 +88,7 @@ class Setting:
     wire_bits: int
     iterations: int
     unknown_constants: str | None = None
+    alpha: float = math.nan
 
     @classmethod
     def build(cls, problem, network: Network, compressor, iterations: int) -> Setting:
@@ -96,6 +100,11 @@ class Setting:
         except ConfigError as err:  # e.g. a neural network: no smoothness constants known
             L_i = torch.full((int(network.n),), math.nan, dtype=torch.float64)
             L_f, L_avg, unknown = math.nan, math.nan, str(err)
+        omega = float(compressor.omega(d)) if compressor.unbiased else math.nan
+        if compressor.contractive:
+            alpha = float(compressor.alpha(d))
+        else:
+            alpha = 1.0 / (1.0 + omega) if compressor.unbiased else math.nan
         return cls(
             d=d,
             n=int(network.n),
@@ -106,7 +115,8 @@ class Setting:
             L_f=L_f,
             L_avg=L_avg,
             unknown_constants=unknown,
-            omega=float(compressor.omega(d)),
+            omega=omega,
+            alpha=alpha,
             zeta=float(compressor.density(d)),
             wire_bits=int(compressor.wire_bits_per_value),
             iterations=int(iterations),
@@ -153,6 +163,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     State: ClassVar[type[IterateState]] = IterateState
+    takes_contractive: ClassVar[bool] = False
+    """Whether biased contractive compressors (TopK) are accepted (the error-feedback methods)."""
     state: Any
     """An instance of ``State`` after :meth:`start` or :meth:`load_state_dict`, else None."""
 
