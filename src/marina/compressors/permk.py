@@ -95,6 +95,18 @@ class PermK(Compressor):
         d = self._check_d(d)
         return max(1.0, d / self._n())
 
+    def ab_constants(self, d: int, n: int) -> tuple[float, float]:
+        """A = B = 1 (Szlendak et al. 2022, Theorem 3 for d >= n, n | d; module docstring for the
+        general assignment): E||(1/n) sum_i Q_i(a_i)||^2 <= (1/n) sum_i ||a_i||^2."""
+        if n != self._n():
+            raise ConfigError(f"permk: n == {n} but the compressor was built for workers == {self._n()}")
+        self._check_d(d)
+        return 1.0, 1.0
+
+    def expected_bits(self, d: int) -> float:
+        """w times the expected piece size, max(1, d/n) (every piece size is equally likely)."""
+        return self.density(d) * self.wire_bits_per_value
+
     def _positions(self, rng: Randomness, ids: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
         """(indices (rows, width), sizes (rows,), count (rows,) workers sharing each piece's
         coordinates, 1 when d >= n); draws pi and sigma, advances rng by 2."""
