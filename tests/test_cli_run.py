@@ -133,13 +133,27 @@ def test_theory_matches_marina_theory(capsys):
     assert f"{rows['marina']['rounds']:.4g}" in table
 
 
-def test_theory_measures_message_bits_of_variable_size_compressors(capsys):
+def test_theory_gives_the_expected_bits_of_variable_size_compressors(capsys):
     assert main(["theory", *TINY, "--compressor", "bernoulli:0.5", "--json"]) == 0
     t = json.loads(capsys.readouterr().out)
-    assert t["message_bits_measured"] is True
-    dense = 10 * 32
-    assert 0 < t["message_bits"] < dense + 64  # half the messages are (about) dense, half empty
+    assert t["message_bits_measured"] is False
+    assert t["message_bits"] == 1 + 0.5 * 10 * 32  # the flag, and d values half of the time
     assert compressors.get("bernoulli:0.5").omega(10) == t["omega"] == 1.0
+    rows = {r["label"]: r for r in t["methods"]}
+    # both choices of p: zeta_Q/d = q and bits = (1 + q d w)/(d w)
+    assert rows["marina"]["p"] == 0.5 and rows["marina bits"]["p"] == pytest.approx(161 / 320)
+    assert rows["marina bits"]["bits_per_worker"] > 0 and rows["marina bits"]["rounds"] >= 1
+
+
+def test_theory_refuses_pp_marina_with_permk_and_shows_the_ab_constants(capsys):
+    assert main(["theory", *TINY, "--compressor", "permk", "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)
+    assert t["correlated"] and t["ab"] == [1.0, 1.0] and t["omega_eff"] == t["workers"]
+    rows = {r["label"]: r for r in t["methods"]}
+    assert "correlated" in rows["pp-marina"]["refused"]
+    assert rows["marina"]["stepsize"] == pytest.approx(
+        1 / (t["L_f"] + math.sqrt((1 - rows["marina"]["p"]) / rows["marina"]["p"]) * t["L_pm"])
+    )
 
 
 class FakeTerminal(io.StringIO):

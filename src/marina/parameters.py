@@ -127,6 +127,28 @@ _TYPE_PHRASES = {
 }
 
 
+class _ProbabilityOrBits(Parameter):
+    """A probability that also takes the word ``"bits"`` (MARINA's p: the theory chooses it from
+    the compressor's expected message size, :func:`marina.theory.bits_p`)."""
+
+    def canonical(self, value: Any) -> Any:
+        if value == "bits":  # results columns are float64: a run written to disk records numbers
+            raise ConfigError(
+                "p == 'bits' is accepted by marina.run and marina theory; a run recorded as a "
+                "configuration (marina run, sweep files) takes p as a number in (0, 1]: use the p "
+                "that marina theory prints in its 'bits' rows"
+            )
+        return super().canonical(value)
+
+    def check(self, value: Any, setting: Any = None) -> Any:
+        return "bits" if value == "bits" else super().check(value, setting)
+
+    @staticmethod
+    def parse_arg(arg: str) -> float | str:
+        """``--p`` on the command line: ``bits`` or a number."""
+        return "bits" if arg == "bits" else float(arg)
+
+
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("stepsize", float, "positive", STEPSIZE_METHODS, "explicit stepsize gamma", "γ"),
     Parameter(
@@ -137,12 +159,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         "gamma = multiplier x theory stepsize",
         "γ ×",
     ),
-    Parameter(
+    _ProbabilityOrBits(
         "p",
         float,
         "probability",
         ("marina", "vr-marina", "pp-marina", "dasha-page"),
-        "probability of a dense round (MARINA family) or of a full gradient (DASHA-PAGE), in (0, 1]",
+        "probability of a dense round (MARINA family) or of a full gradient (DASHA-PAGE), in (0, 1], "
+        "or bits: expected message bits / dense bits",
         "p",
     ),
     Parameter("alpha", float, "probability", ("diana", "vr-diana"), "DIANA shift stepsize, in (0, 1]", "α"),

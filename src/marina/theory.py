@@ -9,6 +9,12 @@ with Compression", ICML 2021; "the paper" below):
   (script-L of Assumption 3.1);
 - ``omega`` the variance parameter of an unbiased compressor Q (Definition 1.1:
   E||Q(x) - x||^2 <= omega ||x||^2) and ``zeta`` its expected density zeta_Q = sup E||Q(x)||_0;
+- ``A``, ``B`` the constants of the AB inequality (Szlendak, Tyurin, Richtarik, "Permutation
+  compressors for provably faster distributed nonconvex optimization", ICLR 2022, arXiv:2110.03300,
+  Definition 1): E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2;
+  A = omega/n, B = 0 for independent unbiased Q_i, A = B = 1 for PermK (correlated);
+- ``L_pm`` (L_±) the Hessian variance of the same paper: (1/n) sum_i ||grad f_i(x) - grad f_i(y)||^2
+  - ||grad f(x) - grad f(y)||^2 <= L_pm^2 ||x - y||^2 (L_pm <= L always);
 - ``b_prime`` (b') the minibatch of VR-MARINA's compressed rounds, ``b`` the minibatch of its
   online dense rounds, ``r`` the number of clients of PP-MARINA's compressed rounds.
 
@@ -32,8 +38,12 @@ __all__ = [
     "diana_alpha",
     "diana_stepsize",
     "vr_diana_epoch_length",
+    "effective_omega",
+    "bits_p",
     "marina_p",
     "marina_stepsize",
+    "marina_ab_stepsize",
+    "pp_marina_oracle_per_round",
     "marina_pl_stepsize",
     "vr_marina_p",
     "vr_marina_online_p",
@@ -139,6 +149,24 @@ def vr_diana_epoch_length(m: int, batch_size: int) -> float:
     return float(m) / float(batch_size)
 
 
+# -- correlated compressors and bit-aware p -------------------------------------------------------
+def effective_omega(omega: float, n: int, A: float) -> float:
+    """omega_eff = max(omega, n A): the omega to use in a theorem proved for independent
+    compressors when the Q_i are correlated with AB constant A. Such proofs use two facts about Q:
+    E||Q_i(x) - x||^2 <= omega ||x||^2 per worker, and E||(1/n) sum_i Q_i(a_i) - abar||^2 <=
+    (omega/n^2) sum_i ||a_i||^2 for the average; the AB inequality gives the second with omega/n
+    replaced by A, so omega_eff satisfies both (conservative; independent Q_i: A = omega/n, so
+    omega_eff = omega; PermK: omega_eff = n)."""
+    return max(_nonnegative("omega", omega), int(n) * _nonnegative("A", A))
+
+
+def bits_p(message_bits: float, d: int, wire_bits: int) -> float:
+    """p = (expected bits of a compressed message)/(bits of a dense one): the bit-aware form of
+    Corollary 2.1's choice, which balances the expected cost of a round, p d w + (1-p) bits(Q),
+    against the compressed cost the same way zeta_Q/d does for non-zeros."""
+    return min(1.0, _positive("message_bits", message_bits) / (int(d) * int(wire_bits)))
+
+
 # -- MARINA --------------------------------------------------------------------------------------
 def marina_p(zeta: float, d: int) -> float:
     """p = zeta_Q/d (Corollary 2.1): the expected dense cost p d equals the compressed cost zeta_Q."""
@@ -149,6 +177,20 @@ def marina_stepsize(L: float, omega: float, n: int, p: float) -> float:
     """gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1)."""
     p = _probability("p", p)
     return 1.0 / (_positive("L", L) * (1.0 + math.sqrt((1.0 - p) * _nonnegative("omega", omega) / (p * n))))
+
+
+def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p: float) -> float:
+    """gamma = 1/(L_- + sqrt((1-p)/p ((A - B) L_+^2 + B L_pm^2))) with L_- = L_f, L_+ = L: MARINA
+    with compressors satisfying the AB inequality, correlated ones included (Szlendak, Tyurin,
+    Richtarik 2022, Theorem 4; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
+    (A = B = 1): 1/(L_f + sqrt((1-p)/p) L_pm); for independent Q_i (A = omega/n, B = 0) it is
+    Theorem 2.1's stepsize with L_f in place of the first L."""
+    p = _probability("p", p)
+    A, B = _nonnegative("A", A), _nonnegative("B", B)
+    if B > A:
+        raise ConfigError(f"B == {B} exceeds A == {A}, must be B <= A (AB inequality)")
+    var = (A - B) * _positive("L", L) ** 2 + B * _nonnegative("L_pm", L_pm) ** 2
+    return 1.0 / (_positive("L_f", L_f) + math.sqrt((1.0 - p) / p * var))
 
 
 def marina_pl_stepsize(L: float, omega: float, n: int, p: float, mu: float) -> float:
@@ -193,6 +235,23 @@ def pp_marina_stepsize(L: float, omega: float, p: float, r: int) -> float:
     return 1.0 / (
         _positive("L", L) * (1.0 + math.sqrt((1.0 - p) * (1.0 + _nonnegative("omega", omega)) / (p * r)))
     )
+
+
+def pp_marina_oracle_per_round(m: float, n: int, r: int, p: float) -> tuple[float, float]:
+    """Expected oracle calls per worker of one PP-MARINA round, counted as the method does:
+    ``(first, later)`` for round 0 and for rounds k >= 1.
+
+    A compressed round (probability 1 - p) draws r clients with replacement: client i takes part
+    with probability q = 1 - (1 - 1/n)^r and pays m for grad f_i(x^{k+1}) plus m for
+    grad f_i(x^k) unless it holds it. It holds it when the previous round was dense or it took
+    part in it: always in round 0 (g^0 is dense), with probability p + (1-p) q later, independent
+    of this round's draw. A dense round costs m. So round 0 costs p m + (1-p) q m and round
+    k >= 1 costs p m + (1-p) q m (2 - p - (1-p) q).
+    """
+    p = _probability("p", p)
+    q = 1.0 - (1.0 - 1.0 / int(n)) ** int(r)
+    fresh = p + (1.0 - p) * q
+    return p * m + (1.0 - p) * q * m, p * m + (1.0 - p) * q * m * (2.0 - fresh)
 
 
 # -- guarantees and predictions ------------------------------------------------------------------------
@@ -278,6 +337,10 @@ def predict(
     clients: int | None = None,
     dense_batch_size: int | None = None,
     delta_inf: float = 0.0,
+    ab: tuple[float, float] | None = None,
+    L_pm: float | None = None,
+    p: float | str | None = None,
+    rounds: int | None = None,
 ) -> Prediction:
     """Rounds, bits and oracle calls to reach E||grad f(x_hat)||^2 <= eps^2 (Table 1, constants kept).
 
@@ -287,14 +350,38 @@ def predict(
     K >= 12 Delta_0 L_f/eps^2 max(B, 12 Delta_0 A/eps^2, 2 C/eps^2)). Per-round costs:
     GD d values; QGD, DIANA, VR-DIANA one message; MARINA and VR-MARINA p d + (1-p) message;
     PP-MARINA p d + (1-p)(r/n) message (only r of n clients send), plus one dense round at start
-    for the MARINA family. Oracle calls: full local gradient m; minibatch difference 2 b'.
+    for the MARINA family. Oracle calls: full local gradient m; minibatch difference 2 b';
+    PP-MARINA as the method counts them (:func:`pp_marina_oracle_per_round`).
+
+    ``ab`` = (A, B) for a correlated compressor (None: independent, A = omega/n, B = 0): MARINA then
+    uses :func:`marina_ab_stepsize` with ``L_pm`` (default L), QGD, DIANA, VR-DIANA and VR-MARINA
+    omega_eff = max(omega, n A), and PP-MARINA is refused. ``p``: the MARINA family's p, None
+    for the theory value with zeta_Q, ``"bits"`` for it with message_bits/wire_bits in place of
+    zeta_Q (:func:`bits_p`), or a number. ``rounds``: cost of that many rounds instead of the
+    number that reaches eps (to compare with a run of that length).
     """
     eps2 = _positive("eps", eps) ** 2
     dense = float(d) * wire_bits
     msg = float(message_bits)
+    size = msg / wire_bits if p == "bits" else zeta  # what p = size/d counts (Corollary 2.1)
+    if ab is not None:
+        if method == "pp-marina":
+            raise ConfigError(
+                "pp-marina: no theorem for a correlated compressor (Theorem 4.1 assumes independence)"
+            )
+        omega_ind, omega = omega, effective_omega(omega, n, ab[0])
+    else:
+        omega_ind = omega
 
     def rounds_for(factor: float, gamma: float) -> int:
+        if rounds is not None:
+            return int(rounds)
         return max(1, math.ceil(factor * delta0 / (gamma * eps2)))
+
+    p_given = p
+
+    def chosen_p(default: float) -> float:
+        return default if p_given is None or p_given == "bits" else _probability("p", p_given)
 
     p = alpha = None
     if method == "gd":
@@ -304,6 +391,7 @@ def predict(
     elif method == "qgd":
         A, B, C = qgd_abc_constants(L_max, omega, n, delta_inf)
         K = max(1, math.ceil(12.0 * delta0 * L_f / eps2 * max(B, 12.0 * delta0 * A / eps2, 2.0 * C / eps2)))
+        K = K if rounds is None else int(rounds)
         gamma = qgd_stepsize(L_f, L_max, omega, n, K)
         if C > 0:
             gamma = min(gamma, eps2 / (2.0 * L_f * C))
@@ -323,18 +411,21 @@ def predict(
         bits = K * msg
     elif method in ("marina", "vr-marina", "vr-marina-online"):
         if method == "marina":
-            p = marina_p(zeta, d)
-            gamma = marina_stepsize(L, omega, n, p)
+            p = chosen_p(marina_p(size, d))
+            if ab is not None:
+                gamma = marina_ab_stepsize(L_f, L, L if L_pm is None else L_pm, ab[0], ab[1], p)
+            else:
+                gamma = marina_stepsize(L, omega_ind, n, p)
             per_round_oracle = float(m)
             start_oracle = float(m)
         else:
             bp = int(batch_size or 1)
             if method == "vr-marina":
-                p = vr_marina_p(zeta, d, m, bp)
+                p = chosen_p(vr_marina_p(size, d, m, bp))
                 start_oracle, dense_oracle = float(m), float(m)
             else:
                 b = int(dense_batch_size or m)
-                p = vr_marina_online_p(zeta, d, b, bp)
+                p = chosen_p(vr_marina_online_p(size, d, b, bp))
                 start_oracle, dense_oracle = float(b), float(b)
             gamma = vr_marina_stepsize(L, L_avg, omega, n, p, bp)
             per_round_oracle = p * dense_oracle + (1.0 - p) * 2.0 * bp
@@ -343,12 +434,13 @@ def predict(
         oracle = start_oracle + K * per_round_oracle
     elif method == "pp-marina":
         r = int(clients or n)
-        p = pp_marina_p(zeta, d, n, r)
+        p = chosen_p(pp_marina_p(size, d, n, r))
         gamma = pp_marina_stepsize(L, omega, p, r)
         K = rounds_for(2.0, gamma)
         bits = dense + K * (p * dense + (1.0 - p) * (r / n) * msg)
-        # a sampled client evaluates grad f_i at both points unless it holds the previous one
-        oracle = float(m) + K * (p * float(m) + (1.0 - p) * (r / n) * 2.0 * float(m))
+        # distinct clients pay m, plus m unless they hold the previous gradient
+        first, later = pp_marina_oracle_per_round(float(m), n, r, p)
+        oracle = float(m) + first + (K - 1) * later
     else:
         raise ConfigError(
             f"unknown method {method!r}; known: gd, qgd, diana, vr-diana, marina, vr-marina, "

@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if prm.kind is bool:
             o.add_argument(prm.flag, action="store_const", const=True, help=prm.help)
         else:
-            o.add_argument(prm.flag, type=prm.kind, help=prm.help)
+            o.add_argument(prm.flag, type=getattr(prm, "parse_arg", prm.kind), help=prm.help)
     e = p.add_argument_group("execution")
     e.add_argument("--out", default=None, help="results directory (default: print the result, write nothing)")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")

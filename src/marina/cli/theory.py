@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -31,12 +32,18 @@ ROWS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("vr-marina", "vr-marina", "vr-marina", {}),
     ("vr-marina online", "vr-marina", "vr-marina-online", {"online": True}),
     ("pp-marina", "pp-marina", "pp-marina", {}),
+    ("marina bits", "marina", "marina", {"p": "bits"}),
+    ("vr-marina bits", "vr-marina", "vr-marina", {"p": "bits"}),
+    ("vr-mar. online bits", "vr-marina", "vr-marina-online", {"online": True, "p": "bits"}),
+    ("pp-marina bits", "pp-marina", "pp-marina", {"p": "bits"}),
     ("ef21", "ef21", "ef21", {}),
     ("ef21-pp", "ef21-pp", "ef21-pp", {}),
     ("dasha", "dasha", "dasha", {}),
     ("dasha-page", "dasha-page", "dasha-page", {}),
 )
-"""EF21-SGD and DASHA-MVR are left out: their guarantees depend on the unknown noise level."""
+"""The MARINA family appears twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits"
+(expected message bits / dense bits). EF21-SGD and DASHA-MVR are left out: their guarantees depend
+on the unknown noise level."""
 
 SUCCESSORS = ("ef21", "ef21-pp", "dasha", "dasha-page")
 """Rows predicted by :func:`marina.theory.predict_successor` (alpha is DASHA's momentum a there)."""
@@ -87,18 +94,50 @@ def lower_bound(problem: Any) -> float:
 
 def message_bits(comp: Any, problem: Any, x: torch.Tensor, seed: int = 0) -> tuple[float, bool]:
     """(expected bits of one compressed message, measured?): the compressor's exact
-    ``bits_per_message(d)`` when its size is fixed, else the mean size of its messages for the
-    local gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""
+    ``expected_bits(d)`` when it knows it, else the mean size of its messages for the local
+    gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""
     d = int(problem.dim)
-    exact = getattr(comp, "bits_per_message", None)
-    if exact is not None:
-        return float(exact(d)), False
+    try:
+        return float(comp.expected_bits(d)), False
+    except (ConfigError, AttributeError):
+        pass
     G = problem.local_grads(x)
     total = 0.0
     for k in range(MEASURE_ROUNDS):
         rng = Randomness(seed, "theory-bits", k, problem.worker_ids, device=G.device)
         total += float(comp.compress_decompress(G, rng)[1].double().mean())
     return total / MEASURE_ROUNDS, True
+
+
+def predict_for(
+    setting: Any, method: str, used: dict[str, Any], *, eps: float, delta0: float, message_bits: float, **kw
+) -> theory.Prediction:
+    """:func:`marina.theory.predict` for ``method`` (a predict name) with the constants of a
+    :class:`marina.methods.Setting` and the parameters ``used`` that ``resolve`` returned (its
+    p, b', r, b); ``kw`` go to predict (e.g. ``rounds``)."""
+    return theory.predict(
+        method,
+        eps=eps,
+        delta0=delta0,
+        d=setting.d,
+        n=setting.n,
+        m=setting.m,
+        L=setting.L,
+        L_f=setting.L_f,
+        L_max=setting.L_max,
+        L_avg=setting.L_avg,
+        omega=setting.omega,
+        zeta=setting.zeta,
+        message_bits=message_bits,
+        wire_bits=setting.wire_bits,
+        batch_size=used.get("batch_size"),
+        clients=used.get("clients"),
+        dense_batch_size=used.get("dense_batch_size"),
+        ab=(setting.ab_A, setting.ab_B) if setting.correlated else None,
+        L_pm=setting.L_pm,
+        p=used.get("p"),
+        **kw,
+    )
 
 
 def compute(
@@ -160,7 +199,13 @@ def compute(
         cls = methods.get(name)
         if not comp.unbiased and not cls.takes_contractive:
             continue  # a biased compressor: only the error-feedback rows
-        used = cls.resolve(setting, dict(overrides))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # p = 1 is visible in the table
+                used = cls.resolve(setting, dict(overrides))
+        except ConfigError as err:  # e.g. pp-marina with a correlated compressor
+            rows.append({"label": label, "method": predicted, "refused": str(err)})
+            continue
         if predicted in SUCCESSORS:
             pred = theory.predict_successor(
                 predicted,
@@ -171,27 +216,8 @@ def compute(
                 batch_size=used.get("batch_size"),
                 participation=used.get("participation"),
             )
-            rows.append({"label": label, **pred.as_dict(), **_used_counts(used)})
-            continue
-        pred = theory.predict(
-            predicted,
-            eps=eps,
-            delta0=out["delta0"],
-            d=setting.d,
-            n=setting.n,
-            m=setting.m,
-            L=setting.L,
-            L_f=setting.L_f,
-            L_max=setting.L_max,
-            L_avg=setting.L_avg,
-            omega=setting.omega,
-            zeta=setting.zeta,
-            message_bits=bits,
-            wire_bits=setting.wire_bits,
-            batch_size=used.get("batch_size"),
-            clients=used.get("clients"),
-            dense_batch_size=used.get("dense_batch_size"),
-        )
+        else:
+            pred = predict_for(setting, predicted, used, eps=eps, delta0=out["delta0"], message_bits=bits)
         rows.append({"label": label, **pred.as_dict(), **_used_counts(used)})
     out.update(
         {
@@ -203,6 +229,10 @@ def compute(
             "L_avg": setting.L_avg,
             "omega": setting.omega,
             "zeta": setting.zeta,
+            "correlated": setting.correlated,
+            "ab": [setting.ab_A, setting.ab_B] if setting.correlated else None,
+            "omega_eff": setting.omega_eff,
+            "L_pm": setting.L_pm,
             "wire_bits": setting.wire_bits,
             "methods": rows,
         }
@@ -224,23 +254,36 @@ def _table(t: dict[str, Any]) -> str:
         f"L_i in [{t['L_i']['min']:.6g}, {t['L_i']['max']:.6g}] (mean {t['L_i']['mean']:.6g})",
         f"compressor  {t['compressor']}: omega = {t['omega']:.6g}, zeta_Q = {t['zeta']:.6g}, "
         f"{t['message_bits']:.6g} bits per message ({how}; dense vector {t['d'] * t['wire_bits']} bits)",
+        *(
+            [
+                f"correlated  AB inequality A = {t['ab'][0]:.6g}, B = {t['ab'][1]:.6g} (MARINA: Szlendak "
+                f"et al. 2022, Theorem 4, Hessian variance L_pm = {t['L_pm']:.6g}); "
+                f"omega_eff = {t['omega_eff']:.6g} for the other methods"
+            ]
+            if t["correlated"]
+            else []
+        ),
         f"target      E||grad f||^2 <= eps^2 = {t['eps'] ** 2:.3g}, Delta_0 = f(x^0) - f_low = "
         f"{t['f_x0']:.6g} - {t['f_low']:.6g} = {t['delta0']:.6g}",
         "",
-        f"{'method':<18}{'stepsize':>12}{'p':>11}{'alpha':>11}{'b_prime':>9}{'r':>5}"
+        f"{'method':<20}{'stepsize':>12}{'p':>11}{'alpha':>11}{'b_prime':>9}{'r':>5}"
         f"{'rounds':>13}{'#bits/n':>13}{'epochs':>11}",
     ]
     for r in t["methods"]:
+        if "refused" in r:
+            lines.append(f"{r['label']:<20}refused: {r['refused']}")
+            continue
         p = f"{r['p']:.4g}" if r["p"] is not None else "-"
         alpha = f"{r['alpha']:.4g}" if r["alpha"] is not None else "-"
         lines.append(
-            f"{r['label']:<18}{r['stepsize']:>12.4e}{p:>11}{alpha:>11}{r.get('batch_size', '-')!s:>9}"
+            f"{r['label']:<20}{r['stepsize']:>12.4e}{p:>11}{alpha:>11}{r.get('batch_size', '-')!s:>9}"
             f"{r.get('clients', '-')!s:>5}{r['rounds']:>13.4g}{r['bits_per_worker']:>13.4e}"
             f"{r['oracle_calls'] / t['m_mean']:>11.4g}"
         )
     lines.append("")
     lines.append(
-        "rounds, #bits/n (bits sent per worker) and epochs (oracle calls per worker / m) are the "
+        "p: zeta_Q/d (non-zeros, Corollaries 2.1-4.1); rows 'bits': expected message bits / dense "
+        "bits. rounds, #bits/n (bits sent per worker) and epochs (oracle calls per worker / m) are the "
         "theorems' bounds with their constants, from marina.theory.predict; QGD's stepsize "
         "shrinks with the number of rounds K and is given for the predicted K (marina run uses "
         "its --iterations); the alpha column is DIANA's shift stepsize and DASHA's momentum a; "

@@ -17,15 +17,16 @@ spec                     unbiased  omega(d)                                     
 ``qsgd:s``               yes       min(d/s^2, sqrt(d)/s)                            min(d, s (s + sqrt d))
 ``natural``              yes       1/8                                              d
 ``natural-dithering:s``  yes       1/8 + sqrt(d) 2^(1-s) min(1, sqrt(d) 2^(1-s))    min(d, 2^(s-1) sqrt d)
-``permk``                yes [1]   n - 1 if n divides d, else d/floor(d/n) - 1      d/n
+``permk``                yes [1]   n - 1 (d >= n); (n/d)(r/(q+1) + (d-r)/q) - 1     max(1, d/n)
 ``topk:K``               no        undefined; contractive with alpha(d) = K/d      K
 =======================  ========  ===============================================  =====================
 
-[1] each worker's compressor is unbiased; the workers' draws are correlated (``correlated``).
+[1] each worker's compressor is unbiased; the workers' draws are correlated (``correlated``):
+the average of the n messages of one x is x exactly. For d < n, n = q d + r.
 
 Wire bits of one worker message (``msg.bits``; the payload has ceil(bits/8) bytes). w = wire
 bits per value (32 for float32), ib = ceil(log2 d) index bits, e = exponent bits of the wire
-dtype (8 for float32), |B_i| = floor or ceil(d/n), worker i's PermK block:
+dtype (8 for float32), |B_i| = floor or ceil(d/n) (1 if d < n), worker i's PermK piece:
 
 =======================  ===============================================================
 spec                     bits
@@ -36,13 +37,13 @@ spec                     bits
 ``qsgd:s``               w + d (1 + ceil(log2(s + 1))): norm, then sign + level per entry
 ``natural``              d (1 + e): sign + exponent per entry, 9 d for float32
 ``natural-dithering:s``  w + d (1 + ceil(log2(s + 1))): norm, then sign + level per entry
-``permk``                |B_i| w: no index bits, the permutation is regenerated from the key
+``permk``                |B_i| w: no index bits, the permutations are regenerated from the key
 ``topk:K``               K (w + ib): values, then sorted indices
 =======================  ===============================================================
 
 Sources: RandK, TopK: Beznosikov et al. 2020 (Table 1); Bernoulli: MARINA paper, App. A; QSGD:
 Alistarh et al. 2017, Lemma 3.1; natural compression and dithering: Horvath et al. 2019
-(arXiv:1905.10988), Theorems 1 and 7; PermK: Szlendak, Tyurin, Richtarik 2022, Def. 2.
+(arXiv:1905.10988), Theorems 1 and 7; PermK: Szlendak, Tyurin, Richtarik 2022, Defs. 2, 3.
 """
 
 from __future__ import annotations

@@ -249,6 +249,22 @@ class Compressor(ABC):
             f"Q/(1 + omega) is contractive with alpha = 1/(1 + omega)"
         )
 
+    def ab_constants(self, d: int, n: int) -> tuple[float, float]:
+        """(A, B) of the AB inequality of Szlendak, Tyurin, Richtarik 2022 (ICLR, Definition 1):
+        E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2 for any a_i.
+        Independent unbiased compressors: A = omega/n, B = 0, since the errors of different
+        workers are uncorrelated: E||(1/n) sum_i (Q_i(a_i) - a_i)||^2 = (1/n^2) sum_i
+        E||Q_i(a_i) - a_i||^2 <= (omega/n) (1/n) sum_i ||a_i||^2, with equality for RandK (so
+        no B > 0 holds for it in general). Correlated compressors override this (PermK: A = B = 1)."""
+        return self.omega(d) / n, 0.0
+
+    def expected_bits(self, d: int) -> float:
+        """Expected size in bits of one worker's message of dimension d (``msg.bits``)."""
+        exact = getattr(self, "bits_per_message", None)
+        if exact is None:
+            raise ConfigError(f"{self.spec}: no expected message size known (define expected_bits)")
+        return float(exact(d))
+
     omega_formula: ClassVar[str] = ""
     density_formula: ClassVar[str] = ""
     wire_formula: ClassVar[str] = ""

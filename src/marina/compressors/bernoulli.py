@@ -44,6 +44,10 @@ class Bernoulli(Compressor):
             f"1 flag bit + {d} values x {w} bits = {1 + d * w} bits with probability {self.q!r}, else 1 bit"
         )
 
+    def expected_bits(self, d: int) -> float:
+        """1 + q d w: the flag, and the d values with probability q."""
+        return 1.0 + self.q * self._check_d(d) * self.wire_bits_per_value
+
     def _parse(self, arg: str | None) -> None:
         q = _parse_float(self.name, "q", arg)
         if not (0.0 < q <= 1.0):

@@ -44,6 +44,9 @@ class Identity(Compressor):
         self._check_d(d)
         return 1.0
 
+    def expected_bits(self, d: int) -> float:
+        return float(self._check_d(d) * self.wire_bits_per_value)
+
     def _compress(self, X: Tensor, rng: Randomness, amax: float) -> Message:
         self._check_wire_range(amax, X.dtype)
         n, d = X.shape

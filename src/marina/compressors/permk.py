@@ -1,26 +1,37 @@
 """PermK: workers keep disjoint blocks of one shared random permutation (correlated).
 
 Szlendak, Tyurin, Richtarik 2022, "Permutation compressors for provably faster distributed
-nonconvex optimization" (ICLR 2022), Definition 2 (d >= n, n | d): with a permutation pi of
-{0..d-1} drawn from the SHARED key, worker i keeps the coordinates pi[i d/n .. (i+1) d/n) scaled
-by n. Each worker's compressor is unbiased with omega = n - 1 and density d/n; the compressors
-of different workers are *correlated* (``correlated = True``): when all workers hold the same x,
-(1/n) sum_i Q_i(x) = x exactly.
+nonconvex optimization" (ICLR 2022), Definition 2 (d >= n) and Definition 3 (d <= n), made
+exact for every d and n by assigning the pieces to workers with a second shared permutation.
 
-When n does not divide d, worker i keeps positions [floor(i d/n), floor((i+1) d/n)) of pi (a
-block of floor(d/n) or ceil(d/n) coordinates) scaled by d/|B_i|, which keeps every worker
-unbiased: omega_i = d/|B_i| - 1, and ``omega(d)`` reports the largest, d/floor(d/n) - 1 (n - 1
-when n | d). ``density(d)`` = d/n, the mean block size. d < n is rejected.
+Each call draws, from the SHARED key, a permutation pi of the d coordinates and a permutation
+sigma of the n workers; worker i takes piece t = sigma[i].
+
+- d >= n: piece t is the block B_t = pi[floor(t d/n) .. floor((t+1) d/n)) (floor(d/n) or
+  ceil(d/n) coordinates); Q_i(x) = n x restricted to B_{sigma[i]}. Every coordinate lies in
+  worker i's block with probability 1/n (pi and sigma uniform), so Q_i is unbiased with
+  E||Q_i(x)||^2 = n ||x||^2: omega = n - 1 for every d >= n. The blocks partition the
+  coordinates, so (1/n) sum_i Q_i(x) = x exactly.
+- d < n: with n = q d + r (0 <= r < d), piece t is the coordinate pi[t mod d], held by
+  c_s = q + 1 workers if s = t mod d < r, else q; Q_i(x) = (n/c_s) x_{pi[s]} e_{pi[s]}. Every
+  coordinate is covered and the (1/n)-average of its c_s copies is x_j: exact again. Worker i
+  sits in slot s with probability c_s/n and pi[s] is uniform, so E[Q_i(x)] = x and
+  E||Q_i(x)||^2 = (n/d) (r/(q+1) + (d-r)/q) ||x||^2: omega = (n/d)(r/(q+1) + (d-r)/q) - 1
+  (= d - 1 when d divides n, the paper's Definition 3).
+
+In both cases the AB inequality of Szlendak et al. (Definition 1) holds with A = B = 1:
+E||(1/n) sum_i Q_i(a_i) - abar||^2 <= (1/n) sum_i ||a_i||^2 - ||abar||^2 (see
+:func:`marina.theory.ab_constants`). ``density(d)`` = max(1, d/n), the expected block size.
 
 It needs the total number of workers n: ``get("permk", workers=n)``. Worker ids must lie in
-0..n-1; any subset of them can be hosted (rows keep the blocks of their global ids).
+0..n-1; any subset of them can be hosted (rows keep the pieces of their global ids).
 
-Randomness: the permutation is drawn from ``rng.shared()`` (key (seed, stream, round, SHARED,
-call = rng.calls)), then ``rng`` is advanced by one call: one drawing call per compress, and the
-same permutation in every process. Cost O(d log d) once per call, not per worker.
+Randomness: pi then sigma are drawn from ``rng.shared()`` (keys (seed, stream, round, SHARED,
+call = rng.calls) and call + 1), then ``rng`` is advanced by two calls: two drawing calls per
+compress, and the same permutations in every process. Cost O(d log d + n log n) once per call.
 
-Wire encoding per worker: the |B_i| scaled values at the wire precision, in permutation order,
-and no index bits: ``bits = |B_i| w``. The receiver regenerates the permutation: ``unpack``
+Wire encoding per worker: the values of its piece at the wire precision, in permutation order,
+and no index bits: ``bits = |piece| w``. The receiver regenerates the permutations: ``unpack``
 needs ``rng``, a Randomness with the senders' seed, stream and round at the call counter the
 senders had when compressing (e.g. a fresh ``Randomness(seed, stream, round, ids)`` when the
 compress was the first drawing call of that stream and round).
@@ -43,80 +54,97 @@ __all__ = ["PermK"]
 class PermK(Compressor):
     """Correlated permutation sparsifier (see the module docstring).
 
-    Message fields: ``values`` (n, ceil(d/n)) at the wire dtype (zero padded past |B_i|),
+    Message fields: ``values`` (n, ceil(d/n)) at the wire dtype (zero padded past the piece),
     ``indices`` (n, ceil(d/n)) int64 coordinates (padding repeats a valid index with value 0),
-    ``sizes`` (n,) int64 block sizes.
+    ``sizes`` (n,) int64 piece sizes.
     """
 
     name = "permk"
     correlated = True
-    omega_formula = "n - 1 (n | d); d/floor(d/n) - 1 otherwise"
-    density_formula = "d/n"
-    wire_formula = "floor or ceil(d/n) values, no indices (shared permutation)"
+    omega_formula = "n - 1 (d >= n); (n/d)(r/(q+1) + (d-r)/q) - 1 for d < n, n = q d + r"
+    density_formula = "max(1, d/n)"
+    wire_formula = "floor or ceil(d/n) values (1 if d < n), no indices (shared permutations)"
 
     def wire_format(self, d: int) -> str:
-        n, w = self._n(d), self.wire_bits_per_value
-        lo, hi = d // n, -(-d // n)
+        n, w = self._n(), self.wire_bits_per_value
+        lo, hi = max(1, d // n), max(1, -(-d // n))
         sizes = f"{lo}" if lo == hi else f"{lo} or {hi}"
         return (
-            f"{sizes} values x {w} bits, no index bits (shared permutation) = {lo * w}"
+            f"{sizes} values x {w} bits, no index bits (shared permutations) = {lo * w}"
             + ("" if lo == hi else f" or {hi * w}")
             + " bits"
         )
 
-    def _n(self, d: int | None = None) -> int:
+    def _n(self) -> int:
         if self.workers is None:
             raise ConfigError(
                 "permk: the total number of workers n is needed, build it with "
                 "marina.compressors.get('permk', workers=n)"
             )
-        if d is not None and d < self.workers:
-            raise ConfigError(
-                f"permk: d == {d} is smaller than the number of workers n == {self.workers}, must be d >= n"
-            )
         return self.workers
 
     def omega(self, d: int) -> float:
         d = self._check_d(d)
-        n = self._n(d)
-        return d / (d // n) - 1.0
+        n = self._n()
+        if d >= n:
+            return n - 1.0
+        q, r = divmod(n, d)
+        return n / d * (r / (q + 1) + (d - r) / q) - 1.0
 
     def density(self, d: int) -> float:
         d = self._check_d(d)
-        return d / self._n(d)
+        return max(1.0, d / self._n())
 
-    def _blocks(self, ids: Tensor, d: int) -> tuple[Tensor, Tensor, int]:
-        n = self._n(d)
+    def ab_constants(self, d: int, n: int) -> tuple[float, float]:
+        """A = B = 1 (Szlendak et al. 2022, Theorem 3 for d >= n, n | d; module docstring for the
+        general assignment): E||(1/n) sum_i Q_i(a_i)||^2 <= (1/n) sum_i ||a_i||^2."""
+        if n != self._n():
+            raise ConfigError(f"permk: n == {n} but the compressor was built for workers == {self._n()}")
+        self._check_d(d)
+        return 1.0, 1.0
+
+    def expected_bits(self, d: int) -> float:
+        """w times the expected piece size, max(1, d/n) (every piece size is equally likely)."""
+        return self.density(d) * self.wire_bits_per_value
+
+    def _positions(self, rng: Randomness, ids: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(indices (rows, width), sizes (rows,), count (rows,) workers sharing each piece's
+        coordinates, 1 when d >= n); draws pi and sigma, advances rng by 2."""
+        n = self._n()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
             raise ConfigError(f"permk: worker ids {ids.tolist()} must lie in 0..{n - 1} (workers == {n})")
-        starts = ids * d // n
-        sizes = (ids + 1) * d // n - starts
-        return starts, sizes, -(-d // n)
-
-    def _positions(self, rng: Randomness, ids: Tensor, d: int) -> tuple[Tensor, Tensor]:
-        """(indices (rows, ceil(d/n)), sizes); draws the shared permutation, advances rng by 1."""
-        starts, sizes, width = self._blocks(ids, d)
-        perm = rng.shared().permutation(d)[0].to(ids.device)
-        rng.advance(1)
-        if d % self._n(d) == 0:  # equal blocks: contiguous slices of the permutation
-            return perm.view(-1, width)[ids], sizes
+        shared = rng.shared()
+        perm = shared.permutation(d)[0].to(ids.device)
+        piece = shared.permutation(n)[0].to(ids.device)[ids]  # t = sigma[i]
+        rng.advance(2)
+        ones = torch.ones_like(ids)
+        if d < n:
+            q, r = divmod(n, d)
+            slot = piece % d
+            return perm[slot][:, None], ones, torch.where(slot < r, q + 1, q)
+        width = -(-d // n)
+        if d % n == 0:  # equal blocks: contiguous slices of the permutation
+            return perm.view(n, width)[piece], torch.full_like(ids, width), ones
+        starts = piece * d // n
+        sizes = (piece + 1) * d // n - starts
         cols = torch.arange(width, device=ids.device)
-        pos = starts[:, None] + torch.minimum(cols[None, :], (sizes - 1).clamp(min=0)[:, None])
-        return perm[pos], sizes
+        pos = starts[:, None] + torch.minimum(cols[None, :], (sizes - 1)[:, None])
+        return perm[pos], sizes, ones
 
-    def _scale(self, sizes: Tensor, d: int, dtype: torch.dtype) -> Tensor:
-        return (d / sizes.to(torch.float64)).to(dtype).reshape(-1, 1)
+    def _scale(self, count: Tensor, dtype: torch.dtype) -> Tensor:
+        """n/c: n for blocks (d >= n), n over the coordinate's number of holders (d < n)."""
+        return (self._n() / count.to(torch.float64)).to(dtype).reshape(-1, 1)
 
     def _mask(self, sizes: Tensor, width: int) -> Tensor:
         return torch.arange(width, device=sizes.device)[None, :] < sizes[:, None]
 
     def _compress(self, X: Tensor, rng: Randomness, amax: float) -> Message:
         n, d = X.shape
-        idx, sizes = self._positions(rng, rng.worker_ids, d)
-        scale = self._scale(sizes, d, X.dtype)
+        idx, sizes, count = self._positions(rng, rng.worker_ids, d)
+        scale = self._scale(count, X.dtype)
         self._check_wire_range(amax, X.dtype, float(scale.max()) if n else 1.0)
         vals = X.gather(1, idx).mul_(scale)
-        if d % self._n(d):
+        if d % self._n() and d > self._n():
             vals.masked_fill_(~self._mask(sizes, idx.shape[1]), 0.0)
         data = {"values": vals.to(self.value_dtype), "indices": idx, "sizes": sizes}
         bits = sizes * self.wire_bits_per_value
@@ -135,16 +163,15 @@ class PermK(Compressor):
         if rng is None:
             raise ConfigError(
                 "permk: unpack needs rng, a Randomness(seed, stream, round, ...) at the senders' call "
-                "counter, to regenerate the shared permutation (no indices travel)"
+                "counter, to regenerate the shared permutations (no indices travel)"
             )
-        idx, sizes = self._positions(rng, worker_ids, d)
+        idx, sizes, _ = self._positions(rng, worker_ids, d)
         width = idx.shape[1]
         nbytes = width * self.wire_bits_per_value // 8
         if rows.shape[1] < nbytes:
             rows = torch.nn.functional.pad(rows, (0, nbytes - rows.shape[1]))
         values = bytes_to_values(rows, width, self.value_dtype)
-        if d % self._n(d):
-            values = values.masked_fill(~self._mask(sizes, width), 0.0)
+        values = values.masked_fill(~self._mask(sizes, width), 0.0)
         bits = sizes * self.wire_bits_per_value
         data = {"values": values, "indices": idx, "sizes": sizes}
         return Message(self.spec, d, dtype, worker_ids, bits, data, {"workers": self.workers})

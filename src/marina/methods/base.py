@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from marina import compressors, parameters
+from marina import compressors, parameters, theory
 from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, materialize
 from marina.network.base import Network
@@ -73,6 +73,10 @@ class Setting:
         unknown_constants: None, or why the smoothness constants are unknown (a neural network
         without ``smoothness=``): they are then NaN, and theory stepsizes need an explicit
         ``stepsize``.
+        correlated: the compressor's draws are shared across workers (PermK); ab_A, ab_B: its
+        AB-inequality constants (:meth:`marina.compressors.Compressor.ab_constants`); L_pm: the
+        Hessian variance (problem's ``L_pm``, else L, always valid); message_bits: expected bits
+        of one compressed message (for ``p="bits"``).
     """
 
     d: int
@@ -89,6 +93,18 @@ class Setting:
     iterations: int
     unknown_constants: str | None = None
     alpha: float = math.nan
+    correlated: bool = False
+    ab_A: float = math.nan
+    ab_B: float = math.nan
+    L_pm: float = math.nan
+    message_bits: float = math.nan
+
+    @property
+    def omega_eff(self) -> float:
+        """omega for theorems proved for independent compressors (:func:`marina.theory.effective_omega`)."""
+        if not self.correlated:
+            return self.omega
+        return theory.effective_omega(self.omega, self.n, self.ab_A)
 
     @classmethod
     def build(cls, problem, network: Network, compressor, iterations: int) -> Setting:
@@ -105,12 +121,15 @@ class Setting:
             alpha = float(compressor.alpha(d))
         else:
             alpha = 1.0 / (1.0 + omega) if compressor.unbiased else math.nan
+        L = float(torch.sqrt(torch.mean(L_i**2)))
+        correlated = bool(getattr(compressor, "correlated", False))
+        A, B = compressor.ab_constants(d, int(network.n)) if correlated else (math.nan, math.nan)
         return cls(
             d=d,
             n=int(network.n),
             m=int(sizes.max()),
             m_min=int(sizes.min()),
-            L=float(torch.sqrt(torch.mean(L_i**2))),
+            L=L,
             L_max=float(L_i.max()),
             L_f=L_f,
             L_avg=L_avg,
@@ -120,7 +139,20 @@ class Setting:
             zeta=float(compressor.density(d)),
             wire_bits=int(compressor.wire_bits_per_value),
             iterations=int(iterations),
+            correlated=correlated,
+            ab_A=A,
+            ab_B=B,
+            L_pm=float(getattr(problem, "L_pm", L)) if unknown is None else math.nan,
+            message_bits=_expected_bits(compressor, d),
         )
+
+
+def _expected_bits(compressor, d: int) -> float:
+    """Expected bits of one message (NaN when the compressor does not know it)."""
+    try:
+        return float(compressor.expected_bits(d))
+    except (ConfigError, AttributeError):
+        return math.nan
 
 
 @dataclass
@@ -219,7 +251,7 @@ class Method(ABC):
         elif "stepsize" in given:
             # No smoothness constants: the other parameters (p, alpha, b', r) do not involve
             # them, so they come from a stand-in L = 1; there is no theory stepsize.
-            stand_in = dataclasses.replace(setting, L=1.0, L_max=1.0, L_f=1.0, L_avg=1.0)
+            stand_in = dataclasses.replace(setting, L=1.0, L_max=1.0, L_f=1.0, L_avg=1.0, L_pm=1.0)
             params = cls.defaults(stand_in, given)
             params.pop("stepsize")
             if "L_avg" in params:  # report the real (unknown) value, not the stand-in

@@ -20,7 +20,8 @@ class QGD(Method):
     3. g^k = (1/n) sum_i Q_i(grad f_i(x^k));
     4. x^{k+1} = x^k - gamma g^k.
 
-    Default stepsize gamma = min(1/L_f, 1/sqrt(L_f A K)), A = omega max_i L_i / n
+    Default stepsize gamma = min(1/L_f, 1/sqrt(L_f A K)), A = omega max_i L_i / n (omega_eff for a
+    correlated compressor, :func:`marina.theory.effective_omega`)
     (Khaled & Richtarik 2020, ABC assumption; :func:`marina.theory.qgd_stepsize`). State: x^k only
     (:class:`~marina.methods.base.IterateState`).
     """
@@ -29,7 +30,7 @@ class QGD(Method):
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
-        return {"stepsize": theory.qgd_stepsize(s.L_f, s.L_max, s.omega, s.n, s.iterations)}
+        return {"stepsize": theory.qgd_stepsize(s.L_f, s.L_max, s.omega_eff, s.n, s.iterations)}
 
     def step(self) -> None:
         k, state = self.k, self.state

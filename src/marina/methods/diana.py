@@ -56,8 +56,9 @@ class DIANA(Method):
     7. h^{k+1} = h^k + alpha Delta^k  (= (1/n) sum_i h_i^{k+1}).
 
     Defaults (Horvath et al. 2019, Theorem 4 with M = 1): alpha = 1/(1+omega),
-    gamma = 1/(10 L_max sqrt(1+omega/n) (omega+2)). State: :class:`DianaState` (x^k, the shifts
-    h_i^k, their mean h^k).
+    gamma = 1/(10 L_max sqrt(1+omega/n) (omega+2)); omega is omega_eff = max(omega, n A) for a
+    correlated compressor (:func:`marina.theory.effective_omega`; conservative).
+    State: :class:`DianaState` (x^k, the shifts h_i^k, their mean h^k).
     """
 
     name = "diana"
@@ -67,8 +68,8 @@ class DIANA(Method):
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         return {
-            "stepsize": theory.diana_stepsize(s.L_max, s.omega, s.n),
-            "alpha": given.get("alpha", theory.diana_alpha(s.omega)),
+            "stepsize": theory.diana_stepsize(s.L_max, s.omega_eff, s.n),
+            "alpha": given.get("alpha", theory.diana_alpha(s.omega_eff)),
         }
 
     def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
@@ -146,8 +147,8 @@ class VRDIANA(DIANA):
         b = given.get("batch_size", default_batch_size(s))
         M = theory.vr_diana_epoch_length(s.m, b)
         return {
-            "stepsize": theory.diana_stepsize(max(s.L_max, s.L_avg), s.omega, s.n, M),
-            "alpha": given.get("alpha", theory.diana_alpha(s.omega)),
+            "stepsize": theory.diana_stepsize(max(s.L_max, s.L_avg), s.omega_eff, s.n, M),
+            "alpha": given.get("alpha", theory.diana_alpha(s.omega_eff)),
             "batch_size": b,
             "refresh_p": given.get("refresh_p", 1.0 / M),
         }

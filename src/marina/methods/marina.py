@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,33 @@ def _first_dense_round(method: Method, x0: Tensor) -> tuple[Tensor, LazyRows]:
     return method.net.aggregate_dense(lazy_local_grads, 0, method.dense), lazy_local_grads
 
 
+def _p_size(s: Setting, given: dict[str, Any]) -> float:
+    """What Corollaries 2.1, 3.1, 3.2 and 4.1 divide by d to get p: zeta_Q (non-zeros), or with
+    ``p="bits"`` the expected message bits over the bits of one dense value, so that p d / zeta
+    becomes dense bits over message bits (:func:`marina.theory.bits_p`)."""
+    if given.get("p") == "bits":
+        if not math.isfinite(s.message_bits):
+            raise ConfigError("p == 'bits' needs the expected message size of the compressor, unknown here")
+        return s.message_bits / s.wire_bits
+    return s.zeta
+
+
+def _given_p(given: dict[str, Any], default: float) -> float:
+    """The given p, or ``default`` (the theory value) when none or "bits" was given; warns when
+    the default is 1 (MARINA then sends dense rounds only: it is GD)."""
+    p = given.get("p", "theory")
+    if p not in ("theory", "bits"):
+        return p
+    if default >= 1.0:
+        why = "p='bits': a message costs a dense one" if p == "bits" else "zeta_Q = d: nothing is sparsified"
+        warnings.warn(
+            f"the theory p is 1 ({why}), so every round is dense and the method reduces to GD; "
+            "give p" + ("" if p == "bits" else ", or p='bits' for the bit-aware choice"),
+            stacklevel=4,
+        )
+    return default
+
+
 class MARINA(Method):
     """MARINA (Algorithm 1 of the paper).
 
@@ -71,7 +99,10 @@ class MARINA(Method):
     Every worker keeps grad f_i(x^k) from the previous round, so a round costs one local
     gradient evaluation (m_i oracle calls). Defaults: p = zeta_Q/d (Corollary 2.1),
     gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1); with ``mu`` (a PL constant)
-    gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) (Theorem 2.2).
+    gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) (Theorem 2.2). A correlated
+    compressor (PermK) gets gamma = 1/(L_f + sqrt((1-p)/p ((A-B) L^2 + B L_pm^2))) from the AB
+    inequality (Szlendak, Tyurin, Richtarik 2022, Theorem 4; :func:`marina.theory.marina_ab_stepsize`),
+    and omega_eff = n A in Theorem 2.2. ``p="bits"``: p = expected message bits / dense bits.
     State: :class:`MarinaState` (x^k, g^k, the lazy grad f_i(x^k)).
     """
 
@@ -81,11 +112,14 @@ class MARINA(Method):
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
-        p = given.get("p", theory.marina_p(s.zeta, s.d))
+        p = _given_p(given, theory.marina_p(_p_size(s, given), s.d))
         out: dict[str, Any] = {"p": p}
         if "mu" in given:
-            out["stepsize"] = theory.marina_pl_stepsize(s.L, s.omega, s.n, p, given["mu"])
+            # Theorem 2.2's proof uses the variance of the average only: omega_eff is valid
+            out["stepsize"] = theory.marina_pl_stepsize(s.L, s.omega_eff, s.n, p, given["mu"])
             out["mu"] = given["mu"]
+        elif s.correlated:
+            out["stepsize"] = theory.marina_ab_stepsize(s.L_f, s.L, s.L_pm, s.ab_A, s.ab_B, p)
         else:
             out["stepsize"] = theory.marina_stepsize(s.L, s.omega, s.n, p)
         return out
@@ -159,17 +193,27 @@ class VRMARINA(Method):
         out: dict[str, Any] = {"batch_size": bp, "online": online}
         if online:
             b = given.get("dense_batch_size", min(s.m, 10 * bp))
+            if b < bp:  # Corollary 3.2 takes b' <= b (the dense rounds' minibatch is the larger)
+                what = f"dense_batch_size == {b} is smaller than batch_size == {bp}"
+                if "batch_size" in given:
+                    raise ConfigError(f"vr-marina: {what}, must be b >= b' (Corollary 3.2)")
+                warnings.warn(  # the default b' = m/100: kept (recorded runs), but outside Cor. 3.2
+                    f"vr-marina: {what} (the default b' = m/100), outside Corollary 3.2 (b' <= b); "
+                    "give batch_size <= dense_batch_size",
+                    stacklevel=4,
+                )
             out["dense_batch_size"] = b
-            p = given.get("p", theory.vr_marina_online_p(s.zeta, s.d, b, bp))
+            p = _given_p(given, theory.vr_marina_online_p(_p_size(s, given), s.d, b, bp))
         else:
             if "dense_batch_size" in given:
                 raise ConfigError(
                     f"vr-marina: dense_batch_size == {given['dense_batch_size']} is used only with "
                     "online=True (the finite-sum variant computes full local gradients on dense rounds)"
                 )
-            p = given.get("p", theory.vr_marina_p(s.zeta, s.d, s.m, bp))
+            p = _given_p(given, theory.vr_marina_p(_p_size(s, given), s.d, s.m, bp))
         out["p"] = p
-        out["stepsize"] = theory.vr_marina_stepsize(s.L, s.L_avg, s.omega, s.n, p, bp)
+        # correlated Q: omega_eff = n A (the proof of Theorem 3.1 bounds the average's variance only)
+        out["stepsize"] = theory.vr_marina_stepsize(s.L, s.L_avg, s.omega_eff, s.n, p, bp)
         out["L_avg"] = s.L_avg
         return out
 
@@ -253,8 +297,14 @@ class PPMARINA(Method):
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
+        if s.correlated:
+            raise ConfigError(
+                "pp-marina: the compressor is correlated across workers (permk); Theorem 4.1 assumes "
+                "the sampled clients compress independently, and no version for correlated ones is "
+                "implemented: use marina, or an independent compressor such as randk:K"
+            )
         r = given.get("clients", math.ceil(s.n / 2))
-        p = given.get("p", theory.pp_marina_p(s.zeta, s.d, s.n, r))
+        p = _given_p(given, theory.pp_marina_p(_p_size(s, given), s.d, s.n, r))
         return {"clients": r, "p": p, "stepsize": theory.pp_marina_stepsize(s.L, s.omega, p, r)}
 
     def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:

@@ -49,6 +49,14 @@ bound of r (||Hess r|| <= rho),
   average the paper's Theorem 3.1 uses. This is tighter than the paper's example
   script-L_i <= max_j L_ij (Section 3.1, after Assumption 3.1). Subclasses may supply a
   tighter script-L_i (the synthetic problem computes it exactly).
+- L_pm, the Hessian variance of Szlendak, Tyurin, Richtarik 2022 (used by MARINA's stepsize with
+  correlated compressors): grad f_i(x) - grad f_i(y) = (H_i + R) h with h = x - y,
+  H_i = A_i^T D_i A_i / m_i (D_i diagonal in [0, kappa], mean values of psi'') and R the common
+  regulariser part, which cancels: (1/n) sum_i ||H_i h||^2 - ||Hbar h||^2
+  <= (1/n) sum_i ||H_i h||^2 <= mean_i (kappa lambda_max(A_i^T A_i)/m_i)^2 ||h||^2. So
+  L_pm = sqrt(mean_i (L_i - rho)^2), a bound (the D_i depend on x and y, no closed form for the
+  supremum); subclasses with constant curvature give it exactly (the synthetic problem:
+  L_pm^2 = lambda_max((1/n) sum_i H_i^2 - Hbar^2)).
 """
 
 from __future__ import annotations
@@ -129,6 +137,7 @@ class LinearModelProblem(Problem):
         dtype, device: of every tensor it returns.
         name: short description for logs.
         script_L: optional (n,) script-L_i of every worker (else the bound above).
+        hessian_variance: optional exact L_pm (else the bound above).
         deterministic: on CPU, use sequential (scipy) sparse kernels whose result for a worker
             does not depend on the other rows stored (default). False uses torch's (MKL,
             multi-threaded) kernels: faster on many cores, but a process hosting a subset of
@@ -156,6 +165,7 @@ class LinearModelProblem(Problem):
         device: torch.device | str | None = None,
         name: str = "linear",
         script_L: np.ndarray | None = None,
+        hessian_variance: float | None = None,
         deterministic: bool = True,
     ) -> None:
         n_total = split.n_workers
@@ -214,6 +224,11 @@ class LinearModelProblem(Problem):
         self._L = float(np.sqrt(np.mean(L_all**2)))
         self._L_avg = float(np.sqrt(np.mean(script_L**2)))
         self._L_f = float(L_f)
+        self._L_pm = (
+            float(np.sqrt(np.mean((kappa * lam / sizes) ** 2)))
+            if hessian_variance is None
+            else float(hessian_variance)
+        )
 
         # -- hot-path storage (module docstring) -------------------------------------------------
         np_dtype = _NUMPY_DTYPES.get(dtype, np.float64)
@@ -467,6 +482,11 @@ class LinearModelProblem(Problem):
     def L_avg(self) -> float:
         """sqrt(mean_i script-L_i^2) over all workers (VR-MARINA Assumption 3.1; module doc)."""
         return self._L_avg
+
+    @property
+    def L_pm(self) -> float:
+        """Hessian variance L_pm over all workers (module docstring): exact or a bound, <= L."""
+        return self._L_pm
 
     @property
     def L_f(self) -> float:

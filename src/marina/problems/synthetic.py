@@ -11,7 +11,8 @@ spectral norm is at most lambda_max(H_i) + c, attained at x = pi * 1 (cos = -1).
 - script-L_i (VR-MARINA Assumption 3.1, single-sample variance, the cos term cancels) is
   exact too: with Delta_ij = a_ij a_ij^T v (v = x - y),
   Var_j(Delta_ij) = v^T (E_j ||a_ij||^2 a_ij a_ij^T - H_i^2) v, so
-  script-L_i^2 = lambda_max((1/m) sum_j ||a_ij||^2 a_ij a_ij^T - H_i^2); L_avg = sqrt(mean_i script-L_i^2).
+  script-L_i^2 = lambda_max((1/m) sum_j ||a_ij||^2 a_ij a_ij^T - H_i^2); L_avg = sqrt(mean_i script-L_i^2);
+- the Hessian variance (Szlendak et al. 2022) exactly: L_pm^2 = lambda_max(mean_i H_i^2 - Hbar^2).
 
 f is bounded below by -c d (the squares are >= 0), and non-convex once c exceeds
 lambda_min(mean_i H_i) (at x = 0 the Hessian is mean_i H_i - c I).
@@ -61,9 +62,18 @@ class SyntheticProblem(LinearModelProblem):
         sq = np.sum(blocks**2, axis=2)  # (n, m) squared row norms
         fourth = np.einsum("ij,ijk,ijl->ikl", sq, blocks, blocks) / m
         script_L = np.sqrt(np.maximum(np.linalg.eigvalsh(fourth - H @ H)[:, -1], 0.0))
+        Hbar = H.mean(axis=0)  # Hessian variance: the cos term is common to all workers and cancels
+        L_pm = float(np.sqrt(max(np.linalg.eigvalsh(np.mean(H @ H, axis=0) - Hbar @ Hbar)[-1], 0.0)))
         parts = make_split(np.zeros(A.shape[0]), workers, "contiguous")
         super().__init__(
-            sp.csr_matrix(A), b, parts, kappa=1.0, rho=self.nonconvexity, script_L=script_L, **kwargs
+            sp.csr_matrix(A),
+            b,
+            parts,
+            kappa=1.0,
+            rho=self.nonconvexity,
+            script_L=script_L,
+            hessian_variance=L_pm,
+            **kwargs,
         )
 
     def _psi(self, t: Tensor, b: Tensor) -> Tensor:

@@ -1,0 +1,277 @@
+"""Correlated compressors in the theory (AB inequality, Hessian variance), p="bits", and the
+predicted counters of every method against long runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import marina
+from marina import compressors, methods, problems, theory
+from marina.cli.theory import predict_for
+from marina.errors import ConfigError
+from marina.network import SimulatedNetwork
+from marina.rng import Randomness
+from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
+
+Z = 6.0
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return problems.synthetic(workers=5, dim=12, samples=16, heterogeneity=1.0, seed=4)
+
+
+def _aggregate_variance(c, A: torch.Tensor, reps: int, seed: int) -> tuple[float, float]:
+    """Mean and standard error over rounds of ||(1/n) sum_i Q_i(a_i) - abar||^2."""
+    n = A.shape[0]
+    abar = A.mean(0)
+    v = torch.tensor(
+        [
+            float(
+                (
+                    (c.compress_decompress(A, Randomness(seed, "compress", r, range(n)))[0].mean(0) - abar)
+                    ** 2
+                ).sum()
+            )
+            for r in range(reps)
+        ],
+        dtype=torch.float64,
+    )
+    return float(v.mean()), float(v.std()) / math.sqrt(reps)
+
+
+def test_permk_breaks_the_independent_bound_and_meets_the_ab_inequality(seed):
+    """a_1 = a, a_2 = -a, n = 2: PermK's average is a_B1 - a_B2, of squared norm ||a||^2 every
+    round, twice the independent bound (omega/n^2) sum_i ||a_i||^2 = ||a||^2/2, and equal to the
+    AB bound with A = B = 1: (1/n) sum_i ||a_i||^2 - ||abar||^2 = ||a||^2."""
+    d, n = 10, 2
+    c = compressors.get("permk", workers=n, value_dtype=torch.float64)
+    a = torch.linspace(-1.0, 2.0, d, dtype=torch.float64)
+    mean, se = _aggregate_variance(c, torch.stack([a, -a]), 50, seed)
+    sq = float(a @ a)
+    assert mean == pytest.approx(sq, rel=1e-12) and se < 1e-12 * sq
+    assert c.omega(d) / n**2 * 2 * sq == pytest.approx(sq / 2)
+    assert c.ab_constants(d, n) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("spec,n,d", [("permk", 5, 4), ("permk", 5, 23), ("permk", 3, 9), ("randk:3", 4, 9)])
+def test_ab_inequality_measured(seed, spec, n, d):
+    """E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2, with
+    equality for PermK with d >= n (the blocks partition the coordinates) and for independent
+    RandK (A = omega/n, B = 0: each worker's error has variance exactly omega ||a_i||^2)."""
+    c = compressors.get(spec, workers=n, value_dtype=torch.float64)
+    A_, B_ = c.ab_constants(d, n)
+    if spec.startswith("randk"):
+        assert (A_, B_) == (pytest.approx(c.omega(d) / n), 0.0)
+    g = Randomness(seed, "ab-test", 0, range(n)).uniform(d)
+    a = (g - 0.5) * torch.arange(1, n + 1, dtype=torch.float64)[:, None] + 0.3
+    mean, se = _aggregate_variance(c, a, 1500, seed)
+    abar = a.mean(0)
+    bound = A_ * float((a**2).sum(1).mean()) - B_ * float(abar @ abar)
+    assert mean <= bound + Z * se + 1e-12
+    if spec.startswith("randk") or d >= n:
+        # RandK: (1/n^2) sum_i (d/K - 1) ||a_i||^2 exactly (so B = omega/n would fail);
+        # PermK d >= n: (1/n) sum_i ||a_i||^2 - ||abar||^2 exactly
+        exact = (
+            (d / c.K - 1) / n**2 * float((a**2).sum())
+            if spec.startswith("randk")
+            else float((a**2).sum(1).mean()) - float(abar @ abar)
+        )
+        assert abs(mean - exact) <= Z * se + 1e-12 * exact
+
+
+def test_synthetic_hessian_variance_matches_brute_force(seed, synth):
+    """L_pm^2 = sup_h [(1/n) sum_i ||grad f_i(x+h) - grad f_i(x)||^2 - ||grad f(x+h) - grad f(x)||^2]/||h||^2,
+    from the gradients themselves: never exceeded over random directions, attained along the top
+    eigenvector of mean_i H_i^2 - Hbar^2 (built here from the features)."""
+    n, d = 5, 12
+    F = synth.features.reshape(n, -1, d)
+    H = np.einsum("imk,iml->ikl", F, F) / F.shape[1]
+    Hbar = H.mean(0)
+    w, V = np.linalg.eigh(np.mean(H @ H, axis=0) - Hbar @ Hbar)
+    assert synth.L_pm == pytest.approx(math.sqrt(w[-1]), rel=1e-12)
+    assert synth.L_pm <= synth.L
+
+    def ratio(x, h):
+        D = synth.local_grads(x + h) - synth.local_grads(x)
+        return float(((D**2).sum(1).mean() - (D.mean(0) ** 2).sum()) / (h @ h))
+
+    x = torch.linspace(-1, 1, d, dtype=torch.float64)
+    for k in range(20):
+        h = Randomness(seed, "directions", k, [0]).uniform(d)[0] - 0.5
+        assert ratio(x, h) <= synth.L_pm**2 * (1 + 1e-9)
+    top = torch.as_tensor(V[:, -1])
+    assert ratio(x, 1e-3 * top) == pytest.approx(synth.L_pm**2, rel=1e-7)
+
+
+def test_logistic_hessian_variance_is_a_valid_bound(seed):
+    prob = problems.libsvm("mushrooms", workers=5)
+    assert prob.L_pm <= prob.L
+    d = prob.dim
+    for k in range(10):
+        u = Randomness(seed, "points", k, [0, 1]).uniform(d) - 0.5
+        x, y = u[0].to(prob.dtype), u[1].to(prob.dtype)
+        D = prob.local_grads(x) - prob.local_grads(y)
+        var = float((D**2).sum(1).mean() - (D.mean(0) ** 2).sum())
+        assert var <= prob.L_pm**2 * float((x - y) @ (x - y)) * (1 + 1e-9)
+
+
+def _setting(problem, spec, n=5, iterations=10):
+    return methods.Setting.build(
+        problem, SimulatedNetwork(n, 0), compressors.get(spec, workers=n), iterations
+    )
+
+
+@pytest.mark.parametrize("name", ["synthetic", "mushrooms"])
+def test_marina_default_stepsize_with_permk_is_the_ab_formula(synth, name):
+    prob = synth if name == "synthetic" else problems.libsvm("mushrooms", workers=5)
+    s = _setting(prob, "permk")
+    used = methods.get("marina").resolve(s, {})
+    d, n = prob.dim, 5
+    p = (d / n) / d  # zeta_Q/d with zeta_Q = d/n
+    L_pm = prob.L_pm
+    # Szlendak, Tyurin, Richtarik 2022, Theorem 4 with A = B = 1: 1/(L_- + sqrt((1-p)/p) L_pm)
+    hand = 1.0 / (prob.L_f + math.sqrt((1 - p) / p) * L_pm)
+    assert used["p"] == pytest.approx(p, rel=1e-15)
+    assert used["stepsize"] == pytest.approx(hand, rel=1e-14)
+    # the independent formula with omega = n - 1 would be larger than omega_eff = n's
+    assert theory.marina_stepsize(prob.L, n - 1, n, p) > theory.marina_stepsize(prob.L, n, n, p)
+
+
+def test_methods_without_correlated_theory_use_omega_eff_or_refuse(synth):
+    s = _setting(synth, "permk", iterations=50)
+    n = 5
+    assert s.correlated and s.omega == n - 1 and s.omega_eff == n
+    qgd = methods.get("qgd").resolve(s, {})
+    assert qgd["stepsize"] == pytest.approx(theory.qgd_stepsize(s.L_f, s.L_max, n, n, 50))
+    diana = methods.get("diana").resolve(s, {})
+    assert diana["stepsize"] == pytest.approx(theory.diana_stepsize(s.L_max, n, n))
+    assert diana["alpha"] == pytest.approx(1 / (1 + n))
+    vr = methods.get("vr-marina").resolve(s, {})
+    assert vr["stepsize"] == pytest.approx(
+        theory.vr_marina_stepsize(s.L, s.L_avg, n, n, vr["p"], vr["batch_size"])
+    )
+    with pytest.raises(ConfigError, match="pp-marina: the compressor is correlated"):
+        methods.get("pp-marina").resolve(s, {})
+    # independent compressors are untouched: omega_eff = omega
+    s2 = _setting(synth, "randk:2")
+    assert not s2.correlated and s2.omega_eff == s2.omega == 12 / 2 - 1
+
+
+@pytest.mark.parametrize(
+    "spec, bits",
+    [
+        ("randk:3", 3 * (32 + 7)),  # K (w + ceil(log2 112))
+        ("qsgd:4", 32 + 112 * (1 + 3)),  # w + d (1 + ceil(log2(s + 1)))
+        ("natural", 112 * 9),  # d (1 + 8)
+    ],
+)
+def test_p_bits_is_the_hand_ratio(spec, bits):
+    prob = problems.libsvm("mushrooms", workers=5)
+    d, n = prob.dim, 5
+    assert d == 112
+    s = _setting(prob, spec)
+    ratio = bits / (d * 32)
+    m_used = methods.get("marina").resolve(s, {"p": "bits"})
+    assert m_used["p"] == pytest.approx(ratio, rel=1e-15)
+    assert m_used["stepsize"] == pytest.approx(theory.marina_stepsize(s.L, s.omega, n, ratio), rel=1e-14)
+    vr = methods.get("vr-marina").resolve(s, {"p": "bits"})
+    bp = vr["batch_size"]
+    assert vr["p"] == pytest.approx(min(ratio, bp / (s.m + bp)), rel=1e-15)
+    pp = methods.get("pp-marina").resolve(s, {"p": "bits", "clients": 2})
+    assert pp["p"] == pytest.approx(min(1.0, ratio * 2 / n), rel=1e-15)
+
+
+def test_default_p_of_one_warns_and_bits_does_not_for_natural():
+    prob = problems.libsvm("mushrooms", workers=5)
+    s = _setting(prob, "natural")
+    with pytest.warns(UserWarning, match="reduces to GD"):
+        assert methods.get("marina").resolve(s, {})["p"] == 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert methods.get("marina").resolve(s, {"p": "bits"})["p"] == 9 / 32
+
+
+def test_p_bits_refuses_other_words_and_the_online_batches_are_ordered(synth):
+    s = _setting(synth, "randk:2")
+    with pytest.raises(ConfigError, match=r"p == 'bitz', must be a number in \(0, 1\]"):
+        methods.get("marina").resolve(s, {"p": "bitz"})
+    with pytest.raises(ConfigError, match=r"dense_batch_size == 2 is smaller than batch_size == 4, must be"):
+        methods.get("vr-marina").resolve(s, {"online": True, "batch_size": 4, "dense_batch_size": 2})
+    big = problems.synthetic(workers=2, dim=3, samples=300, seed=1)  # default b' = 300/100 = 3
+    sb = _setting(big, "randk:2", n=2)
+    with pytest.warns(
+        UserWarning, match=r"dense_batch_size == 2 is smaller than batch_size == 3 \(the default"
+    ):
+        assert (
+            methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2})["batch_size"] == 3
+        )
+
+
+def test_pp_marina_predicted_oracle_calls_match_the_issue_example():
+    """r = 3, n = 5, p = 0.05: q = 1 - 0.8^3 = 0.488 and m (p + (1-p) q (2 - p - (1-p) q)) ~ 0.739 m."""
+    first, later = theory.pp_marina_oracle_per_round(1.0, 5, 3, 0.05)
+    q = 1 - 0.8**3
+    assert later == pytest.approx(0.05 + 0.95 * q * (2 - 0.05 - 0.95 * q))
+    assert later == pytest.approx(0.739, abs=1e-3)
+    assert first == pytest.approx(0.05 + 0.95 * q)
+
+
+CASES = [
+    ("gd", "identity", {}),
+    ("qgd", "randk:3", {}),
+    ("diana", "bernoulli:0.3", {}),
+    ("vr-diana", "randk:3", {"batch_size": 4}),
+    ("marina", "randk:2", {"p": 0.3}),
+    ("marina", "permk", {"p": 0.3}),
+    ("marina", "qsgd:2", {"p": "bits"}),
+    ("vr-marina", "randk:2", {"p": 0.3, "batch_size": 4}),
+    ("vr-marina", "randk:2", {"online": True, "p": 0.3, "batch_size": 2, "dense_batch_size": 8}),
+    ("pp-marina", "randk:3", {"p": 0.3, "clients": 3}),
+    ("pp-marina", "natural-dithering:2", {"p": 0.05, "clients": 3}),
+]
+
+
+@pytest.mark.parametrize("method, spec, params", CASES)
+def test_predict_counters_match_a_long_run(seed, synth, method, spec, params):
+    """Bits per worker and oracle calls of predict(rounds=K) within 5% of what a K-round run
+    counts (K = 3000; the coins and client draws make the counts random: with p = 0.3 the
+    number of dense rounds has relative standard deviation sqrt(0.7/900) < 3%)."""
+    K = 3000
+    n = 5
+    res = marina.run(
+        method=method, compressor=spec, problem=synth, iterations=K, seed=seed % 1000, stepsize=1e-4, **params
+    )
+    assert res.status == "finished"
+    Q = compressors.get(spec, workers=n)
+    s = methods.Setting.build(synth, SimulatedNetwork(n, 0), Q, K)
+    name = "vr-marina-online" if params.get("online") else method
+    pred = predict_for(s, name, res.params, eps=1.0, delta0=1.0, message_bits=s.message_bits, rounds=K)
+    last = res.history.iloc[-1]
+    assert int(last["iteration"]) == K
+    # predict gives expectations; the number of dense rounds is Binomial(K, p), so allow 5% plus
+    # three of its relative standard deviations (sqrt((1 - p) / (p K)); 0 for methods without p)
+    p = float(res.params.get("p", 1.0))
+    rel = 0.05 + 3 * math.sqrt((1 - p) / (p * K))
+    assert float(last["bits_up"]) == pytest.approx(pred.bits_per_worker, rel=rel)
+    assert float(last["oracle_calls"]) == pytest.approx(pred.oracle_calls, rel=rel)
+
+
+def test_p_bits_in_python_runs_and_a_clear_refusal_where_results_need_numbers(synth, capsys):
+    res = marina.run(method="marina", compressor="qsgd:2", problem=synth, iterations=5, p="bits")
+    w, d = 32, 12
+    assert res.params["p"] == pytest.approx((w + d * (1 + 2)) / (d * w))
+    from marina import experiments
+
+    with pytest.raises(ConfigError, match=r"p == 'bits' is accepted by marina.run and marina theory"):
+        experiments.RunConfig("synthetic", 3, "marina", "qsgd:2", params={"p": "bits"})
+    from marina.cli import main
+
+    assert main(["run", "--problem", "synthetic", "--workers", "3", "--iterations", "5", "--p", "bits"]) != 0
+    assert "p == 'bits' is accepted by marina.run" in capsys.readouterr().err
