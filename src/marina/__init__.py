@@ -25,3 +25,7 @@ __all__ += ["methods", "network", "theory", "run", "Result"]
 from marina import distributed, experiments, nets, parameters  # noqa: E402
 
 __all__ += ["distributed", "experiments", "nets", "parameters"]
+
+# marina.torch (the optimizers) as an attribute, kept out of __all__: ``from marina import *``
+# must not shadow the user's ``torch``.
+from marina import torch as torch  # noqa: E402
