@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import Dataset, TensorDataset
 
@@ -14,7 +13,7 @@ import marina.problems.torch_data as torch_data
 from marina.errors import ConfigError
 from marina.nets import FASHION_MNIST_BUNDLED, fashion_mnist, keyed_init_, small_cnn
 from marina.problems import TorchModelProblem
-from test_torch_model import M, N_WORKERS, _bn_cnn, _data, _mlp
+from test_torch_model import N_WORKERS, M, _bn_cnn, _data, _mlp
 from test_torch_model_run import _one_thread  # noqa: F401 (autouse fixture)
 
 
@@ -109,7 +108,7 @@ class Items(Dataset):
 def test_bad_datasets_are_named(items, message):
     with pytest.raises(ConfigError, match=message):
         TorchModelProblem(_mlp(), Items(items), workers=2)
-    with pytest.raises(ConfigError, match="must be \\(inputs, targets\\) tensors or a torch.utils.data.Dataset"):
+    with pytest.raises(ConfigError, match=r"must be \(inputs, targets\) tensors or a torch.utils.data"):
         TorchModelProblem(_mlp(), [1, 2, 3], workers=2)
 
 
