@@ -156,6 +156,11 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
             session.network(6, seed + rank)
         except ConfigError as err:
             report["errors"]["seed"] = str(err)
+        try:  # rank 0 starts elsewhere (a model each process initialised itself)
+            x0 = prob.initial_point() + (1e-3 if rank == 0 else 0.0)
+            distributed.run(method="gd", problem=prob, workers=SYNTHETIC["workers"], iterations=1, x0=x0)
+        except ConfigError as err:
+            report["errors"]["x0"] = str(err)
     Path(out, f"report{rank}.json").write_text(json.dumps(report))
     return 0
 
@@ -356,6 +361,7 @@ def test_bad_configurations_fail_alike_on_every_rank(equivalence):
     for report in reports:
         assert "workers == 4 is not divisible by the world size 3" in report["errors"]["indivisible"]
         assert "ranks [1, 2] were started with a different workers and seed" in report["errors"]["seed"]
+        assert "the ranks start from different points x^0" in report["errors"]["x0"]
 
 
 # -- faults ---------------------------------------------------------------------------------------------

@@ -369,3 +369,46 @@ def test_example_train_torch_runs_and_resumes(tmp_path):
     again = subprocess.run([*cmd, "--steps", "8", "--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed at step 4" in again.stdout and "rounds 8" in again.stdout, again.stdout
+
+
+def test_mixed_precision_recipe_loss_scaled_and_unscaled_inside_the_closure():
+    """The documented order (autocast forward, scaled backward, unscale, clip, return) gives the
+    unscaled trajectory: a power-of-two scale is exact in binary floating point."""
+    x, y = _data()
+    scale = 2.0**12
+    runs = []
+    for scaled, unscale in ((False, False), (True, True), (True, False)):
+        model = _mlp()
+        opt = mt.VRMARINA(model.parameters(), compressor="randk:5", lr=0.2, batch_size=8, seed=3, p=0.3)
+
+        def closure(model=model, opt=opt, scaled=scaled, unscale=unscale):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)  # float16 autocast would go here
+            (loss * scale if scaled else loss).backward()
+            if unscale:
+                for p in model.parameters():
+                    p.grad.div_(scale)  # unscale before clipping
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+            return loss
+
+        for _ in range(8):
+            opt.step(closure)
+        runs.append(_flat(model))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])  # forgetting to unscale: clipped scaled grads differ
+    # bf16 autocast (no scaler needed) inside the closure runs and moves the model
+    model = _mlp().float()
+    opt = mt.MARINA(model.parameters(), compressor="randk:5", lr=0.1, p=0.5)
+    xf = x.float()
+    start = _flat(model).clone()
+
+    def bf16_closure():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(xf), y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        assert math.isfinite(float(opt.step(bf16_closure).detach()))
+    assert not torch.equal(_flat(model), start)

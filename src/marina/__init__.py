@@ -38,7 +38,9 @@ __all__ = ["__version__", *_SUBMODULES, *_NAMES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    # marina.torch (the optimizers) loads on use too, but stays out of __all__: ``from marina import
+    # *`` must not shadow the user's ``torch``
+    if name in _SUBMODULES or name == "torch":
         return importlib.import_module(f"marina.{name}")
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)

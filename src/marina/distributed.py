@@ -19,10 +19,13 @@ hangs. Results directories and per-rank checkpoints of ``marina run``:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from marina.errors import ConfigError
 from marina.experiments.loading import load_problem
 from marina.network.launch import DEFAULT_TIMEOUT_S, ENV_VARS, LaunchEnv, Session, init, launch_env
 from marina.network.torch_distributed import DistributedError
@@ -63,6 +66,10 @@ def run(
     Every other argument is :func:`marina.run`'s. Joins the job from the environment (reusing an
     existing process group). Returns the :class:`marina.Result` (the same on every rank, up to
     ``time_s``); ``result.config["network"]`` holds the network's final counters.
+
+    Every rank must start from the same x^0 (``x0``, else ``problem.initial_point()``: a
+    :class:`marina.problems.TorchModelProblem` keeps its model's weights, which each process drew
+    itself unless seeded): a ConfigError on every rank otherwise.
     """
     session = init(device, timeout_s=timeout_s)
     try:
@@ -71,6 +78,7 @@ def run(
             problem = load_problem(
                 problem, workers, split, device=session.device, hosted=session.hosted_workers(workers)
             )
+        _check_same_start(kwargs.get("x0"), problem, session.device)
         result = run_on_network(
             method=method,
             problem=problem,
@@ -88,3 +96,20 @@ def run(
         return result
     finally:
         session.close()
+
+
+def _check_same_start(x0: Any, problem: Any, device: torch.device) -> None:
+    """All ranks agree on x^0: the min and max over ranks of a 63-bit digest of its bytes are equal."""
+    point = torch.as_tensor(x0 if x0 is not None else problem.initial_point())
+    data = point.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy().tobytes()
+    digest = int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+    lo = torch.tensor([digest], dtype=torch.int64, device=device)
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if int(lo) != int(hi):
+        raise ConfigError(
+            "the ranks start from different points x^0 (a model whose weights each process drew "
+            "itself?): give every rank the same weights (load one checkpoint, torch.manual_seed before "
+            "building the model, or TorchModelProblem(..., init_seed=s)) or pass the same x0"
+        )

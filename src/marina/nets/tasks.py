@@ -3,6 +3,9 @@
 Both return a :class:`marina.problems.torch_model.TorchModelProblem` (cross-entropy, images
 stored as uint8 and standardised per channel on the fly with the training set's mean and std).
 No data augmentation: the objective must be a fixed finite sum for the variance-reduced methods.
+The models built here start from PyTorch's default initialisation keyed by ``init_seed`` (default
+0: the same x^0 in every process and run); a ``model`` passed in keeps its weights unless
+``init_seed`` is given.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ def fashion_mnist(
     hosted_workers, init_seed, device, worker_batching, smoothness, ...).
     """
     data = load_fashion_mnist(data_dir)
-    net = model if model is not None else small_cnn(num_classes=10)
-    return image_problem(data, net, workers, name="fashion-mnist", chunk_size=chunk_size, **options)
+    if model is None:
+        model = small_cnn(num_classes=10)
+        options.setdefault("init_seed", 0)
+    return image_problem(data, model, workers, name="fashion-mnist", chunk_size=chunk_size, **options)
 
 
 def cifar100(
@@ -80,5 +85,7 @@ def cifar100(
     :func:`fashion_mnist`.
     """
     data = load_cifar100(data_dir)
-    net = model if model is not None else resnet18(num_classes=100, norm=norm)
-    return image_problem(data, net, workers, name="cifar100", chunk_size=chunk_size, **options)
+    if model is None:
+        model = resnet18(num_classes=100, norm=norm)
+        options.setdefault("init_seed", 0)
+    return image_problem(data, model, workers, name="cifar100", chunk_size=chunk_size, **options)

@@ -4,6 +4,8 @@
   LibSVM file, split contiguous / shuffled / Dirichlet label-skewed.
 - :func:`synthetic`: a small smooth non-convex family with exact constants and a
   heterogeneity knob.
+- :class:`TorchModelProblem`: any ``torch.nn.Module`` + loss + tensors or ``Dataset`` (the
+  ready-made image tasks are in :mod:`marina.nets`).
 - :func:`get`: a Problem object (returned as is) or a spec string (bundled name or file path).
 
 Every problem implements :class:`Problem` (``base.py``).
@@ -21,6 +23,7 @@ from marina.problems.base import Problem
 from marina.problems.linear import LinearModelProblem
 from marina.problems.logistic import PHI2_MAX, LogisticProblem, libsvm
 from marina.problems.synthetic import SyntheticProblem, synthetic
+from marina.problems.torch_model import TorchModelProblem
 
 __all__ = [
     "PHI2_MAX",
@@ -28,6 +31,7 @@ __all__ = [
     "LogisticProblem",
     "Problem",
     "SyntheticProblem",
+    "TorchModelProblem",
     "SPEC_BUILDERS",
     "get",
     "register_spec",

@@ -63,9 +63,19 @@ three); ``smoothness="estimate"`` uses :meth:`TorchModelProblem.estimate_smoothn
 power-iteration estimate of the top Hessian eigenvalue on each worker's first samples. That is a
 local curvature, not a global constant: a heuristic to set theory-shaped stepsizes, no guarantee.
 
-Starting point x^0: PyTorch's default initialisation drawn from keyed randomness
-(:func:`marina.nets.keyed_init_`, ``init_seed``), not all-zero weights as in the paper's code;
-``init_seed=None`` keeps the module's own parameters.
+Starting point x^0: the given model's own weights (``init_seed=None``, the default: fine-tuning
+starts from them), or PyTorch's default initialisation redrawn from keyed randomness
+(:func:`marina.nets.keyed_init_`, ``init_seed=s``), identical in every process for the same s
+(the ready-made :mod:`marina.nets` tasks build their models so, ``init_seed=0``); not all-zero
+weights as in the paper's code. In a multi-process run each rank builds its own problem: give
+every rank the same weights (a checkpoint, ``torch.manual_seed`` before building the model, or
+``init_seed``); :func:`marina.distributed.run` refuses ranks whose x^0 differ.
+
+Training data: (inputs, targets) tensors or a ``torch.utils.data.Dataset`` of (input, target)
+pairs, materialised once (only the hosted workers' samples) after a memory estimate
+(:mod:`marina.problems.torch_data`). Back to a model: :meth:`TorchModelProblem.load_into` writes
+a point (``result.x``) into a module, :meth:`TorchModelProblem.model_at` returns a fresh one;
+both set batch-norm running statistics to the population statistics at that point.
 """
 
 from __future__ import annotations
@@ -80,11 +90,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, replace_all_batch_norm_modules_, vjp, vmap
+from torch.utils.data import Dataset
 
 from marina.data.splits import make_split
 from marina.errors import ConfigError
 from marina.problems.base import Problem
 from marina.problems.keyed_init import keyed_init_
+from marina.problems.torch_data import data_labels, data_size, take_rows
 from marina.rng import Randomness
 
 __all__ = ["TorchModelProblem", "WORKER_BATCHING"]
@@ -99,10 +111,13 @@ class TorchModelProblem(Problem):
 
     Args:
         model: any ``nn.Module`` mapping a batch of inputs to outputs; copied (the caller's
-            module is never changed). Must be free of dropout.
-        train: (inputs, targets) of all N training samples, first axis the sample.
+            module is never changed), its weights are x^0 unless ``init_seed`` is given. Must
+            be free of dropout.
+        train: (inputs, targets) tensors of all N training samples, first axis the sample, or a
+            ``torch.utils.data.Dataset`` of (input, target) pairs (materialised once, see
+            :mod:`marina.problems.torch_data`; ConfigError when the estimate exceeds the memory).
         workers: n, the total number of workers the data is split among.
-        test: optional (inputs, targets) held out for ``test_acc``.
+        test: optional (inputs, targets) or Dataset held out for ``test_acc``.
         loss: ``loss(outputs, targets) -> scalar`` MEAN over the batch (default
             ``F.cross_entropy``).
         transform: applied to every gathered batch of inputs before the model (e.g. uint8 images
@@ -112,7 +127,8 @@ class TorchModelProblem(Problem):
             label skew with ``split_options={"alpha": 0.1}``, or explicit rows), always with
             ``drop_remainder=True``; every shard must have the same size m.
         hosted_workers: global ids of the workers whose data this object keeps (default all).
-        init_seed: seed of the keyed default initialisation; ``None`` keeps the model's weights.
+        init_seed: ``None`` (default) keeps the model's weights; an int redraws them with
+            PyTorch's default initialisation keyed by it (the same x^0 in every process).
         chunk_size: samples per worker per chunk in full local passes (memory; with batch norm
             also the definition of f_i, see module doc).
         eval_chunk_size: samples per chunk in ``extra_metrics`` (default ``4 * chunk_size``).
@@ -130,17 +146,17 @@ class TorchModelProblem(Problem):
     def __init__(
         self,
         model: nn.Module,
-        train: tuple[Tensor, Tensor],
+        train: tuple[Tensor, Tensor] | Dataset,
         *,
         workers: int,
-        test: tuple[Tensor, Tensor] | None = None,
+        test: tuple[Tensor, Tensor] | Dataset | None = None,
         loss: Loss | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
         split: str | Sequence[Sequence[int]] | np.ndarray = "contiguous",
         seed: int = 0,
         split_options: dict[str, Any] | None = None,
         hosted_workers: Sequence[int] | Tensor | None = None,
-        init_seed: int | None = 0,
+        init_seed: int | None = None,
         chunk_size: int = 128,
         eval_chunk_size: int | None = None,
         metric_samples: int | None = None,
@@ -186,6 +202,7 @@ class TorchModelProblem(Problem):
         base = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         if init_seed is not None:
             keyed_init_(base, int(init_seed))
+        self._template = base  # the model as given (or keyed), for model_at
         self._eval_model = copy.deepcopy(base)
         self._bn_prefixes = []
         for prefix, mod in self._eval_model.named_modules():
@@ -203,10 +220,14 @@ class TorchModelProblem(Problem):
         self.name = name
 
         # -- data: the hosted workers' shards, (n_hosted, m, ...) --------------------------------
-        inputs, targets = train
-        if len(inputs) != len(targets):
-            raise ConfigError(f"train has {len(inputs)} inputs and {len(targets)} targets")
-        labels = targets.cpu().numpy() if targets.dim() == 1 else np.zeros(len(targets))
+        n_samples = data_size(train, f"{name}: train")
+        labels = data_labels(train, f"{name}: train")
+        full = None
+        if labels is None and isinstance(split, str) and split.lower() == "dirichlet":
+            full = take_rows(train, None, torch.device("cpu"), f"{name}: train")  # labels need a read
+            labels = full[1].numpy() if full[1].dim() == 1 else np.zeros(n_samples)
+        if labels is None:
+            labels = np.zeros(n_samples)
         plan = make_split(labels, workers, split, seed=seed, drop_remainder=True, **(split_options or {}))
         if int(plan.sizes.min()) != int(plan.sizes.max()):
             raise ConfigError(
@@ -218,7 +239,7 @@ class TorchModelProblem(Problem):
         self.total_workers = int(workers)
         self.split = plan.kind
         self.seed = int(seed)
-        self.samples_dropped = len(inputs) - parts.numel()
+        self.samples_dropped = n_samples - parts.numel()
         if hosted_workers is None:
             hosted = torch.arange(workers, dtype=torch.int64)
         else:
@@ -234,12 +255,11 @@ class TorchModelProblem(Problem):
         self.n_workers = int(hosted.numel())
         self.m = int(parts.shape[1])
         self.sizes = torch.full((self.n_workers,), self.m, dtype=torch.int64, device=self.device)
-        rows = parts[hosted]  # (n_hosted, m)
-        self._x = inputs[rows.reshape(-1)].reshape(self.n_workers, self.m, *inputs.shape[1:]).to(self.device)
-        self._y = (
-            targets[rows.reshape(-1)].reshape(self.n_workers, self.m, *targets.shape[1:]).to(self.device)
-        )
-        self._test = None if test is None else (test[0].to(self.device), test[1].to(self.device))
+        rows = parts[hosted].reshape(-1)  # (n_hosted m,): only these samples are read
+        inputs, targets = take_rows(full if full is not None else train, rows, self.device, f"{name}: train")
+        self._x = inputs.reshape(self.n_workers, self.m, *inputs.shape[1:])
+        self._y = targets.reshape(self.n_workers, self.m, *targets.shape[1:])
+        self._test = None if test is None else take_rows(test, None, self.device, f"{name}: test")
         self.chunk_size = int(chunk_size)
         self.eval_chunk_size = int(eval_chunk_size or 4 * chunk_size)
         self.metric_samples = self.m if metric_samples is None else max(1, min(int(metric_samples), self.m))
@@ -265,6 +285,7 @@ class TorchModelProblem(Problem):
         new = copy.copy(self)
         new.device = device
         new._train_model = copy.deepcopy(self._train_model).to(device)
+        new._template = copy.deepcopy(self._template).to(device)
         new._eval_model = copy.deepcopy(self._eval_model).to(device)
         new._x, new._y, new._x0 = self._x.to(device), self._y.to(device), self._x0.to(device)
         new._test = None if self._test is None else (self._test[0].to(device), self._test[1].to(device))
@@ -472,6 +493,48 @@ class TorchModelProblem(Problem):
                 metrics["test_acc"] = test_acc
         return metrics
 
+    # -- back to a module ------------------------------------------------------------------------------
+    def load_into(self, model: nn.Module, x: Any) -> nn.Module:
+        """Write the point x (a (d,) tensor, or a :class:`marina.Result`, whose ``x`` is taken) into
+        ``model`` in place and return it.
+
+        ``model`` must have the problem's parameters (the names and shapes of
+        ``named_parameters()``, in order), e.g. the module the problem was built from; values are
+        cast to each parameter's dtype and device. Batch-norm running statistics (with
+        ``num_batches_tracked``) are set to the population statistics at x recomputed from the
+        hosted training data, as :meth:`extra_metrics` uses them, so ``model.eval()`` predicts as
+        ``test_acc`` measured. The module's train/eval mode is left as it was.
+        """
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model is a {type(model).__name__}, must be a torch.nn.Module")
+        point = getattr(x, "x", x)
+        if not isinstance(point, Tensor):
+            raise ConfigError(f"x is a {type(x).__name__}, must be a ({self.dim},) tensor or a marina.Result")
+        params = self._unflatten(self._flat_point(point))
+        theirs = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+        ours = [(n, tuple(s)) for n, s in zip(self._names, self._shapes)]
+        if theirs != ours:
+            count = f"{len(theirs)} vs {len(ours)} parameters"
+            diff = next((f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b), count)
+            raise ConfigError(
+                f"{self.name}: model's parameters (name, shape) differ from the problem's ({diff}); "
+                "load into a module of the architecture the problem was built from"
+            )
+        buffers = self._eval_buffers(params)
+        own = dict(model.named_buffers())
+        with torch.no_grad():
+            for (_, p), value in zip(model.named_parameters(), params.values()):
+                p.copy_(value)
+            for key, value in buffers.items():
+                if key in own:
+                    own[key].copy_(value)
+        return model
+
+    def model_at(self, x: Any) -> nn.Module:
+        """A new module (the given model's architecture, as on this problem's device) holding x and
+        the batch-norm statistics at x (:meth:`load_into`), in eval mode."""
+        return self.load_into(copy.deepcopy(self._template), x).eval()
+
     # -- smoothness ------------------------------------------------------------------------------------
     def estimate_smoothness(
         self, x: Tensor | None = None, samples: int = 256, iterations: int = 20
@@ -539,5 +602,5 @@ class TorchModelProblem(Problem):
         return float(self._constants().max())
 
     def initial_point(self) -> Tensor:
-        """x^0: the (keyed) default initialisation of the model, flattened."""
+        """x^0: the model's weights (or their keyed initialisation with ``init_seed``), flattened."""
         return self._x0.clone()

@@ -25,7 +25,12 @@ VR-MARINA) when it is True and the small batch otherwise.
 Stepsize. ``param_groups[i]["lr"]`` is gamma, read at every step (schedulers work); groups with
 different lrs give a per-coordinate stepsize. Gradient clipping goes inside the closure, after
 ``backward()`` (VR-MARINA clips each of its two gradients). Mixed precision: ``torch.autocast``
-inside the closure works; ``GradScaler`` does not (its ``step`` refuses closures).
+inside the closure works (bfloat16 needs no loss scaling). ``GradScaler.step`` refuses closures
+and its ``unscale_`` runs once per step, while VR-MARINA calls the closure twice, so for float16
+scale inside the closure, in this order: autocast forward, ``(loss * S).backward()``, divide every
+``p.grad`` by S, clip, return the loss; a power-of-two S gives exactly the unscaled gradients
+(tested). There is no skipped step on overflow: a non-finite gradient raises
+:class:`marina.errors.ValueRangeError` in the compressor (lower S).
 
 Checkpoints. ``state_dict()`` is the standard ``{"state", "param_groups"}`` form: per parameter,
 its slice of every state field (g^k, x^k, the last local gradients, DIANA's shifts, ...), and

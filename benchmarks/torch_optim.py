@@ -1,0 +1,238 @@
+"""Time and wire bytes per step: ``marina.torch.VRMARINA`` against ``torch.optim.SGD`` with DDP's allreduce.
+
+W local gloo processes (default 2, one torch thread each, ``marina.testing.local_launch``), the
+small CNN of :func:`marina.nets.small_cnn` on the bundled Fashion-MNIST subset, b' images per rank
+and step. Each rank times, interleaved (blocks of ``--steps`` steps of every variant in turn,
+``--reps`` times, a barrier before each block), every single step of
+
+- ``fb``: the closure alone (zero_grad, forward, backward on the batch; no communication): the
+  floor one forward/backward costs;
+- ``sgd+ddp``: ``DistributedDataParallel`` forward/backward (its bucketed allreduce) + ``SGD.step``;
+- ``vr-marina``: ``VRMARINA(compressor="randk:1%", batch_size=b')`` ``step(closure)`` on c_k = 0
+  steps (two closure calls at x^{k+1} and x^k, RandK of the difference, the packed all-gathers);
+  c_k = 1 steps (dense g, probability p) are reported apart;
+- ``vr-marina, 1-rank group``: the same optimizer on a process group of this rank alone (nothing
+  crosses): its computation without communication.
+
+Figures (median and min over steps, rank 0; rank 1's medians alongside): the optimizer's own
+overhead = t(vr-marina) - 2 t(fb), i.e. beyond the second forward/backward VR-MARINA needs by
+design, as a fraction of a VR-MARINA step (target <= 10%), with and without communication; wire
+bytes per step of VR-MARINA (its ``wire_bytes`` counter: payloads, size exchange and padding times
+the W - 1 receivers) against DDP's ring allreduce of d float32 gradients (2 (W - 1) 4 d bytes all
+ranks together, the standard count; DDP has no byte counter). The machine's cores are shared by the
+ranks (and, on a busy machine, other jobs): compare medians taken in the same run.
+
+Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+import marina.torch as mt
+from marina.nets import keyed_init_, load_fashion_mnist, small_cnn
+from marina.testing import local_launch
+
+VARIANTS = ("fb", "sgd+ddp", "vr-marina", "vr-marina, 1-rank group")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rank_main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    alone = [dist.new_group([r]) for r in range(world)][rank]  # every rank creates every group
+    data = load_fashion_mnist(None)
+    norm = data.normalizer()
+    images, labels = norm(data.train_images).float(), data.train_labels
+    per_rank = len(labels) // world
+    images, labels = (
+        images[rank * per_rank : (rank + 1) * per_rank],
+        labels[rank * per_rank : (rank + 1) * per_rank],
+    )
+    batches = [
+        (images[s : s + args.batch], labels[s : s + args.batch])
+        for s in range(0, per_rank - args.batch + 1, args.batch)
+    ]
+
+    def model():
+        return keyed_init_(small_cnn(num_classes=10), 0)
+
+    plain, ddp_model, vr_model, vr1_model = model(), model(), model(), model()
+    ddp = DistributedDataParallel(ddp_model)
+    sgd = torch.optim.SGD(ddp.parameters(), lr=1e-4)
+    vr = mt.VRMARINA(
+        vr_model.parameters(), compressor="randk:1%", lr=1e-4, batch_size=args.batch, module=vr_model
+    )
+    vr1 = mt.VRMARINA(
+        vr1_model.parameters(),
+        compressor="randk:1%",
+        lr=1e-4,
+        batch_size=args.batch,
+        process_group=alone,
+        module=vr1_model,
+    )
+    d = sum(p.numel() for p in plain.parameters())
+
+    inside = [0.0]  # seconds spent in closures since the last reset
+
+    def closure_for(net, opt, x, y):
+        def closure():
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            inside[0] += time.perf_counter() - t0
+            return loss
+
+        return closure
+
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    own: dict[str, list[float]] = {v: [] for v in VARIANTS[2:]}  # step time minus its closures'
+    dense_times: list[float] = []
+    vr_bytes: list[int] = []
+    vr_dense_bytes: list[int] = []
+    k = 0
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=1e-4)  # only for zero_grad
+    for step in range(3):  # warm-up; VR-MARINA's step 0 (dense g^0) is not timed
+        x, y = batches[step % len(batches)]
+        closure_for(plain, plain_opt, x, y)()
+        closure_for(ddp, sgd, x, y)()
+        sgd.step()
+        vr.step(closure_for(vr_model, vr, x, y))
+        vr1.step(closure_for(vr1_model, vr1, x, y))
+    for rep in range(args.reps):
+        order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
+        for variant in order:
+            dist.barrier()
+            for _ in range(args.steps):
+                x, y = batches[k % len(batches)]
+                k += 1
+                if variant == "fb":
+                    t0 = time.perf_counter()
+                    closure_for(plain, plain_opt, x, y)()
+                    times[variant].append(time.perf_counter() - t0)
+                elif variant == "sgd+ddp":
+                    t0 = time.perf_counter()
+                    closure_for(ddp, sgd, x, y)()
+                    sgd.step()
+                    times[variant].append(time.perf_counter() - t0)
+                else:
+                    opt, net = (vr, vr_model) if variant == "vr-marina" else (vr1, vr1_model)
+                    dense, before = opt.coin, opt.wire_bytes
+                    inside[0] = 0.0
+                    t0 = time.perf_counter()
+                    opt.step(closure_for(net, opt, x, y))
+                    elapsed = time.perf_counter() - t0
+                    if not dense:
+                        own[variant].append(elapsed - inside[0])
+                    if variant == "vr-marina":
+                        (vr_dense_bytes if dense else vr_bytes).append(opt.wire_bytes - before)
+                    (dense_times if dense and variant == "vr-marina" else times[variant]).append(elapsed)
+    report = {
+        "rank": rank,
+        "world": world,
+        "d": d,
+        "K": vr.compressor.spec,
+        "p": vr.method_params["p"],
+        "times": times,
+        "own": own,
+        "dense_times": dense_times,
+        "vr_bytes": vr_bytes,
+        "vr_dense_bytes": vr_dense_bytes,
+        "bits_up": vr.bits_up,
+        "rounds": vr.rounds,
+    }
+    Path(args.out, f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+def summarise(reports: list[dict], args: argparse.Namespace) -> None:
+    r0 = reports[0]
+    W, d = r0["world"], r0["d"]
+    med = {v: _percentile(r0["times"][v], 0.5) for v in VARIANTS}
+    low = {v: min(r0["times"][v]) for v in VARIANTS}
+    print(f"small CNN (d = {d}), {W} gloo ranks, b' = {args.batch} per rank, {r0['K']}, p = {r0['p']:.4g}")
+    print(f"{'variant':<26}{'median ms':>11}{'min ms':>9}   other ranks' medians (ms)   steps")
+    for v in VARIANTS:
+        others = ", ".join(f"{_percentile(r['times'][v], 0.5) * 1e3:.2f}" for r in reports[1:])
+        print(f"{v:<26}{med[v] * 1e3:>11.2f}{low[v] * 1e3:>9.2f}   {others:<27} {len(r0['times'][v])}")
+    if r0["dense_times"]:
+        print(
+            f"{'vr-marina c_k = 1 (dense)':<26}{_percentile(r0['dense_times'], 0.5) * 1e3:>11.2f}"
+            f"{min(r0['dense_times']) * 1e3:>9.2f}   {'':<27} {len(r0['dense_times'])}"
+        )
+    print()
+    for v in ("vr-marina", "vr-marina, 1-rank group"):
+        paired = r0["own"][v]
+        share = [o / t for o, t in zip(paired, r0["times"][v])]
+        print(
+            f"{v}: own time per step (step minus its two closures, paired): median "
+            f"{_percentile(paired, 0.5) * 1e3:.2f} ms, min {min(paired) * 1e3:.2f} ms; "
+            f"median share of the step {100 * _percentile(share, 0.5):.1f}% (target <= 10%)"
+        )
+        for label, t in (("median", med), ("min", low)):
+            over = t[v] - 2 * t["fb"]
+            print(
+                f"    unpaired check, step - 2 fb ({label}s): {over * 1e3:.2f} ms = "
+                f"{100 * over / t[v]:.1f}% of its step"
+            )
+    print(f"vr-marina step / (sgd+ddp step) (medians): {med['vr-marina'] / med['sgd+ddp']:.2f}")
+    print()
+    ddp_bytes = 2 * (W - 1) * 4 * d
+    sparse = sorted(set(r0["vr_bytes"]))
+    mean_sparse = sum(r0["vr_bytes"]) / max(1, len(r0["vr_bytes"]))
+    print(
+        f"wire bytes per step, all ranks: vr-marina c_k = 0: {mean_sparse:.0f} (values {sparse[:4]}); "
+        f"DDP ring allreduce 2 (W-1) 4 d = {ddp_bytes}; ratio DDP / vr-marina = {ddp_bytes / mean_sparse:.1f}"
+    )
+    if r0["vr_dense_bytes"]:
+        print(f"vr-marina c_k = 1 steps: {sum(r0['vr_dense_bytes']) / len(r0['vr_dense_bytes']):.0f} bytes")
+    n = len(r0["vr_bytes"]) + len(r0["vr_dense_bytes"])
+    mean_all = (sum(r0["vr_bytes"]) + sum(r0["vr_dense_bytes"])) / n
+    print(f"vr-marina mean over all {n} timed steps: {mean_all:.0f} bytes = DDP / {ddp_bytes / mean_all:.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32, help="b', images per rank and step (default 32)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per block (default 20)")
+    ap.add_argument("--reps", type=int, default=10, help="blocks of every variant (default 10)")
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rank_job:
+        rank_main(args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, __file__, "--rank-job", "--out", tmp]
+        argv += ["--batch", str(args.batch), "--steps", str(args.steps), "--reps", str(args.reps)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
+        errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]
+        if any(p.returncode for p in procs):
+            raise SystemExit("a rank failed:\n" + "\n".join(e[-3000:] for e in errors))
+        reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(args.ranks)]
+    summarise(reports, args)
+
+
+if __name__ == "__main__":
+    main()
