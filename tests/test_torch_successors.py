@@ -45,8 +45,9 @@ def feed(opt, name: str, seed: int, worker: int, m: int, batch: int = B, dense: 
     return slice(None)
 
 
-def _simulation(name: str, x, y, workers: int, steps: int, seed: int, lr: float):
-    _, comp, kwargs, _ = CASES[name]
+def _simulation(name: str, x, y, workers: int, steps: int, seed: int, lr: float, comp: str | None = None):
+    _, default, kwargs, _ = CASES[name]
+    comp = comp or default
     prob = TorchModelProblem(_mlp(), (x, y), workers=workers, init_seed=None, worker_batching="loop")
     return marina.run(
         method=name,
@@ -84,12 +85,16 @@ def test_with_the_identity_the_optimizer_is_sgd(name):
 
 
 # -- parity with marina.run ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", list(CASES))
-def test_one_worker_matches_marina_run(name):
+@pytest.mark.parametrize(
+    ("name", "comp"),
+    [(name, case[1]) for name, case in CASES.items()] + [("ef21", "randk:7"), ("ef21-pp", "randk:7")],
+)
+def test_one_worker_matches_marina_run(name, comp):
+    """The EF21 family with an unbiased compressor too (used as Q/(1 + omega))."""
     x, y = _data(M)
     steps, seed, lr = 12, 7, 0.2
-    ref = _simulation(name, x, y, 1, steps, seed, lr)
-    cls, comp, kwargs, extra = CASES[name]
+    ref = _simulation(name, x, y, 1, steps, seed, lr, comp)
+    cls, _, kwargs, extra = CASES[name]
     model = _mlp()
     opt = cls(model.parameters(), compressor=comp, lr=lr, seed=seed, local_size=M, **kwargs, **extra)
     for _ in range(steps):
