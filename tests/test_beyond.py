@@ -145,6 +145,29 @@ def test_ef21_theory_against_hand_formulas():
         theory.ef21_stepsize(2.0, 3.0, 0.0)
 
 
+@pytest.mark.parametrize(("alpha", "q"), [(0.5, 0.5), (0.1, 0.3), (0.9, 0.8), (1.0, 0.25)])
+def test_ef21_pp_constants_are_theorem_7_in_its_general_form(alpha, q):
+    """The extensions paper's Theorem 7 as FL_PyTorch writes it (EF21PP.theoreticalStepSize):
+    theta = 1 - (1 + s)(1 - alpha), beta = (1 + 1/s)(1 - alpha) for a free s > 0,
+    theta_p = rho p_min + theta p_max - rho - (p_max - p_min), beta_p = beta p + (1 + 1/rho)(1 - p);
+    with p_min = p_max = q, EF21's s = 1/sqrt(1 - alpha) - 1 and rho = theta q/(2 (1 - q))."""
+    if alpha == 1.0:  # s -> infinity: theta = 1, beta = 0
+        theta, beta = 1.0, 0.0
+    else:
+        s = 1.0 / math.sqrt(1.0 - alpha) - 1.0
+        theta, beta = 1.0 - (1.0 + s) * (1.0 - alpha), (1.0 + 1.0 / s) * (1.0 - alpha)
+    assert theory.ef21_theta_beta(alpha) == pytest.approx((theta, beta), rel=1e-12, abs=1e-15)
+    rho = theta * q / (2.0 * (1.0 - q))
+    theta_p = rho * q + theta * q - rho - (q - q)
+    beta_p = beta * q + (1.0 + 1.0 / rho) * (1.0 - q)
+    assert theta_p == pytest.approx(theta * q / 2.0) and theta_p > 0
+    assert theory.ef21_pp_theta_beta(alpha, q) == pytest.approx((theta_p, beta_p), rel=1e-12)
+    L_f, L = 2.0, 3.0
+    gamma = 1.0 / (L_f + math.sqrt(beta_p * L**2 / theta_p))  # FL_PyTorch: B = beta_p mean L_i^2
+    assert theory.ef21_pp_stepsize(L_f, L, alpha, q) == pytest.approx(gamma, rel=1e-12)
+    assert theory.ef21_pp_stepsize(L_f, L, alpha, q) < theory.ef21_stepsize(L_f, L, alpha)
+
+
 def test_dasha_theory_against_hand_formulas():
     # omega = 1, n = 6: a = 1/3, sqrt(16 * 1 * 3/6) = 2 sqrt 2
     assert theory.dasha_momentum(1.0) == pytest.approx(1.0 / 3.0)

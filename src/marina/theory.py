@@ -453,9 +453,20 @@ def predict(
 # Richtarik, Sokolov, Fatkhullin, "EF21: A New, Simpler, Theoretically Better, and Practically
 # Faster Error Feedback", NeurIPS 2021 ("EF21" below); Fatkhullin, Sokolov, Gorbunov, Li,
 # Richtarik, "EF21 with Bells & Whistles", 2021 ("the extensions paper"). There L is the
-# smoothness of f (our L_f) and L-tilde = sqrt(mean_i L_i^2) (our L). The EF21-PP and EF21-SGD
-# constants below are our reading of the extensions paper's theorems, written without its text
-# at hand: check them against it before relying on the exact constants.
+# smoothness of f (our L_f) and L-tilde = sqrt(mean_i L_i^2) (our L). What was checked, and against what
+# (the papers' text itself was not at hand):
+# - EF21 (Theorem 1): gamma = 1/(L + L-tilde sqrt(beta/theta)) with theta = 1 - sqrt(1 - alpha),
+#   beta = (1 - alpha)/(1 - sqrt(1 - alpha)) is the stepsize of FL_PyTorch (burlachenkok/flpytorch,
+#   fl_pytorch/utils/algorithms.py, EF21AC.theoreticalStepSize, "Th.1, p.40 from EF21"); the EF21
+#   authors' code (mysteryresearcher/dasha, algorithm.py, EF21MasterAlgorithm) uses the bound
+#   sqrt(beta/theta) <= 2/alpha - 1 in its place.
+# - EF21-PP: theta_p = rho p_min + theta p_max - rho - (p_max - p_min) and
+#   beta_p = beta p + (1 + 1/rho)(1 - p), gamma = 1/(L + L-tilde sqrt(beta_p/theta_p)), with
+#   theta = 1 - (1 + s)(1 - alpha), beta = (1 + 1/s)(1 - alpha) for free s, rho > 0, is FL_PyTorch's
+#   EF21PP.theoreticalStepSize ("Th.7, p.47 from EF21-PP", i.e. Theorem 7 of the extensions paper;
+#   it fixes s = rho = 1e-3). We take p_min = p_max = q, EF21's s and rho = theta q/(2 (1 - q)).
+# - EF21-SGD: beta_1 = 2 beta is NOT verified (neither text nor code of that theorem was found);
+#   tests/test_beyond.py pins the formula as written.
 def ef21_theta_beta(alpha: float) -> tuple[float, float]:
     """(theta, beta) = (1 - sqrt(1 - alpha), (1 - alpha)/(1 - sqrt(1 - alpha))): EF21, Lemma 3
     with Young's parameter s = 1/sqrt(1 - alpha) - 1, the choice of Theorem 1 (beta = 0 at
@@ -472,7 +483,7 @@ def ef21_stepsize(L_f: float, L: float, alpha: float) -> float:
 
 
 def ef21_pp_theta_beta(alpha: float, participation: float) -> tuple[float, float]:
-    """(theta_p, beta_p) of EF21-PP (the extensions paper, partial-participation theorem) with
+    """(theta_p, beta_p) of EF21-PP (the extensions paper, Theorem 7, as FL_PyTorch reads it) with
     every client taking part with probability q = ``participation`` (p_min = p_max = q):
     theta_p = rho q + theta q - rho, beta_p = beta q + (1 + 1/rho)(1 - q), with the free
     rho = theta q/(2 (1 - q)) (our choice; the theorem asks only theta_p > 0), so
@@ -496,7 +507,8 @@ def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
     """gamma = 1/(L_f + L sqrt(beta_1/theta)) with beta_1 = 2 beta (EF21-SGD, the extensions
     paper: the estimator's error splits by Young's inequality into the compression part and the
     minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). The noise adds a
-    neighbourhood to the guarantee, not a smaller stepsize."""
+    neighbourhood to the guarantee, not a smaller stepsize. The factor 2 is our reading,
+    unverified (see the comment above :func:`ef21_theta_beta`)."""
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(2.0 * beta / theta))
 
@@ -504,9 +516,17 @@ def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
 # -- DASHA family (Tyurin and Richtarik, "DASHA: Distributed Nonconvex Optimization with
 # Communication Compression and Optimal Oracle Complexity", ICLR 2023) ----------------------------
 # There L is the smoothness of f (our L_f), L-hat = sqrt(mean_i L_i^2) (our L), L_max (PAGE) and
-# L_sigma (MVR) the mean-squared smoothness of the sampled components (our L_avg). The constants
-# 16, 48, 2 and 12 of Theorems 6.1, 6.4 and 6.7 are our reading of the paper, written without
-# its text at hand: check them against it before relying on the exact constants.
+# L_sigma (MVR) the mean-squared smoothness of the sampled components (our L_avg). What was checked:
+# - a = 1/(2 omega + 1) and DASHA-PAGE's p = B/(m + B) are those of the authors' code
+#   (mysteryresearcher/dasha, code/distributed_optimization_library/algorithm.py: _estimate_momentum,
+#   ZeroMarinaPageMasterAlgorithm._estimate_prob); so are the three estimators h_i and the message
+#   m_i = Q(h_i^{k+1} - h_i^k - a (g_i^k - h_i^k)) of the methods (ZeroMarina*NodeAlgorithm).
+# - The stepsize constants 16 (Theorem 6.1), 48 and 2 (Theorem 6.4), 48 and 12 (Theorem 6.7) are
+#   NOT verified: the paper's text was not at hand, and the authors' code follows an earlier version
+#   of the analysis (its DASHA stepsize, ZeroMarinaMasterAlgorithm._estimate_gamma, is
+#   1/(L + L-hat sqrt(omega (4 omega + 1)/n)), larger than ours for every omega > 0; it has no theory
+#   stepsize for PAGE or MVR). Ours are the smaller, conservative ones. tests/test_beyond.py pins
+#   the formulas as written, and with the identity (omega = 0) checks DASHA against GD (1/L_f).
 def dasha_momentum(omega: float) -> float:
     """a = 1/(2 omega + 1) (DASHA, Theorems 6.1, 6.4 and 6.7)."""
     return 1.0 / (2.0 * _nonnegative("omega", omega) + 1.0)
@@ -519,7 +539,8 @@ def _dasha_compression_term(omega: float, n: int) -> float:
 
 
 def dasha_stepsize(L_f: float, L: float, omega: float, n: int) -> float:
-    """gamma = 1/(L_f + sqrt(16 omega (2 omega + 1)/n) L) (DASHA, Theorem 6.1)."""
+    """gamma = 1/(L_f + sqrt(16 omega (2 omega + 1)/n) L) (DASHA, Theorem 6.1; the constant 16 is
+    unverified, see the comment above dasha_momentum)."""
     root = math.sqrt(16.0 * _dasha_compression_term(omega, n))
     return 1.0 / (_positive("L_f", L_f) + root * _positive("L", L))
 
@@ -533,7 +554,8 @@ def dasha_page_stepsize(
     L_f: float, L: float, L_avg: float, omega: float, n: int, p: float, batch_size: int
 ) -> float:
     """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-p) L_max^2/B)
-    + 2 (1-p) L_max^2/(p n B))) with L_max = L_avg (DASHA-PAGE, Theorem 6.4)."""
+    + 2 (1-p) L_max^2/(p n B))) with L_max = L_avg (DASHA-PAGE, Theorem 6.4; the constants 48 and 2
+    are unverified, see the comment above dasha_momentum)."""
     p = _probability("p", p)
     B = int(batch_size)
     L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
@@ -556,7 +578,8 @@ def dasha_mvr_stepsize(
     L_f: float, L: float, L_avg: float, omega: float, n: int, b: float, batch_size: int
 ) -> float:
     """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-b)^2 L_sigma^2/B)
-    + 12 L_sigma^2/(b n B))) with L_sigma = L_avg (DASHA-MVR, Theorem 6.7)."""
+    + 12 L_sigma^2/(b n B))) with L_sigma = L_avg (DASHA-MVR, Theorem 6.7; the constants 48 and 12
+    are unverified, see the comment above dasha_momentum)."""
     b = _probability("mvr_momentum", b)
     B = int(batch_size)
     L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
@@ -577,7 +600,7 @@ def predict_successor(
 ) -> Prediction:
     """:func:`predict` for the successors whose guarantee is 2 Delta_0/(gamma K) with the dense
     start g_i^0 = grad f_i(x^0) (the G^0 terms vanish): ``ef21`` (EF21, Theorem 1),
-    ``ef21-pp`` (the extensions paper's EF21-PP theorem), ``dasha`` (Theorem 6.1) and
+    ``ef21-pp`` (the extensions paper's Theorem 7), ``dasha`` (Theorem 6.1) and
     ``dasha-page`` (Theorem 6.4). EF21-SGD and DASHA-MVR are not covered: their bounds add
     terms of the unknown noise level sigma^2.
 

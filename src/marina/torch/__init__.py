@@ -4,10 +4,27 @@
 of a torch.distributed group (or the process alone) is one worker; ``step(closure)`` follows
 ``torch.optim.LBFGS``; the algorithms are those of :mod:`marina.methods` on marina's networks and
 compressors. :mod:`marina.torch.closure` adapts the closure to the Problem protocol.
+``EF21``, ``EF21PP``, ``EF21SGD``, ``DASHA``, ``DASHAPAGE``, ``DASHAMVR``
+(:mod:`marina.torch.successors`): MARINA's successors, the same layer over their methods.
 """
 
 from __future__ import annotations
 
 from marina.torch.optim import DIANA, MARINA, PPMARINA, QGD, VRMARINA, MarinaOptimizer, compressor_for
+from marina.torch.successors import DASHA, DASHAMVR, DASHAPAGE, EF21, EF21PP, EF21SGD
 
-__all__ = ["MARINA", "VRMARINA", "PPMARINA", "DIANA", "QGD", "MarinaOptimizer", "compressor_for"]
+__all__ = [
+    "MARINA",
+    "VRMARINA",
+    "PPMARINA",
+    "DIANA",
+    "QGD",
+    "EF21",
+    "EF21PP",
+    "EF21SGD",
+    "DASHA",
+    "DASHAPAGE",
+    "DASHAMVR",
+    "MarinaOptimizer",
+    "compressor_for",
+]

@@ -64,8 +64,11 @@ APPLIED_LR = "applied_lr"
 """param_groups key: the lr of the move that produced the current parameters (MARINA family)."""
 
 
-def compressor_for(spec: Any, d: int, n: int) -> compressors.Compressor:
-    """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))."""
+def compressor_for(spec: Any, d: int, n: int, contractive: bool = False) -> compressors.Compressor:
+    """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100)).
+
+    Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
+    contractive ones (``topk:K``) too."""
     if isinstance(spec, str) and spec.strip().endswith("%"):
         name, _, arg = spec.strip().partition(":")
         try:
@@ -78,11 +81,20 @@ def compressor_for(spec: Any, d: int, n: int) -> compressors.Compressor:
             raise ConfigError(f"compressor {spec!r}: only randk and topk take K as a fraction of d")
         spec = f"{name}:{max(1, round(frac * d))}"
     Q = compressors.get(spec, workers=n) if isinstance(spec, str) else compressors.get(spec)
-    if not getattr(Q, "unbiased", False):
+    if not getattr(Q, "unbiased", False) and not (contractive and Q.contractive):
         raise ConfigError(
             f"compressor {Q.spec!r} is biased; the marina.torch optimizers need an unbiased one"
+            + (" or a contractive one (topk:K)" if contractive else " (EF21 takes topk:K)")
         )
     return Q
+
+
+def default_local_size(batch_size: Any, dense_batch_size: Any = None) -> int:
+    """m_i when the loop does not declare it, for a method fed minibatches of b' = ``batch_size``:
+    max(b', b) with b = ``dense_batch_size``, or 10 b' (m only bounds b' and sets b's default);
+    invalid values are left to the parameter checks."""
+    bp = batch_size if isinstance(batch_size, int) and batch_size > 0 else 1
+    return max(bp, dense_batch_size if isinstance(dense_batch_size, int) else 10 * bp)
 
 
 def _network(seed: int, device: torch.device, process_group: Any) -> Network:
@@ -132,8 +144,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
         probe = ClosureProblem(flat, 1, 1, torch.zeros(1, dtype=torch.int64))  # checks dtype/device
         self.net = _network(seed, probe.device, process_group)
         self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
-        self.compressor = compressor_for(compressor, self.problem.dim, self.net.n)
         cls = methods.get(self.method_name)
+        self.compressor = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
         setting = methods.Setting.build(self.problem, self.net, self.compressor, 1)
         given = {"stepsize": float(lr), **{k: v for k, v in overrides.items() if v is not None}}
         self.method_params = cls.resolve(setting, given)
@@ -347,9 +359,8 @@ class VRMARINA(MarinaOptimizer):
                 "VRMARINA(online=False) needs local_size=m, the samples of each worker: the dense rounds "
                 "are full local passes and b' <= m"
             )
-        if online and local_size is None:  # m only bounds b' and sets b's default 10 b'
-            bp = batch_size if isinstance(batch_size, int) and batch_size > 0 else 1
-            local_size = max(bp, dense_batch_size if isinstance(dense_batch_size, int) else 10 * bp)
+        if online and local_size is None:
+            local_size = default_local_size(batch_size, dense_batch_size)
         overrides = {"p": p, "batch_size": batch_size, "online": online}
         if online:
             overrides["dense_batch_size"] = dense_batch_size

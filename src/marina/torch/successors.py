@@ -1,0 +1,216 @@
+"""EF21, EF21-PP, EF21-SGD, DASHA, DASHA-PAGE and DASHA-MVR as ``torch.optim.Optimizer`` subclasses.
+
+The same thin layer as :mod:`marina.torch.optim` (read its module doc: steps, ``step(closure)``,
+stepsize, checkpoints, counters) over :mod:`marina.methods.ef21` and :mod:`marina.methods.dasha`;
+no algorithm line is repeated here. All six build their estimator g^k from gradients at x^k and
+then move x^{k+1} = x^k - gamma g^k, as the MARINA family: step 0 is the dense start
+(g_i^0 = grad f_i(x^0), or DASHA-MVR's batch of B_0 samples), step t >= 1 the loop body of
+round k = t - 1 with the closure at x^{k+1} = the current parameters.
+
+What the closure should compute at each step is :attr:`coin` (True: the full local loss f_i, or
+DASHA-MVR's B_0 samples on step 0; False: a minibatch of ``batch_size`` samples):
+
+- ``EF21``, ``EF21PP``, ``DASHA``: always True (a full local gradient every round is inherent to
+  these methods, whatever the compressor);
+- ``EF21SGD``, ``DASHAMVR``: True on step 0 only;
+- ``DASHAPAGE``: the shared coin c_k ~ Be(p) (True on step 0).
+
+``DASHAPAGE`` and ``DASHAMVR`` evaluate the closure twice on c_k = 0 steps, on the same batch,
+at x^{k+1} and at x^k (RNG forked, ``module``'s buffers advanced once, see
+:mod:`marina.torch.closure`). ``EF21PP``: a rank not drawn in a round (:attr:`EF21PP.participates`
+False) never calls the closure and sends nothing, but must still call ``step``.
+
+Compressors: the EF21 family takes contractive ones (``topk:K``, ``"topk:1%"``) and unbiased
+ones (used as Q/(1 + omega)); DASHA takes unbiased ones. Sample indices drawn by the methods
+(streams "minibatch") are not read: the training loop feeds its batches; ``batch_size``,
+``dense_batch_size`` and ``local_size`` feed the theory defaults and :attr:`oracle_calls`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from marina.errors import ConfigError
+from marina.torch.optim import MarinaOptimizer, default_local_size
+
+__all__ = ["EF21", "EF21PP", "EF21SGD", "DASHA", "DASHAPAGE", "DASHAMVR"]
+
+
+class _Successor(MarinaOptimizer):
+    """A successor without MARINA's coin: after step 0, every step is a full local pass
+    (``full_passes``) or every step a minibatch."""
+
+    full_passes: ClassVar[bool] = True
+
+    @property
+    def coin(self) -> bool:
+        """True: feed the full local pass (step 0: the dense start); False: a minibatch."""
+        return True if not self.started else self.full_passes
+
+
+class EF21(_Successor):
+    """EF21 (:class:`marina.methods.EF21`, Algorithm 2 of the EF21 paper; default lr is for the
+    caller: the smoothness of a model is unknown). The closure computes the full local loss at
+    every step; ``local_size`` = m_i only feeds :attr:`oracle_calls`."""
+
+    method_name = "ef21"
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "topk:1%",
+        lr: float = 0.1,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, {})
+
+
+class EF21PP(_Successor):
+    """EF21-PP (:class:`marina.methods.EF21PP`): each client takes part in a round with
+    probability q = ``participation`` (default 1/2), drawn from the shared stream; only the
+    participants call the closure (:attr:`participates`)."""
+
+    method_name = "ef21-pp"
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "topk:1%",
+        lr: float = 0.1,
+        participation: float | None = None,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        overrides = {"participation": participation}
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+
+    @property
+    def participates(self) -> bool:
+        """Whether this rank computes in the next step (step 0, or drawn in the round's draw)."""
+        if not self.started:
+            return True
+        mult = self.method._participants(self.method.k)
+        return bool(mult[int(self.net.worker_ids[0])] > 0)
+
+
+class EF21SGD(_Successor):
+    """EF21-SGD (:class:`marina.methods.EF21SGD`): the closure computes the full local loss on
+    step 0 (g_i^0 = grad f_i(x^0)) and a minibatch of b = ``batch_size`` samples afterwards
+    (:attr:`coin` False); ``local_size`` = m defaults to b."""
+
+    method_name = "ef21-sgd"
+    full_passes = False
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "topk:1%",
+        lr: float = 0.1,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        batch_size: int,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        if local_size is None:  # m >= b is all the theory needs of m here
+            local_size = default_local_size(batch_size, batch_size)
+        overrides = {"batch_size": batch_size}
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+
+
+class DASHA(_Successor):
+    """DASHA (:class:`marina.methods.DASHA`, Algorithm 1 with h_i = grad f_i): the closure
+    computes the full local loss at every step; momentum a defaults to 1/(2 omega + 1)."""
+
+    method_name = "dasha"
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "randk:1%",
+        lr: float = 0.1,
+        momentum: float | None = None,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        overrides = {"momentum": momentum}
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+
+
+class DASHAPAGE(MarinaOptimizer):
+    """DASHA-PAGE (:class:`marina.methods.DASHAPAGE`): finite sums of ``local_size`` = m samples
+    per worker (required); :attr:`coin` is the shared c_k ~ Be(p), p defaulting to B/(m + B)
+    (Corollary 6.5). On c_k = 0 steps the closure runs twice on the batch of B = ``batch_size``
+    samples (at x^{k+1}, then at x^k)."""
+
+    method_name = "dasha-page"
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "randk:1%",
+        lr: float = 0.1,
+        p: float | None = None,
+        momentum: float | None = None,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        batch_size: int,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        if local_size is None:
+            raise ConfigError(
+                "DASHAPAGE needs local_size=m, the samples of each worker: c_k = 1 steps are full "
+                "local passes and the default p = B/(m + B)"
+            )
+        overrides = {"p": p, "momentum": momentum, "batch_size": batch_size}
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+
+
+class DASHAMVR(_Successor):
+    """DASHA-MVR (:class:`marina.methods.DASHAMVR`): step 0 feeds B_0 = ``dense_batch_size``
+    samples (default min(m, 10 B)), every later step B = ``batch_size`` samples, evaluated twice
+    (at x^{k+1}, then at x^k); MVR momentum b defaults to min(sqrt(B/B_0)/omega, B/B_0).
+    ``local_size`` = m defaults to max(B, B_0) (as :class:`marina.torch.VRMARINA` online)."""
+
+    method_name = "dasha-mvr"
+    full_passes = False
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "randk:1%",
+        lr: float = 0.1,
+        momentum: float | None = None,
+        mvr_momentum: float | None = None,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        batch_size: int,
+        dense_batch_size: int | None = None,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        if local_size is None:
+            local_size = default_local_size(batch_size, dense_batch_size)
+        overrides = {
+            "momentum": momentum,
+            "mvr_momentum": mvr_momentum,
+            "batch_size": batch_size,
+            "dense_batch_size": dense_batch_size,
+        }
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
