@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from marina import memory
 from marina.compressors import WIRE_DTYPES, get, known
 from marina.errors import ConfigError
 from marina.rng import Randomness
@@ -97,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers == {n}, must be >= 1")
     if d < 1:
         raise ConfigError(f"--dim == {d}, must be >= 1")
+    # inputs, messages, unpacked and decompressed copies, errors: a few (n, d) arrays
+    memory.check({"(n, d) arrays": memory.state_bytes(n, d)}, f"compress with --dim {d} --workers {n}")
     c = get(args.spec, value_dtype=DTYPES[args.wire], workers=n)
     X = make_input(args.input, n, d, args.seed, getattr(torch, args.dtype))
     ids = range(n)

@@ -8,6 +8,7 @@ import os
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from marina import __version__
-from marina.errors import ConfigError
+from marina.errors import CheckpointError, ConfigError, DamagedFileWarning
 from marina.experiments import results
 from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
 from marina.experiments.loading import load_problem
@@ -119,8 +120,9 @@ def execute(
         kwargs.update(checkpoint_path=str(ckpt), checkpoint_every=int(checkpoint_every))
     if progress is not None:
         kwargs["progress"] = progress
-    try:
-        result = run(
+
+    def attempt():
+        return run(
             method=config.method,
             compressor=config.compressor,
             problem=problem,
@@ -130,6 +132,17 @@ def execute(
             log_every=config.log_every,
             **kwargs,
         )
+
+    try:
+        try:
+            result = attempt()
+        except CheckpointError as exc:  # our own in-flight file, damaged or stale: redo the run
+            if ckpt is None or not writing:
+                raise
+            warnings.warn(DamagedFileWarning(f"{exc}; the run starts again from round 0"), stacklevel=2)
+            ckpt.unlink(missing_ok=True)
+            record.pop("resumed", None)
+            result = attempt()
     except Exception as exc:
         record.update(
             status="failed",
@@ -138,9 +151,11 @@ def execute(
             finished_at=_now(),
             wall_s=time.perf_counter() - t0,
         )
-        if writing:
-            results.write_run(out_path, record)
-        if isinstance(exc, (ConfigError, DistributedError)):  # bad input; a peer rank's failure
+        if writing:  # the disk that failed the run may refuse the record too: then it stays "running"
+            with contextlib.suppress(OSError):
+                results.write_run(out_path, record)
+        # bad input; a peer rank's failure; the file system (read-only, full): stop, resumable
+        if isinstance(exc, (ConfigError, DistributedError, OSError)):
             raise
         return record, None
     history = result.history
