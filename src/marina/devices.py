@@ -25,24 +25,24 @@ def available() -> list[str]:
 def check(device: Any) -> torch.device:
     """``device`` as a :class:`torch.device` that exists here (ConfigError naming the value and
     the devices of this machine otherwise)."""
-    here = ", ".join(available())
+    here = "this machine has: " + ", ".join(available())
     if isinstance(device, torch.device):
         dev = device
     elif isinstance(device, str) and device.strip():
         try:
             dev = torch.device(device.strip())
         except (RuntimeError, ValueError):
-            raise ConfigError(f"device == {device!r} is not a device name; this machine has: {here}") from None
+            raise ConfigError(f"device == {device!r} is not a device name; {here}") from None
     else:
-        raise ConfigError(f"device == {device!r}, must be a device name; this machine has: {here}")
+        raise ConfigError(f"device == {device!r}, must be a device name; {here}")
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device == {device!r}, but CUDA is not available here; this machine has: {here}")
+            raise ConfigError(f"device == {device!r}, but CUDA is not available here; {here}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device == {device!r} does not exist; this machine has: {here}")
+            raise ConfigError(f"device == {device!r} does not exist; {here}")
         return dev
     if dev.type == "mps" and "mps" in available():
         return dev
-    raise ConfigError(f"device == {device!r} is not available here; this machine has: {here}")
+    raise ConfigError(f"device == {device!r} is not available here; {here}")
