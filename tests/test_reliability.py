@@ -36,6 +36,13 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def sweep_cli(capsys, tmp_path, grid: str, *extra: str, problem: str = "synthetic", top: str = ""):
+    """``marina sweep`` of a one-grid file (n = 2, 5 rounds) into tmp_path/D."""
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'{top}problems = "{problem}"\nworkers = 2\niterations = 5\n[[grid]]\n{grid}')
+    return cli(capsys, "sweep", str(cfg), "--out", str(tmp_path / "D"), *extra)
+
+
 def one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -135,12 +142,10 @@ def test_compress_absurd_dimension(capsys):
 
 
 def test_sweep_checks_memory_up_front(tmp_path, capsys):
-    sweep = tmp_path / "s.toml"
-    sweep.write_text(
-        'problems = "mushrooms"\nworkers = 2\niterations = 5\n[[grid]]\nmethods = "vr-marina"\n'
-        'compressors = "randk:1"\nonline = true\ndense_batch_size = [100, 10000000]\n'
+    grid = (
+        'methods = "vr-marina"\ncompressors = "randk:1"\nonline = true\ndense_batch_size = [100, 10000000]\n'
     )
-    rc, _, err = cli(capsys, "sweep", str(sweep), "--out", str(tmp_path / "D"), "--quiet")
+    rc, _, err = sweep_cli(capsys, tmp_path, grid, "--quiet", problem="mushrooms")
     assert rc == 2 and "memory budget" in one_line_error(err)
     assert not (tmp_path / "D" / "runs").exists()  # no run started
 
@@ -279,12 +284,8 @@ def test_old_records_with_inf_strings_are_read_as_floats(tmp_path, capsys):
 
 # -- 5. one canonical type per parameter -----------------------------------------------------------
 def test_numeric_string_parameter_refused(tmp_path, capsys):
-    cfg = tmp_path / "s.toml"
-    cfg.write_text(
-        'problems = "synthetic"\nworkers = 2\niterations = 5\n[[grid]]\nmethods = "marina"\n'
-        'compressors = "randk:1"\np = [0.5, "0.5"]\n'
-    )
-    rc, _, err = cli(capsys, "sweep", str(cfg), "--out", str(tmp_path / "D"), "--dry-run")
+    grid = 'methods = "marina"\ncompressors = "randk:1"\np = [0.5, "0.5"]\n'
+    rc, _, err = sweep_cli(capsys, tmp_path, grid, "--dry-run")
     assert rc == 2 and "p == '0.5', must be a number in (0, 1]" in one_line_error(err)
 
 
@@ -296,12 +297,8 @@ def test_numeric_string_parameter_refused(tmp_path, capsys):
 def test_missing_cuda(tmp_path, capsys, device, why):
     rc, _, err = cli(capsys, "run", "--problem", "synthetic", "--workers", "2", "--device", device)
     assert rc == 2 and why in one_line_error(err) and "this machine has: cpu" in err
-    cfg = tmp_path / "s.toml"
-    cfg.write_text(
-        f'device = "{device}"\nproblems = "synthetic"\nworkers = 2\niterations = 5\n[[grid]]\n'
-        'methods = "marina"\ncompressors = "randk:1"\n'
-    )
-    rc, _, err = cli(capsys, "sweep", str(cfg), "--out", str(tmp_path / "D"))
+    grid = 'methods = "marina"\ncompressors = "randk:1"\n'
+    rc, _, err = sweep_cli(capsys, tmp_path, grid, top=f'device = "{device}"\n')
     assert rc == 2 and why in one_line_error(err)
 
 
