@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """marina's own warnings as one line on stderr; others as Python shows them."""
     if issubclass(category, MarinaWarning):
-        print(f"marina: warning: {message}", file=sys.stderr if file is None else file)
+        print(f"marina: warning: {one_line(message)}", file=sys.stderr if file is None else file)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 
@@ -62,7 +62,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except MarinaError as err:
-        print(f"marina {args.command}: error: {err}", file=sys.stderr)
+        print(f"marina {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"marina {args.command}: interrupted", file=sys.stderr)
@@ -71,8 +71,13 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as err:  # read-only or full disk, permissions, ...: the path and the cause
-        print(f"marina {args.command}: error: {os_error_text(err)}", file=sys.stderr)
+        print(f"marina {args.command}: error: {one_line(os_error_text(err))}", file=sys.stderr)
         return 2
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line (line breaks of quoted input shown as ``\\n``)."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def os_error_text(err: OSError) -> str:
