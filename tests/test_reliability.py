@@ -398,3 +398,27 @@ def test_warnings_outside_the_cli_stay_python_warnings(tmp_path):
         assert results.completed_run_ids(tmp_path) == set()
     assert [type(w.message) for w in caught] == [DamagedFileWarning]
     assert str(tmp_path / "runs" / "abc" / "run.json") in str(caught[0].message)
+
+
+def test_atomic_write_names_the_file_of_a_failed_write(tmp_path, monkeypatch):
+    """A writer's OSError without a file name (pyarrow's) gets the path; any error on a full disk
+    becomes ENOSPC; other errors pass unchanged; no temporary file is left in any case."""
+    target = tmp_path / "x.parquet"
+
+    def arrow_like(tmp):
+        raise OSError("IOError: write failed")
+
+    with pytest.raises(OSError) as info:
+        marina.files.atomic_write(target, arrow_like)
+    assert info.value.filename == str(target) and "write failed" in info.value.strerror
+
+    def bad(tmp):
+        raise ValueError("not a disk problem")
+
+    with pytest.raises(ValueError, match="not a disk problem"):
+        marina.files.atomic_write(target, bad)
+    monkeypatch.setattr(marina.files, "_disk_full", lambda directory: True)
+    with pytest.raises(OSError) as info:
+        marina.files.atomic_write(target, bad)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

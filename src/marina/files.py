@@ -59,13 +59,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have created
         try:
             write(tmp)
-        except OSError as err:
-            if err.filename is None and err.errno is not None:  # name the file (pyarrow does not)
-                raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-            raise
         except Exception as err:
-            if _disk_full(path.parent):  # writers that hide ENOSPC (torch.save: "iostream error")
+            if _disk_full(path.parent):  # writers hide ENOSPC (torch.save: "iostream error")
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            if isinstance(err, OSError) and err.filename is None:  # name the file (pyarrow does not)
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from err
             raise
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -269,9 +269,7 @@ def _read_record(path: Path) -> dict[str, Any] | None:
             raise ValueError(f"run_id {record['run_id']!r} is not its folder's name")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
-            raise
+    except (ValueError, IsADirectoryError) as err:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         _damaged(path, err, "the run is treated as not done and will be run again")
         return None
     for key in ("final", "params"):
