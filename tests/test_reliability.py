@@ -4,6 +4,7 @@ tests/test_fuzz.py."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -12,6 +13,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -21,10 +23,12 @@ import torch
 
 import marina
 from marina import memory
-from marina.cli import main
+from marina.cli import build_parser, main
+from marina.cli.run import config_from_args
 from marina.data import load
 from marina.errors import ConfigError, DamagedFileWarning, MemoryBudgetError
 from marina.experiments import results
+from marina.experiments.execute import _execute
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 AS_LIMIT = 3 * 2**30  # importing torch takes ~1 GiB of address space; a run gets ~2 GiB more
@@ -85,6 +89,14 @@ def test_huge_online_batch_refused_under_address_space_limit():
     assert line.split("needs about ")[1].split()[:2] == [f"{want:.3g}", "GiB"]
     ok = limited(*base, "--dense-batch-size", "1000", "--iterations", "5", "--quiet")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_huge_synthetic_problem_refused_under_address_space_limit():
+    """10^8 workers of 20 samples in d = 10: 2 x 10^10 entries, refused before drawing them."""
+    r = limited("run", "--problem", "synthetic", "--workers", "100000000", "--iterations", "1", "--quiet")
+    assert r.returncode == 2, r.stderr
+    assert "synthetic with workers = 100000000, dim = 10, samples = 20 needs about" in r.stderr
+    assert "memory budget" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_budget_is_overridable_and_named(monkeypatch):
@@ -422,3 +434,43 @@ def test_atomic_write_names_the_file_of_a_failed_write(tmp_path, monkeypatch):
         marina.files.atomic_write(target, bad)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_runs_of_one_configuration_compute_it_once(tmp_path):
+    """While one process computes a run of DIR (here: this test, holding the run's lock), a
+    second `marina run` of it waits, then reports the first one's record (same start time)
+    instead of computing it again."""
+    options = [
+        "run",
+        "--problem",
+        "synthetic",
+        "--workers",
+        "2",
+        "--iterations",
+        "50",
+        "--out",
+        str(tmp_path),
+    ]
+    config = config_from_args(build_parser().parse_args(options))
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    with results.run_lock(tmp_path, config.run_id) as waited:
+        assert not waited
+        second = subprocess.Popen(
+            [sys.executable, "-m", "marina", *options, "--quiet"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.set_blocking(second.stderr.fileno(), False)
+        seen, deadline = b"", time.monotonic() + 60
+        while b"being computed by another process" not in seen:
+            assert time.monotonic() < deadline and second.poll() is None, seen
+            with contextlib.suppress(BlockingIOError):
+                seen += os.read(second.stderr.fileno(), 1 << 16)
+            time.sleep(0.05)
+        record, _ = _execute(config, tmp_path)  # the first process: computes it, lock held
+    out, err = (b.decode() for b in second.communicate(timeout=60))
+    assert second.returncode == 0, seen.decode() + err
+    on_disk = json.loads((results.run_dir(tmp_path, config.run_id) / "run.json").read_text())
+    assert on_disk["started_at"] == record["started_at"] and on_disk["status"] == "finished"
+    assert f"round 50: |grad f|^2 = {record['final']['grad_norm_sq']:.4e}" in out

@@ -58,18 +58,7 @@ def _versions(device: str) -> dict[str, Any]:
     }
 
 
-def execute(
-    config: RunConfig,
-    out: str | os.PathLike | None,
-    *,
-    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-    progress: Callable[[Mapping[str, Any], int], None] | None = None,
-    problem: Any = None,
-    backend: str = "simulated",
-    write: bool = True,
-    m: float | None = None,
-    run_kwargs: Mapping[str, Any] | None = None,
-):
+def execute(config: RunConfig, out: str | os.PathLike | None, **options: Any):
     """Run one configuration with :func:`marina.run` and write its files into ``out``.
 
     The run's ``run.json`` is written with status ``running`` when it starts, then its history
@@ -83,10 +72,38 @@ def execute(
     workers, default: over ``problem.sizes``) and extra :func:`marina.run` arguments
     (``run_kwargs``, e.g. ``network``).
 
+    Options (keywords): ``checkpoint_every``, ``progress``, ``problem``, ``backend``
+    (``"simulated"``), ``write`` (True), ``m``, ``run_kwargs``. A simulated run written into
+    ``out`` holds the run's lock (:func:`results.run_lock`) meanwhile: a second process asked
+    for the same run waits, then returns the record the first one wrote instead of computing it
+    again.
+
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
-        (None if it failed).
+        (None if it failed, or if another process computed it meanwhile).
     """
+    if out is None or not options.get("write", True) or options.get("backend", "simulated") != "simulated":
+        return _execute(config, out, **options)
+    with results.run_lock(out, config.run_id) as waited:
+        done = results.completed_record(out, config.run_id) if waited else None
+        if done is not None:
+            return done, None
+        return _execute(config, out, **options)
+
+
+def _execute(
+    config: RunConfig,
+    out: str | os.PathLike | None,
+    *,
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
+    progress: Callable[[Mapping[str, Any], int], None] | None = None,
+    problem: Any = None,
+    backend: str = "simulated",
+    write: bool = True,
+    m: float | None = None,
+    run_kwargs: Mapping[str, Any] | None = None,
+):
+    """The body of :func:`execute` (the same options), without the run's lock."""
     out_path = Path(out) if out is not None else None
     writing = write and out_path is not None
     record: dict[str, Any] = {

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from marina import parameters
-from marina.errors import ConfigError, DamagedFileWarning
+from marina.errors import ConfigError, DamagedFileWarning, MarinaWarning
 from marina.files import atomic_write
 from marina.runner import HISTORY_COLUMNS
 
@@ -63,6 +63,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_parquet",
     "checkpoint_path",
+    "completed_record",
     "completed_run_ids",
     "dumps_json",
     "history_frame",
@@ -72,6 +73,7 @@ __all__ = [
     "read_history",
     "read_run_record",
     "rebuild",
+    "run_lock",
     "run_dir",
     "schema_version",
     "write_run",
@@ -183,6 +185,43 @@ def _locked(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, run_id: str) -> Iterator[bool]:
+    """Hold the advisory lock of one run (``runs/<run_id>/.lock``) while computing it, so two
+    processes never compute the same run at once. Yields whether another process held it (this
+    one waited: the run may be complete now). The lock file is removed on release, so a run's
+    folder holds only its own files. A no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield False
+        return
+    folder = run_dir(out, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            busy = f"run {run_id} is being computed by another process; waiting for it"
+            warnings.warn(MarinaWarning(busy), stacklevel=3)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:  # the file goes while still locked: a waiter then finds the run's record
+            with contextlib.suppress(OSError):
+                os.unlink(folder / LOCK_FILE)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def completed_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
+    """The record of ``run_id`` if the run is complete in ``out`` (terminal status, readable
+    history), else None."""
+    record = read_run_record(out, run_id)
+    return record if record is not None and _is_complete(Path(out), record) else None
 
 
 # -- per-run files ---------------------------------------------------------------------------------
