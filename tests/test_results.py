@@ -115,8 +115,23 @@ def test_jsonable():
         "t": torch.tensor(2.5),
         "n": np.int64(3),
     }
-    assert results.jsonable(value) == {"a": None, "b": "inf", "c": "-inf", "t": 2.5, "n": 3}
+    inf = float("inf")
+    assert results.jsonable(value) == {"a": None, "b": inf, "c": -inf, "t": 2.5, "n": 3}
     assert results.jsonable((1, [np.float64(0.5)])) == [1, [0.5]]
+
+
+def test_dumps_json_numbers_or_null():
+    """NaN -> null, +-inf -> the JSON numbers +-1e999 (strict JSON: no NaN/Infinity tokens), and
+    a string that spells Infinity is left alone."""
+    value = {"a": float("nan"), "b": float("inf"), "c": [-float("inf")], "s": "x: Infinity, -Infinity"}
+    text = results.dumps_json(value)
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    back = json.loads(text, parse_constant=refuse)
+    assert back == {"a": None, "b": float("inf"), "c": [-float("inf")], "s": "x: Infinity, -Infinity"}
+    assert text.count("1e999") == 2
 
 
 def test_rebuild_combines_completed_runs(tmp_path):

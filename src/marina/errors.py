@@ -3,7 +3,15 @@ callers decide by type, never by message text."""
 
 from __future__ import annotations
 
-__all__ = ["MarinaError", "ConfigError", "ValueRangeError"]
+__all__ = [
+    "MarinaError",
+    "ConfigError",
+    "ValueRangeError",
+    "MemoryBudgetError",
+    "CheckpointError",
+    "MarinaWarning",
+    "DamagedFileWarning",
+]
 
 
 class MarinaError(Exception):
@@ -30,3 +38,22 @@ class ValueRangeError(ConfigError):
     def __init__(self, message: str, *, non_finite: bool = False) -> None:
         super().__init__(message)
         self.non_finite = bool(non_finite)
+
+
+class MemoryBudgetError(ConfigError):
+    """A run (or a data file) would need more memory than the budget allows
+    (:mod:`marina.memory`); the message gives the estimate and the budget."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed: unreadable, or written by another run."""
+
+
+class MarinaWarning(UserWarning):
+    """Base class of the warnings marina issues on purpose (the command line prints each as one
+    line)."""
+
+
+class DamagedFileWarning(MarinaWarning):
+    """A file of a results directory could not be read; the message names it and what was done
+    instead (the run treated as not done, a combined file rebuilt)."""

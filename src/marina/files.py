@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import tempfile
@@ -25,6 +26,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(directory: Path) -> bool:
+    """Whether the file system of ``directory`` has (almost) no room left for this user."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 @functools.lru_cache(maxsize=1)
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -37,7 +47,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     fsynced and renamed over ``path`` (``os.replace``); the directory is fsynced after.
 
     Readers see either the old file or the complete new one, never a partial file, whatever
-    happens to this process (including SIGKILL) or the machine.
+    happens to this process (including SIGKILL) or the machine. A failed write raises an
+    OSError naming ``path`` (ENOSPC when the disk is full, whatever the writer raised).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +57,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(tmp_name)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have created
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:
+            if _disk_full(path.parent):  # writers hide ENOSPC (torch.save: "iostream error")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            if isinstance(err, OSError) and err.filename is None:  # name the file (pyarrow does not)
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+            raise
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -19,7 +19,8 @@ Logging happens at round 0, every ``log_every`` rounds and at the last round. Ea
 
 A non-finite iterate or loss stops the run at once with status ``"diverged"``; the history keeps
 every row up to that round (the last row is the diverged round) and the message names the
-stepsize and how to lower it.
+stepsize and how to lower it. A finished run whose ||grad f||^2 became exactly 0 (an underflow)
+says so in its message.
 
 Checkpoints (``checkpoint_path``, ``checkpoint_every``): the whole run state (method state
 tensors, counters, history so far, elapsed time) as plain tensors and primitives, written
@@ -43,8 +44,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marina import compressors, methods, problems, trackers
-from marina.errors import ConfigError, ValueRangeError
+from marina import compressors, devices, memory, methods, problems, trackers
+from marina.errors import CheckpointError, ConfigError, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.simulated import SimulatedNetwork
@@ -90,6 +91,10 @@ def _int_arg(name: str, value: Any, low: int) -> int:
 
 
 def _build_problem(problem: Any, workers: int | None, device: Any, dtype: Any) -> problems.Problem:
+    if device is not None:
+        device = devices.check(device)
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"dtype == {dtype!r}, must be torch.float32 or torch.float64")
     if isinstance(problem, problems.Problem):
         prob = problems.get(problem, workers=workers)
         if dtype is not None and prob.dtype != dtype:
@@ -267,6 +272,7 @@ def _setup(
         raise ConfigError(f"the network has {net.n} workers but the problem has {n_total}")
     x_start = _initial_point(x0, prob)
     used = cls.resolve(methods.Setting.build(prob, net, Q, iterations), params)
+    memory.check_run(prob, cls.name, used)  # before the method allocates its state
     config = {
         "method": cls.name,
         "compressor": Q.spec,
@@ -303,7 +309,21 @@ def _rounds(setup: _Setup, history: History, checkpoint: Checkpoint, clock: Cloc
                 return "diverged", _diverged(setup, k, "non-finite loss")
         if checkpoint.due(k):
             checkpoint.save(history, clock, "running", "")
-    return "finished", f"{algo.name}: {iterations} rounds finished"
+    return "finished", f"{algo.name}: {iterations} rounds finished" + _underflow_note(history)
+
+
+def _underflow_note(history: History) -> str:
+    """A warning for the message when ||grad f(x^k)||^2 became exactly 0 after round 0: in
+    floating point that is an underflow (e.g. a saturated sigmoid after a huge stepsize), not a
+    verified stationary point, and it breaks log-scale plots."""
+    its, gns = history.rows.get("iteration", []), history.rows.get("grad_norm_sq", [])
+    zero = next((int(k) for k, g in zip(its, gns) if g == 0.0 and k > 0), None)
+    if zero is None:
+        return ""
+    return (
+        f"; warning: ||grad f||^2 is exactly 0 from round {zero} on: the gradient underflowed "
+        "(e.g. a saturated sigmoid after too large a stepsize), not a verified stationary point"
+    )
 
 
 def _diverged(setup: _Setup, k: int, what: str) -> str:
@@ -435,19 +455,21 @@ class Checkpoint:
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is no checkpoint (ConfigError if it is unreadable
-        or belongs to another run)."""
+        """The saved state, or None when there is no checkpoint (CheckpointError if it is
+        unreadable or belongs to another run)."""
         if self.path is None or not os.path.exists(self.path):
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise ConfigError(f"checkpoint {self.path!r} cannot be read ({err}); remove it") from err
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.setup.fingerprint:
-            raise ConfigError(
+            raise CheckpointError(f"checkpoint {self.path!r} cannot be read ({err}); remove it") from err
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint {self.path!r} is not a {CHECKPOINT_FORMAT} file; remove it")
+        if state.get("fingerprint") != self.setup.fingerprint:
+            raise CheckpointError(
                 f"checkpoint {self.path!r} was written by a different run "
                 f"({state.get('fingerprint')}); remove it or choose another checkpoint_path"
             )
         if not torch.equal(state["x0"], self.setup.x0.cpu()):
-            raise ConfigError(f"checkpoint {self.path!r} was written from another x0")
+            raise CheckpointError(f"checkpoint {self.path!r} was written from another x0")
         return state

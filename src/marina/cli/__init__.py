@@ -7,17 +7,21 @@ namespace, returning an exit status). Only the module of the subcommand being ru
 
 Exit status: 0 success; 1 a run failed (an error inside it); 2 bad input (a
 :class:`marina.errors.MarinaError`, printed as one line, never a traceback); 3 a run diverged
-(``marina run``) or a sweep holds diverged runs and no failed one; 130 interrupted.
+(``marina run``) or a sweep holds diverged runs and no failed one; 130 interrupted. Errors of the
+file system (read-only or full disk, permissions) are printed as one line with the cause and the
+path, status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from marina import __version__
-from marina.errors import MarinaError
+from marina.errors import MarinaError, MarinaWarning
 
 # Subcommand modules with their one-line help, in the order ``marina --help`` lists them.
 COMMANDS: dict[str, str] = {
@@ -62,8 +66,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """marina's own warnings as one line on stderr; others as Python shows them."""
+    if issubclass(category, MarinaWarning):
+        print(f"marina: warning: {one_line(message)}", file=sys.stderr if file is None else file)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    with warnings.catch_warnings():  # each of marina's warnings once per command, as one line
+        warnings.simplefilter("default", MarinaWarning)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -72,11 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MarinaError as err:
-        print(f"marina {args.command}: error: {err}", file=sys.stderr)
+        print(f"marina {args.command}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"marina {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `marina ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:  # read-only or full disk, permissions, ...: the path and the cause
+        print(f"marina {args.command}: error: {one_line(os_error_text(err))}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line (line breaks of quoted input shown as ``\\n``)."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def os_error_text(err: OSError) -> str:
+    """One line for an OSError: the cause, then the path (``read-only file system: 'DIR/x'``)."""
+    cause = err.strerror or str(err) or type(err).__name__
+    path = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        path = f"{path} -> {err.filename2}"
+    return f"{cause.lower()}: {str(path)!r}" if path != "" else cause.lower()
 
 
 if __name__ == "__main__":

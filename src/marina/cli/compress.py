@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from marina import memory
 from marina.cli import COMMANDS
 from marina.cli.syntax import cli_syntax
 from marina.compressors import WIRE_DTYPES, get, known
@@ -113,6 +114,8 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers == {n}, must be >= 1")
     if d < 1:
         raise ConfigError(f"--dim == {d}, must be >= 1")
+    # inputs, messages, unpacked and decompressed copies, errors: a few (n, d) arrays
+    memory.check({"(n, d) arrays": memory.state_bytes(n, d)}, f"compress with --dim {d} --workers {n}")
     c = get(args.spec, value_dtype=DTYPES[args.wire], workers=n)
     X = make_input(args.input, n, d, args.seed, getattr(torch, args.dtype))
     ids = range(n)

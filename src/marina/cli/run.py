@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable
@@ -198,15 +199,16 @@ def _summary(record: dict[str, Any]) -> str:
     final = record.get("final") or {}
     lines = [f"{record['status']}: {record.get('message', '')}"]
     if final:
+        num = {k: math.nan if v is None else float(v) for k, v in final.items() if k != "iteration"}
         lines.append(
             "round {it:d}: |grad f|^2 = {g:.4e}, f = {f:.6g}, #bits/n = {b:.4g}, oracle calls/worker = "
             "{o:.4g}, method time {t:.2f} s".format(
                 it=int(final["iteration"]),
-                g=final["grad_norm_sq"],
-                f=final["loss"],
-                b=final["bits_up"],
-                o=final["oracle_calls"],
-                t=final["time_s"],
+                g=num["grad_norm_sq"],
+                f=num["loss"],
+                b=num["bits_up"],
+                o=num["oracle_calls"],
+                t=num["time_s"],
             )
         )
     params = record.get("params") or {}

@@ -20,7 +20,7 @@ import bz2
 import functools
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from marina import memory
 from marina.errors import ConfigError
 
 __all__ = [
@@ -120,6 +121,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> tuple[str, Path, int | None
     if text in BUNDLED:
         return text, bundled_path(text), BUNDLED[text]
     path = Path(text).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"data set {text!r} is a directory, must be a LibSVM file or a bundled name")
     if not path.is_file():
         raise ConfigError(
             f"data set {text!r}: no such file, and not a bundled name; bundled data sets "
@@ -169,6 +172,8 @@ def _load_cached(name: str, path: str, n_features: int | None, size: int, mtime_
         raise ConfigError(f"{path}: cannot parse as LibSVM/svmlight: {err}") from err
     if X.shape[0] == 0:
         raise ConfigError(f"{path}: no data rows")
+    _check_values(path, X, y)
+    _check_dim(path, int(X.shape[1]), n_features)
     X = sp.csr_matrix(X, dtype=np.float64)
     X.sum_duplicates()
     X.sort_indices()
@@ -231,14 +236,73 @@ def _line_problem(line: bytes) -> str | None:
     return None
 
 
-def _first_bad_line(path: str) -> tuple[int, str, str] | None:
-    """(line number, line text, reason) of the first malformed line of a LibSVM file."""
+def _first_bad_line(
+    path: str, problem: Callable[[bytes], str | None] = _line_problem
+) -> tuple[int, str, str] | None:
+    """(line number, line text, reason) of the first line of a LibSVM file for which
+    ``problem(line)`` gives a reason (default: the first malformed line)."""
     try:
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, start=1):
-                why = _line_problem(line)
+                why = problem(line)
                 if why is not None:
                     return lineno, line.decode(errors="replace").rstrip("\n"), why
     except (OSError, EOFError, ValueError):
         return None
     return None
+
+
+MAX_ABS_VALUE = 1e30
+"""Largest magnitude of a feature value or label: the smoothness constants use squared row
+norms squared (sum_k a_k^2)^2, finite in float64 for any realistic row below it, and the value
+itself fits float32 (3.4e38)."""
+
+
+def _values(line: bytes) -> list[tuple[str, float]]:
+    """(what, value) of a well-formed line's label and feature values (qid left out)."""
+    tokens = line.split(b"#", 1)[0].split()
+    out = [("label", float(tokens[0]))] if tokens else []
+    for tok in tokens[1:]:
+        key, _, value = tok.partition(b":")
+        if key != b"qid":
+            out.append((f"feature {key.decode(errors='replace')}", float(value)))
+    return out
+
+
+def _value_problem(line: bytes) -> str | None:
+    for what, v in _values(line):
+        if not np.isfinite(v):
+            return f"{what} is {v}, must be finite"
+        if abs(v) > MAX_ABS_VALUE:
+            return f"{what} is {v:g}, must be at most {MAX_ABS_VALUE:g} in magnitude"
+    return None
+
+
+def _check_values(path: str, X: sp.csr_matrix, y: np.ndarray) -> None:
+    """ConfigError naming the file and line of the first non-finite or huge value."""
+    ok = bool(np.all(np.abs(X.data) <= MAX_ABS_VALUE)) and bool(np.all(np.abs(y) <= MAX_ABS_VALUE))
+    if ok:  # NaN fails both comparisons
+        return
+    where = _first_bad_line(path, _value_problem)
+    if where is None:
+        raise ConfigError(f"{path}: holds a non-finite value or one beyond {MAX_ABS_VALUE:g}")
+    lineno, line, why = where
+    raise ConfigError(f"{path}:{lineno}: {why}: {line[:80]!r}")
+
+
+def _check_dim(path: str, d: int, n_features: int | None) -> None:
+    """Refuse a dimension no run could hold (MemoryBudgetError naming the line that sets it)."""
+    need = memory.state_bytes(1, d)
+    if need <= memory.budget()[0]:
+        return
+    if n_features is not None:
+        what = f"{path}: n_features == {d}"
+    else:
+
+        def sets_dim(line: bytes) -> str | None:
+            keys = [int(w.split()[1]) for w, _ in _values(line) if w.startswith("feature ")]
+            return "" if keys and max(keys) >= d - 1 else None  # one- or zero-based indices
+
+        where = _first_bad_line(path, sets_dim)
+        what = f"{path}:{where[0]}: feature index {d}" if where else f"{path}: dimension {d}"
+    memory.check({"method state at n = 1": need}, f"{what} makes d = {d}, and a run")

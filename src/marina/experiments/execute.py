@@ -8,6 +8,7 @@ import os
 import platform
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from marina import __version__, trackers
-from marina.errors import ConfigError
+from marina.errors import CheckpointError, ConfigError, DamagedFileWarning
 from marina.experiments import results
 from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
 from marina.experiments.loading import load_problem
@@ -57,19 +58,7 @@ def _versions(device: str) -> dict[str, Any]:
     }
 
 
-def execute(
-    config: RunConfig,
-    out: str | os.PathLike | None,
-    *,
-    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-    progress: Callable[[Mapping[str, Any], int], None] | None = None,
-    problem: Any = None,
-    backend: str = "simulated",
-    write: bool = True,
-    m: float | None = None,
-    run_kwargs: Mapping[str, Any] | None = None,
-    loggers: Any = None,
-):
+def execute(config: RunConfig, out: str | os.PathLike | None, **options: Any):
     """Run one configuration with :func:`marina.run` and write its files into ``out``.
 
     The run's ``run.json`` is written with status ``running`` when it starts, then its history
@@ -85,10 +74,39 @@ def execute(
     writing under ``out`` (else the working directory) with the run id as run name; not on
     processes that do not write.
 
+    Options (keywords): ``checkpoint_every``, ``progress``, ``problem``, ``backend``
+    (``"simulated"``), ``write`` (True), ``m``, ``run_kwargs``, ``loggers``. A simulated run written into
+    ``out`` holds the run's lock (:func:`results.run_lock`) meanwhile: a second process asked
+    for the same run waits, then returns the record the first one wrote instead of computing it
+    again.
+
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
-        (None if it failed).
+        (None if it failed, or if another process computed it meanwhile).
     """
+    if out is None or not options.get("write", True) or options.get("backend", "simulated") != "simulated":
+        return _execute(config, out, **options)
+    with results.run_lock(out, config.run_id) as waited:
+        done = results.completed_record(out, config.run_id) if waited else None
+        if done is not None:
+            return done, None
+        return _execute(config, out, **options)
+
+
+def _execute(
+    config: RunConfig,
+    out: str | os.PathLike | None,
+    *,
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
+    progress: Callable[[Mapping[str, Any], int], None] | None = None,
+    problem: Any = None,
+    backend: str = "simulated",
+    write: bool = True,
+    m: float | None = None,
+    run_kwargs: Mapping[str, Any] | None = None,
+    loggers: Any = None,
+):
+    """The body of :func:`execute` (the same options), without the run's lock."""
     out_path = Path(out) if out is not None else None
     writing = write and out_path is not None
     record: dict[str, Any] = {
@@ -124,8 +142,9 @@ def execute(
         kwargs["progress"] = progress
     if loggers and write:
         kwargs["loggers"] = trackers.make(loggers, root=out_path, run_name=config.run_id)
-    try:
-        result = run(
+
+    def attempt():
+        return run(
             method=config.method,
             compressor=config.compressor,
             problem=problem,
@@ -135,6 +154,17 @@ def execute(
             log_every=config.log_every,
             **kwargs,
         )
+
+    try:
+        try:
+            result = attempt()
+        except CheckpointError as exc:  # our own in-flight file, damaged or stale: redo the run
+            if ckpt is None or not writing:
+                raise
+            warnings.warn(DamagedFileWarning(f"{exc}; the run starts again from round 0"), stacklevel=2)
+            ckpt.unlink(missing_ok=True)
+            record.pop("resumed", None)
+            result = attempt()
     except Exception as exc:
         record.update(
             status="failed",
@@ -143,9 +173,11 @@ def execute(
             finished_at=_now(),
             wall_s=time.perf_counter() - t0,
         )
-        if writing:
-            results.write_run(out_path, record)
-        if isinstance(exc, (ConfigError, DistributedError)):  # bad input; a peer rank's failure
+        if writing:  # the disk that failed the run may refuse the record too: then it stays "running"
+            with contextlib.suppress(OSError):
+                results.write_run(out_path, record)
+        # bad input; a peer rank's failure; the file system (read-only, full): stop, resumable
+        if isinstance(exc, (ConfigError, DistributedError, OSError)):
             raise
         return record, None
     history = result.history

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marina import compressors, methods, parameters
+from marina import compressors, devices, memory, methods, parameters
 from marina.errors import ConfigError
 from marina.experiments.config import RunConfig, default_log_every
 from marina.experiments.loading import ProblemCache
@@ -149,6 +149,10 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"sweep file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"sweep file {str(path)!r} is a directory, must be a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     return parse_sweep(data, path.name)
@@ -208,6 +212,7 @@ def validate(
     Raises:
         ConfigError: naming where the value was declared, the key, the value and what is allowed.
     """
+    devices.check(device)
     staged: list[tuple[str, dict[str, Any]]] = []
     for raw in raws:
         v = raw.values
@@ -279,7 +284,8 @@ def validate(
                 ) from None
             net = SimulatedNetwork(cfg["workers"], cfg["seed"], device=prob.device)
             setting = methods.Setting.build(prob, net, comp, cfg["iterations"])
-            methods.get(cfg["method"]).resolve(setting, dict(cfg["params"]))
+            used = methods.get(cfg["method"]).resolve(setting, dict(cfg["params"]))
+            memory.check_run(prob, cfg["method"], used)
         except ConfigError as exc:
             raise ConfigError(pre + str(exc)) from None
         rc = RunConfig(**cfg, device=device)

@@ -16,6 +16,16 @@ processes finishing runs in the same directory cannot lose each other's rows). A
 ``run.json`` has a terminal status (``finished`` or ``diverged``) is complete and is never
 run again by a resumed sweep.
 
+Numbers are strict JSON: a non-finite metric (a diverged run's loss or ||grad f||^2) is ``null``
+for NaN and the number ``1e999`` / ``-1e999`` for +-inf, which JSON readers (Python's ``json``,
+JavaScript) parse as +-infinity. Records of older versions that hold ``"inf"`` strings are read
+as floats.
+
+Damaged files never block a directory: a per-run file that cannot be read (a truncated
+``run.json`` or ``history.parquet``) is reported (:class:`marina.errors.DamagedFileWarning`,
+naming the path) and its run is treated as not done, so a sweep or ``marina run`` runs it again;
+a damaged ``results.parquet`` or ``runs.json`` is rebuilt from, or read from, ``runs/``.
+
 Both combined files are readable with plain pandas::
 
     df = pandas.read_parquet("DIR/results.parquet")
@@ -28,6 +38,8 @@ import contextlib
 import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from marina import parameters
-from marina.errors import ConfigError
+from marina.errors import ConfigError, DamagedFileWarning, MarinaWarning
 from marina.files import atomic_write
 from marina.runner import HISTORY_COLUMNS
 
@@ -52,7 +64,9 @@ __all__ = [
     "atomic_write_parquet",
     "checkpoint_path",
     "collect",
+    "completed_record",
     "completed_run_ids",
+    "dumps_json",
     "history_frame",
     "jsonable",
     "load_results",
@@ -60,6 +74,7 @@ __all__ = [
     "read_history",
     "read_run_record",
     "rebuild",
+    "run_lock",
     "run_dir",
     "schema_version",
     "write_run",
@@ -107,8 +122,9 @@ TERMINAL_STATUSES = frozenset({"finished", "diverged"})
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with tensors, numpy scalars and non-finite floats made JSON-safe (NaN -> None,
-    +-inf -> "inf" / "-inf"), recursively through dicts, lists and tuples."""
+    """``value`` with tensors and numpy scalars made plain, recursively through dicts, lists and
+    tuples: NaN -> None; +-inf stay floats, which :func:`dumps_json` writes as the JSON numbers
+    +-1e999 (see the module docstring)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -120,17 +136,23 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return float(value)
+        return None if math.isnan(value) else float(value)
     return str(value)
 
 
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity')
+
+
+def dumps_json(obj: Any, indent: int | None = 1) -> str:
+    """``obj`` (through :func:`jsonable`) as strict JSON: NaN as ``null``, +-inf as the numbers
+    ``1e999`` / ``-1e999`` (every JSON reader parses them as +-infinity, Python's included)."""
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=True)
+    return _JSON_TOKEN.sub(lambda m: m[0] if m[0][0] == '"' else m[0].replace("Infinity", "1e999"), text)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` (made JSON-safe by :func:`jsonable`) as indented JSON, atomically."""
-    text = json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n"
+    """Write ``obj`` as indented JSON (:func:`dumps_json`), atomically."""
+    text = dumps_json(obj) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
@@ -164,6 +186,43 @@ def _locked(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, run_id: str) -> Iterator[bool]:
+    """Hold the advisory lock of one run (``runs/<run_id>/.lock``) while computing it, so two
+    processes never compute the same run at once. Yields whether another process held it (this
+    one waited: the run may be complete now). The lock file is removed on release, so a run's
+    folder holds only its own files. A no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield False
+        return
+    folder = run_dir(out, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            busy = f"run {run_id} is being computed by another process; waiting for it"
+            warnings.warn(MarinaWarning(busy), stacklevel=3)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:  # the file goes while still locked: a waiter then finds the run's record
+            with contextlib.suppress(OSError):
+                os.unlink(folder / LOCK_FILE)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def completed_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
+    """The record of ``run_id`` if the run is complete in ``out`` (terminal status, readable
+    history), else None."""
+    record = read_run_record(out, run_id)
+    return record if record is not None and _is_complete(Path(out), record) else None
 
 
 # -- per-run files ---------------------------------------------------------------------------------
@@ -219,6 +278,58 @@ def write_run(out: str | os.PathLike, record: dict[str, Any], history: pd.DataFr
     return atomic_write_json(directory / RECORD_FILE, record)
 
 
+def _damaged(path: Path, err: BaseException, consequence: str) -> None:
+    warnings.warn(
+        DamagedFileWarning(f"{path} is damaged ({type(err).__name__}: {err}); {consequence}"), stacklevel=3
+    )
+
+
+_NUMBER_STRINGS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _restore_numbers(value: Any) -> Any:
+    """Metrics of records written before numbers-or-null: "inf" / "-inf" / "nan" -> floats."""
+    if isinstance(value, dict):
+        return {k: _restore_numbers(v) for k, v in value.items()}
+    if isinstance(value, str) and value in _NUMBER_STRINGS:
+        return _NUMBER_STRINGS[value]
+    return value
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The record of a ``run.json``; None if missing, or damaged (reported: the run is not done)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        for key, kind in (("run_id", str), ("status", str), ("config", dict)):
+            if not isinstance(record.get(key), kind):
+                raise ValueError(f"{key!r} missing or not a {kind.__name__}")
+        if record["run_id"] != path.parent.name:
+            raise ValueError(f"run_id {record['run_id']!r} is not its folder's name")
+    except FileNotFoundError:
+        return None
+    except (ValueError, IsADirectoryError) as err:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        _damaged(path, err, "the run is treated as not done and will be run again")
+        return None
+    for key in ("final", "params"):
+        if isinstance(record.get(key), dict):
+            record[key] = _restore_numbers(record[key])
+    return record
+
+
+def _history_readable(path: Path) -> bool:
+    """Whether a run's ``history.parquet`` exists and its footer reads (damage is reported)."""
+    if not path.is_file():
+        return False
+    try:
+        pq.read_metadata(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        _damaged(path, err, "the run is treated as not done and will be run again")
+        return False
+    return True
+
+
 def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame:
     """A completed run's rows of ``results.parquet`` (files of schema 1 get their
     configuration columns here)."""
@@ -228,27 +339,20 @@ def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame
 
 def read_run_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
     """The ``run.json`` record of ``run_id`` in ``out``, or None if there is none yet."""
-    path = run_dir(out, run_id) / RECORD_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+    return _read_record(run_dir(out, run_id) / RECORD_FILE)
 
 
 def _records(out: Path) -> list[dict[str, Any]]:
     runs = out / RUNS_DIR
     if not runs.is_dir():
         return []
-    records = []
-    for path in sorted(runs.glob(f"*/{RECORD_FILE}")):
-        records.append(json.loads(path.read_text(encoding="utf-8")))
-    return records
+    found = (_read_record(path) for path in sorted(runs.glob(f"*/{RECORD_FILE}")))
+    return [r for r in found if r is not None]
 
 
 def _is_complete(out: Path, record: dict[str, Any]) -> bool:
-    return (
-        record.get("status") in TERMINAL_STATUSES
-        and (run_dir(out, record["run_id"]) / HISTORY_FILE).is_file()
+    return record.get("status") in TERMINAL_STATUSES and _history_readable(
+        run_dir(out, record["run_id"]) / HISTORY_FILE
     )
 
 
@@ -283,7 +387,7 @@ def rebuild(out: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, Any]]]
                 with contextlib.suppress(OSError):
                     stale.unlink()
         records = sorted(_records(out), key=_sort_key)
-        frames = [read_history(out, r) for r in records if _is_complete(out, r)]
+        frames = [f for f in (_readable_history(out, r) for r in records) if f is not None]
         if frames:
             df = pd.concat(frames, ignore_index=True)
         else:
@@ -299,6 +403,18 @@ def collect(out: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, Any]]]
     if not (out / RUNS_DIR).is_dir():
         raise ConfigError(f"{str(out)!r} is not a results directory: no {RUNS_DIR}/ folder in it")
     return rebuild(out)
+
+
+def _readable_history(out: Path, record: dict[str, Any]) -> pd.DataFrame | None:
+    """A completed run's rows, or None (not complete, or its history is damaged: reported)."""
+    if not _is_complete(out, record):
+        return None
+    try:
+        return read_history(out, record)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        path = run_dir(out, record["run_id"]) / HISTORY_FILE
+        _damaged(path, err, "its rows are left out of results.parquet; remove it to run it again")
+        return None
 
 
 def load_results(out: str | os.PathLike) -> pd.DataFrame:
@@ -319,13 +435,28 @@ def load_results(out: str | os.PathLike) -> pd.DataFrame:
             f"{str(out)!r} is not a results directory: no {RESULTS_FILE} and no {RUNS_DIR}/*/"
             f"{RECORD_FILE} (write one with `marina run --out` or `marina sweep --out`)"
         )
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        if not (out / RUNS_DIR).is_dir():
+            raise ConfigError(
+                f"{path} is damaged ({err}) and there is no {RUNS_DIR}/ to rebuild it from"
+            ) from None
+        _damaged(path, err, f"rebuilt from {out / RUNS_DIR}")
+        return rebuild(out)[0]
 
 
 def load_runs(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run records of ``out`` (``runs.json``, or the per-run files if it is missing)."""
+    """The run records of ``out`` (``runs.json``, or the per-run files if it is missing or
+    damaged)."""
     out = Path(out)
     path = out / RUNS_FILE
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            runs = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+                raise ValueError("not a JSON list of run records")
+            return [_restore_numbers(r) for r in runs]
+        except ValueError as err:
+            _damaged(path, err, f"the records are read from {out / RUNS_DIR} instead")
     return sorted(_records(out), key=_sort_key)

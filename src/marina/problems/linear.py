@@ -467,6 +467,17 @@ class LinearModelProblem(Problem):
         g_new, g_old = self._reg_grad(x_new), self._reg_grad(x_old)
         return G if g_new is None else G.add_(g_new - g_old)
 
+    def minibatch_bytes(self, b: int, points: int) -> int:
+        """Peak bytes of one minibatch oracle on ``b`` samples per hosted worker, each evaluated
+        at ``points`` points (:meth:`_gather` and :meth:`_minibatch`, bounded with the densest row):
+        per non-zero five int64 indices, its value, product and weight at every point; per
+        sampled row four int64 offsets and its points' t, psi' and weights; the (n, d) result."""
+        item = int(self.dtype.itemsize)
+        densest = int((self._crow[1:] - self._crow[:-1]).max()) if self._crow.numel() > 1 else 0
+        per_nnz = 5 * 8 + (2 + points) * item + points * 8
+        per_row = 4 * 8 + (2 * points + 2) * item
+        return self.n_workers * b * (densest * per_nnz + per_row) + self.n_workers * self.dim * item
+
     # -- constants ----------------------------------------------------------------------------
     @property
     def L_i(self) -> Tensor:

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from marina import memory
 from marina.data.sampling import normal
 from marina.data.splits import make_split
 from marina.errors import ConfigError
@@ -45,6 +46,10 @@ from marina.problems.linear import LinearModelProblem
 from marina.rng import SHARED, Randomness
 
 __all__ = ["SyntheticProblem", "synthetic"]
+
+DATA_BYTES_PER_ENTRY = 128
+"""Bytes per entry a_ij[k] while building (memory budget): the draws and the dense features
+(4 float64 arrays), then the stored sparse copies (CSR, lifted, transposed, torch: ~6 x 16 B)."""
 
 
 class SyntheticProblem(LinearModelProblem):
@@ -124,6 +129,14 @@ def synthetic(
         if not value >= 0:
             raise ConfigError(f"synthetic: {label} == {value!r}, must be >= 0")
     n, d, m, h = int(workers), int(dim), int(samples), float(heterogeneity)
+    memory.check(  # before drawing: the data and its copies, the per-worker Hessians
+        {
+            "data": n * m * d * DATA_BYTES_PER_ENTRY,
+            "Hessian blocks": 3 * n * d * d * 8,
+            "workspace": memory.WORKSPACE,
+        },
+        f"synthetic with workers = {n}, dim = {d}, samples = {m}",
+    )
     centre = normal(Randomness(seed, "synthetic-centre", 0, [SHARED]), d)  # (1, d)
     rng = Randomness(seed, "synthetic-worker", 0, range(n))
     z = normal(rng, m * d).reshape(n, m, d)
