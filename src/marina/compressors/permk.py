@@ -50,6 +50,8 @@ class PermK(Compressor):
 
     name = "permk"
     correlated = True
+    regenerates = True
+    fixed_size = True
     omega_formula = "n - 1 (n | d); d/floor(d/n) - 1 otherwise"
     density_formula = "d/n"
     wire_formula = "floor or ceil(d/n) values, no indices (shared permutation)"
@@ -75,6 +77,11 @@ class PermK(Compressor):
                 f"permk: d == {d} is smaller than the number of workers n == {self.workers}, must be d >= n"
             )
         return self.workers
+
+    def message_bits(self, d: int, worker_ids: Tensor) -> Tensor:
+        """|B_i| w bits for worker i (its block of the permutation; no index bits)."""
+        _, sizes, _ = self._blocks(worker_ids.to("cpu", torch.int64), self._check_d(d))
+        return sizes * self.wire_bits_per_value
 
     def omega(self, d: int) -> float:
         d = self._check_d(d)
