@@ -127,6 +127,21 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
                 "exchanges": res.config["exchanges"],
             }
         report["resumed"] = _interrupted_and_resumed(prob, seed, Path(out, f"checkpoint{rank}.pt"))
+        linked = distributed.run(
+            method="pp-marina",
+            problem=prob,
+            workers=SYNTHETIC["workers"],
+            compressor="randk:3",
+            iterations=10,
+            seed=seed,
+            log_every=1,
+            keep_log=True,
+            link="10mbit:1ms",
+        )
+        report["link"] = {
+            "link_time_s": linked.history["link_time_s"].tolist(),
+            "exchanges": linked.config["exchanges"],
+        }
         report["aggregations"] = _direct_aggregations(session, seed)
         report["failures"] = _failed_compressions(session, seed)
         # bad configurations raise the same clear error on every rank, without hanging
@@ -384,6 +399,21 @@ def test_a_failed_compression_stops_every_rank_alike_without_a_size_exchange(equ
             assert failures[f"nan {spec}"] == "ValueRangeError True", (report["rank"], spec)
             assert failures[f"range {spec}"] == "ValueRangeError False", (report["rank"], spec)
         assert failures["after"] == 17.0  # the mean of rows of ones, summed over d = 17
+
+
+def test_the_link_model_times_the_all_gathers_of_the_ranks(equivalence):
+    """W = 3 ranks of two workers: each aggregation is W - 1 steps of the largest rank's padded
+    bytes (plus TCP/IP headers) at 10 Mbit/s, with 1 ms per step; no size exchange for randk."""
+    _, reports = equivalence
+    for report in reports:
+        got, exchanges = report["link"]["link_time_s"], report["link"]["exchanges"]
+        hand = 0.0
+        for ex in exchanges:
+            chunk = max(ex["rank_bytes"])
+            if chunk:
+                hand += (WORLD - 1) * ((chunk + math.ceil(chunk / 1448) * 66) * 8 / 1e7 + 1e-3)
+        assert got[-1] == pytest.approx(hand, rel=1e-9)
+        assert got == reports[0]["link"]["link_time_s"]  # the same on every rank
 
 
 def test_bad_configurations_fail_alike_on_every_rank(equivalence):

@@ -112,6 +112,7 @@ from torch import Tensor
 
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
+from marina.network.link import Link, parse_link
 from marina.rng import Randomness
 
 __all__ = ["DistributedError", "TorchDistributedNetwork", "worker_block"]
@@ -192,6 +193,8 @@ class TorchDistributedNetwork(Network):
         keep_log: keep one record per aggregation in ``exchanges``.
         exchange_sizes: always exchange message sizes first (two collectives per aggregation),
             even where they follow from (compressor, d); for comparisons and tests.
+        link: a link model (:mod:`marina.network.link`): adds ``link_time_s``, the modelled time
+            of this run's aggregations on W ranks with such links.
     """
 
     def __init__(
@@ -206,8 +209,10 @@ class TorchDistributedNetwork(Network):
         grace_s: float | None = None,
         keep_log: bool = False,
         exchange_sizes: bool = False,
+        link: str | Link | None = None,
     ) -> None:
         super().__init__()
+        self.link = parse_link(link)
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError(
                 "torch.distributed is not initialised: call marina.distributed.init() (or "
@@ -260,8 +265,10 @@ class TorchDistributedNetwork(Network):
             setattr(self, name, int(state.get(name, 0)))
 
     def log_columns(self) -> dict[str, float]:
-        """Extra history columns: cumulative ``wire_bytes`` and ``payload_bytes`` (all ranks)."""
-        return {"wire_bytes": float(self.wire_bytes), "payload_bytes": float(self.payload_bytes)}
+        """Extra history columns: cumulative ``wire_bytes`` and ``payload_bytes`` (all ranks),
+        and ``link_time_s`` with a link model."""
+        wire = {"wire_bytes": float(self.wire_bytes), "payload_bytes": float(self.payload_bytes)}
+        return {**wire, **super().log_columns()}
 
     # -- collectives with clear failures -------------------------------------------------------
     def _all_gather(self, local: Tensor, what: str) -> Tensor:
@@ -537,6 +544,7 @@ class TorchDistributedNetwork(Network):
         self.padding_bytes += padding
         self.size_bytes += size_bytes
         self.wire_bytes += wire
+        self._model_link(W, int(per_rank.max()), slots if exchanged else 0)
         if self.keep_log:
             self.exchanges.append(
                 {
