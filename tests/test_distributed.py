@@ -146,7 +146,23 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
                 "exchanges": res.config["exchanges"],
             }
         report["resumed"] = _interrupted_and_resumed(prob, seed, Path(out, f"checkpoint{rank}.pt"))
+        linked = distributed.run(
+            method="pp-marina",
+            problem=prob,
+            workers=SYNTHETIC["workers"],
+            compressor="randk:3",
+            iterations=10,
+            seed=seed,
+            log_every=1,
+            keep_log=True,
+            link="10mbit:1ms",
+        )
+        report["link"] = {
+            "link_time_s": linked.history["link_time_s"].tolist(),
+            "exchanges": linked.config["exchanges"],
+        }
         report["aggregations"] = _direct_aggregations(session, seed)
+        report["failures"] = _failed_compressions(session, seed)
         # bad configurations raise the same clear error on every rank, without hanging
         try:
             session.network(4, seed)
@@ -189,20 +205,30 @@ def _interrupted_and_resumed(prob, seed: int, path: Path) -> dict:
     return {"history": res.history.to_dict(orient="list"), "counters": res.config["network"]}
 
 
+ALL_SPECS = (
+    "identity",
+    "randk:2",
+    "randk:2:seeded",
+    "bernoulli:0.5",
+    "qsgd:4",
+    "natural",
+    "natural-dithering:4",
+    "permk",
+    "topk:3",
+)
+EMPTY_RANKS = ([2, 0, 0, 0, 1, 3], [0, 1, 2, 0, 0, 0])  # rank 1, then rank 2, sends nothing
+
+
 def _direct_aggregations(session, seed: int) -> list[dict]:
-    """aggregate() on known data vs the simulation, with the bytes predicted from compress+pack."""
+    """aggregate() on known data vs the simulation and vs the two-collective exchange (sizes
+    first), with the bytes predicted from compress+pack; every compressor, with and without
+    PP-MARINA multiplicities that leave a rank without any message."""
     n, d, W = SYNTHETIC["workers"], 17, session.world_size
     net = session.network(n, seed, keep_log=True)
+    two = session.network(n, seed, keep_log=True, exchange_sizes=True)
     X_all = torch.sin(torch.arange(n * d, dtype=torch.float64).reshape(n, d) * 0.37) * 3.0
     X_local = X_all[net.worker_ids]
-    cases = [
-        ("randk:2", None),
-        ("bernoulli:0.5", None),
-        ("qsgd:4", None),
-        ("permk", None),
-        ("randk:3", [2, 0, 0, 0, 1, 3]),  # rank 1 sends nothing; worker 5 three copies
-        ("bernoulli:0.5", [0, 1, 2, 0, 0, 0]),  # rank 2 sends nothing
-    ]
+    cases = [(spec, mult) for spec in ALL_SPECS for mult in (None, *EMPTY_RANKS)]
     rows = []
     for k, (spec, mult) in enumerate(cases):
         Q = compressors.get(spec, workers=n)
@@ -210,6 +236,7 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
         before = net.counters()
         mean, local = net.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
         after = net.counters()
+        two_mean, two_local = two.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
         sim = SimulatedNetwork(n, seed)
         sim_mean, sim_local = sim.aggregate(Q, X_all, 100 + k, multiplicity=counts, return_local=True)
         # independent prediction: every message of every worker compressed and packed here
@@ -227,8 +254,11 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "mult": mult,
                 "equal_mean": bool(torch.equal(mean, sim_mean)),
                 "equal_local": bool(torch.equal(local, sim_local[net.worker_ids])),
+                "equal_two": bool(torch.equal(mean, two_mean) and torch.equal(local, two_local)),
                 "bits": after["bits_up"] - before["bits_up"],
                 "sim_bits": sim.bits_up,
+                "two_bits": two.exchanges[-1]["payload_bytes"],
+                "two_size": two.exchanges[-1]["size_bytes"],
                 "payload": after["payload_bytes"] - before["payload_bytes"],
                 "size": after["size_bytes"] - before["size_bytes"],
                 "padding": after["padding_bytes"] - before["padding_bytes"],
@@ -239,6 +269,28 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
             }
         )
     return rows
+
+
+def _failed_compressions(session, seed: int) -> dict:
+    """Rank 1's values are NaN, then too large for float32: every rank raises the same error,
+    with one collective per healthy aggregation (no size exchange) before and after."""
+    n, d = SYNTHETIC["workers"], 17
+    net = session.network(n, seed)
+    X_local = torch.ones(net.n_local, d, dtype=torch.float64)
+    out = {}
+    for label, bad in (("nan", float("nan")), ("range", 1e300)):
+        X = X_local.clone()
+        if session.rank == 1:
+            X[0, 3] = bad
+        for spec in ("randk:2:seeded", "natural", "identity"):
+            try:
+                net.aggregate(compressors.get(spec), X, 7)
+                out[f"{label} {spec}"] = "no error"
+            except Exception as err:  # noqa: BLE001 - the type is what the test checks
+                out[f"{label} {spec}"] = f"{type(err).__name__} {getattr(err, 'non_finite', None)}"
+    # the group is still usable: a healthy aggregation afterwards
+    out["after"] = float(net.aggregate(compressors.get("identity"), X_local, 8).sum())
+    return out
 
 
 def _job_cli(rank: int, params: dict, out: str) -> int:
@@ -292,7 +344,7 @@ def test_three_processes_follow_the_simulated_trajectory(equivalence, name):
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equivalence, name):
+def test_bytes_on_the_wire_are_the_packed_messages_in_one_collective(equivalence, name):
     seed, reports = equivalence
     method = RUNS[name][0]
     run = reports[0]["runs"][name]
@@ -307,7 +359,7 @@ def test_bytes_on_the_wire_are_the_packed_messages_plus_the_size_exchange(equiva
         per_rank = ex["rank_bytes"]
         assert sum(per_rank) == ex["payload_bytes"] == ex["messages"] * msg
         assert all(b % msg == 0 for b in per_rank)
-        assert ex["size_bytes"] == W * ex["slots"] * SIZE_BYTES
+        assert not ex["size_exchange"] and ex["size_bytes"] == 0  # sizes follow from (randk:3, d)
         assert ex["slots"] == max(per_rank) // msg  # the largest number of messages of a rank
         if method not in PARTIAL or ex["stream"] == "dense":  # one message per worker
             assert per_rank == [n_local * msg] * W and ex["padding_bytes"] == 0
@@ -344,16 +396,51 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
         for row in report["aggregations"]:
             what = f"seed {seed}, rank {report['rank']}, {row['spec']} multiplicity {row['mult']}"
             assert row["equal_mean"] and row["equal_local"], what
+            # one collective gives what today's two (sizes, then payloads) give, bit for bit
+            assert row["equal_two"], what
             assert row["bits"] == row["sim_bits"], what
             predicted = row["predicted_rank_bytes"]
             assert row["logged"]["rank_bytes"] == predicted, what
             size = W * row["slots"] * SIZE_BYTES
+            assert row["two_size"] == size and row["two_bits"] == row["payload"], what
+            varies = row["spec"].startswith("bernoulli")  # the only compressor whose sizes vary
+            assert row["logged"]["size_exchange"] is varies, what
+            if not varies:
+                size = 0
             assert row["payload"] == sum(predicted), what
             assert row["size"] == size, what
             assert row["padding"] == W * max(predicted) - sum(predicted), what
             assert row["wire"] == (W - 1) * (size + W * max(predicted)), what
     rows = reports[0]["aggregations"]
-    assert rows[4]["predicted_rank_bytes"][1] == 0 and rows[5]["predicted_rank_bytes"][2] == 0
+    assert {row["spec"] for row in rows} == set(ALL_SPECS)
+    for row in rows:
+        if row["mult"] is not None:  # the empty rank of each multiplicity really sent nothing
+            assert row["predicted_rank_bytes"][1 if row["mult"] == EMPTY_RANKS[0] else 2] == 0
+
+
+def test_a_failed_compression_stops_every_rank_alike_without_a_size_exchange(equivalence):
+    _, reports = equivalence
+    for report in reports:
+        failures = report["failures"]
+        for spec in ("randk:2:seeded", "natural", "identity"):
+            assert failures[f"nan {spec}"] == "ValueRangeError True", (report["rank"], spec)
+            assert failures[f"range {spec}"] == "ValueRangeError False", (report["rank"], spec)
+        assert failures["after"] == 17.0  # the mean of rows of ones, summed over d = 17
+
+
+def test_the_link_model_times_the_all_gathers_of_the_ranks(equivalence):
+    """W = 3 ranks of two workers: each aggregation is W - 1 steps of the largest rank's padded
+    bytes (plus TCP/IP headers) at 10 Mbit/s, with 1 ms per step; no size exchange for randk."""
+    _, reports = equivalence
+    for report in reports:
+        got, exchanges = report["link"]["link_time_s"], report["link"]["exchanges"]
+        hand = 0.0
+        for ex in exchanges:
+            chunk = max(ex["rank_bytes"])
+            if chunk:
+                hand += (WORLD - 1) * ((chunk + math.ceil(chunk / 1448) * 66) * 8 / 1e7 + 1e-3)
+        assert got[-1] == pytest.approx(hand, rel=1e-9)
+        assert got == reports[0]["link"]["link_time_s"]  # the same on every rank
 
 
 def test_bad_configurations_fail_alike_on_every_rank(equivalence):

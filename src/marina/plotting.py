@@ -56,6 +56,7 @@ X_AXES: dict[str, str] = {
     "bits": "#bits / n",
     "epochs": "epochs (oracle calls / m)",
     "time": "time, s",
+    "link_time": "modelled link time, s",
 }
 """The x axes ``marina plot --x`` accepts, with their axis labels."""
 
@@ -120,6 +121,13 @@ def x_values(df: pd.DataFrame, x: str) -> pd.Series:
         return df["bits_up"].astype("float64")
     if x == "time":
         return df["time_s"].astype("float64")
+    if x == "link_time":
+        if "link_time_s" not in df.columns or df["link_time_s"].isna().any():
+            raise ConfigError(
+                "--x link_time needs the column link_time_s of every run: run them with a link model "
+                "(marina run --link 100mbit, links = ... in a sweep, marina.run(link=...))"
+            )
+        return df["link_time_s"].astype("float64")
     if x == "epochs":
         m = df["m"].astype("float64")
         if m.isna().any() or (m <= 0).any():
@@ -322,7 +330,8 @@ def plot(
 
     Args:
         df: a results table (:func:`marina.results.load_results`).
-        x: ``rounds``, ``bits`` (#bits/n), ``epochs`` (oracle calls / m) or ``time``.
+        x: ``rounds``, ``bits`` (#bits/n), ``epochs`` (oracle calls / m), ``time`` or
+            ``link_time`` (the modelled ``link_time_s``).
         y: any numeric history column (``grad_norm_sq``, ``loss``, ``train_acc``, ...).
         yscale: ``log``, ``linear`` or ``auto`` (log unless y is an accuracy or not positive).
         xscale: ``linear`` or ``log``.

@@ -15,7 +15,8 @@ Logging happens at round 0, every ``log_every`` rounds and at the last round. Ea
 - ``time_s``: cumulative wall time of the method itself (start and steps), excluding metric
   evaluation and checkpoint writes (CUDA is synchronised around each timed section);
 - then the columns of ``problem.extra_metrics(x)`` if the problem defines it, and of
-  ``network.log_columns()`` if the network defines it (torch.distributed: bytes on the wire).
+  ``network.log_columns()`` (torch.distributed: bytes on the wire; with ``link=``:
+  ``link_time_s``, the modelled seconds of the messages so far, :mod:`marina.network.link`).
 
 A non-finite iterate or loss stops the run at once with status ``"diverged"``; the history keeps
 every row up to that round (the last row is the diverged round) and the message names the
@@ -48,6 +49,7 @@ from marina import compressors, devices, memory, methods, problems, trackers
 from marina.errors import CheckpointError, ConfigError, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
+from marina.network.link import parse_link
 from marina.network.simulated import SimulatedNetwork
 
 __all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
@@ -148,6 +150,7 @@ def run(
     checkpoint_every: int | None = None,
     network: Network | None = None,
     loggers: Any = None,
+    link: str | None = None,
     **params: Any,
 ) -> Result:
     """Run ``method`` on ``problem`` split among ``workers`` for ``iterations`` rounds.
@@ -176,6 +179,9 @@ def run(
         loggers: trackers that also get every history row: ``"tensorboard"``, ``"mlflow"``,
             ``"wandb"`` (comma-separated or a list; files under the working directory), or
             objects from :func:`marina.trackers.make` (see :mod:`marina.trackers`).
+        link: a link model, e.g. ``"100mbit"`` or ``"10mbit:1ms"`` (:mod:`marina.network.link`):
+            adds the history column ``link_time_s``, the modelled time of the rounds' messages
+            on such links (simulation: one rank per worker).
         **params: overrides: ``stepsize`` or ``stepsize_multiplier`` (times the theory
             stepsize), ``p``, ``alpha``, ``batch_size`` (b'), ``clients`` (r), ``refresh_p``,
             ``online``, ``dense_batch_size`` (b), ``mu`` (PL constant, marina), ``participation``
@@ -191,6 +197,7 @@ def run(
     setup = _setup(
         method, problem, compressor, workers, iterations, seed, log_every, device, dtype, x0, network, params
     )
+    _use_link(setup, link)
     session = trackers.Session(loggers, setup.fingerprint)
     history = History(setup, session.wrap(progress))
     try:
@@ -286,6 +293,14 @@ def _setup(
         "log_every": log_every,
     }
     return _Setup(cls(prob, net, Q, used), prob, net, x_start, iterations, log_every, used, config)
+
+
+def _use_link(setup: _Setup, link: str | None) -> None:
+    """Model the network's links (``link_time_s``); the configuration names the link."""
+    if link is not None:
+        setup.network.link = parse_link(link)
+    if setup.network.link is not None:
+        setup.config["link"] = setup.network.link.spec
 
 
 def _rounds(setup: _Setup, history: History, checkpoint: Checkpoint, clock: Clock) -> tuple[str, str]:

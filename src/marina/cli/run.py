@@ -38,6 +38,7 @@ OPTION_NAMES = {
     "seeds": "--seed",
     "iterations": "--iterations",
     "log_every": "--log-every",
+    "links": "--link",
     **{p.name: p.flag for p in parameters.PARAMETERS},
 }
 
@@ -118,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--iterations", type=int, default=1000, help="communication rounds (default 1000)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     g.add_argument(
+        "--link",
+        default=None,
+        help="link model, e.g. 100mbit, 1gbit or 10mbit:1ms (rate[:latency]): adds link_time_s, the "
+        "modelled seconds of the messages (plot it with marina plot --x link_time)",
+    )
+    g.add_argument(
         "--log-every", type=int, default=None, help="history row every N rounds (default iterations/200)"
     )
     o = p.add_argument_group("method parameters (default: the theory values)")
@@ -187,6 +194,8 @@ def config_from_args(args: argparse.Namespace, cache: ProblemCache | None = None
     }
     if args.log_every is not None:
         values["log_every"] = args.log_every
+    if args.link is not None:
+        values["links"] = args.link
     for key in PARAM_KEYS:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)

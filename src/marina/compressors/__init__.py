@@ -13,6 +13,7 @@ spec                     unbiased  omega(d)                                     
 =======================  ========  ===============================================  =====================
 ``identity``             yes       0                                                d
 ``randk:K``              yes       d/K - 1                                          K
+``randk:K:seeded``       yes       d/K - 1 (same draws as ``randk:K``)              K
 ``bernoulli:q``          yes       1/q - 1                                          q d
 ``qsgd:s``               yes       min(d/s^2, sqrt(d)/s)                            min(d, s (s + sqrt d))
 ``natural``              yes       1/8                                              d
@@ -33,6 +34,7 @@ spec                     bits
 =======================  ===============================================================
 ``identity``             d w
 ``randk:K``              K (w + ib): values, then sorted indices
+``randk:K:seeded``       K w: values only, the receiver regenerates the indices from the key
 ``bernoulli:q``          1 + d w when sent (probability q), else 1 (the flag)
 ``qsgd:s``               w + d (1 + ceil(log2(s + 1))): norm, then sign + level per entry
 ``natural``              d (1 + e): sign + exponent per entry, 9 d for float32

@@ -10,6 +10,14 @@ Contract (relied on by methods, networks and tests):
   rounded to the wire precision (``value_dtype``) before it is cast back to the input dtype.
 - ``msg.bits``: length-n int64 tensor, the exact size in bits of each worker's packed message
   (the packed payload has ``ceil(bits / 8)`` bytes).
+- ``c.message_bits(d, worker_ids)``: the (m,) int64 bits of the messages those workers send,
+  when they follow from (compressor, d, worker id) alone (every compressor but Bernoulli);
+  None when they depend on the values or the draws. A compressor that returns sizes also
+  guarantees that no message it makes consists of 0xFF bytes only (its first field, a wire value
+  or a sign + exponent code, would be NaN or infinite), so a receiver can tell a failed sender
+  by that pattern without any size exchange (see :mod:`marina.network.torch_distributed`).
+- ``c.regenerates``: the receiver regenerates the sender's draws from the keyed randomness
+  (PermK's permutation, ``randk:K:seeded``'s indices): ``unpack`` then needs ``rng``.
 - ``c.pack(msg) -> list[Tensor]`` (one uint8 tensor per worker) and
   ``c.unpack(payloads, d, worker_ids=..., dtype=..., rng=...) -> Message`` invert each other
   exactly.
@@ -193,6 +201,10 @@ class Compressor(ABC):
     contractive: ClassVar[bool] = False
     gathers: ClassVar[bool] = False
     """Reads only entries chosen independently of the values (lazy rows are not materialised)."""
+    regenerates: ClassVar[bool] = False
+    """The receiver regenerates the sender's draws from the key (``unpack`` needs ``rng``)."""
+    fixed_size: ClassVar[bool] = False
+    """Message bits follow from (d, worker id): :meth:`message_bits` gives them."""
 
     def __init__(
         self,
@@ -273,6 +285,14 @@ class Compressor(ABC):
     def wire_format(self, d: int) -> str:
         """The encoding of one worker message of dimension d, with its bit count."""
         return self.wire_formula
+
+    def message_bits(self, d: int, worker_ids: Tensor) -> Tensor | None:
+        """(m,) int64 exact bits of the messages of ``worker_ids`` in dimension ``d``, or None
+        when sizes vary with the values or the draws (see the module docstring)."""
+        if not self.fixed_size:
+            return None
+        bits = self.bits_per_message(d)  # type: ignore[attr-defined] - every fixed-size compressor has it
+        return self._bits_tensor(int(worker_ids.numel()), bits, torch.device("cpu"))
 
     def _check_d(self, d: int) -> int:
         if isinstance(d, bool) or not isinstance(d, int) or d < 1:

@@ -134,6 +134,8 @@ class _Dithering(Compressor):
         """Bits per coordinate: sign + ceil(log2(s + 1))."""
         return 1 + code_bits(self.s + 1)
 
+    fixed_size = True
+
     def bits_per_message(self, d: int) -> int:
         return self.wire_bits_per_value + d * self.code_width
 

@@ -33,6 +33,11 @@ class Identity(Compressor):
         w = self.wire_bits_per_value
         return f"{d} values x {w} bits = {d * w} bits"
 
+    fixed_size = True
+
+    def bits_per_message(self, d: int) -> int:
+        return d * self.wire_bits_per_value
+
     def omega(self, d: int) -> float:
         self._check_d(d)
         return 0.0
@@ -55,7 +60,7 @@ class Identity(Compressor):
             d,
             X.dtype,
             rng.worker_ids,
-            self._bits_tensor(n, d * self.wire_bits_per_value, X.device),
+            self._bits_tensor(n, self.bits_per_message(d), X.device),
             {"values": X.to(self.value_dtype)},
         )
 
@@ -66,7 +71,7 @@ class Identity(Compressor):
         self._check_wire_range(amax, X.dtype)
         n, d = X.shape
         out = X.clone() if X.dtype == self.value_dtype else X.to(self.value_dtype).to(X.dtype)
-        return out, self._bits_tensor(n, d * self.wire_bits_per_value, X.device)
+        return out, self._bits_tensor(n, self.bits_per_message(d), X.device)
 
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
         rows = values_to_bytes(msg.data["values"])
@@ -75,7 +80,7 @@ class Identity(Compressor):
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         n = rows.shape[0]
         values = bytes_to_values(rows, d, self.value_dtype)
-        bits = self._bits_tensor(n, d * self.wire_bits_per_value, rows.device)
+        bits = self._bits_tensor(n, self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"values": values})
 
 

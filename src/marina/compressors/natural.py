@@ -74,6 +74,8 @@ class Natural(Compressor):
     def bias(self) -> int:
         return (1 << (self.exponent_bits - 1)) - 1
 
+    fixed_size = True
+
     def bits_per_message(self, d: int) -> int:
         return d * (1 + self.exponent_bits)
 

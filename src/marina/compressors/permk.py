@@ -61,6 +61,8 @@ class PermK(Compressor):
 
     name = "permk"
     correlated = True
+    regenerates = True
+    fixed_size = True  # per worker when n divides d or d < n; see message_bits
     omega_formula = "n - 1 (d >= n); (n/d)(r/(q+1) + (d-r)/q) - 1 for d < n, n = q d + r"
     density_formula = "max(1, d/n)"
     wire_formula = "floor or ceil(d/n) values (1 if d < n), no indices (shared permutations)"
@@ -82,6 +84,16 @@ class PermK(Compressor):
                 "marina.compressors.get('permk', workers=n)"
             )
         return self.workers
+
+    def message_bits(self, d: int, worker_ids: Tensor) -> Tensor | None:
+        """|piece| w bits per worker (no index bits) when every piece has the same size (n divides
+        d, or d < n: one coordinate); None otherwise, since the blocks of floor(d/n) and ceil(d/n)
+        coordinates go to the workers by the round's shared permutation sigma."""
+        d, n = self._check_d(d), self._n()
+        if d > n and d % n:
+            return None
+        size = d // n if d >= n else 1
+        return torch.full((int(worker_ids.numel()),), size * self.wire_bits_per_value, dtype=torch.int64)
 
     def omega(self, d: int) -> float:
         d = self._check_d(d)

@@ -17,9 +17,16 @@ error-feedback methods only; omega is undefined. Draws nothing; ties are broken 
 Wire encoding per worker (both): the K values at the wire precision (little-endian), then the K
 indices, sorted ascending, at ceil(log2 d) bits each (0 bits when d = 1), LSB first:
 ``bits = K (wire_bits_per_value + ceil(log2 d))``. The bound of TopK holds up to the rounding of
-the kept values to the wire precision. RandK's indices always travel: regenerating them at the
-receiver would need every sender's per-worker key there (PermK, whose permutation comes from the
-shared key, is the compressor that sends no indices).
+the kept values to the wire precision.
+
+``randk:K:seeded``: the same operator with the same draws (hence the same trajectory as
+``randk:K``), but the indices do not travel: the receiver regenerates each sender's index set
+from the keyed randomness (seed, stream, round, worker id; one ``sample_without_replacement``
+call, the sender's first drawing call of that key), so a message is the K values only,
+``bits = K wire_bits_per_value`` (K x 32 at float32), and ``unpack`` needs ``rng``. Both specs
+are accounted honestly: ``randk:K`` counts its K ceil(log2 d) index bits, ``randk:K:seeded``
+counts none because none are sent (the MARINA paper's experiments counted K values per RandK
+message without saying that this presumes seeded indices).
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class _Sparse(Compressor):
     param = "K"
     example = "5"
 
+    seeded = False
+
     def _parse(self, arg: str | None) -> None:
         self.K = _parse_int(self.name, "K", arg, 1)
 
@@ -83,13 +92,17 @@ class _Sparse(Compressor):
         self._check_k(d)
         return float(self.K)
 
+    fixed_size = True
+
     def wire_format(self, d: int) -> str:
         w, ib = self.wire_bits_per_value, index_bits(d)
+        if self.seeded:
+            return f"{self.K} values x {w} bits, no index bits (regenerated from the key) = {self.K * w} bits"
         return f"{self.K} values x {w} bits + {self.K} indices x {ib} bits = {self.bits_per_message(d)} bits"
 
     def bits_per_message(self, d: int) -> int:
-        """K (wire bits + ceil(log2 d))."""
-        return self.K * (self.wire_bits_per_value + index_bits(d))
+        """K (wire bits + ceil(log2 d)); K wire bits when seeded (no indices travel)."""
+        return self.K * (self.wire_bits_per_value + (0 if self.seeded else index_bits(d)))
 
     def _select(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
         """(indices (n, K) sorted, scale applied to the kept values)."""
@@ -143,14 +156,22 @@ class _Sparse(Compressor):
         return sparse_rows(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
-        parts = [values_to_bytes(msg.data["values"]), pack_codes(msg.data["indices"], index_bits(msg.d))]
+        values = values_to_bytes(msg.data["values"])
+        if self.seeded:
+            return values, (msg.bits + 7) // 8
+        parts = [values, pack_codes(msg.data["indices"], index_bits(msg.d))]
         return torch.cat(parts, dim=1), (msg.bits + 7) // 8
 
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         self._check_k(d)
         nv = self.K * self.wire_bits_per_value // 8
+        if rows.shape[1] < nv:
+            rows = torch.nn.functional.pad(rows, (0, nv - rows.shape[1]))
         values = bytes_to_values(rows, self.K, self.value_dtype)
-        idx = unpack_codes(rows[:, nv:], self.K, index_bits(d)).to(torch.int64)
+        if self.seeded:
+            idx = self._regenerate(rng, worker_ids, d)
+        else:
+            idx = unpack_codes(rows[:, nv:], self.K, index_bits(d)).to(torch.int64)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"values": values, "indices": idx})
 
@@ -163,6 +184,20 @@ class RandK(_Sparse):
     omega_formula = "d/K - 1"
     gathers = True
 
+    def _parse(self, arg: str | None) -> None:
+        k, sep, mode = (arg or "").partition(":")
+        if sep and mode.strip().lower() != "seeded":
+            raise ConfigError(
+                f"randk: mode == {mode!r} in {arg!r}, must be 'seeded' (randk:K:seeded) or absent"
+            )
+        super()._parse(k.strip())
+        self.seeded = bool(sep)
+        self.regenerates = self.seeded
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.K}" + (":seeded" if self.seeded else "")
+
     def omega(self, d: int) -> float:
         d = self._check_k(d)
         return d / self.K - 1.0
@@ -170,6 +205,20 @@ class RandK(_Sparse):
     def _select(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
         d = X.shape[1]
         return rng.sample_without_replacement(d, self.K), d / self.K
+
+    def _regenerate(self, rng: Randomness | None, worker_ids: Tensor, d: int) -> Tensor:
+        """The senders' index sets, drawn again from their keys (seeded mode's receiver)."""
+        if rng is None:
+            raise ConfigError(
+                f"{self.spec}: unpack needs rng, a Randomness(seed, stream, round, sender ids) at the "
+                "senders' call counter, to regenerate the indices (none travel)"
+            )
+        if rng.n_rows != worker_ids.numel() or not torch.equal(rng.worker_ids.cpu(), worker_ids.cpu()):
+            raise ConfigError(
+                f"{self.spec}: rng hosts workers {rng.worker_ids.tolist()}, the payloads come from "
+                f"{worker_ids.tolist()}; they must be the same"
+            )
+        return rng.sample_without_replacement(d, self.K).to(worker_ids.device)
 
 
 @register

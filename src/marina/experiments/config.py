@@ -52,6 +52,8 @@ class RunConfig:
     split: str = "contiguous"
     params: Mapping[str, float | int | bool] = field(default_factory=dict)
     device: str = "cpu"
+    link: str | None = None
+    """A link model (``"100mbit"``, :mod:`marina.network.link`): the history gets ``link_time_s``."""
 
     def __post_init__(self) -> None:
         canonical = {k: parameters.by_name(k).canonical(self.params[k]) for k in sorted(self.params)}
@@ -72,6 +74,8 @@ class RunConfig:
             "iterations": int(self.iterations),
             "log_every": int(self.log_every),
             "params": dict(self.params),
+            # only when set, so that the ids of runs without a link model stay what they were
+            **({"link": self.link} if self.link is not None else {}),
         }
 
     @property
@@ -102,6 +106,7 @@ class RunConfig:
                 self.method,
                 self.compressor,
                 extra,
+                f"link={self.link}" if self.link else "",
                 f"seed={self.seed}",
             )
             if x

@@ -136,6 +136,8 @@ def _execute(
         results.write_run(out_path, record)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {**config.params, **(run_kwargs or {})}
+    if config.link is not None:
+        kwargs["link"] = config.link
     if ckpt is not None:
         kwargs.update(checkpoint_path=str(ckpt), checkpoint_every=int(checkpoint_every))
     if progress is not None:

@@ -21,7 +21,8 @@ override them; without ``[[grid]]`` tables the top level is the one grid::
     compressors = ["randk:1"]
     batch_size = 65                # b' (default: m / 100, as in the paper's Figure 1)
 
-Grid keys: problems, workers, split, methods, compressors, seeds, iterations, log_every and the
+Grid keys: problems, workers, split, methods, compressors, seeds, iterations, log_every, links
+(a link model such as ``"100mbit"``: every run gets the column ``link_time_s``) and the
 method parameters (:data:`PARAM_KEYS`, from :data:`marina.parameters.PARAMETERS`), each only for
 the methods that take it. Top level only: checkpoint_every, device, name, description. Every
 value is checked (with the key, the value and what is allowed in the message) before any run
@@ -42,6 +43,7 @@ from marina import compressors, devices, memory, methods, parameters
 from marina.errors import ConfigError
 from marina.experiments.config import RunConfig, default_log_every
 from marina.experiments.loading import ProblemCache
+from marina.network.link import parse_link
 from marina.network.simulated import SimulatedNetwork
 
 if sys.version_info >= (3, 11):
@@ -77,6 +79,7 @@ AXIS_KEYS: dict[str, str] = {
     "seeds": "seed",
     "iterations": "iterations",
     "log_every": "log_every",
+    "links": "link",
 }
 GRID_KEYS: tuple[str, ...] = (*AXIS_KEYS, *PARAM_KEYS)
 """Keys a grid (or the top level) may set; each takes a value or a list of values."""
@@ -246,6 +249,11 @@ def validate(
             cfg["log_every"] = _int(
                 names("log_every"), v.get("log_every", default_log_every(cfg["iterations"])), 1
             )
+            if "links" in v:
+                try:
+                    cfg["link"] = parse_link(_str(names("links"), v["links"])).spec
+                except ConfigError as exc:
+                    raise ConfigError(f"{names('links')}: {exc}") from None
             allowed = parameters.of_method(cls.name)
             params = {}
             for key in PARAM_KEYS:

@@ -111,6 +111,7 @@ CONFIG_COLUMNS: dict[str, str] = {
     "seed": "int64",
     "iterations": "int64",
     "log_every": "int64",
+    "link": "string",
     **PARAM_COLUMNS,
     "m": "float64",
 }

@@ -55,6 +55,11 @@ Metrics (never counted)
 Counters
     ``bits_up`` is the total over all workers (the runner divides by n to report the paper's
     #bits/n), ``bits_down`` the cumulative broadcast; both Python ints, equal on every process.
+
+Link model
+    With ``link`` set (a :class:`marina.network.link.Link`, e.g. ``parse_link("100mbit")``),
+    every aggregation adds the time its collectives take on that link to ``link_time_s`` (a
+    history column; the model and its topology are in :mod:`marina.network.link`).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from marina.network.link import Link
 from marina.rng import SHARED, Randomness, stream_id
 
 __all__ = ["Network", "copy_stream"]
@@ -91,9 +97,13 @@ class Network(ABC):
     seed: int
     device: torch.device
 
+    link: Link | None = None
+    """The modelled link of every rank (None: no ``link_time_s``)."""
+
     def __init__(self) -> None:
         self._bits_up: int = 0
         self._bits_down: int = 0
+        self._link_ns: int = 0
 
     # -- counters -----------------------------------------------------------------------------
     @property
@@ -111,12 +121,30 @@ class Network(ABC):
         self._bits_down += int(values) * int(bits_per_value)
 
     def counters(self) -> dict[str, int]:
-        """The counters as plain ints (checkpoints)."""
-        return {"bits_up": self.bits_up, "bits_down": self.bits_down}
+        """The counters as plain ints (checkpoints); ``link_time_ns`` with a link model."""
+        out = {"bits_up": self.bits_up, "bits_down": self.bits_down}
+        if self.link is not None:
+            out["link_time_ns"] = int(self._link_ns)
+        return out
 
     def load_counters(self, state: dict[str, int]) -> None:
         self._bits_up = int(state["bits_up"])
         self._bits_down = int(state["bits_down"])
+        self._link_ns = int(state.get("link_time_ns", 0))
+
+    @property
+    def link_time_s(self) -> float:
+        """Modelled seconds of all aggregations so far on :attr:`link` (0 without one)."""
+        return self._link_ns * 1e-9
+
+    def log_columns(self) -> dict[str, float]:
+        """Extra history columns: ``link_time_s`` with a link model."""
+        return {} if self.link is None else {"link_time_s": self.link_time_s}
+
+    def _model_link(self, world: int, chunk_bytes: int, size_slots: int) -> None:
+        """Add one aggregation on ``world`` ranks to the modelled link time (see link.py)."""
+        if self.link is not None:
+            self._link_ns += round(1e9 * self.link.aggregation_s(world, chunk_bytes, size_slots))
 
     # -- randomness ---------------------------------------------------------------------------
     @property

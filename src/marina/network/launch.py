@@ -125,9 +125,11 @@ class Session:
     def world_size(self) -> int:
         return self.env.world_size
 
-    def network(self, workers: int, seed: int = 0, *, keep_log: bool = False) -> TorchDistributedNetwork:
+    def network(
+        self, workers: int, seed: int = 0, *, keep_log: bool = False, exchange_sizes: bool = False
+    ) -> TorchDistributedNetwork:
         """A :class:`TorchDistributedNetwork` of ``workers`` workers on this group (checks that
-        every rank passes the same ``workers`` and ``seed``)."""
+        every rank passes the same ``workers`` and ``seed``); ``exchange_sizes`` as there."""
         return TorchDistributedNetwork(
             workers,
             seed,
@@ -135,6 +137,7 @@ class Session:
             timeout_s=self.timeout_s,
             store=self.store,
             keep_log=keep_log,
+            exchange_sizes=exchange_sizes,
         )
 
     def hosted_workers(self, workers: int) -> list[int]:

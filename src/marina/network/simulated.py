@@ -17,6 +17,7 @@ from torch import Tensor
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.network.base import Network, copy_stream
+from marina.network.link import Link, parse_link
 from marina.rng import Randomness
 
 __all__ = ["SimulatedNetwork"]
@@ -29,10 +30,15 @@ class SimulatedNetwork(Network):
         n: number of workers.
         seed: experiment seed.
         device: where worker-side tensors live (the problem's device).
+        link: a link model (:func:`marina.network.link.parse_link` spec or Link): adds
+            ``link_time_s``, every worker modelled as a rank with its own link (W = n).
     """
 
-    def __init__(self, n: int, seed: int = 0, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, n: int, seed: int = 0, device: torch.device | str | None = None, link: str | Link | None = None
+    ) -> None:
         super().__init__()
+        self.link = parse_link(link)
         if int(n) < 1:
             raise ConfigError(f"workers == {n}, must be >= 1")
         self.n = int(n)
@@ -74,6 +80,7 @@ class SimulatedNetwork(Network):
             torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device) if return_local else None
         )
         local_counts = counts[self.worker_ids.cpu()]
+        sent = torch.zeros(self.n, dtype=torch.int64, device=self.device) if self.link is not None else None
         # One batched compression per copy index j (the j-th message of every worker drawn more
         # than j times); there are max(multiplicity) of them, never one per worker.
         for j in range(int(local_counts.max()) if local_counts.numel() else 0):
@@ -82,16 +89,29 @@ class SimulatedNetwork(Network):
             keep = local is not None and j == 0
             part, bits, X_hat = compressor.compress_sum(X_local.index_select(0, rows), rng, keep_local=keep)
             self._bits_up_dev += bits.sum()
+            if sent is not None:
+                sent.index_add_(0, rows, (bits + 7) // 8)
             acc += part
             if keep:
                 local.index_copy_(0, rows, X_hat)
+        if sent is not None:
+            self._model(compressor, X_local.shape[1], sent, int(counts.max()))
         mean = acc / total
         return (mean, local) if return_local else mean
+
+    def _model(self, compressor, d: int, sent_bytes: Tensor, slots: int) -> None:  # noqa: ANN001
+        """Link model, one worker per rank: chunks padded to the largest worker's bytes, and a
+        size exchange of ``slots`` int64 per rank only where sizes vary."""
+        known = getattr(compressor, "message_bits", None)
+        varies = known is None or known(d, self.worker_ids[:1].cpu()) is None
+        self._model_link(self.n, int(sent_bytes.max()), slots if varies else 0)
 
     def _reduce(self, compressor, X_local, rng: Randomness, return_local: bool):  # noqa: ANN001, ANN202
         """Every hosted worker sends one message: the mean (sum / n) and, if asked, the rows."""
         total, bits, X_hat = compressor.compress_sum(X_local, rng, keep_local=return_local)
         self._bits_up_dev += bits.sum()
+        if self.link is not None:
+            self._model(compressor, X_local.shape[1], (bits + 7) // 8, 1)
         mean = total / self.n
         return (mean, X_hat) if return_local else mean
 

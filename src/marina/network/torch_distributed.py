@@ -28,9 +28,14 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
     1. Compress. Rank r compresses copy j of its workers drawn more than j times in one call
        per j, each row with its worker's keyed randomness, and packs every message
        (``compressor.pack``: one uint8 tensor of ``ceil(bits / 8)`` bytes).
-    2. Size exchange. Every rank all-gathers an int64 tensor of s = max_r m_r *slots*: the
-       exact bit size of each of its messages, then zeros (unused slots; a negative code if its
-       compression failed, see "Errors"). From it every rank knows every message's length
+    2. Sizes. Where every message's size follows from (compressor, d, worker id) alone
+       (``compressor.message_bits``: identity, randk, randk seeded, permk, qsgd, natural,
+       natural dithering, topk), every rank computes the (W, s) table of message bits itself,
+       with s = max_r m_r slots, and no size collective is made: ONE collective per
+       aggregation. Only where sizes vary with the values or the draws (bernoulli, whose flag
+       decides between 1 and 1 + d w bits) every rank all-gathers an int64 tensor of s slots:
+       the exact bit size of each of its messages, then zeros (unused slots; a negative code if
+       its compression failed, see "Errors"). Either way every rank knows every message's length
        (``ceil(bits/8)``) and the bits to account.
     3. Payloads. Every rank all-gathers its messages concatenated in order, zero-padded to the
        largest rank's total, as one uint8 tensor. A rank whose workers all send nothing
@@ -47,12 +52,13 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
 
 Bytes on the wire (counters, equal on every rank; the network's share of "bytes sent")
     With W ranks, s slots per rank and B_r the payload bytes of rank r, one aggregation
-    contributes per rank ``8 s`` bytes of sizes and ``max_r B_r`` bytes of padded payload; each
+    contributes per rank ``8 s`` bytes of sizes (only where sizes are exchanged, step 2) and
+    ``max_r B_r`` bytes of padded payload; each
     contribution must reach the W-1 other ranks (a ring all-gather forwards each chunk over
     W-1 links, which is also the minimum for point-to-point delivery):
 
     - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each);
-    - ``size_bytes`` += 8 s W;   ``padding_bytes`` += W max_r B_r - sum_r B_r;
+    - ``size_bytes`` += 8 s W (0 without a size exchange);   ``padding_bytes`` += W max_r B_r - sum_r B_r;
     - ``wire_bytes`` += (W - 1) (size_bytes + payload_bytes + padding_bytes) of this round:
       the bytes all ranks together put on links (0 when W = 1: nothing crosses).
 
@@ -68,7 +74,12 @@ Errors
       failure), never by its message. Every rank then raises the same kind of error before the
       payload collective: a ValueRangeError (the rank's own, or one naming the ranks whose values
       left the range), so the runner reports divergence on every rank alike, or a
-      :class:`DistributedError` for any other failure.
+      :class:`DistributedError` for any other failure. Without a size exchange, the failing rank
+      fills its whole payload with 0xFF bytes instead, a pattern no message of a fixed-size
+      compressor can take (its first field would be a NaN or infinite value: see
+      ``Compressor.message_bits``); every rank sees it in the payload collective, and only then
+      do the ranks all-gather one failure code each and raise as above. A healthy round costs no
+      extra byte for this.
     - A rank that dies, hangs or disconnects makes every collective of the others fail, at once
       (connection reset) or after the process group's timeout (``init_process_group(timeout=)``;
       gloo applies it to every collective, NCCL through its watchdog: see
@@ -101,6 +112,7 @@ from torch import Tensor
 
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
+from marina.network.link import Link, parse_link
 from marina.rng import Randomness
 
 __all__ = ["DistributedError", "TorchDistributedNetwork", "worker_block"]
@@ -111,6 +123,8 @@ SIZE_BYTES = 8
 
 # negative size codes: why a rank sent no message (see "Errors")
 _NON_FINITE, _WIRE_RANGE, _FAILED = -1, -2, -3
+_POISON = 0xFF
+"""The byte a rank that failed to compress sends, all over its payload, when sizes are not exchanged."""
 
 
 def failure_code(err: BaseException) -> int:
@@ -177,6 +191,10 @@ class TorchDistributedNetwork(Network):
         grace_s: how long a failing rank waits for the others to check in (default
             min(5, timeout_s / 2); 5 s when the timeout is not given).
         keep_log: keep one record per aggregation in ``exchanges``.
+        exchange_sizes: always exchange message sizes first (two collectives per aggregation),
+            even where they follow from (compressor, d); for comparisons and tests.
+        link: a link model (:mod:`marina.network.link`): adds ``link_time_s``, the modelled time
+            of this run's aggregations on W ranks with such links.
     """
 
     def __init__(
@@ -190,8 +208,11 @@ class TorchDistributedNetwork(Network):
         store: Any = None,
         grace_s: float | None = None,
         keep_log: bool = False,
+        exchange_sizes: bool = False,
+        link: str | Link | None = None,
     ) -> None:
         super().__init__()
+        self.link = parse_link(link)
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError(
                 "torch.distributed is not initialised: call marina.distributed.init() (or "
@@ -219,6 +240,8 @@ class TorchDistributedNetwork(Network):
         self.grace_s = float(grace_s) if grace_s is not None else min(5.0, (self.timeout_s or 10.0) / 2)
         self.store = store
         self.keep_log = bool(keep_log)
+        self.exchange_sizes = bool(exchange_sizes)
+        self._size_cache: dict[tuple, Tensor] = {}
         self.exchanges: list[dict[str, Any]] = []
         self.wire_bytes = 0
         self.payload_bytes = 0
@@ -242,8 +265,10 @@ class TorchDistributedNetwork(Network):
             setattr(self, name, int(state.get(name, 0)))
 
     def log_columns(self) -> dict[str, float]:
-        """Extra history columns: cumulative ``wire_bytes`` and ``payload_bytes`` (all ranks)."""
-        return {"wire_bytes": float(self.wire_bytes), "payload_bytes": float(self.payload_bytes)}
+        """Extra history columns: cumulative ``wire_bytes`` and ``payload_bytes`` (all ranks),
+        and ``link_time_s`` with a link model."""
+        wire = {"wire_bytes": float(self.wire_bytes), "payload_bytes": float(self.payload_bytes)}
+        return {**wire, **super().log_columns()}
 
     # -- collectives with clear failures -------------------------------------------------------
     def _all_gather(self, local: Tensor, what: str) -> Tensor:
@@ -351,6 +376,11 @@ class TorchDistributedNetwork(Network):
         per_rank_msgs = block_counts.sum(dim=1)
         slots = int(per_rank_msgs.max())
 
+        # sizes that follow from (compressor, d, worker ids) need no exchange (step 2 is skipped)
+        known = (
+            None if self.exchange_sizes else self._message_sizes(compressor, d, counts, multiplicity, slots)
+        )
+
         # 1. compress and pack this rank's messages: copy j of every hosted worker drawn more
         #    than j times, in one call per j (as the simulation does), j-major order
         sizes = torch.zeros(slots, dtype=SIZE_DTYPE)
@@ -375,29 +405,42 @@ class TorchDistributedNetwork(Network):
                 payloads += compressor.pack(msg)
                 sizes[filled : filled + rows.numel()] = msg.bits.to("cpu", SIZE_DTYPE)
                 filled += rows.numel()
+            if known is not None and not torch.equal(sizes, known[self.rank]):
+                raise DistributedError(
+                    f"{compressor.spec}: message bits {sizes.tolist()} differ from message_bits() "
+                    f"{known[self.rank].tolist()} (a compressor declaring fixed sizes must keep them)"
+                )
         except Exception as err:  # noqa: BLE001 - reported to every rank by the size exchange
             error = err
             sizes.fill_(failure_code(err))
 
-        # 2. size exchange: bits of every message slot of every rank
-        all_sizes = self._all_gather(sizes, f"size exchange of {compressor.spec}").cpu().reshape(W, slots)
-        if bool((all_sizes < 0).any()):
-            self._raise_compress_failure(compressor, all_sizes, error)
+        # 2. size exchange (only when sizes vary): bits of every message slot of every rank
+        if known is None:
+            all_sizes = self._all_gather(sizes, f"size exchange of {compressor.spec}").cpu().reshape(W, slots)
+            if bool((all_sizes < 0).any()):
+                self._raise_compress_failure(compressor, all_sizes, error)
+        else:
+            all_sizes = known
         self._bits_up += int(all_sizes.sum())
         lengths = (all_sizes + 7) // 8  # bytes of each message (0 in unused slots)
         per_rank = lengths.sum(dim=1)
         width = int(per_rank.max())
 
-        # 3. payloads, concatenated in order and padded to the largest rank's total
+        # 3. payloads, concatenated in order and padded to the largest rank's total; without a
+        #    size exchange a rank that failed to compress sends 0xFF bytes only (never a message)
         if width > 0:
             mine = torch.zeros(width, dtype=torch.uint8, device=self.comm_device)
-            if payloads:
+            if error is not None:
+                mine.fill_(_POISON)
+            elif payloads:
                 flat = torch.cat([p.reshape(-1) for p in payloads]).to(self.comm_device)
                 mine[: flat.numel()] = flat
             buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
+            if known is not None:
+                self._check_poison(compressor, buffer.view(W, width), per_rank, error)
         else:
             buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
-        self._count(round, stream, total, slots, per_rank)
+        self._count(round, stream, total, slots, per_rank, exchanged=known is None)
 
         # 4. unpack, decompress and reduce copy by copy in global worker order, as the simulation
         pieces: list[int] = []
@@ -418,10 +461,10 @@ class TorchDistributedNetwork(Network):
             local = torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device)
         for j in range(copies):
             senders = torch.nonzero(counts > j).reshape(-1)
-            # only receivers of correlated compressors (PermK) regenerate draws from the key
+            # receivers of PermK and seeded RandK regenerate the senders' draws from the key
             rx = (
                 Randomness(self.seed, copy_stream(stream, j), round, senders, self.comm_device)
-                if getattr(compressor, "correlated", False)
+                if getattr(compressor, "regenerates", False)
                 else None
             )
             back = compressor.unpack(by_copy[j], d, worker_ids=senders, dtype=X_local.dtype, rng=rx)
@@ -444,17 +487,64 @@ class TorchDistributedNetwork(Network):
         mean = acc / total
         return (mean, local) if local is not None else mean
 
-    def _count(self, round: int, stream: str | int, messages: int, slots: int, per_rank: Tensor) -> None:
+    def _message_sizes(
+        self, compressor, d: int, counts: Tensor, multiplicity: Tensor | None, slots: int
+    ) -> Tensor | None:
+        """(W, slots) int64 bits of every message slot of every rank, j-major within a rank as in
+        step 1, from ``compressor.message_bits`` alone; None when sizes vary (Bernoulli)."""
+        message_bits = getattr(compressor, "message_bits", None)
+        if message_bits is None:  # not a marina compressor: sizes are exchanged
+            return None
+        key = (compressor.spec, compressor.value_dtype, compressor.workers, d)
+        if multiplicity is None and key in self._size_cache:
+            return self._size_cache[key]
+        W, n_local = self.world_size, self.n_local
+        out = torch.zeros((W, slots), dtype=SIZE_DTYPE)
+        filled = torch.zeros(W, dtype=torch.int64)
+        for j in range(int(counts.max())):
+            senders = torch.nonzero(counts > j).reshape(-1)
+            bits = message_bits(d, senders)
+            if bits is None:
+                return None
+            owner = senders // n_local  # senders increase, so each rank's are contiguous
+            per = torch.bincount(owner, minlength=W)
+            first = torch.cumsum(per, 0) - per
+            pos = torch.arange(senders.numel()) - first[owner] + filled[owner]
+            out[owner, pos] = bits.to("cpu", SIZE_DTYPE)
+            filled += per
+        if multiplicity is None:
+            self._size_cache[key] = out
+        return out
+
+    def _check_poison(self, compressor, rows: Tensor, per_rank: Tensor, error: BaseException | None) -> None:
+        """Without a size exchange: find ranks whose bytes are all 0xFF (they failed to compress),
+        then exchange one failure code per rank (only then) and raise alike on every rank."""
+        heads = torch.nonzero(rows[:, 0] == _POISON).reshape(-1).tolist()
+        failed = [
+            r for r in heads if int(per_rank[r]) and bool((rows[r, : int(per_rank[r])] == _POISON).all())
+        ]
+        if not failed:
+            return
+        code = torch.tensor([failure_code(error) if error is not None else 0], dtype=SIZE_DTYPE)
+        codes = (
+            self._all_gather(code, f"failure codes of {compressor.spec}").cpu().reshape(self.world_size, 1)
+        )
+        self._raise_compress_failure(compressor, codes, error)
+
+    def _count(
+        self, round: int, stream: str | int, messages: int, slots: int, per_rank: Tensor, exchanged: bool
+    ) -> None:
         """Add one aggregation's bytes to the counters (see "Bytes on the wire")."""
         W = self.world_size
         payload = int(per_rank.sum())
         padding = W * int(per_rank.max()) - payload
-        size_bytes = W * slots * SIZE_BYTES
+        size_bytes = W * slots * SIZE_BYTES if exchanged else 0
         wire = (W - 1) * (size_bytes + payload + padding)
         self.payload_bytes += payload
         self.padding_bytes += padding
         self.size_bytes += size_bytes
         self.wire_bytes += wire
+        self._model_link(W, int(per_rank.max()), slots if exchanged else 0)
         if self.keep_log:
             self.exchanges.append(
                 {
@@ -462,6 +552,7 @@ class TorchDistributedNetwork(Network):
                     "stream": str(stream),
                     "messages": int(messages),
                     "slots": int(slots),
+                    "size_exchange": bool(exchanged),
                     "payload_bytes": payload,
                     "padding_bytes": padding,
                     "size_bytes": size_bytes,

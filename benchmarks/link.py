@@ -1,0 +1,373 @@
+"""Wall-clock on real shaped links: W ranks in network namespaces, every link under ``tc tbf``.
+
+Topology: one namespace holding a Linux bridge, and one namespace per rank, joined to the bridge
+by a veth pair (10.77.0.(r+1)/24). Both ends of every veth are shaped with
+``tc qdisc replace dev ... root tbf rate R`` (the rank's upload and its download), for each rate
+of ``--rates`` in turn, plus one unshaped stage (the compute and loopback-like latency floor).
+The script creates and removes every namespace itself (also on errors, Ctrl-C and SIGTERM) and
+touches no interface outside them; it needs root (``ip netns``) and says so otherwise.
+
+Problem: a generated sparse LibSVM file (``--dim`` features, default 10^5, ``--nnz`` non-zeros a
+sample, labels of a planted model; drawn from :class:`marina.rng.Randomness`), logistic
+regression, n = W workers (one a rank).
+
+For GD, DIANA, MARINA and PP-MARINA (RandK for the compressed ones), each with the theory
+stepsize and the multipliers of ``--multipliers``:
+
+1. Measured (shaped links): ``marina run --backend torch-distributed`` for ``--rounds`` rounds
+   with ``log_every = 1``; the runner's ``time_s`` times the method's rounds apart from the
+   metric evaluation, so each round's seconds are exact; rounds are told apart by their bits
+   (MARINA's dense rounds vs its compressed ones) and the median of each kind is kept. The
+   wall-clock of the whole job is reported too: the difference is what logging ||grad f||^2
+   (a dense gather of the workers' gradients per log point) costs on that link.
+2. Rounds to target: the same configuration in the simulation, which follows the same trajectory
+   bit for bit (tests/test_distributed.py), up to ``--max-rounds``: the first round k_eps with
+   ||grad f(x^k)||^2 <= eps ||grad f(x^0)||^2, for every eps of ``--eps``.
+3. Seconds to target = the sum over rounds 1..k_eps of the measured seconds of each round's kind.
+4. The link model (``marina.run(link=...)``, :mod:`marina.network.link`) on the same rounds:
+   modelled seconds per round, compared with the measured ones minus the unshaped floor.
+
+Run (as root): ``python benchmarks/link.py [--ranks 4] [--rates 1gbit 100mbit 10mbit]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import marina
+from marina.experiments.loading import load_problem
+from marina.network.link import parse_link
+from marina.rng import Randomness
+
+PREFIX = f"mrn{os.getpid()}"
+BRIDGE_NS = f"{PREFIX}b"
+SUBNET = "10.77.0"
+PORT = 29555
+METHODS = ("gd", "diana", "marina", "pp-marina")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=60)
+
+
+def rank_ns(r: int) -> str:
+    return f"{PREFIX}r{r}"
+
+
+class Namespaces:
+    """The bridge and the W rank namespaces; removed on exit whatever happens."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.made: list[str] = []
+
+    def __enter__(self) -> Namespaces:
+        try:
+            sh("ip", "netns", "add", BRIDGE_NS)
+            self.made.append(BRIDGE_NS)
+            sh("ip", "-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", BRIDGE_NS, "link", "set", "br0", "up")
+            for r in range(self.world):
+                ns = rank_ns(r)
+                sh("ip", "netns", "add", ns)
+                self.made.append(ns)
+                sh(
+                    "ip",
+                    "-n",
+                    BRIDGE_NS,
+                    "link",
+                    "add",
+                    f"h{r}",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    f"e{r}",
+                    "netns",
+                    ns,
+                )
+                sh("ip", "-n", BRIDGE_NS, "link", "set", f"h{r}", "master", "br0", "up")
+                sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{r + 1}/24", "dev", f"e{r}")
+                sh("ip", "-n", ns, "link", "set", f"e{r}", "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def shape(self, rate: str | None) -> None:
+        """tbf at ``rate`` on both ends of every veth (None: remove the shaping)."""
+        for r in range(self.world):
+            for ns, dev in ((rank_ns(r), f"e{r}"), (BRIDGE_NS, f"h{r}")):
+                if rate is None:
+                    sh("tc", "-n", ns, "qdisc", "del", "dev", dev, "root", check=False)
+                    continue
+                bps = parse_link(rate).rate_bps
+                # a small bucket: two full frames, or 1 ms of traffic (a larger burst lets the
+                # small compressed messages through at the veth's own speed, hiding the rate)
+                burst = max(2 * 1514, int(bps / 8 / 1000))
+                sh(
+                    "tc",
+                    "-n",
+                    ns,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    str(burst),
+                    "latency",
+                    "200ms",
+                )
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in reversed(self.made):
+            sh("ip", "netns", "del", ns, check=False)
+        self.made.clear()
+
+
+def write_problem(path: Path, workers: int, samples: int, dim: int, nnz: int, seed: int) -> None:
+    """A sparse LibSVM file: ``samples`` rows per worker, ``nnz`` uniform(-1, 1) features each,
+    labels sign(a^T x*) of a planted x* (every draw keyed by the sample's id)."""
+    rows = workers * samples
+    ids = list(range(rows))
+    cols = Randomness(seed, "link-data-cols", 0, ids).sample_without_replacement(dim, nnz)
+    vals = Randomness(seed, "link-data-vals", 0, ids).uniform(nnz) * 2 - 1
+    planted = Randomness(seed, "link-data-x", 0, [0]).uniform(dim)[0] * 2 - 1
+    labels = torch.where((vals * planted[cols]).sum(dim=1) >= 0, 1, -1)
+    with open(path, "w") as f:
+        for i in range(rows):
+            feats = " ".join(f"{int(c) + 1}:{float(v):.6g}" for c, v in zip(cols[i], vals[i]))
+            last = f" {dim}:0" if i == 0 and int(cols[i].max()) != dim - 1 else ""  # fixes d
+            f.write(f"{int(labels[i])} {feats}{last}\n")
+
+
+def configs(args: argparse.Namespace) -> list[tuple[str, str, float]]:
+    out = []
+    for method in METHODS:
+        comp = "identity" if method == "gd" else f"randk:{args.k}"
+        for mult in args.multipliers:
+            out.append((method, comp, float(mult)))
+    return out
+
+
+def rank_job(spec: str) -> None:
+    """Inside a rank's namespace: every configuration in turn on the shaped links, one process
+    start for all; rank 0 writes ``{config: [rounds_s, wall_s]}`` to the given file."""
+    from marina import distributed
+
+    job = json.loads(spec)
+    torch.set_num_threads(1)
+    out = {}
+    for method, comp, mult, rounds in job["configs"]:
+        t0 = time.perf_counter()
+        res = distributed.run(
+            method=method,
+            problem=job["data"],
+            workers=job["workers"],
+            compressor=comp,
+            iterations=rounds,
+            seed=0,
+            log_every=rounds,  # logged at 0 and at the end only: two dense metric gathers
+            stepsize_multiplier=mult,
+            timeout_s=300,
+        )
+        h = res.history
+        out[f"{method} {comp} {mult}"] = [
+            float(h["time_s"].iloc[-1] - h["time_s"].iloc[0]),
+            time.perf_counter() - t0,
+        ]
+    if int(os.environ["RANK"]) == 0:
+        Path(job["out"]).write_text(json.dumps(out))
+
+
+def measure(args, data: Path, jobs: list[tuple[str, str, float, int]], tmp: Path, port: int) -> dict:
+    """One shaped stage: every job on W ranks (one process each, in its namespace): per job the
+    method's seconds for rounds 1..R (``time_s``: metrics excluded) and the wall-clock of the
+    job (its two metric logs and set-up included)."""
+    result = tmp / f"stage-{port}.json"
+    spec = json.dumps({"configs": jobs, "data": str(data), "workers": args.ranks, "out": str(result)})
+    procs = []
+    for r in range(args.ranks):
+        env = {
+            **os.environ,
+            "RANK": str(r),
+            "WORLD_SIZE": str(args.ranks),
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": f"{SUBNET}.1",
+            "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": f"e{r}",
+            "OMP_NUM_THREADS": "1",
+        }
+        log = open(tmp / f"rank{r}.log", "w")
+        cmd = ["ip", "netns", "exec", rank_ns(r), sys.executable, __file__, "--rank-job", spec]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=args.job_timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(codes):
+        logs = "\n".join((tmp / f"rank{r}.log").read_text()[-3000:] for r in range(args.ranks))
+        raise RuntimeError(f"stage failed ({codes}):\n{logs}")
+    return json.loads(result.read_text())
+
+
+def simulate(prob, method: str, comp: str, mult: float, rounds: int, link: str | None) -> pd.DataFrame:
+    """The same configuration in the simulation (the same trajectory), every round logged."""
+    return marina.run(
+        method=method,
+        problem=prob,
+        compressor=comp,
+        iterations=rounds,
+        seed=0,
+        log_every=1,
+        stepsize_multiplier=mult,
+        link=link,
+    ).history
+
+
+def dense_rounds(history: pd.DataFrame, dense_bits: float) -> pd.Series:
+    """Whether each round 1..K sent dense messages (its bits per worker are d x 32)."""
+    return history["bits_up"].diff().iloc[1:].round() >= dense_bits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--rates", nargs="+", default=["1gbit", "100mbit", "10mbit"])
+    ap.add_argument("--dim", type=int, default=100_000)
+    ap.add_argument("--samples", type=int, default=250, help="samples per worker (default 250)")
+    ap.add_argument("--nnz", type=int, default=20)
+    ap.add_argument("--k", type=int, default=1000, help="RandK's K (default 1000)")
+    ap.add_argument("--multipliers", type=float, nargs="+", default=[1.0, 8.0])
+    ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.01])
+    ap.add_argument("--rounds", type=int, default=40, help="measured rounds per shaped job (GD: fewer)")
+    ap.add_argument("--budget-s", type=float, default=4.0, help="GD's measured seconds per shaped job")
+    ap.add_argument("--max-rounds", type=int, default=3000, help="simulated rounds to find k_eps")
+    ap.add_argument("--job-timeout", type=float, default=600, help="seconds allowed per shaped stage")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        raise SystemExit(
+            "benchmarks/link.py needs root and the ip and tc tools (iproute2): it creates "
+            "network namespaces and shapes their links; run it as root"
+        )
+
+    def stop(signum, frame):  # noqa: ANN001
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="marina-link-"))
+    data = tmp / "sparse.libsvm"
+    write_problem(data, args.ranks, args.samples, args.dim, args.nnz, seed=0)
+    prob = load_problem(str(data), args.ranks, "contiguous", device="cpu")
+    cfgs = configs(args)
+    dense_bits = 32.0 * prob.dim
+    # rounds to target from the simulation (same trajectory as the distributed runs)
+    sims = {c: simulate(prob, *c, args.max_rounds, None) for c in cfgs}
+    rows = []
+    port = PORT
+    try:
+        with Namespaces(args.ranks) as spaces:
+            for rate in [None, *args.rates]:
+                spaces.shape(rate)
+                link = parse_link(rate) if rate else None
+                jobs = []
+                for method, comp, mult in cfgs:
+                    if mult != args.multipliers[0]:
+                        continue  # the seconds of a round do not depend on the stepsize
+                    rounds = args.rounds
+                    if method == "gd" and link is not None:  # keep the slow dense jobs short
+                        est = link.all_gather_s(args.ranks, 4 * prob.dim)
+                        rounds = max(3, min(args.rounds, int(args.budget_s / est)))
+                    jobs.append((method, comp, mult, rounds))
+                port += 1
+                stage = measure(args, data, jobs, tmp, port)
+                t_dense = math.nan
+                for method, comp, mult, rounds in jobs:
+                    rounds_s, wall = stage[f"{method} {comp} {mult}"]
+                    schedule = dense_rounds(sims[(method, comp, mult)].iloc[: rounds + 1], dense_bits)
+                    n_dense, n_comp = int(schedule.sum()), int((~schedule).sum())
+                    if method == "gd":
+                        t_dense, t_comp = rounds_s / rounds, math.nan
+                    else:  # the measured job's dense rounds at GD's measured cost, the rest compressed
+                        t_comp = max(1e-6, (rounds_s - n_dense * t_dense) / max(1, n_comp))
+                    model = simulate(prob, method, comp, mult, rounds, rate) if rate else None
+                    for mult2 in args.multipliers:
+                        h = sims[(method, comp, mult2)]
+                        g0 = float(h["grad_norm_sq"].iloc[0])
+                        kinds = dense_rounds(h, dense_bits).to_numpy()
+                        row = {
+                            "rate": rate or "unshaped",
+                            "method": method,
+                            "compressor": comp,
+                            "mult": mult2,
+                            "s/round": rounds_s / rounds,
+                            "dense s": t_dense,
+                            "compressed s": t_comp,
+                            "wall s/round": wall / rounds,
+                            "measured rounds": rounds,
+                        }
+                        if model is not None:
+                            # rounds 1..R only, as measured (the start's dense g^0 excluded)
+                            modelled = model["link_time_s"].iloc[-1] - model["link_time_s"].iloc[0]
+                            row["model s/round"] = float(modelled) / rounds
+                        for eps in args.eps:
+                            hit = h.index[h["grad_norm_sq"] <= eps * g0]
+                            if len(hit) == 0:
+                                row[f"rounds to {eps:g}"] = math.inf
+                                row[f"s to {eps:g}"] = math.inf
+                                continue
+                            k = int(h["iteration"].iloc[hit[0]])
+                            nd = int(kinds[:k].sum())
+                            row[f"rounds to {eps:g}"] = k
+                            row[f"s to {eps:g}"] = nd * t_dense + (k - nd) * (
+                                t_dense if method == "gd" else t_comp
+                            )
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    df = pd.DataFrame(rows)
+    floor = df[df["rate"] == "unshaped"].set_index(["method", "mult"])["s/round"]
+    df["model+floor s/round"] = [
+        r["model s/round"] + floor[(r["method"], r["mult"])] if r["rate"] != "unshaped" else math.nan
+        for _, r in df.iterrows()
+    ]
+    df["model error"] = df["model+floor s/round"] / df["s/round"] - 1
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format
+    ):
+        print(f"{args.ranks} ranks, d = {args.dim}, randk:{args.k}, {os.cpu_count()} CPU cores")
+        print(df.to_string(index=False))
+    if args.json:
+        Path(args.json).write_text(df.to_json(orient="records"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--rank-job":
+        rank_job(sys.argv[2])
+    else:
+        main()
