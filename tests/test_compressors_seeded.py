@@ -23,7 +23,12 @@ FIXED = (
     "permk",
     "topk:3",
 )
-N, D = 5, 23  # 5 does not divide 23: PermK blocks of 4 and 5 coordinates
+N, D = 5, 23
+D_PERMK = 25  # PermK sizes are fixed per worker only when n divides d (or d < n): 5 values each
+
+
+def _dim(spec: str) -> int:
+    return D_PERMK if spec == "permk" else D
 
 
 def _X(n: int = N, d: int = D) -> torch.Tensor:
@@ -35,8 +40,9 @@ def _X(n: int = N, d: int = D) -> torch.Tensor:
 def test_message_bits_are_the_sizes_of_the_messages(spec, value_dtype):
     Q = compressors.get(spec, workers=N, value_dtype=value_dtype)
     ids = torch.tensor([4, 0, 2])
-    msg = Q.compress(_X()[ids], Randomness(9, "compress", 3, ids))
-    assert torch.equal(Q.message_bits(D, ids), msg.bits)
+    d = _dim(spec)
+    msg = Q.compress(_X(d=d)[ids], Randomness(9, "compress", 3, ids))
+    assert torch.equal(Q.message_bits(d, ids), msg.bits)
     assert [int(p.numel()) for p in Q.pack(msg)] == [math.ceil(b / 8) for b in msg.bits.tolist()]
 
 
@@ -49,10 +55,14 @@ def test_message_bits_by_hand():
         "randk:3:seeded": [3 * w] * N,
         "natural": [D * 9] * N,
         "qsgd:4": [w + D * (1 + 3)] * N,
-        "permk": [((i + 1) * D // N - i * D // N) * w for i in range(N)],  # 4, 4, 5, 4, 5 values
     }
     for spec, bits in hand.items():
         assert compressors.get(spec, workers=N).message_bits(D, ids).tolist() == bits, spec
+    permk = compressors.get("permk", workers=N)
+    assert permk.message_bits(D_PERMK, ids).tolist() == [D_PERMK // N * w] * N
+    assert permk.message_bits(4, ids).tolist() == [w] * N  # d < n: one coordinate each
+    # 5 does not divide 23: blocks of 4 and 5 values go to the workers by the round's permutation
+    assert permk.message_bits(D, ids) is None
     assert compressors.get("bernoulli:0.5").message_bits(D, ids) is None  # the flag decides the size
 
 
@@ -62,9 +72,10 @@ def test_a_payload_of_0xff_bytes_is_never_a_message(spec):
     that is not finite, which no compressor sends (they refuse non-finite and out-of-range values)."""
     Q = compressors.get(spec, workers=N)
     ids = torch.arange(N)
-    nbytes = [math.ceil(b / 8) for b in Q.message_bits(D, ids).tolist()]
+    d = _dim(spec)
+    nbytes = [math.ceil(b / 8) for b in Q.message_bits(d, ids).tolist()]
     poison = [torch.full((b,), 0xFF, dtype=torch.uint8) for b in nbytes]
-    back = Q.unpack(poison, D, worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
+    back = Q.unpack(poison, d, worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
     first = next(iter(back.data.values()))
     if first.dtype.is_floating_point:  # values or norms first
         assert not torch.isfinite(first.reshape(N, -1)[:, 0].double()).any()

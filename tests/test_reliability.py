@@ -266,9 +266,9 @@ def test_diverged_run_stores_numbers_and_reruns(tmp_path, capsys):
     argv = ["run", "--problem", "synthetic", "--workers", "2", "--method", "vr-marina", "--iterations", "200"]
     argv += ["--stepsize", "1e300", "--out", str(tmp_path), "--quiet"]
     rc, out, err = cli(capsys, *argv)
-    assert rc == 0 and "diverged" in out and "|grad f|^2 = inf" in out, err
+    assert rc == 3 and "diverged" in out and "|grad f|^2 = inf" in out, err  # 3: a diverged run
     rc, out, err = cli(capsys, *argv)  # the crash of the issue came here
-    assert rc == 0 and "already holds this run" in out and "|grad f|^2 = inf" in out, err
+    assert rc == 3 and "already holds this run" in out and "|grad f|^2 = inf" in out, err
 
     def refuse(token):
         raise AssertionError(f"non-standard JSON token {token}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import sys
@@ -241,7 +240,7 @@ def _report(args: argparse.Namespace, record: dict[str, Any], skipped: bool = Fa
         keys = ("run_id", "status", "message", "config", "params", "final")
         obj = {k: record.get(k) for k in keys}
         obj.update(out=args.out, skipped=skipped, exit_code=code)
-        print(json.dumps(results.jsonable(obj)))
+        print(results.dumps_json(obj, indent=None))
         return code
     if skipped:
         print(f"{args.out} already holds this run ({record['run_id']}); --force runs it again")

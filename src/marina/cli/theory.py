@@ -10,7 +10,6 @@ Delta_0 = f(x^0) - f_low.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from typing import Any
 
@@ -295,7 +294,7 @@ def _table(t: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     t = compute(args.problem, args.workers, args.compressor, args.eps, args.split, args.f_low)
     if args.json:
-        print(json.dumps(t, indent=1))
+        print(experiments.results.dumps_json(t))
     else:
         print(_table(t))
     return 0
