@@ -1,5 +1,6 @@
 """Memory estimate vs measured peak: one minibatch-difference oracle of mushrooms (n = 2) at
-several batch sizes b, peak RSS growth (ru_maxrss, after a warm-up call) against
+several batch sizes b, peak RSS growth (the kernel's high-water mark VmHWM, reset to the current
+RSS through /proc/self/clear_refs just before the call, after a warm-up call) against
 ``minibatch_bytes(b, 2) + memory.WORKSPACE``; the estimate must stay above the measure.
 
 Each b runs in a fresh process: ``python benchmarks/memory.py [b ...]``.
@@ -11,17 +12,23 @@ import subprocess
 import sys
 
 CHILD = """
-import gc, resource, sys, torch
+import gc, sys, torch
 from marina import memory, problems
 b = int(sys.argv[1])
 prob = problems.get("mushrooms", workers=2)
 idx = (torch.arange(2 * b).reshape(2, b) * 7919) % int(prob.sizes.min())
 x = prob.initial_point().double()
 prob.minibatch_grad_diffs(x, x + 0.01, idx[:, :100])
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
 gc.collect()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # the peak (VmHWM) restarts from the current RSS: loading the data is not counted
+before = status("VmRSS:")
 prob.minibatch_grad_diffs(x, x + 0.01, idx)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after = status("VmHWM:")
 print(after - before, prob.minibatch_bytes(b, 2) + memory.WORKSPACE)
 """
 
