@@ -22,8 +22,18 @@ FIXED = (
     "natural-dithering:4",
     "permk",
     "topk:3",
+    "terngrad",
+    "sign",
+    "randk:3+natural",
+    "randk:3+qsgd:2",
+    "randk:3:seeded+natural",
 )
 N, D = 5, 23  # 5 does not divide 23: PermK blocks of 4 and 5 coordinates
+
+
+def _dim(spec: str) -> int:
+    """D, or 25 for PermK: its sizes are known from d alone only where n divides d (or d < n)."""
+    return 25 if spec == "permk" else D
 
 
 def _X(n: int = N, d: int = D) -> torch.Tensor:
@@ -35,8 +45,9 @@ def _X(n: int = N, d: int = D) -> torch.Tensor:
 def test_message_bits_are_the_sizes_of_the_messages(spec, value_dtype):
     Q = compressors.get(spec, workers=N, value_dtype=value_dtype)
     ids = torch.tensor([4, 0, 2])
-    msg = Q.compress(_X()[ids], Randomness(9, "compress", 3, ids))
-    assert torch.equal(Q.message_bits(D, ids), msg.bits)
+    d = _dim(spec)
+    msg = Q.compress(_X(d=d)[ids], Randomness(9, "compress", 3, ids))
+    assert torch.equal(Q.message_bits(d, ids), msg.bits)
     assert [int(p.numel()) for p in Q.pack(msg)] == [math.ceil(b / 8) for b in msg.bits.tolist()]
 
 
@@ -49,10 +60,17 @@ def test_message_bits_by_hand():
         "randk:3:seeded": [3 * w] * N,
         "natural": [D * 9] * N,
         "qsgd:4": [w + D * (1 + 3)] * N,
-        "permk": [((i + 1) * D // N - i * D // N) * w for i in range(N)],  # 4, 4, 5, 4, 5 values
+        "terngrad": [w + D * 2] * N,
+        "sign": [w + D] * N,
+        "randk:3+natural": [3 * (9 + ib)] * N,
+        "randk:3+qsgd:2": [w + 3 * (1 + 2 + ib)] * N,
+        "randk:3:seeded+natural": [3 * 9] * N,
     }
     for spec, bits in hand.items():
         assert compressors.get(spec, workers=N).message_bits(D, ids).tolist() == bits, spec
+    # PermK: blocks of 4 and 5 coordinates follow the round's permutation, so no size from d alone
+    assert compressors.get("permk", workers=N).message_bits(D, ids) is None
+    assert compressors.get("permk", workers=N).message_bits(25, ids).tolist() == [5 * w] * N
     assert compressors.get("bernoulli:0.5").message_bits(D, ids) is None  # the flag decides the size
 
 
@@ -61,15 +79,15 @@ def test_a_payload_of_0xff_bytes_is_never_a_message(spec):
     """The failure signal of the one-collective exchange: all-0xFF bytes decode to a first value
     that is not finite, which no compressor sends (they refuse non-finite and out-of-range values)."""
     Q = compressors.get(spec, workers=N)
-    ids = torch.arange(N)
-    nbytes = [math.ceil(b / 8) for b in Q.message_bits(D, ids).tolist()]
+    ids, d = torch.arange(N), _dim(spec)
+    nbytes = [math.ceil(b / 8) for b in Q.message_bits(d, ids).tolist()]
     poison = [torch.full((b,), 0xFF, dtype=torch.uint8) for b in nbytes]
-    back = Q.unpack(poison, D, worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
+    back = Q.unpack(poison, d, worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
     first = next(iter(back.data.values()))
     if first.dtype.is_floating_point:  # values or norms first
         assert not torch.isfinite(first.reshape(N, -1)[:, 0].double()).any()
-    else:  # natural: sign + exponent codes, the exponent all ones (inf / NaN)
-        assert (first[:, 0] >> 1 == (1 << Q.exponent_bits) - 1).all()
+    else:  # natural (also after RandK): sign + exponent codes, the exponent all ones (inf / NaN)
+        assert (first[:, 0] >> 1 == (1 << getattr(Q, "inner", Q).exponent_bits) - 1).all()
 
 
 @pytest.mark.parametrize("K", [1, 3, 23])
