@@ -502,3 +502,11 @@ def test_sign_is_contractive_with_alpha_one_over_d(seed, d):
     e1[0, 0] = 2.0
     E = c.compress_decompress(e1, Randomness(0, "compress", 0, [0]))[0]
     assert float(((E - e1) ** 2).sum()) == pytest.approx((1 - c.alpha(d)) * 4.0)  # attained
+    big = torch.full((1, d), -1e306, dtype=torch.float64)  # ||x||_1 overflows float64 for d >= 180
+    big[0, 0] = 1e306
+    torch.testing.assert_close(
+        c.compress_decompress(big, Randomness(0, "compress", 0, [0]))[0].abs(),
+        torch.full((1, d), 1e306, dtype=torch.float64),
+        rtol=1e-15,
+        atol=0,
+    )

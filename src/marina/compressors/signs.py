@@ -119,9 +119,12 @@ class Sign(Compressor):
     def _compress(self, X: Tensor, rng: Randomness, amax: float) -> Message:
         n, d = X.shape
         self._check_wire_range(amax, X.dtype)  # the scale ||x||_1/d never exceeds max |x_j|
-        top = _row_amax(X)
-        safe = torch.where(top > 0, top, torch.ones_like(top))
-        scale = (X.to(torch.float64).abs() / safe[:, None]).mean(dim=1) * top  # no overflow
+        if amax * d < 1e300:  # ||x||_1 fits in float64 (always for float32 input)
+            scale = X.abs().sum(dim=1, dtype=torch.float64) / d
+        else:  # huge float64 entries: scaled by the row's max |x_j|, no overflow
+            top = _row_amax(X)
+            safe = torch.where(top > 0, top, torch.ones_like(top))
+            scale = (X.abs() / safe[:, None]).mean(dim=1) * top
         data = {"scale": scale.to(self.value_dtype), "signs": torch.signbit(X).to(torch.uint8)}
         bits = self._bits_tensor(n, self.bits_per_message(d), X.device)
         return Message(self.spec, d, X.dtype, rng.worker_ids, bits, data)
