@@ -236,6 +236,8 @@ CASES = [
     ("vr-marina", "randk:2", {"online": True, "p": 0.3, "batch_size": 2, "dense_batch_size": 8}),
     ("pp-marina", "randk:3", {"p": 0.3, "clients": 3}),
     ("pp-marina", "natural-dithering:2", {"p": 0.05, "clients": 3}),
+    ("marina", "randk:3+natural", {"p": "bits"}),
+    ("diana", "terngrad", {}),
 ]
 
 
