@@ -82,6 +82,9 @@ def _vector(kind: str, d: int, seed: int) -> torch.Tensor:
 
 
 KINDS = ["gaussian", "sparse", "constant", "huge", "tiny", "scales"]
+EVERY_KIND = ["identity", "randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk"]
+EVERY_KIND += ["topk:2", "terngrad", "sign", "randk:3+natural", "randk:3+qsgd:2"]
+"""One spec of every compressor family (and of both kinds of composition)."""
 DIMS = [1, 2, 7, 48]
 
 
@@ -400,17 +403,14 @@ def test_randk_masks_of_two_workers_are_independent(seed):
     assert equal <= 200 * p + Z * math.sqrt(200 * p) + L
 
 
-@pytest.mark.parametrize(
-    "spec",
-    ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "identity", "topk:2"],
-)
+@pytest.mark.parametrize("spec", EVERY_KIND)
 def test_same_seed_same_output_different_seed_differs(seed, spec):
     c = get(spec, workers=4)
     X = torch.stack([_vector("gaussian", 40, seed + i) for i in range(4)])
     out = lambda seed, rnd=0: c.compress_decompress(X, Randomness(seed, "compress", rnd, range(4)))[0]  # noqa: E731
     a = out(seed)
     assert torch.equal(a, out(seed))
-    if spec not in ("identity", "topk:2"):
+    if spec not in ("identity", "topk:2", "sign"):
         # eight rounds at once: a Bernoulli flag pattern of 4 workers repeats with probability 1/16,
         # all eight rounds' patterns with 2^-32
         rounds = lambda seed: torch.cat([out(seed, r) for r in range(8)])  # noqa: E731
@@ -418,9 +418,7 @@ def test_same_seed_same_output_different_seed_differs(seed, spec):
         assert not torch.equal(torch.cat([out(seed, r) for r in range(0, 16, 2)]), rounds(seed))
 
 
-@pytest.mark.parametrize(
-    "spec", ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "topk:2"]
-)
+@pytest.mark.parametrize("spec", [*EVERY_KIND, "randk:3:seeded+qsgd:2"])
 def test_hosted_subset_compresses_like_full_simulation(seed, spec):
     c = get(spec, workers=8)
     X = torch.stack([_vector("gaussian", 24, seed + i) for i in range(8)])
