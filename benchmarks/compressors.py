@@ -44,6 +44,10 @@ DEFAULT_SPECS = [
     "natural-dithering:4",
     "permk",
     "topk",
+    "terngrad",
+    "sign",
+    "randk+natural",
+    "randk+qsgd:4",
 ]
 
 # Rough peak bytes per input element (X itself included) of the heavier of the two timed paths.
@@ -56,6 +60,9 @@ BYTES_PER_ELEMENT = {
     "natural-dithering": 24,
     "permk": 16,
     "topk": 16,
+    "terngrad": 24,
+    "sign": 16,
+    "composed": 12,
 }
 
 
@@ -70,8 +77,9 @@ def best_of(fn, repeats: int) -> float:
 
 
 def build(spec: str, d: int, n: int):
-    if spec in ("randk", "topk"):
-        spec = f"{spec}:{max(1, d // 100)}"
+    if spec in ("randk", "topk") or spec.startswith("randk+"):
+        head, _, tail = spec.partition("+")
+        spec = f"{head}:{max(1, d // 100)}" + (f"+{tail}" if tail else "")
     return get(spec, workers=n)
 
 
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     wait = os.environ.get("OMP_WAIT_POLICY")
     print(f"torch {torch.__version__}, {threads} threads (OMP_WAIT_POLICY={wait}), float32 input")
-    print(f"best of {args.repeats}; RandK and TopK keep K = d/100")
+    print(f"best of {args.repeats}; RandK, TopK and randk+Q keep K = d/100")
     cols = ["d", "n", "compressor", "copy s", "c+d s", "c+d/copy", "p+u s", "p+u/copy"]
     header = f"{cols[0]:>9} {cols[1]:>3} {cols[2]:<22}" + "".join(f" {h:>9}" for h in cols[3:])
     print(header)

@@ -331,3 +331,21 @@ def test_state_dict_continues_bit_identically(prob, method, spec):
     assert torch.equal(second.x, whole.x)
     assert second.oracle_calls == whole.oracle_calls
     assert net_second.counters() == net_whole.counters()
+
+
+def test_ef21_with_the_scaled_sign(prob):
+    """sign is contractive with alpha = 1/d: EF21's theory stepsize for that alpha, messages of
+    w + d bits (scale, then one sign bit a coordinate); the unbiased-only methods refuse it."""
+    L_f = float(prob.L_f)
+    L = float(torch.sqrt(torch.mean(prob.L_i.double() ** 2)))
+    d = prob.dim
+    alpha = 1 / d
+    root = math.sqrt(1 - alpha)
+    res = _run(prob, "ef21", "sign")
+    assert res.params["stepsize"] == pytest.approx(
+        1.0 / (L_f + L * math.sqrt(((1 - alpha) / (1 - root)) / (1 - root))), rel=1e-12
+    )
+    assert res.history["bits_up"].iloc[-1] == d * WIRE + K * (WIRE + d)
+    for method in ("marina", "diana", "dasha"):
+        with pytest.raises(ConfigError, match=f"'sign' is biased; {method} needs an unbiased"):
+            _run(prob, method, "sign", iterations=1)

@@ -209,5 +209,11 @@ def test_theory_values():
     assert get("permk", workers=4).omega(12) == 3 and get("permk", workers=4).density(12) == 3
     assert get("natural").wire_bits_per_value == 32
     specs = [s.replace(":K", ":2").replace(":q", ":0.5").replace(":s", ":2") for s in known()]
-    assert [get(s).unbiased for s in specs] == [True] * 7 + [False]
+    assert [get(s).unbiased for s in specs] == [True] * 8 + [False] * 2 + [True] * 4
+    assert get("terngrad").omega(100) == pytest.approx(4.5) and get("terngrad").density(100) == 100
+    assert get("sign").alpha(8) == 1 / 8 and get("sign").density(8) == 8
+    # randk:4 at d = 100 keeps 4 values; qsgd:2 of 4 values: omega min(4/4, 2/2) = 1
+    assert get("randk:4+qsgd:2").omega(100) == pytest.approx(25 * 2 - 1)
+    assert get("randk:4+qsgd:2").density(100) == pytest.approx(min(4, 2 * (2 + 2)))
+    assert get("randk:4+natural").omega(100) == pytest.approx(25 * 9 / 8 - 1)
     assert get("bernoulli:0.5").spec == "bernoulli:0.5" and get("qsgd:04").spec == "qsgd:4"

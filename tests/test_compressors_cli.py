@@ -42,14 +42,28 @@ def test_randk_report(capsys):
 
 
 @pytest.mark.parametrize(
-    "spec", ["qsgd:4", "natural", "natural-dithering:3", "bernoulli:0.5", "permk", "topk:3"]
+    "spec",
+    [
+        "qsgd:4",
+        "natural",
+        "natural-dithering:3",
+        "bernoulli:0.5",
+        "permk",
+        "topk:3",
+        "terngrad",
+        "sign",
+        "randk:5+natural",
+        "randk:5+qsgd:2",
+    ],
 )
 def test_every_compressor_runs(capsys, spec):
     code, out, _ = _run(capsys, spec, "-d", "64", "-n", "3", "--wire", "float64", "--dtype", "float32")
     assert code == 0
     c = get(spec, workers=3, value_dtype=torch.float64)
     assert c.wire_format(64) in out
-    assert ("alpha(d) = K/d" in out) == (not c.unbiased)
+    assert ("biased (contractive), alpha(d) = " in out) == (not c.unbiased)
+    if not c.unbiased:
+        assert f"alpha(d) = {c.alpha_formula} = {c.alpha(64):.6g}" in out
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,11 @@ FIXED = (
     "natural-dithering:4",
     "permk",
     "topk:3",
+    "terngrad",
+    "sign",
+    "randk:3+natural",
+    "randk:3+qsgd:2",
+    "randk:3:seeded+natural",
 )
 N, D = 5, 23
 D_PERMK = 25  # PermK sizes are fixed per worker only when n divides d (or d < n): 5 values each
@@ -55,6 +60,11 @@ def test_message_bits_by_hand():
         "randk:3:seeded": [3 * w] * N,
         "natural": [D * 9] * N,
         "qsgd:4": [w + D * (1 + 3)] * N,
+        "terngrad": [w + D * 2] * N,
+        "sign": [w + D] * N,
+        "randk:3+natural": [3 * (9 + ib)] * N,
+        "randk:3+qsgd:2": [w + 3 * (1 + 2 + ib)] * N,
+        "randk:3:seeded+natural": [3 * 9] * N,
     }
     for spec, bits in hand.items():
         assert compressors.get(spec, workers=N).message_bits(D, ids).tolist() == bits, spec
@@ -79,8 +89,8 @@ def test_a_payload_of_0xff_bytes_is_never_a_message(spec):
     first = next(iter(back.data.values()))
     if first.dtype.is_floating_point:  # values or norms first
         assert not torch.isfinite(first.reshape(N, -1)[:, 0].double()).any()
-    else:  # natural: sign + exponent codes, the exponent all ones (inf / NaN)
-        assert (first[:, 0] >> 1 == (1 << Q.exponent_bits) - 1).all()
+    else:  # natural (also after RandK): sign + exponent codes, the exponent all ones (inf / NaN)
+        assert (first[:, 0] >> 1 == (1 << getattr(Q, "inner", Q).exponent_bits) - 1).all()
 
 
 @pytest.mark.parametrize("K", [1, 3, 23])

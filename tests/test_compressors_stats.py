@@ -15,6 +15,7 @@ rounding of values.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -38,11 +39,24 @@ UNBIASED = [
     "natural",
     "natural-dithering:3",
     "permk",
+    "terngrad",
+    "randk+natural",
+    "randk+qsgd:2",
+    "randk+terngrad",
 ]
 
 
 def _spec(name: str, d: int) -> str:
+    if name.startswith("randk+"):  # K <= 2: the exact moments enumerate every K-subset
+        return f"randk:{max(1, min(2, d // 3))}+{name[6:]}"
     return {"randk": f"randk:{max(1, d // 3)}", "topk": f"topk:{max(1, d // 3)}"}.get(name, name)
+
+
+def _subsets(c, x: torch.Tensor):
+    """Every K-subset S of a composition's RandK, with y = (d/K) x_S (each has probability 1/C(d, K))."""
+    d = x.numel()
+    for S in itertools.combinations(range(d), c.K):
+        yield list(S), x[list(S)] * (d / c.K)
 
 
 def _vector(kind: str, d: int, seed: int) -> torch.Tensor:
@@ -68,6 +82,9 @@ def _vector(kind: str, d: int, seed: int) -> torch.Tensor:
 
 
 KINDS = ["gaussian", "sparse", "constant", "huge", "tiny", "scales"]
+EVERY_KIND = ["identity", "randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk"]
+EVERY_KIND += ["topk:2", "terngrad", "sign", "randk:3+natural", "randk:3+qsgd:2"]
+"""One spec of every compressor family (and of both kinds of composition)."""
 DIMS = [1, 2, 7, 48]
 
 
@@ -115,6 +132,18 @@ def _coord_moments(c, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
     elif c.name == "natural":
         lo = torch.where(a > 0, torch.exp2(torch.floor(torch.log2(a))), torch.zeros_like(a))
         var, M = (a - lo) * (2 * lo - a), lo
+    elif c.name == "terngrad":  # s b_j, b_j ~ Bernoulli(|x_j| / s), s = ||x||_inf
+        s = float(a.max())
+        var, M = a * s - a**2, torch.full_like(a, s)
+    elif c.name == "composed":  # E Q_j^2 = E_S[1{j in S} (y_j^2 + Var_2(y)_j)], S a uniform K-subset
+        second, M = torch.zeros_like(a), a.clone()
+        count = 0
+        for S, y in _subsets(c, x):
+            v2, m2 = _coord_moments(c.inner, y, 1)
+            second[S] += y**2 + v2[0]
+            M[S] = torch.maximum(M[S], y.abs() + m2[0] + a[S])
+            count += 1
+        var = second / count - a**2
     elif c.name == "natural-dithering":
         t = a / norm if norm > 0 else a
         small = t < 2.0 ** (1 - c.s)
@@ -129,16 +158,23 @@ def _coord_moments(c, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tens
 def _max_norm(c, x: torch.Tensor, n: int) -> float:
     """An upper bound on ||Q_i(x)|| for every outcome."""
     d = x.numel()
+    if c.name == "composed":
+        return _composed_max_norm(c, x)
     nx = float(torch.linalg.vector_norm(x))
     return {
         "identity": nx,
         "randk": d / getattr(c, "K", 1) * nx,
         "bernoulli": nx / getattr(c, "q", 1.0),
         "permk": (n if d >= n else n / (n // max(1, d))) * nx,
+        "terngrad": math.sqrt(d) * nx,
         "qsgd": nx + nx * math.sqrt(d) / getattr(c, "s", 1),
         "natural": 2 * nx,
         "natural-dithering": 2 * nx + nx * math.sqrt(d) * 2.0 ** (1 - getattr(c, "s", 1)),
     }[c.name] * (1 + 1e-6)
+
+
+def _composed_max_norm(c, x: torch.Tensor) -> float:
+    return max(_max_norm(c.inner, y, 1) for _, y in _subsets(c, x))
 
 
 def _check_mean(S: torch.Tensor, x: torch.Tensor, var: torch.Tensor, M: torch.Tensor, what: str) -> None:
@@ -217,15 +253,33 @@ def _expected_nnz(c, x: torch.Tensor) -> float:
         return float(torch.clamp(c.s * x.abs() / norm, max=1).sum())
     if c.name == "natural-dithering":
         return float(torch.clamp(2.0 ** (c.s - 1) * x.abs() / norm, max=1).sum())
+    if c.name == "terngrad":
+        return float(x.abs().sum() / x.abs().max())
+    if c.name == "composed":
+        counts = [_expected_nnz(c.inner, y) for _, y in _subsets(c, x)]
+        return sum(counts) / len(counts)
     raise AssertionError(c.name)
 
 
 @pytest.mark.parametrize(
-    "spec", ["identity", "randk:5", "bernoulli:0.2", "qsgd:1", "qsgd:3", "natural", "natural-dithering:2"]
+    "spec",
+    [
+        "identity",
+        "randk:5",
+        "bernoulli:0.2",
+        "qsgd:1",
+        "qsgd:3",
+        "natural",
+        "natural-dithering:2",
+        "terngrad",
+        "randk:2+natural",
+        "randk:2+qsgd:1",
+    ],
 )
 @pytest.mark.parametrize("d", [1, 30, 200])
 def test_expected_density(seed, spec, d):
-    c = get(spec if not spec.startswith("randk") else f"randk:{min(5, d)}")
+    K = spec.split(":")[1].split("+")[0] if spec.startswith("randk") else None
+    c = get(spec.replace(f"randk:{K}", f"randk:{min(int(K), d)}") if K else spec)
     for kind in ["gaussian", "constant"]:
         x = _vector(kind, d, seed)
         S = _samples(c, x, 1, seed + 3, 2000)[:, 0]
@@ -235,7 +289,7 @@ def test_expected_density(seed, spec, d):
         assert abs(float(nnz.mean()) - expect) <= Z * se + 1e-9, (spec, d, kind)
         # the reported density is the expectation for dense x, an upper bound otherwise
         assert expect <= c.density(d) + 1e-9
-        if c.name in ("identity", "randk", "bernoulli", "natural"):
+        if c.name in ("identity", "randk", "bernoulli", "natural") or c.spec.endswith("+natural"):
             assert expect == pytest.approx(c.density(d))
 
 
@@ -349,17 +403,14 @@ def test_randk_masks_of_two_workers_are_independent(seed):
     assert equal <= 200 * p + Z * math.sqrt(200 * p) + L
 
 
-@pytest.mark.parametrize(
-    "spec",
-    ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "identity", "topk:2"],
-)
+@pytest.mark.parametrize("spec", EVERY_KIND)
 def test_same_seed_same_output_different_seed_differs(seed, spec):
     c = get(spec, workers=4)
     X = torch.stack([_vector("gaussian", 40, seed + i) for i in range(4)])
     out = lambda seed, rnd=0: c.compress_decompress(X, Randomness(seed, "compress", rnd, range(4)))[0]  # noqa: E731
     a = out(seed)
     assert torch.equal(a, out(seed))
-    if spec not in ("identity", "topk:2"):
+    if spec not in ("identity", "topk:2", "sign"):
         # eight rounds at once: a Bernoulli flag pattern of 4 workers repeats with probability 1/16,
         # all eight rounds' patterns with 2^-32
         rounds = lambda seed: torch.cat([out(seed, r) for r in range(8)])  # noqa: E731
@@ -367,12 +418,93 @@ def test_same_seed_same_output_different_seed_differs(seed, spec):
         assert not torch.equal(torch.cat([out(seed, r) for r in range(0, 16, 2)]), rounds(seed))
 
 
-@pytest.mark.parametrize(
-    "spec", ["randk:3", "bernoulli:0.5", "qsgd:2", "natural", "natural-dithering:3", "permk", "topk:2"]
-)
+@pytest.mark.parametrize("spec", [*EVERY_KIND, "randk:3:seeded+qsgd:2"])
 def test_hosted_subset_compresses_like_full_simulation(seed, spec):
     c = get(spec, workers=8)
     X = torch.stack([_vector("gaussian", 24, seed + i) for i in range(8)])
     full, bits = c.compress_decompress(X, Randomness(seed, "compress", 3, range(8)))
     part, pbits = c.compress_decompress(X[[3, 5]], Randomness(seed, "compress", 3, [3, 5]))
     assert torch.equal(full[[3, 5]], part) and torch.equal(bits[[3, 5]], pbits)
+
+
+def test_terngrad_omega_is_attained_at_its_worst_vector(seed):
+    """||x||_inf ||x||_1 / ||x||^2 is (sqrt d + 1)/2 at x = (1, t, ..., t), t = 1/(sqrt d + 1):
+    the measured E||Q(x) - x||^2 / ||x||^2 equals omega = (sqrt d - 1)/2 there, less elsewhere."""
+    d = 16
+    c = get("terngrad", value_dtype=torch.float64)
+    t = 1 / (math.sqrt(d) + 1)
+    x = torch.full((d,), t, dtype=torch.float64)
+    x[0] = 1.0
+    assert c.omega(d) == 1.5
+    exact = float(x.abs().max() * x.abs().sum() - x @ x) / float(x @ x)
+    assert exact == pytest.approx(c.omega(d), rel=1e-12)
+    S = _samples(c, x, 1, seed)[:, 0]
+    ratio = ((S - x) ** 2).sum(-1) / float(x @ x)
+    assert abs(float(ratio.mean()) - c.omega(d)) <= Z * float(ratio.std()) / math.sqrt(R)
+    for k in range(20):  # random vectors stay below the bound
+        y = _vector("gaussian", d, seed + k)
+        assert float(y.abs().max() * y.abs().sum() - y @ y) <= c.omega(d) * float(y @ y)
+
+
+@pytest.mark.parametrize("inner", ["natural", "qsgd:2", "natural-dithering:3", "terngrad"])
+def test_composed_theory_is_the_product_formula(inner):
+    d, K = 40, 8
+    c, q = get(f"randk:{K}+{inner}"), get(inner)
+    assert c.unbiased and not c.correlated and c.gathers
+    assert c.omega(d) == pytest.approx((1 + (d / K - 1)) * (1 + q.omega(K)) - 1, rel=1e-15)
+    assert c.density(d) == q.density(K)
+    assert c.bits_per_message(d) == q.bits_per_message(K) + K * math.ceil(math.log2(d))
+    assert get(f"randk:{K}:seeded+{inner}").bits_per_message(d) == q.bits_per_message(K)
+
+
+def test_composed_omega_is_attained_with_natural(seed):
+    """The scaled kept values (d/K) x_j = (4/3) 2^k each give natural compression's worst case
+    1/8, so E||Q(x) - x||^2 = (d/K)(9/8) - 1 times ||x||^2: the formula, measured."""
+    d, K = 12, 3
+    c = get(f"randk:{K}+natural", value_dtype=torch.float64)
+    x = (K / d) * (4 / 3) * torch.exp2(torch.arange(d, dtype=torch.float64) - 6)
+    S = _samples(c, x, 1, seed)[:, 0]
+    ratio = ((S - x) ** 2).sum(-1) / float(x @ x)
+    assert c.omega(d) == pytest.approx(d / K * 9 / 8 - 1)
+    assert abs(float(ratio.mean()) - c.omega(d)) <= Z * float(ratio.std()) / math.sqrt(R)
+
+
+def test_composed_draws_randk_then_the_quantiser(seed):
+    """The kept indices are RandK's of the same key; the kept values are the quantiser's of
+    (d/K) x_S made at the next call counter."""
+    d, K, n = 30, 5, 4
+    X = torch.stack([_vector("gaussian", d, seed + i) for i in range(n)])
+    rng = Randomness(seed, "compress", 2, range(n))
+    msg = get(f"randk:{K}+qsgd:3").compress(X, rng)
+    ref = Randomness(seed, "compress", 2, range(n))
+    idx = ref.sample_without_replacement(d, K)
+    assert torch.equal(msg.data["indices"], idx)
+    q = get("qsgd:3").compress((X.gather(1, idx) * (d / K)).contiguous(), ref)
+    assert torch.equal(msg.data["codes"], q.data["codes"]) and torch.equal(msg.data["norm"], q.data["norm"])
+
+
+@pytest.mark.parametrize("d", [1, 2, 9, 64])
+def test_sign_is_contractive_with_alpha_one_over_d(seed, d):
+    c = get("sign", value_dtype=torch.float64)
+    assert not c.unbiased and c.contractive and c.alpha(d) == 1 / d and c.density(d) == d
+    with pytest.raises(Exception, match="biased"):
+        c.omega(d)
+    X = torch.stack([_vector(kind, d, seed + i) for i, kind in enumerate(KINDS)])
+    Xh, bits = c.compress_decompress(X, Randomness(0, "compress", 0, range(len(KINDS))))
+    l1, sq = X.abs().sum(1), (X**2).sum(1)
+    err = ((Xh - X) ** 2).sum(1)
+    assert bool(((err - (sq - l1**2 / d)).abs() <= 1e-12 * sq).all())  # the exact error
+    assert bool((err <= (1 - 1 / d) * sq * (1 + 1e-12)).all())
+    torch.testing.assert_close(Xh.abs(), (l1 / d)[:, None].expand(-1, d), rtol=1e-15, atol=0)
+    e1 = torch.zeros(1, d, dtype=torch.float64)
+    e1[0, 0] = 2.0
+    E = c.compress_decompress(e1, Randomness(0, "compress", 0, [0]))[0]
+    assert float(((E - e1) ** 2).sum()) == pytest.approx((1 - c.alpha(d)) * 4.0)  # attained
+    big = torch.full((1, d), -1e306, dtype=torch.float64)  # ||x||_1 overflows float64 for d >= 180
+    big[0, 0] = 1e306
+    torch.testing.assert_close(
+        c.compress_decompress(big, Randomness(0, "compress", 0, [0]))[0].abs(),
+        torch.full((1, d), 1e306, dtype=torch.float64),
+        rtol=1e-15,
+        atol=0,
+    )

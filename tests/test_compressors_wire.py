@@ -23,6 +23,13 @@ SPECS = [
     "natural-dithering:3",
     "permk",
     "topk:2",
+    "terngrad",
+    "sign",
+    "randk:3+natural",
+    "randk:3+qsgd:2",
+    "randk:2:seeded+qsgd:5",
+    "randk:3+natural-dithering:2",
+    "randk:3+terngrad",
 ]
 WIRE_BITS = {torch.float32: 32, torch.float64: 64, torch.float16: 16, torch.bfloat16: 16}
 EXP_BITS = {torch.float32: 8, torch.float64: 11, torch.float16: 5, torch.bfloat16: 8}
@@ -46,6 +53,13 @@ def _expected_bits(c, d: int, msg) -> list[int]:
         return [w + d * (1 + math.ceil(math.log2(c.s + 1)))] * n
     if c.name == "natural":
         return [d * (1 + EXP_BITS[c.value_dtype])] * n
+    if c.name == "terngrad":  # scale, then sign + one level bit per coordinate
+        return [w + 2 * d] * n
+    if c.name == "sign":  # scale, then one sign bit per coordinate
+        return [w + d] * n
+    if c.name == "composed":  # the quantiser's message of the K kept values, plus K indices
+        ib = 0 if c.outer.seeded else _ib(d)
+        return [b + c.K * ib for b in _expected_bits(c.inner, c.K, msg)]
     if c.name == "permk":  # the block sizes, assigned to the workers by the shared permutation
         nw = c.workers
         sizes = sorted(max(1, (t + 1) * d // nw - t * d // nw) for t in range(nw))
@@ -68,7 +82,7 @@ def test_round_trip_exact_and_lengths(seed, spec, wire):
     for dtype in (torch.float32, torch.float64):
         for d in (1, 3, 8, 13, 100):
             for n in (1, 5):
-                if spec.startswith(("randk", "topk")) and int(spec.split(":")[1]) > d:
+                if spec.startswith(("randk", "topk")) and int(spec.split(":")[1].split("+")[0]) > d:
                     continue
                 c = get(spec, value_dtype=wire, workers=n)
                 ids = list(range(n))
@@ -176,6 +190,45 @@ def test_natural_payload_by_hand(seed):
     assert codes[0] == 127 << 1  # 1.0 = 2^0: biased exponent 127, sign 0
     assert codes[1] in ((126 << 1) | 1, (127 << 1) | 1)  # -0.75 in [2^-1, 2^0): -2^-1 or -1
     assert codes[2] == 0
+
+
+def test_composed_payload_by_hand(seed):
+    """randk:2+natural at d = 5: K codes of 9 + 3 bits, natural code + index << 9, LSB first."""
+    c = get("randk:2+natural")
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    msg = c.compress(x, Randomness(seed, "compress", 0, [0]))
+    (p,) = c.pack(msg)
+    assert msg.bits.tolist() == [24] and p.numel() == 3  # 2 x (9 + 3)
+    raw = int.from_bytes(bytes(p.tolist()), "little")
+    idx = get("randk:2").compress(x, Randomness(seed, "compress", 0, [0])).data["indices"][0].tolist()
+    x_hat = c.decompress(msg)[0]
+    for t, j in enumerate(idx):
+        code = (raw >> (12 * t)) & 0xFFF
+        assert code >> 9 == j
+        y = x[0, j].item() * 5 / 2  # the RandK value, then a neighbouring power of two
+        lo = 2.0 ** math.floor(math.log2(y))
+        assert (code & 1) == 0 and ((code >> 1) & 0xFF) - 127 in (math.log2(lo), math.log2(lo) + 1)
+        assert x_hat[j].item() == 2.0 ** (((code >> 1) & 0xFF) - 127)
+    assert int((x_hat != 0).sum()) == 2
+
+
+def test_sign_and_terngrad_payload_by_hand():
+    x = torch.tensor([[3.0, -4.0, 0.0, 1.0]])
+    c = get("sign")
+    msg = c.compress(x, Randomness(0, "compress", 0, [0]))
+    (p,) = c.pack(msg)
+    assert msg.bits.tolist() == [36] and p.numel() == 5
+    assert bytes_to_values(p[None, :4], 1, torch.float32).item() == 2.0  # ||x||_1 / d = 8 / 4
+    assert p[4].item() == 0b0010  # the sign bits of 3, -4, 0 (positive), 1
+    assert c.decompress(msg).tolist() == [[2.0, -2.0, 2.0, 2.0]]
+    t = get("terngrad")
+    msg = t.compress(x, Randomness(0, "compress", 0, [0]))
+    (p,) = t.pack(msg)
+    assert msg.bits.tolist() == [40] and p.numel() == 5
+    assert bytes_to_values(p[None, :4], 1, torch.float32).item() == 4.0  # ||x||_inf
+    codes = [(p[4].item() >> (2 * j)) & 3 for j in range(4)]
+    assert codes[1] == 3 and codes[2] == 0  # -4 = -s always; 0 never sent
+    assert t.decompress(msg)[0].tolist() == [4.0 * (c >> 1) * (-1 if c & 1 else 1) for c in codes]
 
 
 def test_unpack_rejects_wrong_lengths_and_missing_rng():

@@ -215,6 +215,11 @@ ALL_SPECS = (
     "natural-dithering:4",
     "permk",
     "topk:3",
+    "terngrad",
+    "sign",
+    "randk:3+natural",
+    "randk:3+qsgd:2",
+    "randk:2:seeded+natural",
 )
 EMPTY_RANKS = ([2, 0, 0, 0, 1, 3], [0, 1, 2, 0, 0, 0])  # rank 1, then rank 2, sends nothing
 

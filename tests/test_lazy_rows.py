@@ -81,7 +81,10 @@ def test_bad_reads_are_named():
         RowDifference(lazy, torch.zeros(2, prob.dim, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("spec", ["randk:1", "randk:4", "qsgd:2", "natural", "identity"])
+@pytest.mark.parametrize(
+    "spec",
+    ["randk:1", "randk:4", "qsgd:2", "natural", "identity", "randk:4+natural", "randk:3:seeded+qsgd:2"],
+)
 def test_compressors_read_lazy_rows_as_they_read_dense_ones(seed, spec):
     prob = problems.libsvm("phishing", workers=40, l2=0.01)
     lazy = prob.lazy_local_grads(_point(prob.dim, seed)) - prob.lazy_local_grads(_point(prob.dim, seed + 1))

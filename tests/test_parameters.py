@@ -16,7 +16,10 @@ from marina.experiments import results
 
 def test_results_columns_are_the_union_of_every_methods_parameters():
     union = set().union(*(parameters.of_method(name) for name in methods.METHODS))
-    assert set(results.PARAM_COLUMNS) == union == set(parameters.names())
+    assert union == set(parameters.names())
+    # one column a parameter, and p's rule ("bits") in its own string column right after p
+    assert set(results.PARAM_COLUMNS) == union | {"p_rule"}
+    assert results.PARAM_COLUMNS["p"] == "float64" and results.PARAM_COLUMNS["p_rule"] == "string"
     for name in union:
         assert name in results.CONFIG_COLUMNS
     assert list(results.CONFIG_COLUMNS)[0] == "run_id"

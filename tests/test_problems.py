@@ -200,8 +200,34 @@ def test_logistic_constants_equal_dense_formulas():
     assert problem.L == pytest.approx(math.sqrt(np.mean(np.square(L_i))), rel=1e-12)
     H = sum(A.T @ A / A.shape[0] for A in blocks) / len(blocks)
     assert problem.L_f == pytest.approx(PHI2_MAX * np.linalg.eigvalsh(H)[-1] + 0.02, rel=1e-10)
-    script = [PHI2_MAX * math.sqrt(np.mean(np.sum(A**2, axis=1) ** 2)) for A in blocks]
-    assert problem.L_avg == pytest.approx(math.sqrt(np.mean(np.square(script))), rel=1e-12)
+    M = [np.einsum("j,jk,jl->kl", np.sum(A**2, axis=1), A, A) / A.shape[0] for A in blocks]
+    script = [PHI2_MAX * math.sqrt(np.linalg.eigvalsh(Mi)[-1]) for Mi in M]
+    assert problem.L_avg == pytest.approx(math.sqrt(np.mean(np.square(script))), rel=1e-10)
+    loose = [PHI2_MAX * math.sqrt(np.mean(np.sum(A**2, axis=1) ** 2)) for A in blocks]
+    assert all(a <= b * (1 + 1e-12) for a, b in zip(script, loose))
+
+
+def test_average_smoothness_by_brute_force_on_a_small_data_set():
+    """script-L_i^2 = kappa^2 max_h mean_j ||a_j||^2 (a_j^T h)^2 / ||h||^2 (Assumption 3.1 with
+    ||grad f_ij(x) - grad f_ij(y)|| = |c_j| |a_j^T h| ||a_j||, |c_j| <= kappa): the matrix summed
+    one outer product at a time, its top eigenvector attaining the maximum, random directions
+    below it; against the looser kappa sqrt(mean_j ||a_j||^4) and the issue's mushrooms figures."""
+    problem = P.libsvm("mushrooms", workers=400, hosted_workers=[0, 7, 399])
+    for i, A in zip(problem.worker_ids.tolist(), dense_blocks(problem)):
+        m, d = A.shape
+        M = np.zeros((d, d))
+        for a in A:  # one sample at a time
+            M += float(a @ a) * np.outer(a, a) / m
+        w, V = np.linalg.eigh(M)
+        ratio = lambda h, A=A: float(np.mean(np.sum(A**2, axis=1) * (A @ h) ** 2) / (h @ h))  # noqa: E731
+        assert ratio(V[:, -1]) == pytest.approx(w[-1], rel=1e-12)
+        g = np.random.default_rng(i)
+        assert max(ratio(g.standard_normal(d)) for _ in range(200)) <= w[-1] * (1 + 1e-12)
+        k = problem.worker_ids.tolist().index(i)
+        assert float(problem.L_avg_i[k]) == pytest.approx(PHI2_MAX * math.sqrt(w[-1]), rel=1e-10)
+        assert float(problem.L_avg_i[k]) <= PHI2_MAX * math.sqrt(np.mean(np.sum(A**2, axis=1) ** 2))
+    five = P.libsvm("mushrooms", workers=5)
+    assert five.L_avg == pytest.approx(2.470, abs=5e-4)  # 3.235 with mean_j ||a_j||^4
 
 
 @pytest.mark.parametrize("seed", SEEDS)

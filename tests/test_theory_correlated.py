@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -235,6 +236,8 @@ CASES = [
     ("vr-marina", "randk:2", {"online": True, "p": 0.3, "batch_size": 2, "dense_batch_size": 8}),
     ("pp-marina", "randk:3", {"p": 0.3, "clients": 3}),
     ("pp-marina", "natural-dithering:2", {"p": 0.05, "clients": 3}),
+    ("marina", "randk:3+natural", {"p": "bits"}),
+    ("diana", "terngrad", {}),
 ]
 
 
@@ -263,15 +266,66 @@ def test_predict_counters_match_a_long_run(seed, synth, method, spec, params):
     assert float(last["oracle_calls"]) == pytest.approx(pred.oracle_calls, rel=rel)
 
 
-def test_p_bits_in_python_runs_and_a_clear_refusal_where_results_need_numbers(synth, capsys):
+def test_p_bits_in_python_runs(synth):
     res = marina.run(method="marina", compressor="qsgd:2", problem=synth, iterations=5, p="bits")
     w, d = 32, 12
     assert res.params["p"] == pytest.approx((w + d * (1 + 2)) / (d * w))
-    from marina import experiments
 
-    with pytest.raises(ConfigError, match=r"p == 'bits' is accepted by marina.run and marina theory"):
-        experiments.RunConfig("synthetic", 3, "marina", "qsgd:2", params={"p": "bits"})
+
+def test_p_bits_in_sweep_files_and_marina_run_is_recorded_typed(tmp_path, capsys):
+    """A sweep with p = ["bits", 0.25] and ``marina run --p bits``: the runs use the hand ratio
+    expected bits / dense bits (times r/n for PP-MARINA, Corollary 4.1's zeta r/(d n)); results
+    keep p (float64) missing and p_rule (string) "bits" for them, p = 0.25 and p_rule missing
+    for the number; legends say p=bits and p=0.25."""
+    from marina import experiments, plotting
     from marina.cli import main
+    from marina.experiments import results
 
-    assert main(["run", "--problem", "synthetic", "--workers", "3", "--iterations", "5", "--p", "bits"]) != 0
-    assert "p == 'bits' is accepted by marina.run" in capsys.readouterr().err
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        'problems = "synthetic"\nworkers = 3\niterations = 6\nlog_every = 2\n'
+        '[[grid]]\nmethods = ["marina", "pp-marina"]\ncompressors = "qsgd:2"\np = ["bits", 0.25]\n'
+    )
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    cli_out = tmp_path / "cli"
+    argv = ["run", "--problem", "synthetic", "--workers", "3", "--iterations", "6", "--method", "marina"]
+    assert main([*argv, "--compressor", "qsgd:2", "--p", "bits", "--out", str(cli_out)]) == 0
+    capsys.readouterr()
+    w = 32
+    for where in (out, cli_out):
+        df = results.load_results(where)
+        assert str(df["p"].dtype) == "float64" and str(df["p_rule"].dtype) == "string"
+        assert list(df.columns).index("p_rule") == list(df.columns).index("p") + 1
+        bits = df[df["p_rule"] == "bits"]
+        assert len(bits) and bits["p"].isna().all()
+        runs = [r for r in results.load_runs(where) if r["config"]["params"].get("p") == "bits"]
+        assert len(runs) == (2 if where == out else 1)
+        for run in runs:  # qsgd:2: norm + d (sign + 2 level bits), over d float32 values
+            d, used = run["d"], run["params"]
+            share = used["clients"] / 3 if run["config"]["method"] == "pp-marina" else 1.0  # r/n
+            assert used["p"] == pytest.approx(share * (w + d * (1 + 2)) / (d * w), rel=1e-12)
+    df = results.load_results(out)
+    numbers = df[df["p_rule"].isna()]
+    assert set(numbers["p"]) == {0.25}
+    labels = {c.label for c in plotting.curves(df)}
+    want = {f"{m}, qsgd:2, {v}" for m in ("MARINA", "PP-MARINA") for v in ("p=bits", "p=0.25")}
+    assert labels == want, labels
+    # the run ids of p = "bits" and of the number it resolves to differ: they are different rules
+    a = experiments.RunConfig("synthetic", 3, "marina", "qsgd:2", params={"p": "bits"})
+    b = experiments.RunConfig("synthetic", 3, "marina", "qsgd:2", params={"p": runs[0]["params"]["p"]})
+    assert a.run_id != b.run_id and a.params == {"p": "bits"}
+
+
+def test_results_of_schema_2_read_with_p_rule_missing(tmp_path):
+    """A history written before p_rule existed reads with p_rule as a missing string column."""
+    from marina.experiments import results
+
+    record = {"run_id": "r1", "config": {"problem": "synthetic", "method": "marina", "params": {"p": 0.5}}}
+    frame = results.history_frame(record, pd.DataFrame({"iteration": [0, 1], "bits_up": [0.0, 1.0]}))
+    old = frame.drop(columns=["p_rule"])
+    back = results.with_config_columns(old)
+    assert list(back.columns) == list(frame.columns)
+    assert str(back["p_rule"].dtype) == "string" and back["p_rule"].isna().all()
+    assert back["p"].tolist() == [0.5, 0.5]
+    assert results.SCHEMA_VERSION == 3

@@ -318,6 +318,10 @@ def test_theory_defaults_of_p():
     opt = mt.VRMARINA(ps, compressor="randk:20%", batch_size=4, dense_batch_size=28)
     K = round(0.2 * d)
     assert opt.method_params["p"] == pytest.approx(min(K / d, 4 / (28 + 4)))
+    # a composition's RandK takes K as a share of d too; zeta_Q = K (natural keeps the K values)
+    composed = mt.MARINA(ps, compressor="randk:20%+natural")
+    assert composed.method_params["p"] == pytest.approx(K / d)
+    assert mt.optim.compressor_for("randk:20%+qsgd:2", d, 1).spec == f"randk:{K}+qsgd:2"
 
 
 # -- torch.distributed: each gloo rank one worker ----------------------------------------------------

@@ -77,6 +77,15 @@ class Parameter:
         """The pandas dtype of its ``results.parquet`` column (nullable: missing = theory default)."""
         return _DTYPES[self.kind]
 
+    @property
+    def columns(self) -> dict[str, str]:
+        """Its ``results.parquet`` columns and their dtypes (one, unless it takes a rule too)."""
+        return {self.name: self.column_dtype}
+
+    def column_values(self, value: Any) -> dict[str, Any]:
+        """The values of :attr:`columns` for a given ``value`` (None: not given)."""
+        return {self.name: value}
+
     def constraint(self, upper: int | None = None) -> str:
         """What a value must be, e.g. ``in (0, 1]`` or ``in [1, 20]``."""
         if self.domain == "positive":
@@ -129,19 +138,25 @@ _TYPE_PHRASES = {
 
 class _ProbabilityOrBits(Parameter):
     """A probability that also takes the word ``"bits"`` (MARINA's p: the theory chooses it from
-    the compressor's expected message size, :func:`marina.theory.bits_p`)."""
+    the compressor's expected message size, :func:`marina.theory.bits_p`).
+
+    Results keep both kinds typed: the number in the float64 column ``p`` and the rule in the
+    string column ``p_rule`` (``"bits"``; missing when a number or nothing was given)."""
 
     def canonical(self, value: Any) -> Any:
-        if value == "bits":  # results columns are float64: a run written to disk records numbers
-            raise ConfigError(
-                "p == 'bits' is accepted by marina.run and marina theory; a run recorded as a "
-                "configuration (marina run, sweep files) takes p as a number in (0, 1]: use the p "
-                "that marina theory prints in its 'bits' rows"
-            )
-        return super().canonical(value)
+        return "bits" if value == "bits" else super().canonical(value)
 
     def check(self, value: Any, setting: Any = None) -> Any:
         return "bits" if value == "bits" else super().check(value, setting)
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return {self.name: "float64", self.name + "_rule": "string"}
+
+    def column_values(self, value: Any) -> dict[str, Any]:
+        if value == "bits":
+            return {self.name: None, self.name + "_rule": "bits"}
+        return {self.name: value, self.name + "_rule": None}
 
     @staticmethod
     def parse_arg(arg: str) -> float | str:

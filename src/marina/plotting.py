@@ -104,7 +104,7 @@ _LEGEND_NAMES = {
     "split": "split",
     "iterations": "T",
     "log_every": "log every",
-    **{p.name: p.legend for p in parameters.PARAMETERS},
+    **{c: p.legend for p in parameters.PARAMETERS for c in p.columns},  # p_rule: "p=bits"
 }
 
 
@@ -249,8 +249,9 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq", band: s
                 v = key[c]
                 name = _LEGEND_NAMES.get(c, c)
                 if _is_missing(v):
-                    if c in PARAM_COLUMNS:
-                        parts.append(f"{name} theory")
+                    rule = key.get(c + "_rule")
+                    if c in PARAM_COLUMNS and not c.endswith("_rule") and _is_missing(rule):
+                        parts.append(f"{name} theory")  # neither a value nor a rule: the default
                     continue
                 sep = " " if name.endswith("×") else "="
                 parts.append(f"{name}{sep}{_format_value(v)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import torch
 
@@ -38,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "list the known compressors.",
     )
     p.add_argument(
-        "spec", nargs="?", default=None, help="compressor spec, e.g. randk:5, qsgd:4, natural, permk"
+        "spec",
+        nargs="?",
+        default=None,
+        help="compressor spec, e.g. randk:5, qsgd:4, natural, permk, terngrad, sign, randk:5+natural",
     )
     p.add_argument("--dim", "-d", type=int, default=1000, help="dimension d (default 1000)")
     p.add_argument("--workers", "-n", type=int, default=4, help="number of workers n (default 4)")
@@ -58,8 +62,7 @@ def list_compressors(as_json: bool = False) -> None:
     """Print the known compressors with their theory and wire encoding."""
     rows = []
     for template in known():
-        name, _, param = template.partition(":")
-        c = get(f"{name}:{EXAMPLE[param]}" if param else name)
+        c = get(re.sub(r":([Kqs])\b", lambda m: ":" + EXAMPLE[m.group(1)], template))
         rows.append(
             (
                 template,
@@ -159,7 +162,10 @@ def _main(args: argparse.Namespace) -> int:
         theory = f"unbiased, omega(d) = {c.omega_formula} = {omega:.6g}"
     else:
         omega = None
-        theory = f"biased (contractive), alpha(d) = K/d = {c.alpha(d):.6g}: ||C(x)-x||^2 <= (1-alpha) ||x||^2"
+        theory = (
+            f"biased (contractive), alpha(d) = {c.alpha_formula} = {c.alpha(d):.6g}: "
+            "||C(x)-x||^2 <= (1-alpha) ||x||^2"
+        )
     print(f"theory: {theory}; density(d) = {c.density_formula} = {c.density(d):.6g} expected non-zeros")
     if c.correlated:
         print("        correlated across workers: one shared random permutation, disjoint blocks")

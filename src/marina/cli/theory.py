@@ -286,7 +286,7 @@ def _table(t: dict[str, Any]) -> str:
         "theorems' bounds with their constants, from marina.theory.predict; QGD's stepsize "
         "shrinks with the number of rounds K and is given for the predicted K (marina run uses "
         "its --iterations); the alpha column is DIANA's shift stepsize and DASHA's momentum a; "
-        "with a biased compressor (topk:K) only the error-feedback rows are shown"
+        "with a biased compressor (topk:K, sign) only the error-feedback rows are shown"
     )
     return "\n".join(lines)
 

@@ -125,14 +125,20 @@ def register(cls: type[Compressor]) -> type[Compressor]:
     return cls
 
 
-_ORDER = ("identity", "randk", "bernoulli", "qsgd", "natural", "natural-dithering", "permk", "topk")
+_ORDER = (
+    "identity", "randk", "bernoulli", "qsgd", "natural", "natural-dithering", "terngrad", "permk", "topk",
+    "sign",
+)  # fmt: skip
 
 
 def known() -> list[str]:
-    """Spec templates of every registered compressor, e.g. ``["identity", "randk:K", ...]``."""
+    """Spec templates of every registered compressor, e.g. ``["identity", "randk:K", ...]``,
+    then the compositions (``"randk:K+natural"``, ...; :mod:`marina.compressors.composed`)."""
+    from marina.compressors.composed import TEMPLATES
+
     rank = {name: i for i, name in enumerate(_ORDER)}
     classes = sorted(_REGISTRY.values(), key=lambda c: rank.get(c.name, len(rank)))
-    return [c.name + (f":{c.param}" if c.param else "") for c in classes]
+    return [c.name + (f":{c.param}" if c.param else "") for c in classes] + list(TEMPLATES)
 
 
 def get(spec: str | Compressor, **options: Any) -> Compressor:
@@ -140,7 +146,8 @@ def get(spec: str | Compressor, **options: Any) -> Compressor:
 
     Args:
         spec: e.g. ``"identity"``, ``"randk:5"``, ``"bernoulli:0.1"``, ``"qsgd:4"``,
-            ``"natural"``, ``"natural-dithering:8"``, ``"permk"``, ``"topk:10"``. A
+            ``"natural"``, ``"natural-dithering:8"``, ``"terngrad"``, ``"permk"``, ``"topk:10"``,
+            ``"sign"``, compositions ``"randk:K+natural"``, ``"randk:K+qsgd:s"``. A
             :class:`Compressor` is returned unchanged (options must then be empty).
         **options: ``value_dtype`` (wire precision of values), ``workers`` (total n, PermK).
 
@@ -154,6 +161,10 @@ def get(spec: str | Compressor, **options: Any) -> Compressor:
         return spec
     if not isinstance(spec, str):
         raise ConfigError(f"compressor spec == {spec!r}, must be a string such as 'randk:5'")
+    if "+" in spec:  # a composition, "randk:K+natural"
+        from marina.compressors.composed import compose
+
+        return compose(spec, options)
     name, sep, arg = spec.strip().partition(":")
     name = name.strip().lower()
     cls = _REGISTRY.get(name)
@@ -261,6 +272,13 @@ class Compressor(ABC):
             f"Q/(1 + omega) is contractive with alpha = 1/(1 + omega)"
         )
 
+    def _no_omega(self, what: str) -> float:
+        """omega of a biased contractive compressor: a ConfigError naming its alpha."""
+        raise ConfigError(
+            f"{self.spec}: {what} is biased, so omega is undefined; it is contractive with "
+            f"alpha(d) = {self.alpha_formula} (use it with error feedback, not with MARINA/DIANA)"
+        )
+
     def ab_constants(self, d: int, n: int) -> tuple[float, float]:
         """(A, B) of the AB inequality of Szlendak, Tyurin, Richtarik 2022 (ICLR, Definition 1):
         E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2 for any a_i.
@@ -278,6 +296,7 @@ class Compressor(ABC):
         return float(exact(d))
 
     omega_formula: ClassVar[str] = ""
+    alpha_formula: ClassVar[str] = ""
     density_formula: ClassVar[str] = ""
     wire_formula: ClassVar[str] = ""
     """Human-readable theory and encoding (``marina compress --list``); w = wire bits per value."""

@@ -71,6 +71,11 @@ class Natural(Compressor):
         return _exponent_bits(self.value_dtype)
 
     @property
+    def code_width(self) -> int:
+        """Bits per coordinate: sign + exponent."""
+        return 1 + self.exponent_bits
+
+    @property
     def bias(self) -> int:
         return (1 << (self.exponent_bits - 1)) - 1
 

@@ -229,12 +229,10 @@ class TopK(_Sparse):
     unbiased = False
     contractive = True
     omega_formula = "undefined (biased); alpha = K/d"
+    alpha_formula = "K/d"
 
     def omega(self, d: int) -> float:
-        raise ConfigError(
-            f"{self.spec}: TopK is biased, so omega is undefined; it is contractive with "
-            f"alpha(d) = K/d (use it with error feedback, not with MARINA/DIANA)"
-        )
+        return self._no_omega("TopK")
 
     def alpha(self, d: int) -> float:
         d = self._check_k(d)

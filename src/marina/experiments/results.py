@@ -91,15 +91,18 @@ LOCK_FILE = ".lock"
 TIME_COLUMNS: tuple[str, ...] = ("time_s",)
 """Columns that depend on the machine's speed (everything else is a function of the config)."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the files' layout, recorded in every run record (``schema``) and in the metadata of
-every Parquet file (``marina_schema``). 2: per-run histories carry the configuration columns
-(``run_id`` first) and every method parameter of :data:`marina.parameters.PARAMETERS` is a
-column; 1: histories without configuration columns, six parameter columns."""
+every Parquet file (``marina_schema``). 3: the string column ``p_rule`` (``"bits"`` for
+``p = "bits"``) follows ``p``; 2: per-run histories carry the configuration columns (``run_id``
+first) and every method parameter of :data:`marina.parameters.PARAMETERS` is a column; 1:
+histories without configuration columns, six parameter columns. Older files are read with the
+columns they lack added as missing values."""
 
-PARAM_COLUMNS: dict[str, str] = {p.name: p.column_dtype for p in parameters.PARAMETERS}
+PARAM_COLUMNS: dict[str, str] = {c: t for p in parameters.PARAMETERS for c, t in p.columns.items()}
 """Every method parameter (:data:`marina.parameters.PARAMETERS`) as given (missing: the theory
-default was used), with its dtype: runs that differ in any parameter differ in these columns."""
+default was used), with its dtype: runs that differ in any parameter differ in these columns.
+``p`` given as ``"bits"`` is ``p`` missing and ``p_rule`` = ``"bits"``."""
 
 CONFIG_COLUMNS: dict[str, str] = {
     "run_id": "string",
@@ -242,6 +245,8 @@ def history_frame(record: dict[str, Any], history: pd.DataFrame) -> pd.DataFrame
     config = record["config"]
     history = history.reset_index(drop=True)
     n = len(history)
+    given = config.get("params") or {}
+    params = {c: v for p in parameters.PARAMETERS for c, v in p.column_values(given.get(p.name)).items()}
     cols: dict[str, pd.Series] = {}
     for name, dtype in CONFIG_COLUMNS.items():
         if name == "run_id":
@@ -249,7 +254,7 @@ def history_frame(record: dict[str, Any], history: pd.DataFrame) -> pd.DataFrame
         elif name == "m":
             value = record.get("m")
         elif name in PARAM_COLUMNS:
-            value = (config.get("params") or {}).get(name)
+            value = params[name]
         else:
             value = config.get(name)
         cols[name] = pd.Series([value] * n, dtype=dtype if value is not None else _missing(dtype))
@@ -335,7 +340,22 @@ def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame
     """A completed run's rows of ``results.parquet`` (files of schema 1 get their
     configuration columns here)."""
     frame = pd.read_parquet(run_dir(out, record["run_id"]) / HISTORY_FILE)
-    return frame if "run_id" in frame.columns else history_frame(record, frame)
+    return with_config_columns(frame) if "run_id" in frame.columns else history_frame(record, frame)
+
+
+def with_config_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the configuration columns an older schema lacks (``p_rule`` before
+    schema 3) inserted, in :data:`CONFIG_COLUMNS` order, as missing values."""
+    missing = [c for c in CONFIG_COLUMNS if c not in frame.columns]
+    if not missing or "run_id" not in frame.columns:
+        return frame
+    frame = frame.copy()
+    for name in missing:
+        at = list(CONFIG_COLUMNS).index(name)
+        before = [c for c in list(CONFIG_COLUMNS)[:at] if c in frame.columns]
+        pos = frame.columns.get_loc(before[-1]) + 1 if before else 0
+        frame.insert(pos, name, pd.Series([None] * len(frame), dtype=_missing(CONFIG_COLUMNS[name])))
+    return frame
 
 
 def read_run_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
@@ -437,7 +457,7 @@ def load_results(out: str | os.PathLike) -> pd.DataFrame:
             f"{RECORD_FILE} (write one with `marina run --out` or `marina sweep --out`)"
         )
     try:
-        return pd.read_parquet(path)
+        return with_config_columns(pd.read_parquet(path))
     except (OSError, ValueError, pa.ArrowException) as err:
         if not (out / RUNS_DIR).is_dir():
             raise ConfigError(

@@ -22,7 +22,8 @@ the hot path computes one sigmoid per row, in place, and no negation.
 Constants (see :mod:`marina.problems.linear` for the derivations), with kappa = PHI2_MAX:
 L_i = kappa lambda_max(A_i^T A_i)/m_i + l2 (the issue's "tight" constant, never looser than
 kappa max_j ||a_ij||^2 + l2), L = sqrt(mean L_i^2), L_f = kappa lambda_max(sum_i
-A_i^T A_i/(n m_i)) + l2, and L_avg = kappa sqrt(mean_i mean_j ||a_ij||^4) (Assumption 3.1).
+A_i^T A_i/(n m_i)) + l2, and L_avg = kappa sqrt(mean_i lambda_max((1/m_i) sum_j ||a_ij||^2 a_ij
+a_ij^T)) (Assumption 3.1; never above kappa sqrt(mean_i mean_j ||a_ij||^4)).
 
 Evaluation is stable for any |t|: torch.sigmoid saturates to exactly 0 or 1 without overflow,
 so phi, phi' stay finite (phi -> 1 and phi' -> 0 as t -> -inf; both -> 0 as t -> +inf).

@@ -65,12 +65,14 @@ APPLIED_LR = "applied_lr"
 
 
 def compressor_for(spec: Any, d: int, n: int, contractive: bool = False) -> compressors.Compressor:
-    """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100)).
+    """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))
+    (also in ``"randk:1%+natural"``).
 
     Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
     contractive ones (``topk:K``) too."""
-    if isinstance(spec, str) and spec.strip().endswith("%"):
-        name, _, arg = spec.strip().partition(":")
+    head, plus, tail = spec.partition("+") if isinstance(spec, str) else ("", "", "")
+    if head.strip().endswith("%"):  # also the RandK of a composition, "randk:1%+natural"
+        name, _, arg = head.strip().partition(":")
         try:
             frac = float(arg[:-1]) / 100.0
         except ValueError:
@@ -79,7 +81,7 @@ def compressor_for(spec: Any, d: int, n: int, contractive: bool = False) -> comp
             raise ConfigError(f"compressor {spec!r}: a fraction of d must be in (0%, 100%]")
         if name.strip().lower() not in ("randk", "topk"):
             raise ConfigError(f"compressor {spec!r}: only randk and topk take K as a fraction of d")
-        spec = f"{name}:{max(1, round(frac * d))}"
+        spec = f"{name}:{max(1, round(frac * d))}" + plus + tail
     Q = compressors.get(spec, workers=n) if isinstance(spec, str) else compressors.get(spec)
     if not getattr(Q, "unbiased", False) and not (contractive and Q.contractive):
         raise ConfigError(
