@@ -119,6 +119,25 @@ def test_code_packing_inverts(seed, w):
         assert torch.equal(unpack_codes(raw, m, w).long(), codes)
 
 
+@pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 33, 56])
+def test_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
+    """Small segments are packed bit by bit, large ones by the byte plan: same bytes, same codes."""
+    from marina.compressors import wire
+
+    for n, m in ((1, 1), (3, 5), (2, 17), (4, 100)):
+        u = Randomness(seed, "codes", w, range(n)).uniform(m, torch.float64)
+        codes = torch.floor(u * 2.0**w).to(torch.int64).clamp(max=(1 << w) - 1)
+        small = pack_codes(codes, w)
+        back_small = unpack_codes(small, m, w)
+        monkeypatch.setattr(wire, "_SMALL", -1)  # every size through the byte plan
+        large = pack_codes(codes, w)
+        back_large = unpack_codes(large, m, w)
+        monkeypatch.undo()
+        assert torch.equal(small, large), (n, m)
+        assert back_small.dtype == back_large.dtype and torch.equal(back_small, back_large)
+        assert torch.equal(back_small.long(), codes)
+
+
 def test_code_bit_layout_is_lsb_first():
     # codes 1, 2, 3 of 2 bits -> bits 1,0 | 0,1 | 1,1 -> 1 + 8 + 16 + 32 = 57
     assert pack_codes(torch.tensor([[1, 2, 3]]), 2).tolist() == [[57]]
