@@ -265,6 +265,7 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "wire": after["wire_bytes"] - before["wire_bytes"],
                 "predicted_rank_bytes": per_rank,
                 "slots": slots,
+                "sizes_vary": Q.message_bits(d, torch.arange(n)) is None,
                 "logged": net.exchanges[-1],
             }
         )
@@ -391,7 +392,7 @@ def test_a_resumed_run_continues_the_trajectory_and_the_wire_counters(equivalenc
 
 def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalence):
     seed, reports = equivalence
-    W = WORLD
+    W, n, d = WORLD, SYNTHETIC["workers"], 17  # d as in _aggregations
     for report in reports:
         for row in report["aggregations"]:
             what = f"seed {seed}, rank {report['rank']}, {row['spec']} multiplicity {row['mult']}"
@@ -403,7 +404,10 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             assert row["logged"]["rank_bytes"] == predicted, what
             size = W * row["slots"] * SIZE_BYTES
             assert row["two_size"] == size and row["two_bits"] == row["payload"], what
-            varies = row["spec"].startswith("bernoulli")  # the only compressor whose sizes vary
+            # sizes vary for Bernoulli, and for PermK where n does not divide d (block sizes follow
+            # the round's permutation); every other compressor's follow from (compressor, d)
+            varies = row["spec"].startswith("bernoulli") or (row["spec"] == "permk" and d % n != 0)
+            assert row["sizes_vary"] is varies, what
             assert row["logged"]["size_exchange"] is varies, what
             if not varies:
                 size = 0

@@ -362,6 +362,10 @@ class TorchDistributedNetwork(Network):
         if X_local.dim() != 2 or X_local.shape[0] != n_local:
             raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({n_local}, d)")
         d = int(X_local.shape[1])
+        if multiplicity is None and not self.exchange_sizes:
+            plan = self._uniform_plan(compressor, d)
+            if plan is not None:
+                return self._aggregate_uniform(compressor, X_local, round, stream, return_local, plan)
         if multiplicity is None:
             counts = torch.ones(n, dtype=torch.int64)
         else:
@@ -487,6 +491,76 @@ class TorchDistributedNetwork(Network):
         mean = acc / total
         return (mean, local) if local is not None else mean
 
+    def _uniform_plan(self, compressor, d: int) -> tuple[int, int, Tensor, Tensor, Tensor] | None:
+        """Where every worker sends one message of the same size, known from (compressor, d):
+        (bits, bytes L, per-rank bytes (W,), byte lengths (n,), sender ids (n,)), cached; else None."""
+        key = ("uniform", compressor.spec, compressor.value_dtype, compressor.workers, d)
+        if key not in self._size_cache:
+            message_bits = getattr(compressor, "message_bits", None)
+            bits = None if message_bits is None else message_bits(d, torch.arange(self.n))
+            plan = None
+            if bits is not None and bool((bits == bits[0]).all()):
+                b = int(bits[0])
+                L = (b + 7) // 8
+                plan = (
+                    b,
+                    L,
+                    torch.full((self.world_size,), self.n_local * L, dtype=torch.int64),
+                    torch.full((self.n,), L, dtype=torch.int64, device=self.comm_device),
+                    torch.arange(self.n, dtype=torch.int64),
+                )
+            self._size_cache[key] = plan  # type: ignore[assignment]
+        return self._size_cache[key]  # type: ignore[return-value]
+
+    def _aggregate_uniform(
+        self, compressor, X_local: Tensor, round: int, stream: str | int, return_local: bool, plan: tuple
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:meth:`aggregate` when every worker sends one message of L bytes (every fixed-size
+        compressor without PP-MARINA's multiplicities): the same steps 1, 3 and 4 on the same
+        bytes, without per-message lists. Rank r's n/W rows are bytes [r n/W L, (r+1) n/W L) of
+        the gathered buffer, so the buffer viewed as (n, L) is every message in worker order."""
+        bits, L, per_rank, lengths, senders = plan
+        n, W = self.n, self.world_size
+        width = self.n_local * L
+        error: BaseException | None = None
+        # 1. compress and pack this rank's messages (one row of L bytes per hosted worker)
+        try:
+            rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
+            msg = compressor.compress(X_local, rng)
+            if bool((msg.bits != bits).any()):
+                raise DistributedError(
+                    f"{compressor.spec}: message bits {msg.bits.tolist()} differ from message_bits() "
+                    f"{bits} (a compressor declaring fixed sizes must keep them)"
+                )
+            rows, _ = compressor._pack_rows(msg)
+            mine = rows[:, :L].reshape(-1).to(self.comm_device)
+        except Exception as err:  # noqa: BLE001 - reported to every rank by the poison pattern
+            error = err
+            mine = torch.full((width,), _POISON, dtype=torch.uint8, device=self.comm_device)
+        # 3. payloads (no size exchange: sizes follow from (compressor, d))
+        if width > 0:
+            buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
+            self._check_poison(compressor, buffer.view(W, width), per_rank, error)
+        else:
+            buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
+        self._bits_up += n * bits
+        self._count(round, stream, n, self.n_local, per_rank, exchanged=False)
+        # 4. unpack, decompress and reduce in global worker order, as the simulation
+        rx = (
+            Randomness(self.seed, copy_stream(stream, 0), round, senders, self.comm_device)
+            if compressor.regenerates
+            else None
+        )
+        ids = senders.to(self.comm_device)
+        back = compressor._unpack_rows(
+            buffer.view(n, L), lengths, d=X_local.shape[1], worker_ids=ids, dtype=X_local.dtype, rng=rx
+        )
+        mean = compressor.sum_decompressed(back).to(X_local.device) / n
+        if not return_local:
+            return mean
+        X_hat = compressor.decompress(back).to(X_local.device)
+        return mean, X_hat[self._lo : self._lo + self.n_local]
+
     def _message_sizes(
         self, compressor, d: int, counts: Tensor, multiplicity: Tensor | None, slots: int
     ) -> Tensor | None:
@@ -519,6 +593,8 @@ class TorchDistributedNetwork(Network):
     def _check_poison(self, compressor, rows: Tensor, per_rank: Tensor, error: BaseException | None) -> None:
         """Without a size exchange: find ranks whose bytes are all 0xFF (they failed to compress),
         then exchange one failure code per rank (only then) and raise alike on every rank."""
+        if error is None and not bool((rows[:, 0] == _POISON).any()):
+            return  # the healthy round: one comparison
         heads = torch.nonzero(rows[:, 0] == _POISON).reshape(-1).tolist()
         failed = [
             r for r in heads if int(per_rank[r]) and bool((rows[r, : int(per_rank[r])] == _POISON).all())
