@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,37 +27,35 @@ __all__ = ["index_bits", "code_bits", "values_to_bytes", "bytes_to_values", "pac
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
 _SMALL = 1 << 14
-"""Segments of at most this many bits are packed bit by bit (a few tensor ops, no Python loop
-over the byte plan): the per-round cost of a small message (RandK with small K) is then a few
-microseconds. Same layout, same bytes (tests/test_compressors_wire.py compares both paths)."""
-_BIT = {}
+"""CPU segments of at most this many bits are packed bit by bit with numpy's ``packbits``
+(``bitorder="little"``: bit b of the segment is bit b % 8 of byte b // 8, the layout below),
+a few microseconds for a small message (RandK with small K) instead of a Python loop over the
+byte plan. Same bytes (tests/test_compressors_wire.py compares both paths for every width)."""
+_SHIFTS: dict[int, np.ndarray] = {}
 
 
-def _bit_weights(w: int, device: torch.device) -> Tensor:
-    """(w,) int64 ``1 << arange(w)``, cached per (w, device)."""
-    key = (w, device)
-    if key not in _BIT:
-        _BIT[key] = torch.ones(w, dtype=torch.int64, device=device) << torch.arange(w, device=device)
-    return _BIT[key]
+def _shifts(w: int) -> np.ndarray:
+    if w not in _SHIFTS:
+        _SHIFTS[w] = np.arange(w, dtype=np.int64)
+    return _SHIFTS[w]
 
 
-def _pack_small(codes: Tensor, w: int, nbytes: int) -> Tensor:
+def _pack_small(codes: Tensor, w: int) -> Tensor:
     """:func:`pack_codes` bit by bit: bit i of code t is bit t w + i of the segment (LSB first)."""
     n, m = codes.shape
-    bits = (codes.to(torch.int64).unsqueeze(-1) & _bit_weights(w, codes.device)).ne_(0).reshape(n, m * w)
-    bits = torch.nn.functional.pad(bits.to(torch.uint8), (0, 8 * nbytes - m * w))
-    return (bits.view(n, nbytes, 8).to(torch.int64) * _bit_weights(8, codes.device)).sum(-1).to(torch.uint8)
+    bits = ((codes.numpy().astype(np.int64, copy=False)[:, :, None] >> _shifts(w)) & 1).astype(np.uint8)
+    return torch.from_numpy(np.packbits(bits.reshape(n, m * w), axis=1, bitorder="little"))
 
 
 def _unpack_small(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> Tensor:
     """:func:`unpack_codes` bit by bit (the inverse of :func:`_pack_small`)."""
     n = raw.shape[0]
-    raw = raw[:, :nbytes]
-    if raw.shape[1] < nbytes:  # a short payload (rejected by the caller's length check)
-        raw = torch.nn.functional.pad(raw, (0, nbytes - raw.shape[1]))
-    data = raw.to(torch.int64).unsqueeze(-1) & _bit_weights(8, raw.device)
-    bits = data.ne_(0).reshape(n, 8 * nbytes)[:, : m * w].reshape(n, m, w).to(torch.int64)
-    return (bits * _bit_weights(w, raw.device)).sum(-1).to(work)
+    data = raw[:, :nbytes].numpy()
+    if data.shape[1] < nbytes:  # a short payload (rejected by the caller's length check)
+        data = np.pad(data, ((0, 0), (0, nbytes - data.shape[1])))
+    bits = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
+    codes = (bits.astype(np.int64) << _shifts(w)).sum(axis=2)
+    return torch.from_numpy(codes.astype(np.int32 if work == torch.int32 else np.int64))
 
 
 def index_bits(d: int) -> int:
@@ -118,8 +117,8 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
         return out
     if w > 56:
         raise ValueError(f"code width w == {w}, must be <= 56")
-    if n * m * w <= _SMALL:
-        return _pack_small(codes, w, nbytes)
+    if n * m * w <= _SMALL and codes.device.type == "cpu":
+        return _pack_small(codes, w)
     work = torch.int32 if w <= 24 else torch.int64
     groups = (m + 7) // 8
     step = max(1, _CHUNK // max(1, 8 * n))
@@ -152,7 +151,7 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
     work = torch.int32 if w <= 24 else torch.int64
-    if n * m * w <= _SMALL:
+    if n * m * w <= _SMALL and raw.device.type == "cpu":
         return _unpack_small(raw, m, w, nbytes, work)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
