@@ -26,6 +26,11 @@ FIXED = (
 N, D = 5, 23  # 5 does not divide 23: PermK blocks of 4 and 5 coordinates
 
 
+def _d(spec: str) -> int:
+    """PermK declares sizes only where they do not follow the round's permutation: n | d (or d < n)."""
+    return 25 if spec == "permk" else D
+
+
 def _X(n: int = N, d: int = D) -> torch.Tensor:
     return torch.cos(torch.arange(n * d, dtype=torch.float64).reshape(n, d) * 0.71) * 2.5
 
@@ -35,8 +40,8 @@ def _X(n: int = N, d: int = D) -> torch.Tensor:
 def test_message_bits_are_the_sizes_of_the_messages(spec, value_dtype):
     Q = compressors.get(spec, workers=N, value_dtype=value_dtype)
     ids = torch.tensor([4, 0, 2])
-    msg = Q.compress(_X()[ids], Randomness(9, "compress", 3, ids))
-    assert torch.equal(Q.message_bits(D, ids), msg.bits)
+    msg = Q.compress(_X(d=_d(spec))[ids], Randomness(9, "compress", 3, ids))
+    assert torch.equal(Q.message_bits(_d(spec), ids), msg.bits)
     assert [int(p.numel()) for p in Q.pack(msg)] == [math.ceil(b / 8) for b in msg.bits.tolist()]
 
 
@@ -49,11 +54,14 @@ def test_message_bits_by_hand():
         "randk:3:seeded": [3 * w] * N,
         "natural": [D * 9] * N,
         "qsgd:4": [w + D * (1 + 3)] * N,
-        "permk": [((i + 1) * D // N - i * D // N) * w for i in range(N)],  # 4, 4, 5, 4, 5 values
     }
     for spec, bits in hand.items():
         assert compressors.get(spec, workers=N).message_bits(D, ids).tolist() == bits, spec
     assert compressors.get("bernoulli:0.5").message_bits(D, ids) is None  # the flag decides the size
+    permk = compressors.get("permk", workers=N)
+    assert permk.message_bits(25, ids).tolist() == [5 * w] * N  # n | d: blocks of d/n values
+    assert permk.message_bits(3, ids).tolist() == [w] * N  # d < n: one coordinate each
+    assert permk.message_bits(D, ids) is None  # blocks of 4 and 5 go by the round's permutation
 
 
 @pytest.mark.parametrize("spec", FIXED)
@@ -62,9 +70,9 @@ def test_a_payload_of_0xff_bytes_is_never_a_message(spec):
     that is not finite, which no compressor sends (they refuse non-finite and out-of-range values)."""
     Q = compressors.get(spec, workers=N)
     ids = torch.arange(N)
-    nbytes = [math.ceil(b / 8) for b in Q.message_bits(D, ids).tolist()]
+    nbytes = [math.ceil(b / 8) for b in Q.message_bits(_d(spec), ids).tolist()]
     poison = [torch.full((b,), 0xFF, dtype=torch.uint8) for b in nbytes]
-    back = Q.unpack(poison, D, worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
+    back = Q.unpack(poison, _d(spec), worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
     first = next(iter(back.data.values()))
     if first.dtype.is_floating_point:  # values or norms first
         assert not torch.isfinite(first.reshape(N, -1)[:, 0].double()).any()
