@@ -72,7 +72,9 @@ def test_a_payload_of_0xff_bytes_is_never_a_message(spec):
     ids = torch.arange(N)
     nbytes = [math.ceil(b / 8) for b in Q.message_bits(_d(spec), ids).tolist()]
     poison = [torch.full((b,), 0xFF, dtype=torch.uint8) for b in nbytes]
-    back = Q.unpack(poison, _d(spec), worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids))
+    back = Q.unpack(
+        poison, _d(spec), worker_ids=ids, dtype=torch.float64, rng=Randomness(0, "compress", 0, ids)
+    )
     first = next(iter(back.data.values()))
     if first.dtype.is_floating_point:  # values or norms first
         assert not torch.isfinite(first.reshape(N, -1)[:, 0].double()).any()
