@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from marina.compressors import get
-from marina.compressors.wire import bytes_to_values, pack_codes, unpack_codes, values_to_bytes
+from marina.compressors.wire import (
+    bytes_to_values,
+    concat_bits,
+    pack_codes,
+    split_bits,
+    unpack_codes,
+    values_to_bytes,
+)
 from marina.errors import ConfigError
 from marina.rng import Randomness
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
@@ -136,6 +143,24 @@ def test_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
         assert torch.equal(small, large), (n, m)
         assert back_small.dtype == back_large.dtype and torch.equal(back_small, back_large)
         assert torch.equal(back_small.long(), codes)
+
+
+@pytest.mark.parametrize("bits", [1, 7, 9, 39, 49, 64, 114])
+def test_messages_back_to_back_at_bit_level(seed, bits):
+    """concat_bits: message t at bits [t b, (t + 1) b) of one little-endian integer, checked with
+    Python integers; split_bits recovers every message (trailing bits zero) for several ranks."""
+    nb = (bits + 7) // 8
+    for m in (1, 2, 3, 5):
+        u = Randomness(seed, "bytes", bits, range(m)).uniform(nb, torch.float64)
+        rows = torch.floor(u * 256).clamp(max=255).to(torch.uint8)
+        if bits % 8:
+            rows[:, -1] &= (1 << (bits % 8)) - 1  # a packed message's unused high bits are zero
+        seg = concat_bits(rows, bits)
+        assert seg.shape == ((m * bits + 7) // 8,)
+        whole = sum(int.from_bytes(bytes(rows[t].tolist()), "little") << (t * bits) for t in range(m))
+        assert int.from_bytes(bytes(seg.tolist()), "little") == whole
+        other = concat_bits(rows.flip(0), bits)
+        assert torch.equal(split_bits(torch.stack([seg, other]), m, bits), torch.cat([rows, rows.flip(0)]))
 
 
 def test_code_bit_layout_is_lsb_first():

@@ -23,7 +23,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["index_bits", "code_bits", "values_to_bytes", "bytes_to_values", "pack_codes", "unpack_codes"]
+__all__ = [
+    "index_bits",
+    "code_bits",
+    "values_to_bytes",
+    "bytes_to_values",
+    "pack_codes",
+    "unpack_codes",
+    "concat_bits",
+    "split_bits",
+]
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
 _SMALL = 1 << 14
@@ -180,3 +189,25 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
 def bits_to_bytes(bits: int) -> int:
     """ceil(bits / 8)."""
     return math.ceil(bits / 8)
+
+
+def concat_bits(rows: Tensor, bits: int) -> Tensor:
+    """(m, >= ceil(bits/8)) uint8 messages of ``bits`` bits each -> one (ceil(m bits / 8),) uint8
+    segment holding them back to back at bit level: bit i of message t is bit t bits + i of the
+    segment (LSB first, as :func:`pack_codes`). Any device; one byte of work per bit."""
+    m, nb = rows.shape[0], (bits + 7) // 8
+    total = (m * bits + 7) // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=rows.device)
+    flat = ((rows[:, :nb].unsqueeze(-1) >> shifts) & 1).reshape(m, 8 * nb)[:, :bits].reshape(-1)
+    flat = torch.nn.functional.pad(flat, (0, 8 * total - m * bits))
+    return (flat.view(total, 8) << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+
+
+def split_bits(raw: Tensor, m: int, bits: int) -> Tensor:
+    """Inverse of :func:`concat_bits` for R segments at once: (R, >= ceil(m bits / 8)) uint8 ->
+    (R m, ceil(bits/8)) uint8 messages in segment order, zero bits after each message's last."""
+    R, nb = raw.shape[0], (bits + 7) // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=raw.device)
+    flat = ((raw[:, : (m * bits + 7) // 8].unsqueeze(-1) >> shifts) & 1).reshape(R, -1)[:, : m * bits]
+    msgs = torch.nn.functional.pad(flat.reshape(R * m, bits), (0, 8 * nb - bits))
+    return (msgs.view(R * m, nb, 8) << shifts).sum(dim=2, dtype=torch.int32).to(torch.uint8)

@@ -50,6 +50,19 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        the same messages, so the float64 trajectory equals the simulation's (bit for bit on the
        same machine).
 
+Fast path and bit-level packing (one message per worker, every message of the same known size)
+    Without multiplicities and with every message of ``b`` bits known from (compressor, d)
+    (every fixed-size compressor; PermK where n divides d), steps 1-4 run on whole tensors:
+    rank r's segment is its n/W packed rows, the gathered buffer is every message in worker
+    order, and the compressor's row decoder reads it in place (no per-message lists). Where b
+    is not a whole number of bytes, b <= ``BITPACK_MAX_BITS`` (4096) and a rank hosts several
+    workers, its messages travel back to back at bit level (:func:`marina.compressors.wire.
+    concat_bits`): ceil(n/W b / 8) bytes instead of n/W ceil(b / 8), so the wire carries at most
+    7 bits per rank beyond the accounted bits (at one message per rank, ceil(b/8) bytes is the
+    floor of any byte-granular collective: randk:1 at d = 10^5 sends 49 bits in 7 bytes).
+    Everything else (multiplicities, varying sizes, ``exchange_sizes=True``) keeps every
+    message byte aligned. Same messages either way, so the same trajectory, bit for bit.
+
 Bytes on the wire (counters, equal on every rank; the network's share of "bytes sent")
     With W ranks, s slots per rank and B_r the payload bytes of rank r, one aggregation
     contributes per rank ``8 s`` bytes of sizes (only where sizes are exchanged, step 2) and
@@ -57,7 +70,8 @@ Bytes on the wire (counters, equal on every rank; the network's share of "bytes 
     contribution must reach the W-1 other ranks (a ring all-gather forwards each chunk over
     W-1 links, which is also the minimum for point-to-point delivery):
 
-    - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each);
+    - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each;
+      sum over ranks of ceil(rank bits / 8) where messages are bit-packed, see above);
     - ``size_bytes`` += 8 s W (0 without a size exchange);   ``padding_bytes`` += W max_r B_r - sum_r B_r;
     - ``wire_bytes`` += (W - 1) (size_bytes + payload_bytes + padding_bytes) of this round:
       the bytes all ranks together put on links (0 when W = 1: nothing crosses).
@@ -110,6 +124,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from marina.compressors.wire import concat_bits, split_bits
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
 from marina.network.link import Link, parse_link
@@ -491,21 +506,30 @@ class TorchDistributedNetwork(Network):
         mean = acc / total
         return (mean, local) if local is not None else mean
 
-    def _uniform_plan(self, compressor, d: int) -> tuple[int, int, Tensor, Tensor, Tensor] | None:
+    BITPACK_MAX_BITS = 4096
+    """Messages of at most this many bits whose size is not a whole number of bytes are packed
+    back to back at bit level within a rank's segment (see "Bit-level packing")."""
+
+    def _uniform_plan(self, compressor, d: int) -> tuple | None:
         """Where every worker sends one message of the same size, known from (compressor, d):
-        (bits, bytes L, per-rank bytes (W,), byte lengths (n,), sender ids (n,)), cached; else None."""
+        (bits, bytes L per message, bit-packed?, rank segment bytes, per-rank bytes (W,), byte
+        lengths (n,), sender ids (n,)), cached; else None."""
         key = ("uniform", compressor.spec, compressor.value_dtype, compressor.workers, d)
         if key not in self._size_cache:
             message_bits = getattr(compressor, "message_bits", None)
             bits = None if message_bits is None else message_bits(d, torch.arange(self.n))
             plan = None
             if bits is not None and bool((bits == bits[0]).all()):
-                b = int(bits[0])
+                b, m = int(bits[0]), self.n_local
                 L = (b + 7) // 8
+                packed = m > 1 and b % 8 != 0 and b <= self.BITPACK_MAX_BITS
+                width = (m * b + 7) // 8 if packed else m * L
                 plan = (
                     b,
                     L,
-                    torch.full((self.world_size,), self.n_local * L, dtype=torch.int64),
+                    packed,
+                    width,
+                    torch.full((self.world_size,), width, dtype=torch.int64),
                     torch.full((self.n,), L, dtype=torch.int64, device=self.comm_device),
                     torch.arange(self.n, dtype=torch.int64),
                 )
@@ -515,15 +539,15 @@ class TorchDistributedNetwork(Network):
     def _aggregate_uniform(
         self, compressor, X_local: Tensor, round: int, stream: str | int, return_local: bool, plan: tuple
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """:meth:`aggregate` when every worker sends one message of L bytes (every fixed-size
-        compressor without PP-MARINA's multiplicities): the same steps 1, 3 and 4 on the same
-        bytes, without per-message lists. Rank r's n/W rows are bytes [r n/W L, (r+1) n/W L) of
-        the gathered buffer, so the buffer viewed as (n, L) is every message in worker order."""
-        bits, L, per_rank, lengths, senders = plan
+        """:meth:`aggregate` when every worker sends one message of ``bits`` bits (every
+        fixed-size compressor without PP-MARINA's multiplicities): the same steps 1, 3 and 4 on
+        the same messages, without per-message lists. Rank r's segment holds its n/W messages in
+        worker order (byte aligned, or back to back at bit level), so the gathered buffer gives
+        every message in worker order."""
+        bits, L, packed, width, per_rank, lengths, senders = plan
         n, W = self.n, self.world_size
-        width = self.n_local * L
         error: BaseException | None = None
-        # 1. compress and pack this rank's messages (one row of L bytes per hosted worker)
+        # 1. compress and pack this rank's messages (rows of L bytes, or bit-packed)
         try:
             rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
             msg = compressor.compress(X_local, rng)
@@ -533,7 +557,7 @@ class TorchDistributedNetwork(Network):
                     f"{bits} (a compressor declaring fixed sizes must keep them)"
                 )
             rows, _ = compressor._pack_rows(msg)
-            mine = rows[:, :L].reshape(-1).to(self.comm_device)
+            mine = (concat_bits(rows, bits) if packed else rows[:, :L].reshape(-1)).to(self.comm_device)
         except Exception as err:  # noqa: BLE001 - reported to every rank by the poison pattern
             error = err
             mine = torch.full((width,), _POISON, dtype=torch.uint8, device=self.comm_device)
@@ -552,8 +576,9 @@ class TorchDistributedNetwork(Network):
             else None
         )
         ids = senders.to(self.comm_device)
+        all_rows = split_bits(buffer.view(W, width), self.n_local, bits) if packed else buffer.view(n, L)
         back = compressor._unpack_rows(
-            buffer.view(n, L), lengths, d=X_local.shape[1], worker_ids=ids, dtype=X_local.dtype, rng=rx
+            all_rows, lengths, d=X_local.shape[1], worker_ids=ids, dtype=X_local.dtype, rng=rx
         )
         mean = compressor.sum_decompressed(back).to(X_local.device) / n
         if not return_local:
