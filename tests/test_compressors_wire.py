@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from marina.compressors import get
+from marina.compressors import get, wire
 from marina.compressors.wire import (
     bytes_to_values,
     concat_bits,
@@ -129,8 +129,6 @@ def test_code_packing_inverts(seed, w):
 @pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 33, 56])
 def test_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
     """Small segments are packed bit by bit, large ones by the byte plan: same bytes, same codes."""
-    from marina.compressors import wire
-
     for n, m in ((1, 1), (3, 5), (2, 17), (4, 100)):
         u = Randomness(seed, "codes", w, range(n)).uniform(m, torch.float64)
         codes = torch.floor(u * 2.0**w).to(torch.int64).clamp(max=(1 << w) - 1)
@@ -160,7 +158,11 @@ def test_messages_back_to_back_at_bit_level(seed, bits):
         whole = sum(int.from_bytes(bytes(rows[t].tolist()), "little") << (t * bits) for t in range(m))
         assert int.from_bytes(bytes(seg.tolist()), "little") == whole
         other = concat_bits(rows.flip(0), bits)
-        assert torch.equal(split_bits(torch.stack([seg, other]), m, bits), torch.cat([rows, rows.flip(0)]))
+        both = torch.stack([seg, other])
+        assert torch.equal(split_bits(both, m, bits), torch.cat([rows, rows.flip(0)]))
+        # the tensor-op path (GPUs) makes the same bytes
+        assert torch.equal(wire._concat_bits_torch(rows, bits), seg)
+        assert torch.equal(wire._split_bits_torch(both, m, bits), split_bits(both, m, bits))
 
 
 def test_code_bit_layout_is_lsb_first():

@@ -194,7 +194,27 @@ def bits_to_bytes(bits: int) -> int:
 def concat_bits(rows: Tensor, bits: int) -> Tensor:
     """(m, >= ceil(bits/8)) uint8 messages of ``bits`` bits each -> one (ceil(m bits / 8),) uint8
     segment holding them back to back at bit level: bit i of message t is bit t bits + i of the
-    segment (LSB first, as :func:`pack_codes`). Any device; one byte of work per bit."""
+    segment (LSB first, as :func:`pack_codes`). numpy's bit packing on the CPU, tensor ops
+    elsewhere (:func:`_concat_bits_torch`, the same bytes)."""
+    nb = (bits + 7) // 8
+    if rows.device.type != "cpu":
+        return _concat_bits_torch(rows, bits)
+    flat = np.unpackbits(rows[:, :nb].numpy(), axis=1, count=bits, bitorder="little")
+    return torch.from_numpy(np.packbits(flat.reshape(-1), bitorder="little"))
+
+
+def split_bits(raw: Tensor, m: int, bits: int) -> Tensor:
+    """Inverse of :func:`concat_bits` for R segments at once: (R, >= ceil(m bits / 8)) uint8 ->
+    (R m, ceil(bits/8)) uint8 messages in segment order, zero bits after each message's last."""
+    if raw.device.type != "cpu":
+        return _split_bits_torch(raw, m, bits)
+    R = raw.shape[0]
+    flat = np.unpackbits(raw[:, : (m * bits + 7) // 8].numpy(), axis=1, count=m * bits, bitorder="little")
+    return torch.from_numpy(np.packbits(flat.reshape(R * m, bits), axis=1, bitorder="little"))
+
+
+def _concat_bits_torch(rows: Tensor, bits: int) -> Tensor:
+    """:func:`concat_bits` with tensor ops (any device; one byte of work per bit)."""
     m, nb = rows.shape[0], (bits + 7) // 8
     total = (m * bits + 7) // 8
     shifts = torch.arange(8, dtype=torch.uint8, device=rows.device)
@@ -203,9 +223,8 @@ def concat_bits(rows: Tensor, bits: int) -> Tensor:
     return (flat.view(total, 8) << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
 
 
-def split_bits(raw: Tensor, m: int, bits: int) -> Tensor:
-    """Inverse of :func:`concat_bits` for R segments at once: (R, >= ceil(m bits / 8)) uint8 ->
-    (R m, ceil(bits/8)) uint8 messages in segment order, zero bits after each message's last."""
+def _split_bits_torch(raw: Tensor, m: int, bits: int) -> Tensor:
+    """:func:`split_bits` with tensor ops (any device)."""
     R, nb = raw.shape[0], (bits + 7) // 8
     shifts = torch.arange(8, dtype=torch.uint8, device=raw.device)
     flat = ((raw[:, : (m * bits + 7) // 8].unsqueeze(-1) >> shifts) & 1).reshape(R, -1)[:, : m * bits]
