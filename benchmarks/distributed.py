@@ -19,7 +19,12 @@ and the ratios GD / MARINA. MARINA's rounds include its dense rounds (probabilit
 Several ranks share the machine's cores, so times include scheduling noise: run on an idle
 machine, and compare ratios rather than absolute figures.
 
-Run: ``python benchmarks/distributed.py [--ranks 4] [--iterations 2000] [--problem a9a] [--repeats 3]``
+With ``--baseline SRC`` (a source tree, e.g. ``git archive <commit> src | tar -x -C /tmp/old``),
+every run is repeated with ``PYTHONPATH=SRC/src``, interleaved with the current code, and the
+table shows both (``label @ baseline``): a before/after comparison under the same load.
+
+Run: ``python benchmarks/distributed.py [--ranks 4] [--iterations 2000] [--problem a9a] [--repeats 3]
+[--baseline DIR]``
 """
 
 from __future__ import annotations
@@ -43,13 +48,18 @@ METHODS = {
 }
 
 
-def run_one(method: str, compressor: str, args: argparse.Namespace, out: Path) -> pd.Series:
-    """One job on ``args.ranks`` processes; rank 0's last history row."""
+def run_one(
+    method: str, compressor: str, args: argparse.Namespace, out: Path, src: str | None = None
+) -> pd.Series:
+    """One job on ``args.ranks`` processes (with ``src/`` of ``src`` first on the path); rank 0's
+    last history row."""
     argv = [sys.executable, "-m", "marina", "run", "--backend", "torch-distributed"]
     argv += ["--problem", args.problem, "--workers", str(args.ranks), "--method", method]
     argv += ["--compressor", compressor, "--iterations", str(args.iterations), "--seed", "0"]
     argv += ["--log-every", str(args.iterations), "--checkpoint-every", "0", "--quiet", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src) / "src"), env.get("PYTHONPATH", "")])
     logs = [open(out.parent / f"{out.name}.rank{r}.log", "w") for r in range(args.ranks)]
     procs = local_launch(argv, args.ranks, env=env, stdout=lambda r: logs[r], stderr=subprocess.STDOUT)
     codes = [p.wait(timeout=args.timeout) for p in procs]
@@ -69,17 +79,21 @@ def main() -> None:
     ap.add_argument("--problem", default="a9a")
     ap.add_argument("--timeout", type=float, default=900, help="seconds allowed per job")
     ap.add_argument("--repeats", type=int, default=3, help="runs per method; the median time is shown")
+    ap.add_argument("--baseline", default=None, help="a source tree to time interleaved against")
     args = ap.parse_args()
     rows: dict[str, dict[str, float]] = {}
-    times: dict[str, list[float]] = {label: [] for label in METHODS}
+    trees = [("", None)] + ([(" @ baseline", args.baseline)] if args.baseline else [])
+    runs = [(label + tag, m, c, src) for label, (m, c) in METHODS.items() for tag, src in trees]
+    times: dict[str, list[float]] = {run[0]: [] for run in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):  # methods interleaved, so load changes hit them alike
-            for label, (method, compressor) in METHODS.items():
-                last = run_one(method, compressor, args, Path(tmp) / f"{method}-{compressor}-{rep}")
+            for i, (label, method, compressor, src) in enumerate(runs):
+                last = run_one(method, compressor, args, Path(tmp) / f"{i}-{rep}", src)
                 k = float(last["iteration"])
                 times[label].append(1e3 * float(last["time_s"]) / k)
                 rows[label] = {
                     "ms/round": statistics.median(times[label]),
+                    "min ms/round": min(times[label]),
                     "wire B/round": float(last["wire_bytes"]) / k,
                     "payload B/round": float(last["payload_bytes"]) / k,
                     "bits/n/round": float(last["bits_up"]) / k,
@@ -98,14 +112,16 @@ def main() -> None:
         "display.float_format", "{:.4g}".format, "display.width", 160, "display.max_columns", None
     ):
         print(table)
-    g = rows["gd"]
-    for label in ("marina randk:1", "marina randk:1:seeded"):
-        m = rows[label]
-        print(
-            f"ratio gd / {label}: time per round {g['ms/round'] / m['ms/round']:.3g}x (target >= 1), "
-            f"wire bytes per round {g['wire B/round'] / m['wire B/round']:.3g}x, "
-            f"accounted bits per round {g['bits/n/round'] / m['bits/n/round']:.3g}x"
-        )
+    for tag, _ in trees:
+        g = rows["gd" + tag]
+        for label in ("marina randk:1" + tag, "marina randk:1:seeded" + tag):
+            m = rows[label]
+            print(
+                f"ratio gd{tag} / {label}: "
+                f"time per round {g['ms/round'] / m['ms/round']:.3g}x (target >= 1), "
+                f"wire bytes per round {g['wire B/round'] / m['wire B/round']:.3g}x, "
+                f"accounted bits per round {g['bits/n/round'] / m['bits/n/round']:.3g}x"
+            )
 
 
 if __name__ == "__main__":

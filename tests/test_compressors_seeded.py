@@ -74,6 +74,10 @@ def test_message_bits_by_hand():
     # 5 does not divide 23: blocks of 4 and 5 values go to the workers by the round's permutation
     assert permk.message_bits(D, ids) is None
     assert compressors.get("bernoulli:0.5").message_bits(D, ids) is None  # the flag decides the size
+    permk = compressors.get("permk", workers=N)
+    assert permk.message_bits(25, ids).tolist() == [5 * w] * N  # n | d: blocks of d/n values
+    assert permk.message_bits(3, ids).tolist() == [w] * N  # d < n: one coordinate each
+    assert permk.message_bits(D, ids) is None  # blocks of 4 and 5 go by the round's permutation
 
 
 @pytest.mark.parametrize("spec", FIXED)

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from marina.compressors import get
-from marina.compressors.wire import bytes_to_values, pack_codes, unpack_codes, values_to_bytes
+from marina.compressors import get, wire
+from marina.compressors.wire import (
+    bytes_to_values,
+    concat_bits,
+    pack_codes,
+    split_bits,
+    unpack_codes,
+    values_to_bytes,
+)
 from marina.errors import ConfigError
 from marina.rng import Randomness
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
@@ -131,6 +138,45 @@ def test_code_packing_inverts(seed, w):
         raw = pack_codes(codes, w)
         assert raw.shape == (3, (m * w + 7) // 8) and raw.dtype == torch.uint8
         assert torch.equal(unpack_codes(raw, m, w).long(), codes)
+
+
+@pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 33, 56])
+def test_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
+    """Small segments are packed bit by bit, large ones by the byte plan: same bytes, same codes."""
+    for n, m in ((1, 1), (3, 5), (2, 17), (4, 100)):
+        u = Randomness(seed, "codes", w, range(n)).uniform(m, torch.float64)
+        codes = torch.floor(u * 2.0**w).to(torch.int64).clamp(max=(1 << w) - 1)
+        small = pack_codes(codes, w)
+        back_small = unpack_codes(small, m, w)
+        monkeypatch.setattr(wire, "_SMALL", -1)  # every size through the byte plan
+        large = pack_codes(codes, w)
+        back_large = unpack_codes(large, m, w)
+        monkeypatch.undo()
+        assert torch.equal(small, large), (n, m)
+        assert back_small.dtype == back_large.dtype and torch.equal(back_small, back_large)
+        assert torch.equal(back_small.long(), codes)
+
+
+@pytest.mark.parametrize("bits", [1, 7, 9, 39, 49, 64, 114])
+def test_messages_back_to_back_at_bit_level(seed, bits):
+    """concat_bits: message t at bits [t b, (t + 1) b) of one little-endian integer, checked with
+    Python integers; split_bits recovers every message (trailing bits zero) for several ranks."""
+    nb = (bits + 7) // 8
+    for m in (1, 2, 3, 5):
+        u = Randomness(seed, "bytes", bits, range(m)).uniform(nb, torch.float64)
+        rows = torch.floor(u * 256).clamp(max=255).to(torch.uint8)
+        if bits % 8:
+            rows[:, -1] &= (1 << (bits % 8)) - 1  # a packed message's unused high bits are zero
+        seg = concat_bits(rows, bits)
+        assert seg.shape == ((m * bits + 7) // 8,)
+        whole = sum(int.from_bytes(bytes(rows[t].tolist()), "little") << (t * bits) for t in range(m))
+        assert int.from_bytes(bytes(seg.tolist()), "little") == whole
+        other = concat_bits(rows.flip(0), bits)
+        both = torch.stack([seg, other])
+        assert torch.equal(split_bits(both, m, bits), torch.cat([rows, rows.flip(0)]))
+        # the tensor-op path (GPUs) makes the same bytes
+        assert torch.equal(wire._concat_bits_torch(rows, bits), seg)
+        assert torch.equal(wire._split_bits_torch(both, m, bits), split_bits(both, m, bits))
 
 
 def test_code_bit_layout_is_lsb_first():

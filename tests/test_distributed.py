@@ -246,12 +246,20 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
         sim_mean, sim_local = sim.aggregate(Q, X_all, 100 + k, multiplicity=counts, return_local=True)
         # independent prediction: every message of every worker compressed and packed here
         c = torch.ones(n, dtype=torch.int64) if counts is None else counts
-        per_rank = [0] * W
+        per_rank, rank_bits = [0] * W, [0] * W
         for j in range(int(c.max())):
             ids = torch.nonzero(c > j).reshape(-1)
             msg = Q.compress(X_all[ids], Randomness(seed, copy_stream("compress", j), 100 + k, ids))
-            for g, payload in zip(ids.tolist(), Q.pack(msg)):
+            for g, payload, b in zip(ids.tolist(), Q.pack(msg), msg.bits.tolist()):
                 per_rank[g // (n // W)] += int(payload.numel())
+                rank_bits[g // (n // W)] += b
+        aligned = list(per_rank)  # every message byte aligned (the two-collective exchange)
+        # one message per worker, all of the same size b < 4096 bits, not whole bytes: a rank's
+        # messages travel back to back at bit level, ceil(its bits / 8) bytes
+        sizes_vary = Q.message_bits(d, torch.arange(n)) is None
+        b0 = int(msg.bits[0])
+        if mult is None and not sizes_vary and bool((msg.bits == b0).all()) and b0 % 8 and b0 <= 4096:
+            per_rank = [math.ceil(b / 8) for b in rank_bits]  # n / W = 2 messages per rank
         slots = int(c.reshape(W, -1).sum(dim=1).max())  # the most messages a rank sends
         rows.append(
             {
@@ -263,6 +271,7 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "bits": after["bits_up"] - before["bits_up"],
                 "sim_bits": sim.bits_up,
                 "two_bits": two.exchanges[-1]["payload_bytes"],
+                "aligned": sum(aligned),
                 "two_size": two.exchanges[-1]["size_bytes"],
                 "payload": after["payload_bytes"] - before["payload_bytes"],
                 "size": after["size_bytes"] - before["size_bytes"],
@@ -270,6 +279,7 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "wire": after["wire_bytes"] - before["wire_bytes"],
                 "predicted_rank_bytes": per_rank,
                 "slots": slots,
+                "sizes_vary": sizes_vary,
                 "logged": net.exchanges[-1],
             }
         )
@@ -357,17 +367,23 @@ def test_bytes_on_the_wire_are_the_packed_messages_in_one_collective(equivalence
     n_local = n // W
     d = SYNTHETIC["dim"]
     dense_msg = d * 4  # identity at float32: 4 bytes a value
-    randk_msg = math.ceil(3 * (32 + math.ceil(math.log2(d))) / 8)
+    randk_bits = 3 * (32 + math.ceil(math.log2(d)))  # 114: not whole bytes
+    randk_msg = math.ceil(randk_bits / 8)
     total = {"payload_bytes": 0, "size_bytes": 0, "padding_bytes": 0, "wire_bytes": 0}
     for ex in run["exchanges"]:
         msg = dense_msg if ex["stream"] == "dense" else randk_msg
         per_rank = ex["rank_bytes"]
-        assert sum(per_rank) == ex["payload_bytes"] == ex["messages"] * msg
-        assert all(b % msg == 0 for b in per_rank)
         assert not ex["size_exchange"] and ex["size_bytes"] == 0  # sizes follow from (randk:3, d)
-        assert ex["slots"] == max(per_rank) // msg  # the largest number of messages of a rank
         if method not in PARTIAL or ex["stream"] == "dense":  # one message per worker
-            assert per_rank == [n_local * msg] * W and ex["padding_bytes"] == 0
+            # a rank's randk messages back to back at bit level: ceil(2 x 114 / 8) = 29 < 2 x 15
+            rank = n_local * dense_msg if ex["stream"] == "dense" else math.ceil(n_local * randk_bits / 8)
+            assert per_rank == [rank] * W and ex["padding_bytes"] == 0
+            assert ex["payload_bytes"] == W * rank and ex["slots"] == n_local
+            assert ex["messages"] == n
+        else:  # PP-MARINA's multiplicities: each message byte aligned
+            assert sum(per_rank) == ex["payload_bytes"] == ex["messages"] * msg
+            assert all(b % msg == 0 for b in per_rank)
+            assert ex["slots"] == max(per_rank) // msg  # the largest number of messages of a rank
         assert ex["padding_bytes"] == W * max(per_rank) - sum(per_rank)
         assert ex["wire_bytes"] == (W - 1) * (ex["size_bytes"] + ex["payload_bytes"] + ex["padding_bytes"])
         for key in total:
@@ -396,7 +412,7 @@ def test_a_resumed_run_continues_the_trajectory_and_the_wire_counters(equivalenc
 
 def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalence):
     seed, reports = equivalence
-    W = WORLD
+    W, n, d = WORLD, SYNTHETIC["workers"], 17  # d as in _aggregations
     for report in reports:
         for row in report["aggregations"]:
             what = f"seed {seed}, rank {report['rank']}, {row['spec']} multiplicity {row['mult']}"
@@ -407,10 +423,11 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             predicted = row["predicted_rank_bytes"]
             assert row["logged"]["rank_bytes"] == predicted, what
             size = W * row["slots"] * SIZE_BYTES
-            assert row["two_size"] == size and row["two_bits"] == row["payload"], what
-            # sizes vary for Bernoulli (its flag), and for PermK when n does not divide d (here
-            # 6 and 17): its blocks of 2 and 3 values go to workers by the round's permutation
-            varies = row["spec"].startswith("bernoulli") or row["spec"] == "permk"
+            assert row["two_size"] == size and row["two_bits"] == row["aligned"], what
+            # sizes vary for Bernoulli, and for PermK where n does not divide d (block sizes follow
+            # the round's permutation); every other compressor's follow from (compressor, d)
+            varies = row["spec"].startswith("bernoulli") or (row["spec"] == "permk" and d % n != 0)
+            assert row["sizes_vary"] is varies, what
             assert row["logged"]["size_exchange"] is varies, what
             if not varies:
                 size = 0
@@ -420,6 +437,10 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             assert row["wire"] == (W - 1) * (size + W * max(predicted)), what
     rows = reports[0]["aggregations"]
     assert {row["spec"] for row in rows} == set(ALL_SPECS)
+    # bit-level packing saved bytes where one message per worker is not whole bytes: randk:2
+    # at d = 17 sends 2 (32 + 5) = 74 bits, ceil(148 / 8) = 19 bytes a rank instead of 2 x 10
+    randk2 = next(row for row in rows if row["spec"] == "randk:2" and row["mult"] is None)
+    assert randk2["predicted_rank_bytes"] == [19] * W and randk2["aligned"] == 20 * W
     for row in rows:
         if row["mult"] is not None:  # the empty rank of each multiplicity really sent nothing
             assert row["predicted_rank_bytes"][1 if row["mult"] == EMPTY_RANKS[0] else 2] == 0

@@ -19,12 +19,52 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["index_bits", "code_bits", "values_to_bytes", "bytes_to_values", "pack_codes", "unpack_codes"]
+__all__ = [
+    "index_bits",
+    "code_bits",
+    "values_to_bytes",
+    "bytes_to_values",
+    "pack_codes",
+    "unpack_codes",
+    "concat_bits",
+    "split_bits",
+]
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
+_SMALL = 1 << 14
+"""CPU segments of at most this many bits are packed bit by bit with numpy's ``packbits``
+(``bitorder="little"``: bit b of the segment is bit b % 8 of byte b // 8, the layout below),
+a few microseconds for a small message (RandK with small K) instead of a Python loop over the
+byte plan. Same bytes (tests/test_compressors_wire.py compares both paths for every width)."""
+_SHIFTS: dict[int, np.ndarray] = {}
+
+
+def _shifts(w: int) -> np.ndarray:
+    if w not in _SHIFTS:
+        _SHIFTS[w] = np.arange(w, dtype=np.int64)
+    return _SHIFTS[w]
+
+
+def _pack_small(codes: Tensor, w: int) -> Tensor:
+    """:func:`pack_codes` bit by bit: bit i of code t is bit t w + i of the segment (LSB first)."""
+    n, m = codes.shape
+    bits = ((codes.numpy().astype(np.int64, copy=False)[:, :, None] >> _shifts(w)) & 1).astype(np.uint8)
+    return torch.from_numpy(np.packbits(bits.reshape(n, m * w), axis=1, bitorder="little"))
+
+
+def _unpack_small(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> Tensor:
+    """:func:`unpack_codes` bit by bit (the inverse of :func:`_pack_small`)."""
+    n = raw.shape[0]
+    data = raw[:, :nbytes].numpy()
+    if data.shape[1] < nbytes:  # a short payload (rejected by the caller's length check)
+        data = np.pad(data, ((0, 0), (0, nbytes - data.shape[1])))
+    bits = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
+    codes = (bits.astype(np.int64) << _shifts(w)).sum(axis=2)
+    return torch.from_numpy(codes.astype(np.int32 if work == torch.int32 else np.int64))
 
 
 def index_bits(d: int) -> int:
@@ -86,6 +126,8 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
         return out
     if w > 56:
         raise ValueError(f"code width w == {w}, must be <= 56")
+    if n * m * w <= _SMALL and codes.device.type == "cpu":
+        return _pack_small(codes, w)
     work = torch.int32 if w <= 24 else torch.int64
     groups = (m + 7) // 8
     step = max(1, _CHUNK // max(1, 8 * n))
@@ -118,6 +160,8 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
     work = torch.int32 if w <= 24 else torch.int64
+    if n * m * w <= _SMALL and raw.device.type == "cpu":
+        return _unpack_small(raw, m, w, nbytes, work)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
         data = torch.nn.functional.pad(data, (0, groups * w - data.shape[1]))
@@ -145,3 +189,44 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
 def bits_to_bytes(bits: int) -> int:
     """ceil(bits / 8)."""
     return math.ceil(bits / 8)
+
+
+def concat_bits(rows: Tensor, bits: int) -> Tensor:
+    """(m, >= ceil(bits/8)) uint8 messages of ``bits`` bits each -> one (ceil(m bits / 8),) uint8
+    segment holding them back to back at bit level: bit i of message t is bit t bits + i of the
+    segment (LSB first, as :func:`pack_codes`). numpy's bit packing on the CPU, tensor ops
+    elsewhere (:func:`_concat_bits_torch`, the same bytes)."""
+    nb = (bits + 7) // 8
+    if rows.device.type != "cpu":
+        return _concat_bits_torch(rows, bits)
+    flat = np.unpackbits(rows[:, :nb].numpy(), axis=1, count=bits, bitorder="little")
+    return torch.from_numpy(np.packbits(flat.reshape(-1), bitorder="little"))
+
+
+def split_bits(raw: Tensor, m: int, bits: int) -> Tensor:
+    """Inverse of :func:`concat_bits` for R segments at once: (R, >= ceil(m bits / 8)) uint8 ->
+    (R m, ceil(bits/8)) uint8 messages in segment order, zero bits after each message's last."""
+    if raw.device.type != "cpu":
+        return _split_bits_torch(raw, m, bits)
+    R = raw.shape[0]
+    flat = np.unpackbits(raw[:, : (m * bits + 7) // 8].numpy(), axis=1, count=m * bits, bitorder="little")
+    return torch.from_numpy(np.packbits(flat.reshape(R * m, bits), axis=1, bitorder="little"))
+
+
+def _concat_bits_torch(rows: Tensor, bits: int) -> Tensor:
+    """:func:`concat_bits` with tensor ops (any device; one byte of work per bit)."""
+    m, nb = rows.shape[0], (bits + 7) // 8
+    total = (m * bits + 7) // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=rows.device)
+    flat = ((rows[:, :nb].unsqueeze(-1) >> shifts) & 1).reshape(m, 8 * nb)[:, :bits].reshape(-1)
+    flat = torch.nn.functional.pad(flat, (0, 8 * total - m * bits))
+    return (flat.view(total, 8) << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+
+
+def _split_bits_torch(raw: Tensor, m: int, bits: int) -> Tensor:
+    """:func:`split_bits` with tensor ops (any device)."""
+    R, nb = raw.shape[0], (bits + 7) // 8
+    shifts = torch.arange(8, dtype=torch.uint8, device=raw.device)
+    flat = ((raw[:, : (m * bits + 7) // 8].unsqueeze(-1) >> shifts) & 1).reshape(R, -1)[:, : m * bits]
+    msgs = torch.nn.functional.pad(flat.reshape(R * m, bits), (0, 8 * nb - bits))
+    return (msgs.view(R * m, nb, 8) << shifts).sum(dim=2, dtype=torch.int32).to(torch.uint8)

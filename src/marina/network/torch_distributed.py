@@ -50,6 +50,19 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        the same messages, so the float64 trajectory equals the simulation's (bit for bit on the
        same machine).
 
+Fast path and bit-level packing (one message per worker, every message of the same known size)
+    Without multiplicities and with every message of ``b`` bits known from (compressor, d)
+    (every fixed-size compressor; PermK where n divides d), steps 1-4 run on whole tensors:
+    rank r's segment is its n/W packed rows, the gathered buffer is every message in worker
+    order, and the compressor's row decoder reads it in place (no per-message lists). Where b
+    is not a whole number of bytes, b <= ``BITPACK_MAX_BITS`` (4096) and a rank hosts several
+    workers, its messages travel back to back at bit level (:func:`marina.compressors.wire.
+    concat_bits`): ceil(n/W b / 8) bytes instead of n/W ceil(b / 8), so the wire carries at most
+    7 bits per rank beyond the accounted bits (at one message per rank, ceil(b/8) bytes is the
+    floor of any byte-granular collective: randk:1 at d = 10^5 sends 49 bits in 7 bytes).
+    Everything else (multiplicities, varying sizes, ``exchange_sizes=True``) keeps every
+    message byte aligned. Same messages either way, so the same trajectory, bit for bit.
+
 Bytes on the wire (counters, equal on every rank; the network's share of "bytes sent")
     With W ranks, s slots per rank and B_r the payload bytes of rank r, one aggregation
     contributes per rank ``8 s`` bytes of sizes (only where sizes are exchanged, step 2) and
@@ -57,7 +70,8 @@ Bytes on the wire (counters, equal on every rank; the network's share of "bytes 
     contribution must reach the W-1 other ranks (a ring all-gather forwards each chunk over
     W-1 links, which is also the minimum for point-to-point delivery):
 
-    - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each);
+    - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each;
+      sum over ranks of ceil(rank bits / 8) where messages are bit-packed, see above);
     - ``size_bytes`` += 8 s W (0 without a size exchange);   ``padding_bytes`` += W max_r B_r - sum_r B_r;
     - ``wire_bytes`` += (W - 1) (size_bytes + payload_bytes + padding_bytes) of this round:
       the bytes all ranks together put on links (0 when W = 1: nothing crosses).
@@ -110,6 +124,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from marina.compressors.wire import concat_bits, split_bits
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
 from marina.network.link import Link, parse_link
@@ -362,6 +377,10 @@ class TorchDistributedNetwork(Network):
         if X_local.dim() != 2 or X_local.shape[0] != n_local:
             raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({n_local}, d)")
         d = int(X_local.shape[1])
+        if multiplicity is None and not self.exchange_sizes:
+            plan = self._uniform_plan(compressor, d)
+            if plan is not None:
+                return self._aggregate_uniform(compressor, X_local, round, stream, return_local, plan)
         if multiplicity is None:
             counts = torch.ones(n, dtype=torch.int64)
         else:
@@ -487,6 +506,86 @@ class TorchDistributedNetwork(Network):
         mean = acc / total
         return (mean, local) if local is not None else mean
 
+    BITPACK_MAX_BITS = 4096
+    """Messages of at most this many bits whose size is not a whole number of bytes are packed
+    back to back at bit level within a rank's segment (see "Bit-level packing")."""
+
+    def _uniform_plan(self, compressor, d: int) -> tuple | None:
+        """Where every worker sends one message of the same size, known from (compressor, d):
+        (bits, bytes L per message, bit-packed?, rank segment bytes, per-rank bytes (W,), byte
+        lengths (n,), sender ids (n,)), cached; else None."""
+        key = ("uniform", compressor.spec, compressor.value_dtype, compressor.workers, d)
+        if key not in self._size_cache:
+            message_bits = getattr(compressor, "message_bits", None)
+            bits = None if message_bits is None else message_bits(d, torch.arange(self.n))
+            plan = None
+            if bits is not None and bool((bits == bits[0]).all()):
+                b, m = int(bits[0]), self.n_local
+                L = (b + 7) // 8
+                packed = m > 1 and b % 8 != 0 and b <= self.BITPACK_MAX_BITS
+                width = (m * b + 7) // 8 if packed else m * L
+                plan = (
+                    b,
+                    L,
+                    packed,
+                    width,
+                    torch.full((self.world_size,), width, dtype=torch.int64),
+                    torch.full((self.n,), L, dtype=torch.int64, device=self.comm_device),
+                    torch.arange(self.n, dtype=torch.int64),
+                )
+            self._size_cache[key] = plan  # type: ignore[assignment]
+        return self._size_cache[key]  # type: ignore[return-value]
+
+    def _aggregate_uniform(
+        self, compressor, X_local: Tensor, round: int, stream: str | int, return_local: bool, plan: tuple
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:meth:`aggregate` when every worker sends one message of ``bits`` bits (every
+        fixed-size compressor without PP-MARINA's multiplicities): the same steps 1, 3 and 4 on
+        the same messages, without per-message lists. Rank r's segment holds its n/W messages in
+        worker order (byte aligned, or back to back at bit level), so the gathered buffer gives
+        every message in worker order."""
+        bits, L, packed, width, per_rank, lengths, senders = plan
+        n, W = self.n, self.world_size
+        error: BaseException | None = None
+        # 1. compress and pack this rank's messages (rows of L bytes, or bit-packed)
+        try:
+            rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
+            msg = compressor.compress(X_local, rng)
+            if bool((msg.bits != bits).any()):
+                raise DistributedError(
+                    f"{compressor.spec}: message bits {msg.bits.tolist()} differ from message_bits() "
+                    f"{bits} (a compressor declaring fixed sizes must keep them)"
+                )
+            rows, _ = compressor._pack_rows(msg)
+            mine = (concat_bits(rows, bits) if packed else rows[:, :L].reshape(-1)).to(self.comm_device)
+        except Exception as err:  # noqa: BLE001 - reported to every rank by the poison pattern
+            error = err
+            mine = torch.full((width,), _POISON, dtype=torch.uint8, device=self.comm_device)
+        # 3. payloads (no size exchange: sizes follow from (compressor, d))
+        if width > 0:
+            buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
+            self._check_poison(compressor, buffer.view(W, width), per_rank, error)
+        else:
+            buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
+        self._bits_up += n * bits
+        self._count(round, stream, n, self.n_local, per_rank, exchanged=False)
+        # 4. unpack, decompress and reduce in global worker order, as the simulation
+        rx = (
+            Randomness(self.seed, copy_stream(stream, 0), round, senders, self.comm_device)
+            if compressor.regenerates
+            else None
+        )
+        ids = senders.to(self.comm_device)
+        all_rows = split_bits(buffer.view(W, width), self.n_local, bits) if packed else buffer.view(n, L)
+        back = compressor._unpack_rows(
+            all_rows, lengths, d=X_local.shape[1], worker_ids=ids, dtype=X_local.dtype, rng=rx
+        )
+        mean = compressor.sum_decompressed(back).to(X_local.device) / n
+        if not return_local:
+            return mean
+        X_hat = compressor.decompress(back).to(X_local.device)
+        return mean, X_hat[self._lo : self._lo + self.n_local]
+
     def _message_sizes(
         self, compressor, d: int, counts: Tensor, multiplicity: Tensor | None, slots: int
     ) -> Tensor | None:
@@ -519,6 +618,8 @@ class TorchDistributedNetwork(Network):
     def _check_poison(self, compressor, rows: Tensor, per_rank: Tensor, error: BaseException | None) -> None:
         """Without a size exchange: find ranks whose bytes are all 0xFF (they failed to compress),
         then exchange one failure code per rank (only then) and raise alike on every rank."""
+        if error is None and not bool((rows[:, 0] == _POISON).any()):
+            return  # the healthy round: one comparison
         heads = torch.nonzero(rows[:, 0] == _POISON).reshape(-1).tolist()
         failed = [
             r for r in heads if int(per_rank[r]) and bool((rows[r, : int(per_rank[r])] == _POISON).all())
