@@ -131,14 +131,22 @@ _ORDER = (
 )  # fmt: skip
 
 
+_COMPOSITION: dict[str, Any] = {"build": None, "templates": ()}
+"""How ``get`` builds specs with a ``+`` and what ``known`` lists for them: registered by
+:mod:`marina.compressors.composed` (:func:`register_composition`), which builds on this module."""
+
+
+def register_composition(build: Any, templates: tuple[str, ...]) -> None:
+    """Let ``get("A+B", **options)`` return ``build("A+B", options)``; ``known()`` lists ``templates``."""
+    _COMPOSITION.update(build=build, templates=tuple(templates))
+
+
 def known() -> list[str]:
     """Spec templates of every registered compressor, e.g. ``["identity", "randk:K", ...]``,
     then the compositions (``"randk:K+natural"``, ...; :mod:`marina.compressors.composed`)."""
-    from marina.compressors.composed import TEMPLATES
-
     rank = {name: i for i, name in enumerate(_ORDER)}
     classes = sorted(_REGISTRY.values(), key=lambda c: rank.get(c.name, len(rank)))
-    return [c.name + (f":{c.param}" if c.param else "") for c in classes] + list(TEMPLATES)
+    return [c.name + (f":{c.param}" if c.param else "") for c in classes] + list(_COMPOSITION["templates"])
 
 
 def get(spec: str | Compressor, **options: Any) -> Compressor:
@@ -161,10 +169,8 @@ def get(spec: str | Compressor, **options: Any) -> Compressor:
         return spec
     if not isinstance(spec, str):
         raise ConfigError(f"compressor spec == {spec!r}, must be a string such as 'randk:5'")
-    if "+" in spec:  # a composition, "randk:K+natural"
-        from marina.compressors.composed import compose
-
-        return compose(spec, options)
+    if "+" in spec and _COMPOSITION["build"] is not None:  # a composition, "randk:K+natural"
+        return _COMPOSITION["build"](spec, options)
     name, sep, arg = spec.strip().partition(":")
     name = name.strip().lower()
     cls = _REGISTRY.get(name)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from marina.compressors.base import Compressor, Message
+from marina.compressors.base import Compressor, Message, get, register_composition
 from marina.compressors.sparse import RandK, sparse_rows, sparse_sum
 from marina.compressors.wire import bytes_to_values, index_bits, pack_codes, unpack_codes, values_to_bytes
 from marina.errors import ConfigError
@@ -48,8 +48,6 @@ TEMPLATES = ("randk:K+natural", "randk:K+qsgd:s", "randk:K+natural-dithering:s",
 
 def compose(spec: str, options: dict[str, Any]) -> Composed:
     """Build ``"randk:K[:seeded]+inner"`` (see the module docstring); ConfigError otherwise."""
-    from marina.compressors.base import get
-
     parts = [p.strip() for p in spec.split("+")]
     if len(parts) != 2 or not all(parts):
         raise ConfigError(
@@ -189,3 +187,6 @@ class Composed(Compressor):
         data["codes"] = (codes & ((1 << cw) - 1)).to(inner_dtype)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {**data, "indices": idx})
+
+
+register_composition(compose, TEMPLATES)

@@ -514,10 +514,12 @@ class TorchDistributedNetwork(Network):
         """Where every worker sends one message of the same size, known from (compressor, d):
         (bits, bytes L per message, bit-packed?, rank segment bytes, per-rank bytes (W,), byte
         lengths (n,), sender ids (n,)), cached; else None."""
+        message_bits = getattr(compressor, "message_bits", None)
+        if message_bits is None:  # not a marina compressor: sizes are exchanged
+            return None
         key = ("uniform", compressor.spec, compressor.value_dtype, compressor.workers, d)
         if key not in self._size_cache:
-            message_bits = getattr(compressor, "message_bits", None)
-            bits = None if message_bits is None else message_bits(d, torch.arange(self.n))
+            bits = message_bits(d, torch.arange(self.n))
             plan = None
             if bits is not None and bool((bits == bits[0]).all()):
                 b, m = int(bits[0]), self.n_local
