@@ -111,17 +111,14 @@ def test_one_worker_matches_marina_run(name, comp):
 def test_gloo_ranks_match_marina_run(world, tmp_path):
     import json
     import os
-    import subprocess
     import sys
 
-    from marina.testing import local_launch
+    from marina.testing import run_ranks
 
-    script = os.path.join(os.path.dirname(__file__), "torch_successor_ranks.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = local_launch([sys.executable, script, str(tmp_path)], world, env=env, stderr=subprocess.PIPE)
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err.decode()[-3000:]
+    run_ranks(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "torch_successor_ranks.py"), str(tmp_path)],
+        world,
+    )
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for name in CASES:
         for r, rep in enumerate(reports):

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["free_port", "local_launch", "rank_environ"]
+__all__ = ["free_port", "local_launch", "rank_environ", "run_ranks"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,3 +60,19 @@ def local_launch(
         kwargs = {k: (v(rank) if callable(v) else v) for k, v in popen.items()}
         procs.append(subprocess.Popen(list(argv), env=rank_environ(rank, world_size, port, env), **kwargs))
     return procs
+
+
+def run_ranks(
+    argv: Sequence[str], world_size: int, *, timeout: float = 300.0, env: Mapping[str, str] | None = None
+) -> None:
+    """:func:`local_launch` ``argv`` on ``world_size`` ranks (one intra-op thread each) and wait;
+    AssertionError with the end of a failing rank's stderr if any rank exits non-zero."""
+    env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
+    procs = local_launch(argv, world_size, env=env, stderr=subprocess.PIPE)
+    failures = []
+    for rank, p in enumerate(procs):
+        _, err = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            failures.append(f"rank {rank} exited with {p.returncode}:\n{err.decode()[-3000:]}")
+    if failures:
+        raise AssertionError("\n".join(failures))
