@@ -379,31 +379,45 @@ class LinearModelProblem(Problem):
         Each entry is ``sum_j T[r, j] w_j`` over the non-zeros of row r = i d + c of the lifted
         transpose T, in increasing j, accumulated from 0 by ``index_add_`` (sequential on the
         CPU): the order and the products of scipy's CSR and CSC mat-vecs. The weights w_j are
-        computed for those data rows j only, by :meth:`_weights`, whose results do not depend
-        on positions (:func:`layout_independent_`). Hence the bits of the full computation.
-        The non-zeros are located once for all points.
+        computed for those data rows j only, by one :meth:`_weights` call for all points, whose
+        results do not depend on positions (:func:`layout_independent_`). Hence the bits of the
+        full computation. The non-zeros are located once for all points, with numpy (the
+        per-call cost of small torch operations would dominate).
         """
         if self._Tcsr is None:
             T = self._lifted.T.tocsr()  # sorted indices: increasing data row j in every row
             self._Tcsr = (np.asarray(T.indptr, dtype=np.int64), np.asarray(T.indices), T.data)
         crow, col, val = self._Tcsr
-        # locate the non-zeros with numpy (a few microseconds per step on small index arrays)
         n, K = idx.shape
         first = np.arange(n) if workers is None else workers.numpy()
         rows = (idx.numpy() + (first * self.dim)[:, None]).reshape(-1)
-        starts = crow[rows]
-        lens = crow[rows + 1] - starts
-        ends = np.cumsum(lens)
-        rid = np.repeat(np.arange(rows.size), lens)
-        pos = np.arange(rid.size) + np.repeat(starts - ends + lens, lens)
-        vals, data_rows, rid_t = val[pos], torch.from_numpy(col[pos]), torch.from_numpy(rid)
-        targets = self._targets.index_select(0, data_rows)
+        if rows.size == 1:  # one entry (RandK with K = 1 on one worker): its non-zeros are a slice
+            lo, hi = crow[rows[0]], crow[rows[0] + 1]
+            data_rows, vals, rid = col[lo:hi], val[lo:hi], np.zeros(hi - lo, dtype=np.int64)
+        else:
+            starts = crow[rows]
+            lens = crow[rows + 1] - starts
+            ends = np.cumsum(lens)
+            rid = np.repeat(np.arange(rows.size), lens)
+            pos = np.arange(rid.size) + np.repeat(starts - ends + lens, lens)
+            data_rows, vals = col[pos], val[pos]
+        # t and b of those rows at every point, one after the other, padded as layout_independent_ pads
+        P, nnz = len(points), data_rows.size
+        size = P * nnz + (-(P * nnz)) % _SIMD_ALIGN
+        t, b = np.zeros(size, dtype=vals.dtype), np.zeros(size, dtype=vals.dtype)
+        for p, (t_p, _) in enumerate(points):
+            np.take(t_p.numpy(), data_rows, out=t[p * nnz : (p + 1) * nnz])
+        np.take(self._targets.numpy(), data_rows, out=b[:nnz])
+        for p in range(1, P):
+            b[p * nnz : (p + 1) * nnz] = b[:nnz]
+        w = self._weights(torch.from_numpy(t), torch.from_numpy(b))[: P * nnz]  # may overwrite t
+        prod = w.mul_(torch.from_numpy(np.tile(vals, P)))
+        slots = torch.from_numpy((rid if P == 1 else np.concatenate([rid + p * rows.size for p in range(P)])))
+        sums = torch.zeros(P * rows.size, dtype=self.dtype).index_add_(0, slots, prod)
         flat_idx = idx.reshape(-1)
         outs = []
-        for t, x in points:
-            w = self._weights(t.index_select(0, data_rows), targets)  # may overwrite its (fresh) t
-            prod = w.mul_(torch.from_numpy(vals))
-            out = torch.zeros(n * K, dtype=self.dtype).index_add_(0, rid_t, prod)
+        for p, (_, x) in enumerate(points):
+            out = sums[p * rows.size : (p + 1) * rows.size]
             g = self._reg_grad(x)
             outs.append((out if g is None else out.add_(g.index_select(0, flat_idx))).view(n, K))
         return outs
