@@ -30,6 +30,7 @@ Run: ``python benchmarks/distributed.py [--ranks 4] [--iterations 2000] [--probl
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -72,6 +73,10 @@ def run_one(
     return history.iloc[-1]
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3g}x" if b else "n/a (nothing on a wire)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=int, default=4, help="processes = workers (default 4)")
@@ -97,9 +102,11 @@ def main() -> None:
                     "wire B/round": float(last["wire_bytes"]) / k,
                     "payload B/round": float(last["payload_bytes"]) / k,
                     "bits/n/round": float(last["bits_up"]) / k,
-                    "wire/accounted": float(last["wire_bytes"])
+                    "wire/accounted": float(last["wire_bytes"])  # nothing crosses a wire at W = 1
                     / (args.ranks - 1)
-                    / (float(last["bits_up"]) * args.ranks / 8),
+                    / (float(last["bits_up"]) * args.ranks / 8)
+                    if args.ranks > 1
+                    else math.nan,
                     "final |grad f|^2": float(last["grad_norm_sq"]),
                 }
     table = pd.DataFrame(rows).T
@@ -119,7 +126,7 @@ def main() -> None:
             print(
                 f"ratio gd{tag} / {label}: "
                 f"time per round {g['ms/round'] / m['ms/round']:.3g}x (target >= 1), "
-                f"wire bytes per round {g['wire B/round'] / m['wire B/round']:.3g}x, "
+                f"wire bytes per round {_ratio(g['wire B/round'], m['wire B/round'])}, "
                 f"accounted bits per round {g['bits/n/round'] / m['bits/n/round']:.3g}x"
             )
 

@@ -141,20 +141,24 @@ def test_code_packing_inverts(seed, w):
 
 
 @pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 33, 56])
-def test_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
-    """Small segments are packed bit by bit, large ones by the byte plan: same bytes, same codes."""
-    for n, m in ((1, 1), (3, 5), (2, 17), (4, 100)):
+def test_word_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
+    """Rows of <= 56 bits are packed as one 64-bit word, small segments with numpy's bit
+    packing, large ones (and other devices) by the byte plan: the same bytes and the same codes
+    on all three paths."""
+    for n, m in ((1, 1), (3, 2), (3, 5), (2, 17), (4, 100)):
         u = Randomness(seed, "codes", w, range(n)).uniform(m, torch.float64)
         codes = torch.floor(u * 2.0**w).to(torch.int64).clamp(max=(1 << w) - 1)
-        small = pack_codes(codes, w)
-        back_small = unpack_codes(small, m, w)
-        monkeypatch.setattr(wire, "_SMALL", -1)  # every size through the byte plan
-        large = pack_codes(codes, w)
-        back_large = unpack_codes(large, m, w)
+        packed, back = [], []
+        for word, small in ((56, 1 << 18), (-1, 1 << 18), (-1, -1)):  # word, numpy bits, byte plan
+            monkeypatch.setattr(wire, "_WORD", word)
+            monkeypatch.setattr(wire, "_NUMPY_CODES", small)
+            packed.append(pack_codes(codes, w))
+            back.append(unpack_codes(packed[-1], m, w))
         monkeypatch.undo()
-        assert torch.equal(small, large), (n, m)
-        assert back_small.dtype == back_large.dtype and torch.equal(back_small, back_large)
-        assert torch.equal(back_small.long(), codes)
+        for raw, codes_back in zip(packed[1:], back[1:]):
+            assert torch.equal(packed[0], raw), (n, m)
+            assert back[0].dtype == codes_back.dtype and torch.equal(back[0], codes_back)
+        assert torch.equal(back[0].long(), codes)
 
 
 @pytest.mark.parametrize("bits", [1, 7, 9, 39, 49, 64, 114])

@@ -60,6 +60,24 @@ def test_gathered_entries_equal_the_dense_local_gradients(seed, name, workers, l
         assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx))
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.05])
+def test_one_hosted_worker_reads_every_single_entry_as_the_dense_gradient(seed, l2):
+    # one worker per process and K = 1 (the loopback benchmark's case): a running sum over one
+    # slice of non-zeros, not index_add_; every column, empty ones included, at two points
+    full = problems.libsvm("mushrooms", workers=3, l2=l2)
+    prob = problems.libsvm("mushrooms", workers=3, l2=l2, hosted_workers=[1])
+    x_old, x_new = _point(prob.dim, seed), _point(prob.dim, seed + 1)
+    G_old, G_new = full.local_grads(x_old)[[1]], full.local_grads(x_new)[[1]]
+    lazy_new, lazy_old = prob.lazy_local_grads(x_new), prob.lazy_local_grads(x_old)
+    empty = 0
+    for c in range(prob.dim):
+        idx = torch.tensor([[c]])
+        empty += int(G_new[0, c] == l2 * x_new[c])
+        assert torch.equal(lazy_new.gather(1, idx), G_new.gather(1, idx)), c
+        assert torch.equal((lazy_new - lazy_old).gather(1, idx), (G_new - G_old).gather(1, idx)), c
+    assert empty > 0  # mushrooms has columns without a non-zero in some shard
+
+
 def test_synthetic_problem_and_hosted_subsets_read_the_same_entries(seed):
     full = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000)
     part = problems.synthetic(workers=6, dim=9, samples=15, seed=seed % 1000, hosted_workers=[1, 4])

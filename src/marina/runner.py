@@ -126,6 +126,12 @@ def _initial_point(x0: Any, prob: problems.Problem) -> Tensor:
     return x
 
 
+def _finite(x: Tensor) -> bool:
+    """Every entry of x is finite: one reduction (a non-finite entry makes the sum non-finite),
+    checked entry by entry only when the sum is not finite (it may also overflow)."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _plain(value: Any) -> Any:
     """Parameters as checkpoint-safe primitives."""
     if isinstance(value, (bool, int, float, str)) or value is None:
@@ -315,7 +321,7 @@ def _rounds(setup: _Setup, history: History, checkpoint: Checkpoint, clock: Cloc
             history.log(algo.k, clock.elapsed)
             return "diverged", _diverged(setup, algo.k, f"values out of the wire range: {err}")
         k = algo.k
-        if not bool(torch.isfinite(algo.x).all()):
+        if not _finite(algo.x):
             history.log(k, clock.elapsed)
             return "diverged", _diverged(setup, k, "non-finite iterate")
         if k % setup.log_every == 0 or k == iterations:

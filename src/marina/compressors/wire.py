@@ -12,7 +12,8 @@ Conventions (every compressor's payload is a concatenation of these segments):
   ``bits`` bits occupies exactly ``ceil(bits / 8)`` bytes.
 
 Everything is vectorised over the worker rows and processed in column chunks, so packing a
-(16, 10^7) message never materialises one byte per bit.
+(16, 10^7) message never materialises one byte per bit (small segments on the CPU hold one
+byte per bit, up to :data:`_NUMPY_CODES` codes).
 """
 
 from __future__ import annotations
@@ -35,36 +36,60 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
-_SMALL = 1 << 14
-"""CPU segments of at most this many bits are packed bit by bit with numpy's ``packbits``
-(``bitorder="little"``: bit b of the segment is bit b % 8 of byte b // 8, the layout below),
-a few microseconds for a small message (RandK with small K) instead of a Python loop over the
-byte plan. Same bytes (tests/test_compressors_wire.py compares both paths for every width)."""
-_SHIFTS: dict[int, np.ndarray] = {}
+_NUMPY_CODES = 1 << 18
+"""CPU segments of at most this many codes (all rows) go through numpy's bit packing
+(:func:`_pack_np`: 32 or 64 bytes of work per code, at most 16 MB here; faster than the byte
+plan at every size measured); larger ones, and other devices, through the byte plan of tensor
+operations. Same bytes (tests/test_compressors_wire.py compares the paths for every width)."""
+_WORD = 56
+"""Rows of at most this many code bits are packed as one little-endian 64-bit word each:
+code t shifted to bit t w (the layout below, byte b of the word being byte b of the row)."""
 
 
-def _shifts(w: int) -> np.ndarray:
-    if w not in _SHIFTS:
-        _SHIFTS[w] = np.arange(w, dtype=np.int64)
-    return _SHIFTS[w]
+def _word_dtype(w: int) -> str:
+    return "<u4" if w <= 32 else "<u8"
 
 
-def _pack_small(codes: Tensor, w: int) -> Tensor:
-    """:func:`pack_codes` bit by bit: bit i of code t is bit t w + i of the segment (LSB first)."""
+def _pack_word(codes: Tensor, w: int, nbytes: int) -> Tensor:
+    """:func:`pack_codes` of rows of at most :data:`_WORD` bits: one integer per row."""
+    c = codes.numpy().astype("<u8")
+    word = c[:, 0] if c.shape[1] == 1 else (c << (np.arange(c.shape[1], dtype="<u8") * w)).sum(axis=1)
+    return torch.from_numpy(np.ascontiguousarray(word.view(np.uint8).reshape(-1, 8)[:, :nbytes]))
+
+
+def _unpack_word(data: np.ndarray, m: int, w: int) -> np.ndarray:
+    """The (n, m) codes of rows of at most :data:`_WORD` bits (the inverse of :func:`_pack_word`)."""
+    buf = np.zeros((data.shape[0], 8), dtype=np.uint8)
+    buf[:, : data.shape[1]] = data
+    return (buf.view("<u8") >> (np.arange(m, dtype="<u8") * w)) & np.uint64((1 << w) - 1)
+
+
+def _pack_np(codes: Tensor, w: int, nbytes: int) -> Tensor:
+    """:func:`pack_codes` on the CPU: each code's w low bits (numpy ``unpackbits`` of its
+    little-endian bytes, LSB first) packed back to back with ``packbits``."""
     n, m = codes.shape
-    bits = ((codes.numpy().astype(np.int64, copy=False)[:, :, None] >> _shifts(w)) & 1).astype(np.uint8)
-    return torch.from_numpy(np.packbits(bits.reshape(n, m * w), axis=1, bitorder="little"))
+    if m * w <= _WORD:
+        return _pack_word(codes, w, nbytes)
+    dt = _word_dtype(w)
+    c = codes.numpy().astype(dt)
+    bits = np.unpackbits(c.view(np.uint8).reshape(n, m, c.itemsize), axis=2, bitorder="little")
+    return torch.from_numpy(np.packbits(bits[:, :, :w].reshape(n, m * w), axis=1, bitorder="little"))
 
 
-def _unpack_small(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> Tensor:
-    """:func:`unpack_codes` bit by bit (the inverse of :func:`_pack_small`)."""
+def _unpack_np(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> Tensor:
+    """:func:`unpack_codes` on the CPU (the inverse of :func:`_pack_np`)."""
     n = raw.shape[0]
     data = raw[:, :nbytes].numpy()
     if data.shape[1] < nbytes:  # a short payload (rejected by the caller's length check)
         data = np.pad(data, ((0, 0), (0, nbytes - data.shape[1])))
-    bits = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
-    codes = (bits.astype(np.int64) << _shifts(w)).sum(axis=2)
-    return torch.from_numpy(codes.astype(np.int32 if work == torch.int32 else np.int64))
+    if m * w <= _WORD:
+        out = _unpack_word(data, m, w)
+    else:
+        dt = np.dtype(_word_dtype(w))
+        full = np.zeros((n, m, 8 * dt.itemsize), dtype=np.uint8)
+        full[:, :, :w] = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
+        out = np.packbits(full, axis=2, bitorder="little").view(dt).reshape(n, m)
+    return torch.from_numpy(out.astype(np.int32 if work == torch.int32 else np.int64))
 
 
 def index_bits(d: int) -> int:
@@ -126,8 +151,8 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
         return out
     if w > 56:
         raise ValueError(f"code width w == {w}, must be <= 56")
-    if n * m * w <= _SMALL and codes.device.type == "cpu":
-        return _pack_small(codes, w)
+    if n * m <= _NUMPY_CODES and codes.device.type == "cpu":
+        return _pack_np(codes, w, nbytes)
     work = torch.int32 if w <= 24 else torch.int64
     groups = (m + 7) // 8
     step = max(1, _CHUNK // max(1, 8 * n))
@@ -160,8 +185,8 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
     work = torch.int32 if w <= 24 else torch.int64
-    if n * m * w <= _SMALL and raw.device.type == "cpu":
-        return _unpack_small(raw, m, w, nbytes, work)
+    if n * m <= _NUMPY_CODES and raw.device.type == "cpu":
+        return _unpack_np(raw, m, w, nbytes, work)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
         data = torch.nn.functional.pad(data, (0, groups * w - data.shape[1]))

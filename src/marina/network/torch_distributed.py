@@ -189,6 +189,16 @@ def _is_collective_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and not isinstance(err, MarinaError)
 
 
+def _all_equal(t: Tensor, value: int) -> bool:
+    """Every entry of t equals value (numpy on the CPU: one call instead of three tensor ops)."""
+    return bool((t.numpy() == value).all()) if t.device.type == "cpu" else bool((t == value).all())
+
+
+def _any_equal(t: Tensor, value: int) -> bool:
+    """Some entry of t equals value (as :func:`_all_equal`)."""
+    return bool((t.numpy() == value).any()) if t.device.type == "cpu" else bool((t == value).any())
+
+
 class TorchDistributedNetwork(Network):
     """The workers of this rank's block; aggregation by all-gather of packed messages.
 
@@ -553,7 +563,7 @@ class TorchDistributedNetwork(Network):
         try:
             rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
             msg = compressor.compress(X_local, rng)
-            if bool((msg.bits != bits).any()):
+            if not _all_equal(msg.bits, bits):
                 raise DistributedError(
                     f"{compressor.spec}: message bits {msg.bits.tolist()} differ from message_bits() "
                     f"{bits} (a compressor declaring fixed sizes must keep them)"
@@ -620,7 +630,7 @@ class TorchDistributedNetwork(Network):
     def _check_poison(self, compressor, rows: Tensor, per_rank: Tensor, error: BaseException | None) -> None:
         """Without a size exchange: find ranks whose bytes are all 0xFF (they failed to compress),
         then exchange one failure code per rank (only then) and raise alike on every rank."""
-        if error is None and not bool((rows[:, 0] == _POISON).any()):
+        if error is None and not _any_equal(rows[:, 0], _POISON):
             return  # the healthy round: one comparison
         heads = torch.nonzero(rows[:, 0] == _POISON).reshape(-1).tolist()
         failed = [
@@ -639,15 +649,16 @@ class TorchDistributedNetwork(Network):
     ) -> None:
         """Add one aggregation's bytes to the counters (see "Bytes on the wire")."""
         W = self.world_size
-        payload = int(per_rank.sum())
-        padding = W * int(per_rank.max()) - payload
+        per_rank_bytes = per_rank.tolist()
+        payload = sum(per_rank_bytes)
+        padding = W * max(per_rank_bytes) - payload
         size_bytes = W * slots * SIZE_BYTES if exchanged else 0
         wire = (W - 1) * (size_bytes + payload + padding)
         self.payload_bytes += payload
         self.padding_bytes += padding
         self.size_bytes += size_bytes
         self.wire_bytes += wire
-        self._model_link(W, int(per_rank.max()), slots if exchanged else 0)
+        self._model_link(W, max(per_rank_bytes), slots if exchanged else 0)
         if self.keep_log:
             self.exchanges.append(
                 {
@@ -660,7 +671,7 @@ class TorchDistributedNetwork(Network):
                     "padding_bytes": padding,
                     "size_bytes": size_bytes,
                     "wire_bytes": wire,
-                    "rank_bytes": per_rank.tolist(),
+                    "rank_bytes": per_rank_bytes,
                 }
             )
 

@@ -115,8 +115,8 @@ def layout_independent_(op_: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     :data:`_SLICE` elements (ATen's grain size: one slice is never split among threads), so every
     element takes the vectorised path. On other devices the op is applied as is.
     """
-    if t.device.type != "cpu":
-        return op_(t)
+    if t.device.type != "cpu" or (t.numel() % _SIMD_ALIGN == 0 and t.numel() <= _SLICE and t.is_contiguous()):
+        return op_(t)  # elsewhere as is; on the CPU, aligned and within one slice already
     flat = t.reshape(-1)
     n = flat.numel()
     pad = (-n) % _SIMD_ALIGN
@@ -377,8 +377,9 @@ class LinearModelProblem(Problem):
         the hosted workers at positions ``workers`` (r,) (default: all, in order). CPU path.
 
         Each entry is ``sum_j T[r, j] w_j`` over the non-zeros of row r = i d + c of the lifted
-        transpose T, in increasing j, accumulated from 0 by ``index_add_`` (sequential on the
-        CPU): the order and the products of scipy's CSR and CSC mat-vecs. The weights w_j are
+        transpose T, in increasing j, accumulated from 0 in that order (a running sum for a single
+        entry, ``index_add_`` for several; both sequential on the CPU): the order and the
+        products of scipy's CSR and CSC mat-vecs. The weights w_j are
         computed for those data rows j only, by one :meth:`_weights` call for all points, whose
         results do not depend on positions (:func:`layout_independent_`). Hence the bits of the
         full computation. The non-zeros are located once for all points, with numpy (the
@@ -393,7 +394,7 @@ class LinearModelProblem(Problem):
         rows = (idx.numpy() + (first * self.dim)[:, None]).reshape(-1)
         if rows.size == 1:  # one entry (RandK with K = 1 on one worker): its non-zeros are a slice
             lo, hi = crow[rows[0]], crow[rows[0] + 1]
-            data_rows, vals, rid = col[lo:hi], val[lo:hi], np.zeros(hi - lo, dtype=np.int64)
+            data_rows, vals = col[lo:hi], val[lo:hi]
         else:
             starts = crow[rows]
             lens = crow[rows + 1] - starts
@@ -410,10 +411,18 @@ class LinearModelProblem(Problem):
         np.take(self._targets.numpy(), data_rows, out=b[:nnz])
         for p in range(1, P):
             b[p * nnz : (p + 1) * nnz] = b[:nnz]
-        w = self._weights(torch.from_numpy(t), torch.from_numpy(b))[: P * nnz]  # may overwrite t
-        prod = w.mul_(torch.from_numpy(np.tile(vals, P)))
-        slots = torch.from_numpy((rid if P == 1 else np.concatenate([rid + p * rows.size for p in range(P)])))
-        sums = torch.zeros(P * rows.size, dtype=self.dtype).index_add_(0, slots, prod)
+        w = self._weights(torch.from_numpy(t), torch.from_numpy(b)).numpy()[: P * nnz]  # may overwrite t
+        prod = (w.reshape(P, nnz) * vals).reshape(-1)  # the products of the full mat-vec
+        if rows.size == 1:  # one sum per point: a running sum (sequential), its last value
+            sums = np.add.accumulate(prod.reshape(P, nnz), axis=1)[:, -1] + 0.0 if nnz else np.zeros(P)
+        else:
+            slots = rid if P == 1 else np.concatenate([rid + p * rows.size for p in range(P)])
+            sums = (
+                torch.zeros(P * rows.size, dtype=self.dtype)
+                .index_add_(0, torch.from_numpy(slots), torch.from_numpy(prod))
+                .numpy()
+            )
+        sums = torch.from_numpy(sums.astype(vals.dtype, copy=False))
         flat_idx = idx.reshape(-1)
         outs = []
         for p, (_, x) in enumerate(points):
