@@ -191,6 +191,8 @@ class RandK(_Sparse):
         super()._parse(k)
         self.seeded = mode == "seeded"
         self.regenerates = self.seeded
+        if self.seeded:
+            self.wire_formula = "K values, no indices (regenerated from the key)"
 
     @property
     def spec(self) -> str:
