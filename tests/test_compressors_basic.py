@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ from marina.compressors import Message, get, known
 from marina.errors import ConfigError
 from marina.rng import Randomness
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
+
+
+def _example(template: str, K: str, q: str = "0.5", s: str = "2") -> str:
+    """A spec from a template of :func:`known`: ``randk:K:seeded`` -> ``randk:<K>:seeded``."""
+    return re.sub(r":([Kqs])\b", lambda m: ":" + {"K": K, "q": q, "s": s}[m.group(1)], template)
 
 
 def _rng(n: int, seed: int = 0, round: int = 0) -> Randomness:
@@ -133,7 +139,7 @@ def test_k_larger_than_d_at_compress_time(spec):
 
 @pytest.mark.parametrize("spec", known())
 def test_input_validation(spec):
-    c = get(spec.replace(":K", ":1").replace(":q", ":0.5").replace(":s", ":2"), workers=2)
+    c = get(_example(spec, K="1"), workers=2)
     for bad in (float("nan"), float("inf"), -float("inf")):
         X = torch.ones(2, 4)
         X[1, 2] = bad
@@ -208,8 +214,8 @@ def test_theory_values():
     assert get("topk:3").alpha(12) == 0.25 and get("topk:3").density(12) == 3
     assert get("permk", workers=4).omega(12) == 3 and get("permk", workers=4).density(12) == 3
     assert get("natural").wire_bits_per_value == 32
-    specs = [s.replace(":K", ":2").replace(":q", ":0.5").replace(":s", ":2") for s in known()]
-    assert [get(s).unbiased for s in specs] == [True] * 8 + [False] * 2 + [True] * 4
+    specs = [_example(s, K="2") for s in known()]
+    assert [get(s).unbiased for s in specs] == [True] * 10 + [False] * 2 + [True] * 4
     assert get("terngrad").omega(100) == pytest.approx(4.5) and get("terngrad").density(100) == 100
     assert get("sign").alpha(8) == 1 / 8 and get("sign").density(8) == 8
     # randk:4 at d = 100 keeps 4 values; qsgd:2 of 4 values: omega min(4/4, 2/2) = 1

@@ -52,6 +52,10 @@ RUNS = {
 }
 """Runs compared with the simulation: name -> (method, compressor); topk:3 sends messages of
 randk:3's size (3 values and their indices)."""
+BERNOULLI_RUNS = tuple(
+    (method, spec) for method in ("marina", "pp-marina") for spec in ("bernoulli:0.3", "bernoulli:0.3:seeded")
+)
+"""Plain against seeded Bernoulli (the flag on the wire, or the coin regenerated from the key)."""
 PARTIAL = ("pp-marina", "ef21-pp")
 """Methods where only some clients send in a compressed round."""
 SYNTHETIC = {"workers": 6, "dim": 40, "samples": 30, "seed": 3}
@@ -129,7 +133,10 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
     with distributed.init("cpu", timeout_s=30) as session:
         hosted = session.hosted_workers(SYNTHETIC["workers"])
         prob = problems.synthetic(**SYNTHETIC, hosted_workers=hosted)
-        for name, (method, spec) in RUNS.items():
+        report["bernoulli"] = {}
+        logged = [("runs", name, method, spec) for name, (method, spec) in RUNS.items()]
+        logged += [("bernoulli", f"{method} {spec}", method, spec) for method, spec in BERNOULLI_RUNS]
+        for part, name, method, spec in logged:
             res = distributed.run(
                 method=method,
                 problem=prob,
@@ -140,8 +147,9 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
                 log_every=1,
                 keep_log=True,
             )
-            report["runs"][name] = {
+            report[part][name] = {
                 "history": res.history.to_dict(orient="list"),
+                "x": res.x.tolist(),
                 "counters": res.config["network"],
                 "exchanges": res.config["exchanges"],
             }
@@ -210,6 +218,7 @@ ALL_SPECS = (
     "randk:2",
     "randk:2:seeded",
     "bernoulli:0.5",
+    "bernoulli:0.3:seeded",
     "qsgd:4",
     "natural",
     "natural-dithering:4",
@@ -231,6 +240,7 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
     n, d, W = SYNTHETIC["workers"], 17, session.world_size
     net = session.network(n, seed, keep_log=True)
     two = session.network(n, seed, keep_log=True, exchange_sizes=True)
+    collectives = _count_collectives(net)
     X_all = torch.sin(torch.arange(n * d, dtype=torch.float64).reshape(n, d) * 0.37) * 3.0
     X_local = X_all[net.worker_ids]
     cases = [(spec, mult) for spec in ALL_SPECS for mult in (None, *EMPTY_RANKS)]
@@ -238,9 +248,9 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
     for k, (spec, mult) in enumerate(cases):
         Q = compressors.get(spec, workers=n)
         counts = None if mult is None else torch.tensor(mult, dtype=torch.int64)
-        before = net.counters()
+        before, calls = net.counters(), len(collectives)
         mean, local = net.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
-        after = net.counters()
+        after, calls = net.counters(), len(collectives) - calls
         two_mean, two_local = two.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
         sim = SimulatedNetwork(n, seed)
         sim_mean, sim_local = sim.aggregate(Q, X_all, 100 + k, multiplicity=counts, return_local=True)
@@ -256,7 +266,8 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
         aligned = list(per_rank)  # every message byte aligned (the two-collective exchange)
         # one message per worker, all of the same size b < 4096 bits, not whole bytes: a rank's
         # messages travel back to back at bit level, ceil(its bits / 8) bytes
-        sizes_vary = Q.message_bits(d, torch.arange(n)) is None
+        everyone = torch.arange(n)  # bernoulli:q:seeded's sizes follow from the keyed coins
+        sizes_vary = Q.message_bits(d, everyone, rng=Randomness(seed, "compress", 100 + k, everyone)) is None
         b0 = int(msg.bits[0])
         if mult is None and not sizes_vary and bool((msg.bits == b0).all()) and b0 % 8 and b0 <= 4096:
             per_rank = [math.ceil(b / 8) for b in rank_bits]  # n / W = 2 messages per rank
@@ -281,9 +292,38 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "slots": slots,
                 "sizes_vary": sizes_vary,
                 "logged": net.exchanges[-1],
+                "collectives": calls,
             }
         )
     return rows
+
+
+def _count_collectives(net) -> list[str]:
+    """The network's collectives from now on, by what they were for (wraps ``net._all_gather``)."""
+    made: list[str] = []
+    gather = net._all_gather
+
+    def counted(local, what):
+        made.append(what)
+        return gather(local, what)
+
+    net._all_gather = counted
+    return made
+
+
+def _coin_rounds(seed: int, n: int, d: int) -> dict[str, int]:
+    """Rounds (from 7 on) where bernoulli:0.3:seeded's coins send nothing at all, and where
+    they send nothing from rank 1 (workers 2, 3) but something elsewhere."""
+    Q, ids, found = compressors.get("bernoulli:0.3:seeded"), torch.arange(n), {}
+    for k in range(7, 10_000):
+        sent = Q.message_bits(d, ids, rng=Randomness(seed, "compress", k, ids)) > 0
+        if not sent.any():
+            found.setdefault("nobody", k)
+        elif not sent[2:4].any():
+            found.setdefault("rank 1 empty", k)
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"no such rounds for seed {seed}")
 
 
 def _failed_compressions(session, seed: int) -> dict:
@@ -297,12 +337,15 @@ def _failed_compressions(session, seed: int) -> dict:
         X = X_local.clone()
         if session.rank == 1:
             X[0, 3] = bad
-        for spec in ("randk:2:seeded", "natural", "identity"):
+        cases = [(spec, 7) for spec in ("randk:2:seeded", "natural", "identity", "bernoulli:0.3:seeded")]
+        # seeded Bernoulli where the failing rank, or every rank, has nothing to send
+        cases += [(f"bernoulli:0.3:seeded {w}", k) for w, k in _coin_rounds(seed, n, d).items()]
+        for case, k in cases:
             try:
-                net.aggregate(compressors.get(spec), X, 7)
-                out[f"{label} {spec}"] = "no error"
+                net.aggregate(compressors.get(case.split()[0]), X, k)
+                out[f"{label} {case}"] = "no error"
             except Exception as err:  # noqa: BLE001 - the type is what the test checks
-                out[f"{label} {spec}"] = f"{type(err).__name__} {getattr(err, 'non_finite', None)}"
+                out[f"{label} {case}"] = f"{type(err).__name__} {getattr(err, 'non_finite', None)}"
     # the group is still usable: a healthy aggregation afterwards
     out["after"] = float(net.aggregate(compressors.get("identity"), X_local, 8).sum())
     return out
@@ -334,19 +377,18 @@ def equivalence(tmp_path_factory):
     return seed, reports
 
 
+def _simulated(method: str, spec: str, seed: int):
+    """The simulated run the ranks' run of (method, spec) must follow."""
+    prob = problems.synthetic(**SYNTHETIC)
+    return marina.run(
+        method=method, problem=prob, compressor=spec, iterations=ITERATIONS, seed=seed, log_every=1
+    )
+
+
 @pytest.mark.parametrize("name", RUNS)
 def test_three_processes_follow_the_simulated_trajectory(equivalence, name):
     seed, reports = equivalence
-    method, spec = RUNS[name]
-    sim = marina.run(
-        method=method,
-        problem=problems.synthetic(**SYNTHETIC),
-        compressor=spec,
-        iterations=ITERATIONS,
-        seed=seed,
-        log_every=1,
-    )
-    expected = sim.history
+    expected = _simulated(*RUNS[name], seed).history
     for report in reports:  # every rank holds the same history
         got = pd.DataFrame(report["runs"][name]["history"])
         assert got["iteration"].tolist() == expected["iteration"].tolist()
@@ -400,6 +442,38 @@ def test_bytes_on_the_wire_are_the_packed_messages_in_one_collective(equivalence
         assert any(0 in ex["rank_bytes"] for ex in run["exchanges"] if ex["stream"] != "dense")
 
 
+@pytest.mark.parametrize("method", ["marina", "pp-marina"])
+def test_seeded_bernoulli_on_three_processes_equals_the_simulation_in_one_collective(equivalence, method):
+    seed, reports = equivalence
+    sims = {spec: _simulated(method, spec, seed) for spec in ("bernoulli:0.3", "bernoulli:0.3:seeded")}
+    for report in reports:
+        runs = {spec: report["bernoulli"][f"{method} {spec}"] for spec in sims}
+        for spec, sim in sims.items():  # bit for bit: x^k, every history column, the bits
+            got, what = pd.DataFrame(runs[spec]["history"]), (seed, report["rank"], spec)
+            assert torch.equal(torch.tensor(runs[spec]["x"], dtype=sim.x.dtype), sim.x), what
+            for column in sim.history.columns.drop("time_s"):
+                assert got[column].tolist() == sim.history[column].tolist(), (*what, column)
+        plain, seeded = runs["bernoulli:0.3"]["exchanges"], runs["bernoulli:0.3:seeded"]["exchanges"]
+        assert [(e["round"], e["stream"]) for e in plain] == [(e["round"], e["stream"]) for e in seeded]
+        assert runs["bernoulli:0.3:seeded"]["counters"]["size_bytes"] == 0
+        compressed = 0
+        for a, b in zip(plain, seeded):
+            assert not b["size_exchange"] and b["size_bytes"] == 0  # one collective: the payloads
+            if a["stream"] == "dense":
+                assert a == b
+                continue
+            compressed += 1
+            assert a["size_exchange"] and a["size_bytes"] == WORLD * a["slots"] * SIZE_BYTES
+            # by hand: a plain message is d x 4 + 1 bytes when sent (the flag rounds up to a
+            # byte), 1 byte when not; the seeded one d x 4 or 0 bytes: one byte less each
+            assert a["payload_bytes"] - b["payload_bytes"] == a["messages"] == b["messages"]
+            assert b["payload_bytes"] % (SYNTHETIC["dim"] * 4) == 0
+            assert b["wire_bytes"] == (WORLD - 1) * WORLD * max(1, *b["rank_bytes"])
+        assert compressed > 0
+        if method == "pp-marina":  # clients not drawn, or coins that say no: ranks with nothing
+            assert any(0 in ex["rank_bytes"] for ex in seeded if ex["stream"] != "dense")
+
+
 def test_a_resumed_run_continues_the_trajectory_and_the_wire_counters(equivalence):
     _, reports = equivalence
     for report in reports:
@@ -426,15 +500,23 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             assert row["two_size"] == size and row["two_bits"] == row["aligned"], what
             # sizes vary for Bernoulli, and for PermK where n does not divide d (block sizes follow
             # the round's permutation); every other compressor's follow from (compressor, d)
-            varies = row["spec"].startswith("bernoulli") or (row["spec"] == "permk" and d % n != 0)
+            # bernoulli:q:seeded's sizes follow from the keyed coins, which every rank regenerates
+            seeded = row["spec"].endswith(":seeded")
+            varies = (row["spec"].startswith("bernoulli") and not seeded) or (
+                row["spec"] == "permk" and d % n != 0
+            )
             assert row["sizes_vary"] is varies, what
             assert row["logged"]["size_exchange"] is varies, what
+            # ONE collective without a size exchange (two with it)
+            assert row["collectives"] == (2 if varies else 1), what
             if not varies:
                 size = 0
+            # seeded Bernoulli: one byte a rank even when no coin says sent (failures stay visible)
+            chunk = max(max(predicted), 1 if row["spec"].startswith("bernoulli") and seeded else 0)
             assert row["payload"] == sum(predicted), what
             assert row["size"] == size, what
-            assert row["padding"] == W * max(predicted) - sum(predicted), what
-            assert row["wire"] == (W - 1) * (size + W * max(predicted)), what
+            assert row["padding"] == W * chunk - sum(predicted), what
+            assert row["wire"] == (W - 1) * (size + W * chunk), what
     rows = reports[0]["aggregations"]
     assert {row["spec"] for row in rows} == set(ALL_SPECS)
     # bit-level packing saved bytes where one message per worker is not whole bytes: randk:2
@@ -450,7 +532,8 @@ def test_a_failed_compression_stops_every_rank_alike_without_a_size_exchange(equ
     _, reports = equivalence
     for report in reports:
         failures = report["failures"]
-        for spec in ("randk:2:seeded", "natural", "identity"):
+        seeded = [f"bernoulli:0.3:seeded{w}" for w in ("", " nobody", " rank 1 empty")]
+        for spec in ("randk:2:seeded", "natural", "identity", *seeded):
             assert failures[f"nan {spec}"] == "ValueRangeError True", (report["rank"], spec)
             assert failures[f"range {spec}"] == "ValueRangeError False", (report["rank"], spec)
         assert failures["after"] == 17.0  # the mean of rows of ones, summed over d = 17

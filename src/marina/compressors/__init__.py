@@ -15,6 +15,7 @@ spec                     unbiased  omega(d)                                     
 ``randk:K``              yes       d/K - 1                                          K
 ``randk:K:seeded``       yes       d/K - 1 (same draws as ``randk:K``)              K
 ``bernoulli:q``          yes       1/q - 1                                          q d
+``bernoulli:q:seeded``   yes       1/q - 1 (same draws as ``bernoulli:q``)          q d
 ``qsgd:s``               yes       min(d/s^2, sqrt(d)/s)                            min(d, s (s + sqrt d))
 ``natural``              yes       1/8                                              d
 ``natural-dithering:s``  yes       1/8 + sqrt(d) 2^(1-s) min(1, sqrt(d) 2^(1-s))    min(d, 2^(s-1) sqrt d)
@@ -41,6 +42,7 @@ spec                     bits
 ``randk:K``              K (w + ib): values, then sorted indices
 ``randk:K:seeded``       K w: values only, the receiver regenerates the indices from the key
 ``bernoulli:q``          1 + d w when sent (probability q), else 1 (the flag)
+``bernoulli:q:seeded``   d w when sent, else 0: no flag, the receiver regenerates the coin
 ``qsgd:s``               w + d (1 + ceil(log2(s + 1))): norm, then sign + level per entry
 ``natural``              d (1 + e): sign + exponent per entry, 9 d for float32
 ``natural-dithering:s``  w + d (1 + ceil(log2(s + 1))): norm, then sign + level per entry

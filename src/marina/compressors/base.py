@@ -10,14 +10,17 @@ Contract (relied on by methods, networks and tests):
   rounded to the wire precision (``value_dtype``) before it is cast back to the input dtype.
 - ``msg.bits``: length-n int64 tensor, the exact size in bits of each worker's packed message
   (the packed payload has ``ceil(bits / 8)`` bytes).
-- ``c.message_bits(d, worker_ids)``: the (m,) int64 bits of the messages those workers send,
-  when they follow from (compressor, d, worker id) alone (every compressor but Bernoulli);
-  None when they depend on the values or the draws. A compressor that returns sizes also
-  guarantees that no message it makes consists of 0xFF bytes only (its first field, a wire value
-  or a sign + exponent code, would be NaN or infinite), so a receiver can tell a failed sender
-  by that pattern without any size exchange (see :mod:`marina.network.torch_distributed`).
+- ``c.message_bits(d, worker_ids, rng=None)``: the (m,) int64 bits of the messages those workers
+  send, when they follow from (compressor, d, worker id) alone (every compressor but
+  Bernoulli), or, for compressors ``sized_by_draws`` (``bernoulli:q:seeded``), from the senders'
+  keyed draws, regenerated from ``rng``; None when they depend on the values or on draws that
+  are not given. A compressor that returns sizes also guarantees that no message it makes
+  consists of 0xFF bytes only (its first field, a wire value or a sign + exponent code, would
+  be NaN or infinite), so a receiver can tell a failed sender by that pattern without any size
+  exchange (see :mod:`marina.network.torch_distributed`).
 - ``c.regenerates``: the receiver regenerates the sender's draws from the keyed randomness
-  (PermK's permutation, ``randk:K:seeded``'s indices): ``unpack`` then needs ``rng``.
+  (PermK's permutation, ``randk:K:seeded``'s indices, ``bernoulli:q:seeded``'s coins):
+  ``unpack`` then needs ``rng``.
 - ``c.pack(msg) -> list[Tensor]`` (one uint8 tensor per worker) and
   ``c.unpack(payloads, d, worker_ids=..., dtype=..., rng=...) -> Message`` invert each other
   exactly.
@@ -146,7 +149,11 @@ def known() -> list[str]:
     then the compositions (``"randk:K+natural"``, ...; :mod:`marina.compressors.composed`)."""
     rank = {name: i for i, name in enumerate(_ORDER)}
     classes = sorted(_REGISTRY.values(), key=lambda c: rank.get(c.name, len(rank)))
-    return [c.name + (f":{c.param}" if c.param else "") for c in classes] + list(_COMPOSITION["templates"])
+    out = []
+    for c in classes:
+        template = c.name + (f":{c.param}" if c.param else "")
+        out += [template] + [f"{template}:{mode}" for mode in c.modes]
+    return out + list(_COMPOSITION["templates"])
 
 
 def get(spec: str | Compressor, **options: Any) -> Compressor:
@@ -196,6 +203,17 @@ def _parse_int(name: str, param: str, arg: str, low: int) -> int:
     return v
 
 
+def _parse_mode(name: str, param: str, arg: str | None, modes: tuple[str, ...]) -> tuple[str, str | None]:
+    """``"5:seeded"`` -> ``("5", "seeded")``, ``"5"`` -> ``("5", None)``; ConfigError naming a
+    mode that is not one of ``modes`` and the allowed ones."""
+    value, sep, mode = (arg or "").partition(":")
+    mode = mode.strip().lower()
+    if sep and mode not in modes:
+        allowed = " or ".join(f"{m!r} ({name}:{param}:{m})" for m in modes)
+        raise ConfigError(f"{name}: mode == {mode!r} in {arg!r}, must be {allowed} or absent")
+    return value.strip(), mode if sep else None
+
+
 def _parse_float(name: str, param: str, arg: str) -> float:
     try:
         return float(arg)
@@ -222,6 +240,11 @@ class Compressor(ABC):
     """The receiver regenerates the sender's draws from the key (``unpack`` needs ``rng``)."""
     fixed_size: ClassVar[bool] = False
     """Message bits follow from (d, worker id): :meth:`message_bits` gives them."""
+    sized_by_draws: ClassVar[bool] = False
+    """Message bits follow from (d, the senders' keyed draws): :meth:`message_bits` gives them
+    when passed the senders' Randomness (``bernoulli:q:seeded``, whose coins decide)."""
+    modes: ClassVar[tuple[str, ...]] = ()
+    """Spec modes after the parameter, ``name:param:mode`` (``"seeded"``), listed by :func:`known`."""
 
     def __init__(
         self,
@@ -311,13 +334,32 @@ class Compressor(ABC):
         """The encoding of one worker message of dimension d, with its bit count."""
         return self.wire_formula
 
-    def message_bits(self, d: int, worker_ids: Tensor) -> Tensor | None:
+    def message_bits(self, d: int, worker_ids: Tensor, rng: Randomness | None = None) -> Tensor | None:
         """(m,) int64 exact bits of the messages of ``worker_ids`` in dimension ``d``, or None
-        when sizes vary with the values or the draws (see the module docstring)."""
+        when sizes vary with the values or the draws (see the module docstring).
+
+        ``rng``: the senders' Randomness (seed, stream, round, ``worker_ids``) at the call counter
+        they compress with; only compressors :attr:`sized_by_draws` use it (None without it),
+        the others ignore it."""
         if not self.fixed_size:
             return None
         bits = self.bits_per_message(d)  # type: ignore[attr-defined] - every fixed-size compressor has it
         return self._bits_tensor(int(worker_ids.numel()), bits, torch.device("cpu"))
+
+    def _check_receiver_rng(self, rng: Randomness | None, worker_ids: Tensor, what: str) -> Randomness:
+        """``rng`` of a receiver that regenerates the senders' ``what`` (ConfigError if missing,
+        or hosting other workers than the senders ``worker_ids``)."""
+        if rng is None:
+            raise ConfigError(
+                f"{self.spec}: unpack needs rng, a Randomness(seed, stream, round, sender ids) at the "
+                f"senders' call counter, to regenerate the {what} (none travel)"
+            )
+        if rng.n_rows != worker_ids.numel() or not torch.equal(rng.worker_ids.cpu(), worker_ids.cpu()):
+            raise ConfigError(
+                f"{self.spec}: rng hosts workers {rng.worker_ids.tolist()}, the payloads come from "
+                f"{worker_ids.tolist()}; they must be the same"
+            )
+        return rng
 
     def _check_d(self, d: int) -> int:
         if isinstance(d, bool) or not isinstance(d, int) or d < 1:

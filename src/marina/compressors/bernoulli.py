@@ -9,6 +9,15 @@ Wire encoding per worker: when sent, the d scaled values at the wire precision (
 followed by a 1-bit flag 1; otherwise only the flag 0. ``bits = 1 + d w`` when sent, ``1``
 otherwise (the flag is bit 0 of the last byte). One drawing call on ``rng`` (one uniform per
 row) per compress.
+
+``bernoulli:q:seeded``: the same operator with the same draws (hence the same trajectory as
+``bernoulli:q``), but the flag does not travel: the receiver regenerates each sender's coin from
+the keyed randomness (seed, stream, round, worker id; one uniform, the sender's first drawing
+call of that key), so a message is the d values when sent and nothing otherwise, ``bits = d w``
+or ``0`` (expected q d w), and ``unpack`` needs ``rng``. The sizes follow from the coins
+(``sized_by_draws``): ``message_bits(d, ids, rng)`` gives them to any process that holds the
+key, so no size exchange is needed. Both specs are accounted honestly: ``bernoulli:q`` counts
+its flag bit, ``bernoulli:q:seeded`` none because none is sent.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from marina.compressors.base import Compressor, Message, _parse_float, register
+from marina.compressors.base import Compressor, Message, _parse_float, _parse_mode, register
 from marina.compressors.wire import bytes_to_values, values_to_bytes
 from marina.errors import ConfigError
 from marina.rng import Randomness
@@ -37,26 +46,46 @@ class Bernoulli(Compressor):
     omega_formula = "1/q - 1"
     density_formula = "q d"
     wire_formula = "1 flag bit + d values when sent"
+    modes = ("seeded",)
 
     def wire_format(self, d: int) -> str:
         w = self.wire_bits_per_value
+        if self.seeded:
+            return (
+                f"{d} values x {w} bits = {d * w} bits with probability {self.q!r}, else 0 bits "
+                "(no flag: the coin is regenerated from the key)"
+            )
         return (
             f"1 flag bit + {d} values x {w} bits = {1 + d * w} bits with probability {self.q!r}, else 1 bit"
         )
 
     def expected_bits(self, d: int) -> float:
-        """1 + q d w: the flag, and the d values with probability q."""
-        return 1.0 + self.q * self._check_d(d) * self.wire_bits_per_value
+        """1 + q d w: the flag, and the d values with probability q (q d w when seeded: no flag)."""
+        return (0.0 if self.seeded else 1.0) + self.q * self._check_d(d) * self.wire_bits_per_value
 
     def _parse(self, arg: str | None) -> None:
-        q = _parse_float(self.name, "q", arg)
+        value, mode = _parse_mode(self.name, self.param, arg, self.modes)
+        q = _parse_float(self.name, "q", value)
         if not (0.0 < q <= 1.0):
             raise ConfigError(f"{self.name}: q == {q:g}, must be in (0, 1]")
         self.q = q
+        self.seeded = mode == "seeded"
+        self.regenerates = self.sized_by_draws = self.seeded
+        if self.seeded:
+            self.wire_formula = "d values when sent, nothing otherwise (the coin is regenerated from the key)"
 
     @property
     def spec(self) -> str:
-        return f"bernoulli:{self.q!r}"
+        return f"bernoulli:{self.q!r}" + (":seeded" if self.seeded else "")
+
+    def message_bits(self, d: int, worker_ids: Tensor, rng: Randomness | None = None) -> Tensor | None:
+        """Seeded, with the senders' ``rng``: d w where their coin says sent, else 0 (one drawing
+        call, the coin); None otherwise (the flag travels, and the sizes with it)."""
+        if not self.seeded or rng is None:
+            return None
+        self._check_d(d)
+        sent = self._coins(self._check_receiver_rng(rng, worker_ids, "coins"))
+        return self._bits(sent.cpu(), d)
 
     def omega(self, d: int) -> float:
         self._check_d(d)
@@ -66,11 +95,15 @@ class Bernoulli(Compressor):
         return self.q * self._check_d(d)
 
     def _bits(self, sent: Tensor, d: int) -> Tensor:
-        return 1 + sent.to(torch.int64) * (d * self.wire_bits_per_value)
+        return (0 if self.seeded else 1) + sent.to(torch.int64) * (d * self.wire_bits_per_value)
+
+    def _coins(self, rng: Randomness) -> Tensor:
+        """(n,) bool: which rows send (the one drawing call)."""
+        return (rng.uniform(1, torch.float64) < self.q).reshape(-1)
 
     def _draw(self, X: Tensor, rng: Randomness, amax: float) -> tuple[Tensor, Tensor]:
         self._check_wire_range(amax, X.dtype, 1.0 / self.q)
-        sent = (rng.uniform(1, torch.float64) < self.q).reshape(-1)
+        sent = self._coins(rng)
         idx = torch.nonzero(sent).reshape(-1)
         return sent, idx
 
@@ -99,17 +132,25 @@ class Bernoulli(Compressor):
         sent = msg.data["sent"]
         n, d = sent.numel(), msg.d
         nv = d * self.wire_bits_per_value // 8
-        rows = torch.zeros((n, nv + 1), dtype=torch.uint8, device=sent.device)
+        flag = 0 if self.seeded else 1
+        rows = torch.zeros((n, nv + flag), dtype=torch.uint8, device=sent.device)
         idx = torch.nonzero(sent).reshape(-1)
         rows[idx, :nv] = values_to_bytes(msg.data["values"])
-        rows[idx, nv] = 1  # flag of a sent message: bit 0 of its last byte; unsent: byte 0 is 0
+        if flag:
+            rows[idx, nv] = 1  # flag of a sent message: bit 0 of its last byte; unsent: byte 0 is 0
         return rows, (msg.bits + 7) // 8
 
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         nv = d * self.wire_bits_per_value // 8
-        last = rows.gather(1, (lengths - 1).clamp(min=0).reshape(-1, 1)).reshape(-1)
-        sent = (last & 1).bool()
-        if bool((sent & (lengths != nv + 1)).any()) or bool((~sent & (lengths != 1)).any()):
+        if self.seeded:  # the coins regenerated from the key; sent messages are the d values only
+            sent = self._coins(self._check_receiver_rng(rng, worker_ids, "coins")).to(rows.device)
+            if rows.shape[1] < nv:
+                rows = torch.nn.functional.pad(rows, (0, nv - rows.shape[1]))
+        else:
+            last = rows.gather(1, (lengths - 1).clamp(min=0).reshape(-1, 1)).reshape(-1)
+            sent = (last & 1).bool()
+        flag = 0 if self.seeded else 1
+        if bool((sent & (lengths != nv + flag)).any()) or bool((~sent & (lengths != flag)).any()):
             raise ConfigError(f"{self.spec}: payload lengths {lengths.tolist()} do not fit d == {d}")
         idx = torch.nonzero(sent).reshape(-1)
         values = bytes_to_values(rows.index_select(0, idx), d, self.value_dtype)

@@ -56,7 +56,8 @@ def compose(spec: str, options: dict[str, Any]) -> Composed:
     outer, inner = (get(p, **options) for p in parts)
     if not isinstance(outer, RandK):
         raise ConfigError(
-            f"compressor spec == {spec!r}: the first compressor is {outer.spec!r}, must be randk:K"
+            f"compressor spec == {spec!r}: the first compressor is {outer.spec!r}, must be randk:K "
+            "or randk:K:seeded (a composition quantises the K values RandK keeps)"
         )
     if inner.name not in INNER:
         raise ConfigError(

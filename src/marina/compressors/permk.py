@@ -85,7 +85,7 @@ class PermK(Compressor):
             )
         return self.workers
 
-    def message_bits(self, d: int, worker_ids: Tensor) -> Tensor | None:
+    def message_bits(self, d: int, worker_ids: Tensor, rng: Randomness | None = None) -> Tensor | None:
         """|piece| w bits per worker (no index bits) when every piece has the same size (n divides
         d, or d < n: one coordinate); None otherwise, since the blocks of floor(d/n) and ceil(d/n)
         coordinates go to the workers by the round's shared permutation sigma."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from marina.compressors.base import Compressor, Message, _parse_int, register
+from marina.compressors.base import Compressor, Message, _parse_int, _parse_mode, register
 from marina.compressors.wire import bytes_to_values, index_bits, pack_codes, unpack_codes, values_to_bytes
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
@@ -184,15 +184,15 @@ class RandK(_Sparse):
     omega_formula = "d/K - 1"
     gathers = True
 
+    modes = ("seeded",)
+
     def _parse(self, arg: str | None) -> None:
-        k, sep, mode = (arg or "").partition(":")
-        if sep and mode.strip().lower() != "seeded":
-            raise ConfigError(
-                f"randk: mode == {mode!r} in {arg!r}, must be 'seeded' (randk:K:seeded) or absent"
-            )
-        super()._parse(k.strip())
-        self.seeded = bool(sep)
+        k, mode = _parse_mode(self.name, self.param, arg, self.modes)
+        super()._parse(k)
+        self.seeded = mode == "seeded"
         self.regenerates = self.seeded
+        if self.seeded:
+            self.wire_formula = "K values, no indices (regenerated from the key)"
 
     @property
     def spec(self) -> str:
@@ -208,16 +208,7 @@ class RandK(_Sparse):
 
     def _regenerate(self, rng: Randomness | None, worker_ids: Tensor, d: int) -> Tensor:
         """The senders' index sets, drawn again from their keys (seeded mode's receiver)."""
-        if rng is None:
-            raise ConfigError(
-                f"{self.spec}: unpack needs rng, a Randomness(seed, stream, round, sender ids) at the "
-                "senders' call counter, to regenerate the indices (none travel)"
-            )
-        if rng.n_rows != worker_ids.numel() or not torch.equal(rng.worker_ids.cpu(), worker_ids.cpu()):
-            raise ConfigError(
-                f"{self.spec}: rng hosts workers {rng.worker_ids.tolist()}, the payloads come from "
-                f"{worker_ids.tolist()}; they must be the same"
-            )
+        rng = self._check_receiver_rng(rng, worker_ids, "indices")
         return rng.sample_without_replacement(d, self.K).to(worker_ids.device)
 
 

@@ -32,8 +32,13 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        (``compressor.message_bits``: identity, randk, randk seeded, permk, qsgd, natural,
        natural dithering, topk), every rank computes the (W, s) table of message bits itself,
        with s = max_r m_r slots, and no size collective is made: ONE collective per
-       aggregation. Only where sizes vary with the values or the draws (bernoulli, whose flag
-       decides between 1 and 1 + d w bits) every rank all-gathers an int64 tensor of s slots:
+       aggregation. So it does where the sizes follow from the senders' keyed draws
+       (``compressor.sized_by_draws``: ``bernoulli:q:seeded``, d w bits when a worker's coin
+       says sent, else 0): every rank regenerates every sender's coin (``message_bits(d, ids,
+       rng)`` with a Randomness over all senders of copy j, as draws are keyed per worker).
+       Only where sizes vary with the values or with draws that do not follow from the key
+       (``bernoulli:q``, whose flag travels and decides between 1 and 1 + d w bits) every rank
+       all-gathers an int64 tensor of s slots:
        the exact bit size of each of its messages, then zeros (unused slots; a negative code if
        its compression failed, see "Errors"). Either way every rank knows every message's length
        (``ceil(bits/8)``) and the bits to account.
@@ -41,7 +46,10 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        largest rank's total, as one uint8 tensor. A rank whose workers all send nothing
        (PP-MARINA's clients not drawn) contributes only padding, so nobody waits for it; if no
        rank sends a byte the payload collective is skipped (every rank knows it from step 2,
-       so none hangs).
+       so none hangs), except for sizes from the draws: there a rank can fail to compress with
+       nothing to send (its values are checked whether its coin says sent or not), so every
+       rank contributes at least one byte, and the failure pattern (see "Errors") covers a
+       rank's whole padded segment when it sends nothing.
     4. For each copy j, every rank unpacks the j-th messages of all workers in global worker
        order (blocks are contiguous, so rank order is worker order; ``compressor.unpack``),
        sums them with the compressor's canonical ``sum_decompressed`` and reduces exactly like
@@ -407,7 +415,9 @@ class TorchDistributedNetwork(Network):
 
         # sizes that follow from (compressor, d, worker ids) need no exchange (step 2 is skipped)
         known = (
-            None if self.exchange_sizes else self._message_sizes(compressor, d, counts, multiplicity, slots)
+            None
+            if self.exchange_sizes
+            else self._message_sizes(compressor, d, counts, multiplicity, slots, round, stream)
         )
 
         # 1. compress and pack this rank's messages: copy j of every hosted worker drawn more
@@ -454,6 +464,11 @@ class TorchDistributedNetwork(Network):
         lengths = (all_sizes + 7) // 8  # bytes of each message (0 in unused slots)
         per_rank = lengths.sum(dim=1)
         width = int(per_rank.max())
+        # sizes from the draws: a rank may fail with nothing to send, so its segment is never
+        # empty (one byte when nobody sends) and the poison check reads its whole segment
+        drawn = known is not None and getattr(compressor, "sized_by_draws", False)
+        if drawn:
+            width = max(width, 1)
 
         # 3. payloads, concatenated in order and padded to the largest rank's total; without a
         #    size exchange a rank that failed to compress sends 0xFF bytes only (never a message)
@@ -466,10 +481,11 @@ class TorchDistributedNetwork(Network):
                 mine[: flat.numel()] = flat
             buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
             if known is not None:
-                self._check_poison(compressor, buffer.view(W, width), per_rank, error)
+                checked = torch.where(per_rank > 0, per_rank, width) if drawn else per_rank
+                self._check_poison(compressor, buffer.view(W, width), checked, error)
         else:
             buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
-        self._count(round, stream, total, slots, per_rank, exchanged=known is None)
+        self._count(round, stream, total, slots, per_rank, exchanged=known is None, width=width)
 
         # 4. unpack, decompress and reduce copy by copy in global worker order, as the simulation
         pieces: list[int] = []
@@ -490,7 +506,7 @@ class TorchDistributedNetwork(Network):
             local = torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device)
         for j in range(copies):
             senders = torch.nonzero(counts > j).reshape(-1)
-            # receivers of PermK and seeded RandK regenerate the senders' draws from the key
+            # receivers of PermK, seeded RandK and seeded Bernoulli regenerate the senders' draws
             rx = (
                 Randomness(self.seed, copy_stream(stream, j), round, senders, self.comm_device)
                 if getattr(compressor, "regenerates", False)
@@ -599,22 +615,37 @@ class TorchDistributedNetwork(Network):
         return mean, X_hat[self._lo : self._lo + self.n_local]
 
     def _message_sizes(
-        self, compressor, d: int, counts: Tensor, multiplicity: Tensor | None, slots: int
+        self,
+        compressor,
+        d: int,
+        counts: Tensor,
+        multiplicity: Tensor | None,
+        slots: int,
+        round: int,
+        stream: str | int,
     ) -> Tensor | None:
         """(W, slots) int64 bits of every message slot of every rank, j-major within a rank as in
-        step 1, from ``compressor.message_bits`` alone; None when sizes vary (Bernoulli)."""
+        step 1, from ``compressor.message_bits`` alone; None when sizes vary (Bernoulli). For a
+        compressor ``sized_by_draws`` (``bernoulli:q:seeded``), message_bits is given the
+        senders' Randomness of copy j (draws are keyed per worker, so one object over all of
+        copy j's senders draws what their ranks draw), and nothing is cached."""
         message_bits = getattr(compressor, "message_bits", None)
         if message_bits is None:  # not a marina compressor: sizes are exchanged
             return None
+        drawn = getattr(compressor, "sized_by_draws", False)
         key = (compressor.spec, compressor.value_dtype, compressor.workers, d)
-        if multiplicity is None and key in self._size_cache:
+        if multiplicity is None and not drawn and key in self._size_cache:
             return self._size_cache[key]
         W, n_local = self.world_size, self.n_local
         out = torch.zeros((W, slots), dtype=SIZE_DTYPE)
         filled = torch.zeros(W, dtype=torch.int64)
         for j in range(int(counts.max())):
             senders = torch.nonzero(counts > j).reshape(-1)
-            bits = message_bits(d, senders)
+            if drawn:
+                rng = Randomness(self.seed, copy_stream(stream, j), round, senders)
+                bits = message_bits(d, senders, rng=rng)
+            else:
+                bits = message_bits(d, senders)
             if bits is None:
                 return None
             owner = senders // n_local  # senders increase, so each rank's are contiguous
@@ -623,7 +654,7 @@ class TorchDistributedNetwork(Network):
             pos = torch.arange(senders.numel()) - first[owner] + filled[owner]
             out[owner, pos] = bits.to("cpu", SIZE_DTYPE)
             filled += per
-        if multiplicity is None:
+        if multiplicity is None and not drawn:
             self._size_cache[key] = out
         return out
 
@@ -645,20 +676,29 @@ class TorchDistributedNetwork(Network):
         self._raise_compress_failure(compressor, codes, error)
 
     def _count(
-        self, round: int, stream: str | int, messages: int, slots: int, per_rank: Tensor, exchanged: bool
+        self,
+        round: int,
+        stream: str | int,
+        messages: int,
+        slots: int,
+        per_rank: Tensor,
+        exchanged: bool,
+        width: int | None = None,
     ) -> None:
-        """Add one aggregation's bytes to the counters (see "Bytes on the wire")."""
+        """Add one aggregation's bytes to the counters (see "Bytes on the wire"); ``width``: the
+        bytes each rank contributed (default the largest rank's)."""
         W = self.world_size
         per_rank_bytes = per_rank.tolist()
+        width = max(per_rank_bytes) if width is None else int(width)
         payload = sum(per_rank_bytes)
-        padding = W * max(per_rank_bytes) - payload
+        padding = W * width - payload
         size_bytes = W * slots * SIZE_BYTES if exchanged else 0
         wire = (W - 1) * (size_bytes + payload + padding)
         self.payload_bytes += payload
         self.padding_bytes += padding
         self.size_bytes += size_bytes
         self.wire_bytes += wire
-        self._model_link(W, max(per_rank_bytes), slots if exchanged else 0)
+        self._model_link(W, width, slots if exchanged else 0)
         if self.keep_log:
             self.exchanges.append(
                 {
