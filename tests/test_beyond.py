@@ -291,6 +291,12 @@ def test_marina_theory_predicts_ef21_and_dasha_from_hand_formulas(capsys):
     assert main(["theory", *tiny, "--compressor", "topk:2", "--json"]) == 0
     labels = [r["label"] for r in json.loads(capsys.readouterr().out)["methods"]]
     assert labels == ["ef21", "ef21-pp"]
+    # the table says why there is no omega and gives the contraction instead: alpha = K/d, 1/d
+    for spec, alpha in (("topk:2", "0.2"), ("sign", "0.1")):
+        assert main(["theory", *tiny, "--compressor", spec]) == 0
+        head = capsys.readouterr().out.splitlines()[2]
+        assert f"{spec}: omega undefined (biased), contractive with alpha = {alpha}," in head
+        assert "nan" not in head
 
 
 # -- state -------------------------------------------------------------------------------------------

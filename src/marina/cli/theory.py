@@ -10,6 +10,7 @@ Delta_0 = f(x^0) - f_low.
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from typing import Any
 
@@ -227,6 +228,7 @@ def compute(
             "L_max": setting.L_max,
             "L_avg": setting.L_avg,
             "omega": setting.omega,
+            "alpha": setting.alpha,
             "zeta": setting.zeta,
             "correlated": setting.correlated,
             "ab": [setting.ab_A, setting.ab_B] if setting.correlated else None,
@@ -244,6 +246,13 @@ def _used_counts(used: dict[str, Any]) -> dict[str, Any]:
     return {key: used[key] for key in ("batch_size", "clients", "dense_batch_size") if key in used}
 
 
+def _omega_text(t: dict[str, Any]) -> str:
+    """omega, or for a biased compressor why there is none and its contraction alpha."""
+    if math.isfinite(t["omega"]):
+        return f"omega = {t['omega']:.6g}"
+    return f"omega undefined (biased), contractive with alpha = {t['alpha']:.6g}"
+
+
 def _table(t: dict[str, Any]) -> str:
     how = "measured mean" if t["message_bits_measured"] else "exact"
     lines = [
@@ -251,7 +260,7 @@ def _table(t: dict[str, Any]) -> str:
         f"m = {t['m_mean']:.1f} per worker (min {t['m_min']}, max {t['m']})",
         f"smoothness  L = {t['L']:.6g} (sqrt mean L_i^2), L_f = {t['L_f']:.6g}, L_avg = {t['L_avg']:.6g}, "
         f"L_i in [{t['L_i']['min']:.6g}, {t['L_i']['max']:.6g}] (mean {t['L_i']['mean']:.6g})",
-        f"compressor  {t['compressor']}: omega = {t['omega']:.6g}, zeta_Q = {t['zeta']:.6g}, "
+        f"compressor  {t['compressor']}: {_omega_text(t)}, zeta_Q = {t['zeta']:.6g}, "
         f"{t['message_bits']:.6g} bits per message ({how}; dense vector {t['d'] * t['wire_bits']} bits)",
         *(
             [
