@@ -129,10 +129,12 @@ def test_bad_hook_states_are_refused():
         CompressionHookState("randk:3", "marina")
     with pytest.raises(ConfigError, match="biased"):
         CompressionHookState("topk:3")
-    with pytest.raises(ConfigError, match="share must be in"):
+    with pytest.raises(ConfigError, match=r"must be in \(0%, 100%\]"):
         CompressionHookState("randk:150%")
     assert CompressionHookState("randk:1%").compressor_for(1000).spec == "randk:10"
     assert CompressionHookState("randk:1%").compressor_for(5).spec == "randk:1"
+    # a composition's RandK share, resolved per bucket: round(2.5% of 1000) = 25 values of 2 bits
+    assert CompressionHookState("randk:2.5%+qsgd:2").compressor_for(1000).spec == "randk:25+qsgd:2"
 
 
 if __name__ == "__main__":

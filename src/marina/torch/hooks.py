@@ -17,10 +17,11 @@ follow from the compressor, gloo or NCCL), with the keyed randomness (seed, stre
   3. h_r += alpha Delta_r, h += alpha (1/W) sum_r Delta_r (alpha = 1/(1 + omega) by default),
   the shifts h_r, h kept per bucket in the state (zeros at first).
 
-The compressor must be unbiased; ``"randk:P%"`` keeps ceil(P d / 100) coordinates of a bucket of
-d entries (at least one). Counters: ``state.bits_up`` (exact bits of every rank's messages, all
-ranks together, as ``Network.bits_up``), ``state.messages``, ``state.rounds`` (backward passes:
-the round advances after the last bucket).
+The compressor must be unbiased; ``"randk:P%"`` keeps round(P d / 100) coordinates of a bucket
+of d entries (at least one; also in compositions, ``"randk:1%+natural"``), as the optimizers do.
+Counters: ``state.bits_up`` (exact bits of every rank's messages, all ranks together, as
+``Network.bits_up``), ``state.messages``, ``state.rounds`` (backward passes: the round advances
+after the last bucket).
 
 Why MARINA itself cannot be a hook: MARINA's step is x^{k+1} = x^k - gamma g^k with
 g^{k+1} = g^k + Q(grad f_i(x^{k+1}) - grad f_i(x^k)) and, with probability p, the dense
@@ -33,7 +34,6 @@ optimizer, not an averaging rule: use the ``marina.torch`` optimizers (issue 12)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from marina import compressors
 from marina.errors import ConfigError
 from marina.network.torch_distributed import TorchDistributedNetwork
+from marina.torch.optim import compressor_for
 
 __all__ = ["CompressionHookState", "compression_hook"]
 
@@ -84,21 +84,9 @@ class CompressionHookState:
         self.compressor_for(100)  # a bad spec fails here, not in the first backward pass
 
     def compressor_for(self, d: int) -> Any:
-        """The compressor of a bucket of ``d`` entries (``randk:P%`` resolved to a K)."""
-        name, _, arg = self.compressor.partition(":")
-        spec = self.compressor
-        if arg.endswith("%"):
-            try:
-                share = float(arg[:-1])
-            except ValueError:
-                raise ConfigError(f"compressor == {self.compressor!r}: {arg!r} is not a percentage") from None
-            if not 0 < share <= 100:
-                raise ConfigError(f"compressor == {self.compressor!r}: the share must be in (0, 100] %")
-            spec = f"{name}:{max(1, math.ceil(share * d / 100))}"
-        Q = compressors.get(spec)
-        if not Q.unbiased:
-            raise ConfigError(f"compressor == {self.compressor!r} is biased; the hook needs an unbiased one")
-        return Q
+        """The compressor of a bucket of ``d`` entries (``randk:P%`` resolved to a K, as the
+        optimizers resolve it: :func:`marina.torch.optim.compressor_for`)."""
+        return compressor_for(self.compressor, d, None, user="the DDP hook and its methods (qgd, diana)")
 
     def network(self, device: torch.device) -> TorchDistributedNetwork:
         if self._network is None:

@@ -64,12 +64,15 @@ APPLIED_LR = "applied_lr"
 """param_groups key: the lr of the move that produced the current parameters (MARINA family)."""
 
 
-def compressor_for(spec: Any, d: int, n: int, contractive: bool = False) -> compressors.Compressor:
+def compressor_for(
+    spec: Any, d: int, n: int | None, contractive: bool = False, user: str = "the marina.torch optimizers"
+) -> compressors.Compressor:
     """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))
-    (also in ``"randk:1%+natural"``).
+    (also in ``"randk:1%+natural"``). The optimizers and the DDP hook (a bucket of d entries)
+    resolve their specs here.
 
     Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
-    contractive ones (``topk:K``) too."""
+    contractive ones (``topk:K``) too. ``user`` names who needs it in the errors."""
     head, plus, tail = spec.partition("+") if isinstance(spec, str) else ("", "", "")
     if head.strip().endswith("%"):  # also the RandK of a composition, "randk:1%+natural"
         name, _, arg = head.strip().partition(":")
@@ -85,7 +88,7 @@ def compressor_for(spec: Any, d: int, n: int, contractive: bool = False) -> comp
     Q = compressors.get(spec, workers=n) if isinstance(spec, str) else compressors.get(spec)
     if not getattr(Q, "unbiased", False) and not (contractive and Q.contractive):
         raise ConfigError(
-            f"compressor {Q.spec!r} is biased; the marina.torch optimizers need an unbiased one"
+            f"compressor {Q.spec!r} is biased; {user} need an unbiased one"
             + (" or a contractive one (topk:K)" if contractive else " (EF21 takes topk:K)")
         )
     return Q
