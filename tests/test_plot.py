@@ -252,3 +252,25 @@ def test_best_keeps_the_multiplier_with_the_lowest_final_value():
     ]
     with pytest.raises(ConfigError, match=r"--best 'method' is not a configuration column; allowed: workers"):
         plotting.best(df, "method")
+
+
+def test_best_keeps_the_highest_final_accuracy():
+    # an accuracy column: the largest final value wins, a run stopped early counts as -inf
+    frames = []
+    for mult, acc in ((0.5, 0.9), (1.0, 0.7), (2.0, 0.8)):
+        f = make_results(problems=("a9a",), extra={"stepsize_multiplier": mult})
+        f["run_id"] = f["run_id"] + f"-x{mult}"
+        f["test_acc"] = acc * f["iteration"] / f["iteration"].max()
+        if mult == 0.5:  # the best accuracy, but MARINA's run stopped early
+            f = f[(f.method != "marina") | (f.iteration <= 50)]
+        frames.append(f)
+    kept, choices = plotting.best(pd.concat(frames, ignore_index=True), "stepsize_multiplier", "test_acc")
+    by_label = {c["label"]: c for c in choices}
+    assert {k: c["kept"] for k, c in by_label.items()} == {
+        "DIANA, randk:1": 0.5,
+        "DIANA, randk:5": 0.5,
+        "MARINA, randk:1": 2.0,
+        "MARINA, randk:5": 2.0,
+    }
+    assert by_label["MARINA, randk:1"]["tried"][0.5] == float("-inf")
+    assert by_label["MARINA, randk:1"]["final"] == pytest.approx(0.8)

@@ -280,8 +280,13 @@ def _natural(text: str) -> tuple:
     )
 
 
+def higher_is_better(y: str) -> bool:
+    """An accuracy column (``..._acc``, ``...accuracy...``): larger final values are better."""
+    return y.endswith("acc") or "accuracy" in y
+
+
 def _auto_yscale(y: str, cs: list[Curve]) -> str:
-    if y.endswith("acc") or "accuracy" in y:
+    if higher_is_better(y):
         return "linear"
     values = [c.lo for c in cs if len(c.lo)]
     if values and all(bool(np.all(v > 0)) for v in values):
@@ -410,9 +415,10 @@ def plot(
 
 def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Per curve (configuration without ``column``), the runs of the value of ``column`` whose
-    final ``y`` (last logged value, mean over seeds) is lowest; a run that diverged or stopped
-    early counts as +inf. This is how tuned-stepsize figures are drawn from a grid of
-    ``stepsize_multiplier`` values.
+    final ``y`` (last logged value, mean over seeds) is best: lowest, or highest for an accuracy
+    (:func:`higher_is_better`); a run that diverged or stopped early counts as the worst value
+    (+inf, or -inf for an accuracy). This is how tuned-stepsize figures are drawn from a grid
+    of ``stepsize_multiplier`` values.
 
     Returns:
         (the kept rows of ``df``, one dict per curve: ``problem``, ``label`` (method,
@@ -427,7 +433,8 @@ def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.Dat
         return df, []
     last = df.sort_values("iteration").groupby("run_id", sort=False).tail(1)
     ok = np.isfinite(last[y].astype("float64")) & (last["iteration"] >= last["iterations"])
-    finals = last.assign(_final=np.where(ok, last[y].astype("float64"), np.inf))
+    higher = higher_is_better(y)
+    finals = last.assign(_final=np.where(ok, last[y].astype("float64"), -np.inf if higher else np.inf))
     keys = [c for c in _KEY_COLUMNS if c in df.columns and c != column]
     kept_runs: list[str] = []
     choices: list[dict[str, Any]] = []
@@ -436,7 +443,7 @@ def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.Dat
         tried: dict[Any, float] = {}
         for value, gv in g.groupby(column, sort=True, dropna=False):
             tried[None if _is_missing(value) else value] = float(gv["_final"].mean())
-        kept = min(tried, key=lambda v: tried[v])
+        kept = (max if higher else min)(tried, key=lambda v: tried[v])
         mask = g[column].isna() if kept is None else g[column] == kept
         kept_runs += g.loc[mask, "run_id"].tolist()
         label = f"{method_label(key['method'])}, {key['compressor']}"

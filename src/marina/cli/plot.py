@@ -57,8 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--best",
         default=None,
         metavar="COLUMN",
-        help="per curve, keep only the value of COLUMN (e.g. stepsize_multiplier) with the lowest "
-        "final y (diverged runs count as +inf) and say which was kept",
+        help="per curve, keep only the value of COLUMN (e.g. stepsize_multiplier) with the best "
+        "final y: the lowest, the highest for an accuracy (diverged runs count as the worst) "
+        "and say which was kept",
     )
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
