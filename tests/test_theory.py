@@ -8,6 +8,7 @@ import pytest
 
 from marina import theory
 from marina.errors import ConfigError
+from marina.methods.base import Setting
 
 
 def test_gd_and_qgd_stepsizes():
@@ -76,8 +77,36 @@ def test_guarantee_factors():
     assert theory.guarantee("diana", 1.0, 0.5, 10) == pytest.approx(0.8)
     # QGD: 2 e Delta_0/(gamma K) + L_f C gamma
     assert theory.guarantee("qgd", 1.0, 0.5, 10, L_f=2.0, qgd_C=3.0) == pytest.approx(2 * math.e / 5 + 3.0)
+    for successor in ("ef21", "ef21-pp", "dasha", "dasha-page"):  # dense start: 2 Delta_0/(gamma K)
+        assert theory.guarantee(successor, 1.0, 0.5, 10) == pytest.approx(0.4)
     with pytest.raises(ConfigError, match="no guarantee"):
         theory.guarantee("adam", 1.0, 0.5, 10)
+    with pytest.raises(ConfigError, match="no guarantee"):
+        theory.guarantee("ef21-sgd", 1.0, 0.5, 10)  # its bound adds a sigma^2 term
+
+
+@pytest.mark.parametrize("method", ["ef21", "ef21-pp", "dasha", "dasha-page"])
+def test_successor_predictions_solve_their_guarantee(method):
+    setting = Setting(
+        d=100,
+        n=10,
+        m=1000,
+        m_min=1000,
+        L=2.0,
+        L_max=3.0,
+        L_f=1.5,
+        L_avg=4.0,
+        omega=9.0,
+        zeta=10.0,
+        wire_bits=32,
+        iterations=1,
+        alpha=0.1,
+    )
+    eps, delta0 = 0.1, 0.25
+    pred = theory.predict_successor(method, setting, eps=eps, delta0=delta0, message_bits=39.0, batch_size=10)
+    # K rounds reach eps^2 and K - 1 do not
+    assert theory.guarantee(method, delta0, pred.stepsize, pred.rounds) <= eps**2 * (1 + 1e-12)
+    assert pred.rounds == 1 or theory.guarantee(method, delta0, pred.stepsize, pred.rounds - 1) > eps**2
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,11 @@ _GUARANTEE_FACTOR = {
     # Horvath et al. 2019, Theorem 4: 40 Delta_0 L sqrt(1+omega/n)(M^{2/3}+omega+1)/K = 4 Delta_0/(gamma K)
     "diana": 4.0,
     "vr-diana": 4.0,
+    # with the dense start g_i^0 = grad f_i(x^0) the G^0 terms vanish (predict_successor):
+    "ef21": 2.0,  # Richtarik, Sokolov, Fatkhullin 2021, Theorem 1
+    "ef21-pp": 2.0,  # Fatkhullin et al. 2021 (EF21 extensions), Theorem 7
+    "dasha": 2.0,  # Tyurin & Richtarik 2022, Theorem 6.1
+    "dasha-page": 2.0,  # Theorem 6.4
 }
 
 
@@ -273,10 +278,12 @@ def guarantee(
       start at Delta_0);
     - diana, vr-diana: 4 Delta_0/(gamma K) (Horvath et al. 2019, Theorem 4: 40 Delta_0 L
       sqrt(1+omega/n)(M^{2/3}+omega+1)/K with gamma = 1/(10 L sqrt(1+omega/n)(M^{2/3}+omega+1)));
+    - ef21 (Thm 1), ef21-pp (Thm 7 of the extensions paper), dasha (Thm 6.1), dasha-page
+      (Thm 6.4): 2 Delta_0/(gamma K) with the dense start g_i^0 = grad f_i(x^0);
     - qgd: 2 e Delta_0/(gamma K) + L_f C gamma (Khaled & Richtarik 2020, Theorem 2, with
       (1 + L A gamma^2)^K <= e for gamma <= 1/sqrt(L A K)); pass ``L_f`` and ``qgd_C``.
-    The online VR-MARINA bound adds a sigma^2/(n b) term that depends on the noise level: not
-    covered here.
+    The online VR-MARINA, EF21-SGD and DASHA-MVR bounds add terms of the noise level sigma^2:
+    not covered here.
     """
     delta0 = _nonnegative("Delta_0", delta0)
     gamma = _positive("stepsize", stepsize)
@@ -629,7 +636,7 @@ def predict_successor(
         per_round_oracle = p * m + (1.0 - p) * 2.0 * B
     else:
         raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
-    K = max(1, math.ceil(2.0 * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
+    K = max(1, math.ceil(_GUARANTEE_FACTOR[method] * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
     bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
     oracle = m + K * per_round_oracle
     a = dasha_momentum(s.omega) if method.startswith("dasha") else None
