@@ -3,7 +3,8 @@
 Topology: one namespace holding a Linux bridge, and one namespace per rank, joined to the bridge
 by a veth pair (10.77.0.(r+1)/24). Both ends of every veth are shaped with
 ``tc qdisc replace dev ... root tbf rate R`` (the rank's upload and its download), for each rate
-of ``--rates`` in turn, plus one unshaped stage (the compute and loopback-like latency floor).
+of ``--rates`` in turn, ``--repeats`` times, each shaped stage right after an unshaped one (the
+compute and loopback-like latency floor, measured beside every rate since the load drifts).
 The script creates and removes every namespace itself (also on errors, Ctrl-C and SIGTERM) and
 touches no interface outside them; it needs root (``ip netns``) and says so otherwise.
 
@@ -25,9 +26,10 @@ stepsize and the multipliers of ``--multipliers``:
    ||grad f(x^k)||^2 <= eps ||grad f(x^0)||^2, for every eps of ``--eps``.
 3. Seconds to target = the sum over rounds 1..k_eps of the measured seconds of each round's kind.
 4. The link model (``marina.run(link=...)``, :mod:`marina.network.link`) on the same rounds:
-   modelled seconds per round, compared with the measured ones minus the unshaped floor.
+   modelled seconds per round plus the floor measured beside that rate, compared with the
+   measured seconds per round (medians over the repeats).
 
-Run (as root): ``python benchmarks/link.py [--ranks 4] [--rates 1gbit 100mbit 10mbit]``
+Run (as root): ``python benchmarks/link.py [--ranks 4] [--rates 1gbit 100mbit 10mbit] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +190,7 @@ def rank_job(spec: str) -> None:
             seed=0,
             log_every=rounds,  # logged at 0 and at the end only: two dense metric gathers
             stepsize_multiplier=mult,
-            timeout_s=300,
+            timeout_s=60,  # a failed set-up is retried on another port (measure)
         )
         h = res.history
         out[f"{method} {comp} {mult}"] = [
@@ -199,9 +202,20 @@ def rank_job(spec: str) -> None:
 
 
 def measure(args, data: Path, jobs: list[tuple[str, str, float, int]], tmp: Path, port: int) -> dict:
-    """One shaped stage: every job on W ranks (one process each, in its namespace): per job the
-    method's seconds for rounds 1..R (``time_s``: metrics excluded) and the wall-clock of the
-    job (its two metric logs and set-up included)."""
+    """One shaped stage (:func:`_measure_once`), started again on another port when its ranks
+    fail (gloo's connection set-up through a freshly shaped link is occasionally refused)."""
+    for attempt in range(3):
+        try:
+            return _measure_once(args, data, jobs, tmp, port + 1000 * attempt)
+        except RuntimeError as err:
+            print(f"stage on port {port + 1000 * attempt} failed, starting it again: {err}", file=sys.stderr)
+    raise RuntimeError(f"stage {[job[0] for job in jobs]} failed three times")
+
+
+def _measure_once(args, data: Path, jobs: list[tuple[str, str, float, int]], tmp: Path, port: int) -> dict:
+    """Every job on W ranks (one process each, in its namespace): per job the method's seconds
+    for rounds 1..R (``time_s``: metrics excluded) and the wall-clock of the job (its two metric
+    logs and set-up included)."""
     result = tmp / f"stage-{port}.json"
     spec = json.dumps({"configs": jobs, "data": str(data), "workers": args.ranks, "out": str(result)})
     procs = []
@@ -266,6 +280,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=4.0, help="GD's measured seconds per shaped job")
     ap.add_argument("--max-rounds", type=int, default=3000, help="simulated rounds to find k_eps")
     ap.add_argument("--job-timeout", type=float, default=600, help="seconds allowed per shaped stage")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="shaped stages per rate (each beside an unshaped one)"
+    )
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
@@ -289,73 +306,91 @@ def main() -> None:
     sims = {c: simulate(prob, *c, args.max_rounds, None) for c in cfgs}
     rows = []
     port = PORT
+
+    def jobs_at(link) -> list[tuple[str, str, float, int]]:  # noqa: ANN001
+        jobs = []
+        for method, comp, mult in cfgs:
+            if mult != args.multipliers[0]:
+                continue  # the seconds of a round do not depend on the stepsize
+            rounds = args.rounds
+            if method == "gd" and link is not None:  # keep the slow dense jobs short
+                est = link.all_gather_s(args.ranks, 4 * prob.dim)
+                rounds = max(3, min(args.rounds, int(args.budget_s / est)))
+            jobs.append((method, comp, mult, rounds))
+        return jobs
+
+    def median_stage(stages: list[dict]) -> dict:
+        return {key: [statistics.median(s[key][i] for s in stages) for i in range(2)] for key in stages[0]}
+
+    # every shaped stage between two unshaped ones is repeated; the floor of a rate is the median
+    # of the unshaped stages measured beside it (the machine's load drifts between rates)
+    stages: dict[str | None, list[dict]] = {None: []}
+    floors: dict[str, dict] = {}
     try:
         with Namespaces(args.ranks) as spaces:
-            for rate in [None, *args.rates]:
-                spaces.shape(rate)
-                link = parse_link(rate) if rate else None
-                jobs = []
-                for method, comp, mult in cfgs:
-                    if mult != args.multipliers[0]:
-                        continue  # the seconds of a round do not depend on the stepsize
-                    rounds = args.rounds
-                    if method == "gd" and link is not None:  # keep the slow dense jobs short
-                        est = link.all_gather_s(args.ranks, 4 * prob.dim)
-                        rounds = max(3, min(args.rounds, int(args.budget_s / est)))
-                    jobs.append((method, comp, mult, rounds))
-                port += 1
-                stage = measure(args, data, jobs, tmp, port)
-                t_dense = math.nan
-                for method, comp, mult, rounds in jobs:
-                    rounds_s, wall = stage[f"{method} {comp} {mult}"]
-                    schedule = dense_rounds(sims[(method, comp, mult)].iloc[: rounds + 1], dense_bits)
-                    n_dense, n_comp = int(schedule.sum()), int((~schedule).sum())
-                    if method == "gd":
-                        t_dense, t_comp = rounds_s / rounds, math.nan
-                    else:  # the measured job's dense rounds at GD's measured cost, the rest compressed
-                        t_comp = max(1e-6, (rounds_s - n_dense * t_dense) / max(1, n_comp))
-                    model = simulate(prob, method, comp, mult, rounds, rate) if rate else None
-                    for mult2 in args.multipliers:
-                        h = sims[(method, comp, mult2)]
-                        g0 = float(h["grad_norm_sq"].iloc[0])
-                        kinds = dense_rounds(h, dense_bits).to_numpy()
-                        row = {
-                            "rate": rate or "unshaped",
-                            "method": method,
-                            "compressor": comp,
-                            "mult": mult2,
-                            "s/round": rounds_s / rounds,
-                            "dense s": t_dense,
-                            "compressed s": t_comp,
-                            "wall s/round": wall / rounds,
-                            "measured rounds": rounds,
-                        }
-                        if model is not None:
-                            # rounds 1..R only, as measured (the start's dense g^0 excluded)
-                            modelled = model["link_time_s"].iloc[-1] - model["link_time_s"].iloc[0]
-                            row["model s/round"] = float(modelled) / rounds
-                        for eps in args.eps:
-                            hit = h.index[h["grad_norm_sq"] <= eps * g0]
-                            if len(hit) == 0:
-                                row[f"rounds to {eps:g}"] = math.inf
-                                row[f"s to {eps:g}"] = math.inf
-                                continue
-                            k = int(h["iteration"].iloc[hit[0]])
-                            nd = int(kinds[:k].sum())
-                            row[f"rounds to {eps:g}"] = k
-                            row[f"s to {eps:g}"] = nd * t_dense + (k - nd) * (
-                                t_dense if method == "gd" else t_comp
-                            )
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
+            for rate in args.rates:
+                stages[rate], beside = [], []
+                for _ in range(args.repeats):
+                    for shaped in (None, rate):
+                        spaces.shape(shaped)
+                        port += 1
+                        jobs = jobs_at(parse_link(shaped) if shaped else None)
+                        stage = measure(args, data, jobs, tmp, port)
+                        print(f"{shaped or 'unshaped'} (beside {rate}): {json.dumps(stage)}", file=sys.stderr)
+                        (stages[rate] if shaped else beside).append(stage)
+                stages[None] += beside
+                floors[rate] = median_stage(beside)
+        for rate in [None, *args.rates]:
+            link = parse_link(rate) if rate else None
+            jobs, stage = jobs_at(link), median_stage(stages[rate])
+            t_dense = math.nan
+            for method, comp, mult, rounds in jobs:
+                rounds_s, wall = stage[f"{method} {comp} {mult}"]
+                schedule = dense_rounds(sims[(method, comp, mult)].iloc[: rounds + 1], dense_bits)
+                n_dense, n_comp = int(schedule.sum()), int((~schedule).sum())
+                if method == "gd":
+                    t_dense, t_comp = rounds_s / rounds, math.nan
+                else:  # the measured job's dense rounds at GD's measured cost, the rest compressed
+                    t_comp = max(1e-6, (rounds_s - n_dense * t_dense) / max(1, n_comp))
+                model = simulate(prob, method, comp, mult, rounds, rate) if rate else None
+                for mult2 in args.multipliers:
+                    h = sims[(method, comp, mult2)]
+                    g0 = float(h["grad_norm_sq"].iloc[0])
+                    kinds = dense_rounds(h, dense_bits).to_numpy()
+                    row = {
+                        "rate": rate or "unshaped",
+                        "method": method,
+                        "compressor": comp,
+                        "mult": mult2,
+                        "s/round": rounds_s / rounds,
+                        "dense s": t_dense,
+                        "compressed s": t_comp,
+                        "wall s/round": wall / rounds,
+                        "measured rounds": rounds,
+                    }
+                    if model is not None:
+                        # rounds 1..R only, as measured (the start's dense g^0 excluded)
+                        modelled = model["link_time_s"].iloc[-1] - model["link_time_s"].iloc[0]
+                        row["model s/round"] = float(modelled) / rounds
+                        floor_s, _ = floors[rate][f"{method} {comp} {mult}"]
+                        row["floor s/round"] = floor_s / args.rounds
+                    for eps in args.eps:
+                        hit = h.index[h["grad_norm_sq"] <= eps * g0]
+                        if len(hit) == 0:
+                            row[f"rounds to {eps:g}"] = math.inf
+                            row[f"s to {eps:g}"] = math.inf
+                            continue
+                        k = int(h["iteration"].iloc[hit[0]])
+                        nd = int(kinds[:k].sum())
+                        row[f"rounds to {eps:g}"] = k
+                        t_rest = t_dense if method == "gd" else t_comp
+                        row[f"s to {eps:g}"] = nd * t_dense + (k - nd) * t_rest
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     df = pd.DataFrame(rows)
-    floor = df[df["rate"] == "unshaped"].set_index(["method", "mult"])["s/round"]
-    df["model+floor s/round"] = [
-        r["model s/round"] + floor[(r["method"], r["mult"])] if r["rate"] != "unshaped" else math.nan
-        for _, r in df.iterrows()
-    ]
+    df["model+floor s/round"] = df["model s/round"] + df["floor s/round"]
     df["model error"] = df["model+floor s/round"] / df["s/round"] - 1
     with pd.option_context(
         "display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format
