@@ -36,14 +36,20 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
-_NUMPY_CODES = 1 << 18
+_NUMPY_CODES = 1 << 13
 """CPU segments of at most this many codes (all rows) go through numpy's bit packing
-(:func:`_pack_np`: 32 or 64 bytes of work per code, at most 16 MB here; faster than the byte
-plan at every size measured); larger ones, and other devices, through the byte plan of tensor
-operations. Same bytes (tests/test_compressors_wire.py compares the paths for every width)."""
+(:func:`_pack_np`: 32 or 64 bytes of work per code, at most 512 KB here); larger ones, and
+other devices, through the byte plan of tensor operations, whose cost grows with the bits rather
+than the codes plus a fixed 0.2 ms (benchmarks/codes.py: numpy 13x faster at 1000 codes of 17
+bits, the plan 2x at 3 x 10^4 codes of 3 bits). Same bytes (tests/test_compressors_wire.py
+compares the paths for every width)."""
 _WORD = 56
 """Rows of at most this many code bits are packed as one little-endian 64-bit word each:
 code t shifted to bit t w (the layout below, byte b of the word being byte b of the row)."""
+
+
+_NUMPY_FLOATS = {torch.float64: "<f8", torch.float32: "<f4", torch.float16: "<f2"}
+"""Wire dtypes numpy reads directly (little-endian); bfloat16 goes through tensor views."""
 
 
 def _word_dtype(w: int) -> str:
@@ -116,6 +122,8 @@ def bytes_to_values(raw: Tensor, m: int, dtype: torch.dtype) -> Tensor:
     size = torch.finfo(dtype).bits // 8
     if m == 0:
         return torch.empty((raw.shape[0], 0), dtype=dtype, device=raw.device)
+    if raw.device.type == "cpu" and dtype in _NUMPY_FLOATS and raw.shape[1] >= m * size:  # one numpy copy
+        return torch.from_numpy(raw.numpy()[:, : m * size].copy().view(_NUMPY_FLOATS[dtype]))
     n = raw.shape[0]
     # reshape(-1) copies unless the bytes are one contiguous run (then it is a view)
     flat = raw[:, : m * size].reshape(-1)
