@@ -6,6 +6,10 @@ with torchrun's environment, one torch thread), n = W workers of a9a, once for
 
 - time: the runner's method time (``time_s``: local gradients, compression, the one
   all-gather of every aggregation, decompression; metric evaluation excluded) / rounds;
+- CPU: the CPU seconds (user + system, gloo's threads included) of a rank per round: the
+  job's CPU over all ranks minus that of the same job run for one round (set-up), over
+  rounds and ranks. Unlike the time, it does not count waiting for a core, so it tells the
+  work of a round apart from the scheduling noise of a shared machine;
 - wire bytes: what all ranks put on links (``wire_bytes``: payloads, padding and, for
   compressors whose sizes vary, the size exchange, times W - 1 receivers; see
   :mod:`marina.network.torch_distributed`);
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,15 +54,28 @@ METHODS = {
 }
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(
-    method: str, compressor: str, args: argparse.Namespace, out: Path, src: str | None = None
-) -> pd.Series:
-    """One job on ``args.ranks`` processes (with ``src/`` of ``src`` first on the path); rank 0's
-    last history row."""
+    method: str,
+    compressor: str,
+    args: argparse.Namespace,
+    out: Path,
+    src: str | None = None,
+    iterations: int | None = None,
+) -> tuple[pd.Series, float]:
+    """One job on ``args.ranks`` processes (with ``src/`` of ``src`` first on the path): rank 0's
+    last history row and the CPU seconds of all ranks together (set-up included)."""
+    iterations = args.iterations if iterations is None else iterations
     argv = [sys.executable, "-m", "marina", "run", "--backend", "torch-distributed"]
     argv += ["--problem", args.problem, "--workers", str(args.ranks), "--method", method]
-    argv += ["--compressor", compressor, "--iterations", str(args.iterations), "--seed", "0"]
-    argv += ["--log-every", str(args.iterations), "--checkpoint-every", "0", "--quiet", "--out", str(out)]
+    argv += ["--compressor", compressor, "--iterations", str(iterations), "--seed", "0"]
+    argv += ["--log-every", str(iterations), "--checkpoint-every", "0", "--quiet", "--out", str(out)]
+    cpu0 = _children_cpu_s()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(src) / "src"), env.get("PYTHONPATH", "")])
@@ -69,8 +87,9 @@ def run_one(
     if any(codes):
         text = "\n".join(Path(log.name).read_text() for log in logs)
         raise SystemExit(f"{method} failed (exit codes {codes}):\n{text}")
+    cpu = _children_cpu_s() - cpu0
     history = pd.read_parquet(out / "results.parquet")
-    return history.iloc[-1]
+    return history.iloc[-1], cpu
 
 
 def _ratio(a: float, b: float) -> str:
@@ -90,15 +109,22 @@ def main() -> None:
     trees = [("", None)] + ([(" @ baseline", args.baseline)] if args.baseline else [])
     runs = [(label + tag, m, c, src) for label, (m, c) in METHODS.items() for tag, src in trees]
     times: dict[str, list[float]] = {run[0]: [] for run in runs}
+    cpus: dict[str, list[float]] = {run[0]: [] for run in runs}
     with tempfile.TemporaryDirectory() as tmp:
+        # the CPU of a job's set-up (one round), subtracted from the full jobs' CPU
+        setup_cpu = {}
+        for i, (label, method, compressor, src) in enumerate(runs):
+            setup_cpu[label] = run_one(method, compressor, args, Path(tmp) / f"setup-{i}", src, 1)[1]
         for rep in range(args.repeats):  # methods interleaved, so load changes hit them alike
             for i, (label, method, compressor, src) in enumerate(runs):
-                last = run_one(method, compressor, args, Path(tmp) / f"{i}-{rep}", src)
+                last, cpu = run_one(method, compressor, args, Path(tmp) / f"{i}-{rep}", src)
                 k = float(last["iteration"])
                 times[label].append(1e3 * float(last["time_s"]) / k)
+                cpus[label].append(1e3 * (cpu - setup_cpu[label]) / (k - 1) / args.ranks)
                 rows[label] = {
                     "ms/round": statistics.median(times[label]),
                     "min ms/round": min(times[label]),
+                    "CPU ms/round/rank": statistics.median(cpus[label]),
                     "wire B/round": float(last["wire_bytes"]) / k,
                     "payload B/round": float(last["payload_bytes"]) / k,
                     "bits/n/round": float(last["bits_up"]) / k,
@@ -126,6 +152,7 @@ def main() -> None:
             print(
                 f"ratio gd{tag} / {label}: "
                 f"time per round {g['ms/round'] / m['ms/round']:.3g}x (target >= 1), "
+                f"CPU per round {g['CPU ms/round/rank'] / m['CPU ms/round/rank']:.3g}x, "
                 f"wire bytes per round {_ratio(g['wire B/round'], m['wire B/round'])}, "
                 f"accounted bits per round {g['bits/n/round'] / m['bits/n/round']:.3g}x"
             )
