@@ -61,7 +61,7 @@ class Bernoulli(Compressor):
 
     def expected_bits(self, d: int) -> float:
         """1 + q d w: the flag, and the d values with probability q (q d w when seeded: no flag)."""
-        return (0.0 if self.seeded else 1.0) + self.q * self._check_d(d) * self.wire_bits_per_value
+        return self.flag_bits + self.q * self._check_d(d) * self.wire_bits_per_value
 
     def _parse(self, arg: str | None) -> None:
         value, mode = _parse_mode(self.name, self.param, arg, self.modes)
@@ -71,6 +71,7 @@ class Bernoulli(Compressor):
         self.q = q
         self.seeded = mode == "seeded"
         self.regenerates = self.sized_by_draws = self.seeded
+        self.flag_bits = 0 if self.seeded else 1  # the flag travels unless the coin is regenerated
         if self.seeded:
             self.wire_formula = "d values when sent, nothing otherwise (the coin is regenerated from the key)"
 
@@ -95,7 +96,7 @@ class Bernoulli(Compressor):
         return self.q * self._check_d(d)
 
     def _bits(self, sent: Tensor, d: int) -> Tensor:
-        return (0 if self.seeded else 1) + sent.to(torch.int64) * (d * self.wire_bits_per_value)
+        return self.flag_bits + sent.to(torch.int64) * (d * self.wire_bits_per_value)
 
     def _coins(self, rng: Randomness) -> Tensor:
         """(n,) bool: which rows send (the one drawing call)."""
@@ -132,7 +133,7 @@ class Bernoulli(Compressor):
         sent = msg.data["sent"]
         n, d = sent.numel(), msg.d
         nv = d * self.wire_bits_per_value // 8
-        flag = 0 if self.seeded else 1
+        flag = self.flag_bits  # one byte: the values before it are byte aligned
         rows = torch.zeros((n, nv + flag), dtype=torch.uint8, device=sent.device)
         idx = torch.nonzero(sent).reshape(-1)
         rows[idx, :nv] = values_to_bytes(msg.data["values"])
@@ -149,7 +150,7 @@ class Bernoulli(Compressor):
         else:
             last = rows.gather(1, (lengths - 1).clamp(min=0).reshape(-1, 1)).reshape(-1)
             sent = (last & 1).bool()
-        flag = 0 if self.seeded else 1
+        flag = self.flag_bits  # bytes of the flag, as packed
         if bool((sent & (lengths != nv + flag)).any()) or bool((~sent & (lengths != flag)).any()):
             raise ConfigError(f"{self.spec}: payload lengths {lengths.tolist()} do not fit d == {d}")
         idx = torch.nonzero(sent).reshape(-1)
