@@ -220,19 +220,27 @@ def test_plot_into_given_axes():
         plotting.plot(make_results(), "rounds", "grad_norm_sq", ax=fig.subplots())
 
 
-def test_best_keeps_the_multiplier_with_the_lowest_final_value():
+def multiplier_grid(adjust, stopped: str) -> pd.DataFrame:
+    """Results of a stepsize_multiplier grid {0.5, 1, 2} (run ids told apart), each frame changed
+    by ``adjust(frame, mult)``; the runs of method ``stopped`` end early (round 50) at 0.5."""
     frames = []
     for mult in (0.5, 1.0, 2.0):
         f = make_results(problems=("a9a",), extra={"stepsize_multiplier": mult})
         f["run_id"] = f["run_id"] + f"-x{mult}"
-        # MARINA is best at 2, DIANA at 1; DIANA at 0.5 would be best but diverged (stopped early)
-        factor = {0.5: 0.9, 1.0: 1.0, 2.0: 0.5}[mult]
-        f.loc[f.method == "marina", "grad_norm_sq"] *= factor
-        f.loc[f.method == "diana", "grad_norm_sq"] *= {0.5: 0.1, 1.0: 1.0, 2.0: 3.0}[mult]
+        adjust(f, mult)
         if mult == 0.5:
-            f = f[(f.method != "diana") | (f.iteration <= 50)]
+            f = f[(f.method != stopped) | (f.iteration <= 50)]
         frames.append(f)
-    df = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_best_keeps_the_multiplier_with_the_lowest_final_value():
+    def adjust(f, mult):  # noqa: ANN001, ANN202
+        # MARINA is best at 2, DIANA at 1; DIANA at 0.5 would be best but diverged (stopped early)
+        f.loc[f.method == "marina", "grad_norm_sq"] *= {0.5: 0.9, 1.0: 1.0, 2.0: 0.5}[mult]
+        f.loc[f.method == "diana", "grad_norm_sq"] *= {0.5: 0.1, 1.0: 1.0, 2.0: 3.0}[mult]
+
+    df = multiplier_grid(adjust, stopped="diana")
     kept, choices = plotting.best(df, "stepsize_multiplier", "grad_norm_sq")
     by_label = {c["label"]: c for c in choices}
     assert {k: c["kept"] for k, c in by_label.items()} == {
@@ -256,15 +264,13 @@ def test_best_keeps_the_multiplier_with_the_lowest_final_value():
 
 def test_best_keeps_the_highest_final_accuracy():
     # an accuracy column: the largest final value wins, a run stopped early counts as -inf
-    frames = []
-    for mult, acc in ((0.5, 0.9), (1.0, 0.7), (2.0, 0.8)):
-        f = make_results(problems=("a9a",), extra={"stepsize_multiplier": mult})
-        f["run_id"] = f["run_id"] + f"-x{mult}"
-        f["test_acc"] = acc * f["iteration"] / f["iteration"].max()
-        if mult == 0.5:  # the best accuracy, but MARINA's run stopped early
-            f = f[(f.method != "marina") | (f.iteration <= 50)]
-        frames.append(f)
-    kept, choices = plotting.best(pd.concat(frames, ignore_index=True), "stepsize_multiplier", "test_acc")
+    def adjust(f, mult):  # noqa: ANN001, ANN202
+        f["test_acc"] = {0.5: 0.9, 1.0: 0.7, 2.0: 0.8}[mult] * f["iteration"] / f["iteration"].max()
+
+    # 0.5 has the best accuracy, but MARINA's runs there stopped early
+    kept, choices = plotting.best(
+        multiplier_grid(adjust, stopped="marina"), "stepsize_multiplier", "test_acc"
+    )
     by_label = {c["label"]: c for c in choices}
     assert {k: c["kept"] for k, c in by_label.items()} == {
         "DIANA, randk:1": 0.5,
