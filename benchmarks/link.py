@@ -322,8 +322,8 @@ def main() -> None:
     def median_stage(stages: list[dict]) -> dict:
         return {key: [statistics.median(s[key][i] for s in stages) for i in range(2)] for key in stages[0]}
 
-    # every shaped stage between two unshaped ones is repeated; the floor of a rate is the median
-    # of the unshaped stages measured beside it (the machine's load drifts between rates)
+    # each shaped stage is repeated, each time right after an unshaped one; the floor of a rate is
+    # the median of the unshaped stages measured beside it (the machine's load drifts between rates)
     stages: dict[str | None, list[dict]] = {None: []}
     floors: dict[str, dict] = {}
     try:
