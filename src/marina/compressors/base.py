@@ -53,6 +53,7 @@ process (see :mod:`marina.rng`).
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -409,6 +410,26 @@ class Compressor(ABC):
         """(d,) sum over the rows of ``decompress(msg)``, in this compressor's canonical order."""
         return self.sum_rows(self.decompress(msg))
 
+    # -- fused wire paths (the one-collective aggregation of marina.network.torch_distributed) --
+    def pack_compressed(self, X: Tensor | LazyRows, rng: Randomness) -> tuple[Tensor, Tensor]:
+        """``(rows, bits)``: the rows of ``_pack_rows(compress(X, rng))`` (message i in the first
+        ceil(bits_i / 8) bytes of row i) and the messages' bits; subclasses may fuse."""
+        msg = self.compress(X, rng)
+        return self._pack_rows(msg)[0], msg.bits
+
+    def sum_packed(
+        self,
+        rows: Tensor,
+        lengths: Tensor,
+        d: int,
+        worker_ids: Tensor,
+        dtype: torch.dtype,
+        rng: Randomness | None,
+    ) -> Tensor:
+        """(d,) ``sum_decompressed`` of the messages packed in ``rows`` (the arguments of
+        ``_unpack_rows``), bit for bit; subclasses may fuse."""
+        return self.sum_decompressed(self._unpack_rows(rows, lengths, d, worker_ids, dtype, rng))
+
     @staticmethod
     def sum_rows(X_hat: Tensor) -> Tensor:
         """The canonical (d,) sum of dense decompressed rows (a fixed torch reduction)."""
@@ -596,4 +617,9 @@ def column_chunks(n: int, d: int, device: torch.device):
 
 def wire_ceiling(dtypes: Sequence[torch.dtype]) -> float:
     """Largest finite value representable in every one of ``dtypes``."""
+    return _ceiling(tuple(dtypes))
+
+
+@functools.cache
+def _ceiling(dtypes: tuple[torch.dtype, ...]) -> float:
     return min(torch.finfo(t).max for t in dtypes)

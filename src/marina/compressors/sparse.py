@@ -31,11 +31,21 @@ message without saying that this presumes seeded indices).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from marina.compressors.base import Compressor, Message, _parse_int, _parse_mode, register
-from marina.compressors.wire import bytes_to_values, index_bits, pack_codes, unpack_codes, values_to_bytes
+from marina.compressors.wire import (
+    _NUMPY_FLOATS,
+    _WORD,
+    _unpack_word,
+    bytes_to_values,
+    index_bits,
+    pack_codes,
+    unpack_codes,
+    values_to_bytes,
+)
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
@@ -155,25 +165,53 @@ class _Sparse(Compressor):
     def _decompress(self, msg: Message) -> Tensor:
         return sparse_rows(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
-    def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
-        values = values_to_bytes(msg.data["values"])
+    def _rows(self, idx: Tensor, values: Tensor, d: int) -> Tensor:
+        """The packed messages, one row each: the K values, then (unless seeded) the K indices."""
+        values = values_to_bytes(values)
         if self.seeded:
-            return values, (msg.bits + 7) // 8
-        parts = [values, pack_codes(msg.data["indices"], index_bits(msg.d))]
-        return torch.cat(parts, dim=1), (msg.bits + 7) // 8
+            return values
+        return torch.cat([values, pack_codes(idx, index_bits(d))], dim=1)
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
+        return self._rows(msg.data["indices"], msg.data["values"], msg.d), (msg.bits + 7) // 8
+
+    def pack_compressed(self, X: Tensor | LazyRows, rng: Randomness) -> tuple[Tensor, Tensor]:
+        """The packed rows straight from the kept entries (no Message)."""
+        X, amax = self._check_input(X, rng)
+        n, d = X.shape
+        idx, values = self._kept(X, rng, amax)
+        return self._rows(idx, values, d), self._bits_tensor(n, self.bits_per_message(d), X.device)
+
+    def _entries(
+        self, rows: Tensor, d: int, worker_ids: Tensor, rng: Randomness | None
+    ) -> tuple[Tensor, Tensor]:
+        """(indices (n, K) int64, values (n, K) at the wire dtype) read from packed rows."""
         self._check_k(d)
         nv = self.K * self.wire_bits_per_value // 8
         if rows.shape[1] < nv:
             rows = torch.nn.functional.pad(rows, (0, nv - rows.shape[1]))
-        values = bytes_to_values(rows, self.K, self.value_dtype)
         if self.seeded:
-            idx = self._regenerate(rng, worker_ids, d)
-        else:
-            idx = unpack_codes(rows[:, nv:], self.K, index_bits(d)).to(torch.int64)
+            return self._regenerate(rng, worker_ids, d), bytes_to_values(rows, self.K, self.value_dtype)
+        wire, w = _NUMPY_FLOATS.get(self.value_dtype), index_bits(d)
+        if rows.device.type == "cpu" and wire is not None and self.K * w <= _WORD:
+            # numpy on the CPU (a few calls instead of a dozen small tensor ops): the values'
+            # bytes reinterpreted, the indices as one 64-bit word per row (wire.unpack_codes)
+            raw = rows.numpy()
+            values = torch.from_numpy(raw[:, :nv].copy().view(wire))
+            codes = _unpack_word(raw[:, nv : nv + (self.K * w + 7) // 8], self.K, w)
+            return torch.from_numpy(codes.astype(np.int64)), values
+        values = bytes_to_values(rows, self.K, self.value_dtype)
+        return unpack_codes(rows[:, nv:], self.K, w).to(torch.int64), values
+
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+        idx, values = self._entries(rows, d, worker_ids, rng)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"values": values, "indices": idx})
+
+    def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:  # noqa: ANN001
+        """:func:`sparse_sum` of the entries read from the rows (no Message)."""
+        idx, values = self._entries(rows, d, worker_ids, rng)
+        return sparse_sum(idx, values.to(dtype), d)
 
 
 @register

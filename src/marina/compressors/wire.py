@@ -154,13 +154,13 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
     """
     n, m = codes.shape
     nbytes = (m * w + 7) // 8
+    if w > 56:
+        raise ValueError(f"code width w == {w}, must be <= 56")
+    if w and m and n * m <= _NUMPY_CODES and codes.device.type == "cpu":
+        return _pack_np(codes, w, nbytes)
     out = torch.zeros((n, nbytes), dtype=torch.uint8, device=codes.device)
     if w == 0 or m == 0:
         return out
-    if w > 56:
-        raise ValueError(f"code width w == {w}, must be <= 56")
-    if n * m <= _NUMPY_CODES and codes.device.type == "cpu":
-        return _pack_np(codes, w, nbytes)
     work = torch.int32 if w <= 24 else torch.int64
     groups = (m + 7) // 8
     step = max(1, _CHUNK // max(1, 8 * n))

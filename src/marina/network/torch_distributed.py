@@ -578,13 +578,12 @@ class TorchDistributedNetwork(Network):
         # 1. compress and pack this rank's messages (rows of L bytes, or bit-packed)
         try:
             rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
-            msg = compressor.compress(X_local, rng)
-            if not _all_equal(msg.bits, bits):
+            rows, sent_bits = compressor.pack_compressed(X_local, rng)
+            if not _all_equal(sent_bits, bits):
                 raise DistributedError(
-                    f"{compressor.spec}: message bits {msg.bits.tolist()} differ from message_bits() "
+                    f"{compressor.spec}: message bits {sent_bits.tolist()} differ from message_bits() "
                     f"{bits} (a compressor declaring fixed sizes must keep them)"
                 )
-            rows, _ = compressor._pack_rows(msg)
             mine = (concat_bits(rows, bits) if packed else rows[:, :L].reshape(-1)).to(self.comm_device)
         except Exception as err:  # noqa: BLE001 - reported to every rank by the poison pattern
             error = err
@@ -605,12 +604,11 @@ class TorchDistributedNetwork(Network):
         )
         ids = senders.to(self.comm_device)
         all_rows = split_bits(buffer.view(W, width), self.n_local, bits) if packed else buffer.view(n, L)
-        back = compressor._unpack_rows(
-            all_rows, lengths, d=X_local.shape[1], worker_ids=ids, dtype=X_local.dtype, rng=rx
-        )
-        mean = compressor.sum_decompressed(back).to(X_local.device) / n
+        d = X_local.shape[1]
         if not return_local:
-            return mean
+            return compressor.sum_packed(all_rows, lengths, d, ids, X_local.dtype, rx).to(X_local.device) / n
+        back = compressor._unpack_rows(all_rows, lengths, d=d, worker_ids=ids, dtype=X_local.dtype, rng=rx)
+        mean = compressor.sum_decompressed(back).to(X_local.device) / n
         X_hat = compressor.decompress(back).to(X_local.device)
         return mean, X_hat[self._lo : self._lo + self.n_local]
 

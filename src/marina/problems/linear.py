@@ -290,6 +290,9 @@ class LinearModelProblem(Problem):
         """psi'(t, b) / _grad_factor, elementwise; may overwrite t (a fresh product A x)."""
         return self._dpsi(t, b)
 
+    _weights_read_targets = True
+    """False where :meth:`_weights` ignores b (then :meth:`_grad_entries` does not gather it)."""
+
     def _reg_value(self, x: Tensor) -> float | Tensor:
         return 0.0
 
@@ -408,9 +411,10 @@ class LinearModelProblem(Problem):
         t, b = np.zeros(size, dtype=vals.dtype), np.zeros(size, dtype=vals.dtype)
         for p, (t_p, _) in enumerate(points):
             np.take(t_p.numpy(), data_rows, out=t[p * nnz : (p + 1) * nnz])
-        np.take(self._targets.numpy(), data_rows, out=b[:nnz])
-        for p in range(1, P):
-            b[p * nnz : (p + 1) * nnz] = b[:nnz]
+        if self._weights_read_targets:
+            np.take(self._targets.numpy(), data_rows, out=b[:nnz])
+            for p in range(1, P):
+                b[p * nnz : (p + 1) * nnz] = b[:nnz]
         w = self._weights(torch.from_numpy(t), torch.from_numpy(b)).numpy()[: P * nnz]  # may overwrite t
         prod = (w.reshape(P, nnz) * vals).reshape(-1)  # the products of the full mat-vec
         if rows.size == 1:  # one sum per point: a running sum (sequential), its last value

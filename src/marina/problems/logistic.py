@@ -95,6 +95,7 @@ class LogisticProblem(LinearModelProblem):
         return torch.rsub(s, 1.0).mul_(s).mul_(s).mul_(2.0)
 
     _grad_factor = 2.0  # psi'(t) = 2 s^2 (1 - s): the 2 lives in the lifted matrix
+    _weights_read_targets = False  # the targets are folded into the signed rows
 
     def _weights(self, t: Tensor, b: Tensor) -> Tensor:
         s = layout_independent_(Tensor.sigmoid_, t)  # s = sigmoid(t) = sigmoid(-u), u = y a^T x
