@@ -1,12 +1,17 @@
-"""Which collective for an aggregation: all-gather of packed messages vs all-reduce of the mean.
+"""Which collective for an aggregation: all-gather of packed messages vs all-reduce of the mean,
+and gloo's ring all-gather vs a direct exchange.
 
 W local processes (gloo, loopback, one torch thread each) time, per call (median of --repeats):
 
-- ``gather d*4 B``: all-gather of a dense float32 message per rank (what a dense round sends);
+- ``gather d*4 B``: all-gather of a dense float32 message per rank (what a dense round sends),
+  with gloo's ring all-gather (W - 1 steps, each rank forwarding what it received);
+- ``direct d*4 B``: the same result by a direct exchange (``all_to_all`` with the rank's chunk
+  as every input: it goes to the W - 1 others at once, one step; the same bytes per link);
 - ``reduce f64`` / ``reduce f32``: all-reduce of a d-vector of float64 / float32 (the
   alternative topology for dense rounds: one collective, W-independent bytes per rank);
 - ``2 collectives``: an int64 size slot all-gathered, then a randk:1 message (5 bytes for
-  d = 123, a9a): today's aggregation; ``1 collective``: the message alone (this change).
+  d = 123, a9a); ``1 collective``: the message alone (ring); ``1 direct``: the message by a
+  direct exchange (what :mod:`marina.network.torch_distributed` does on gloo).
 
 Also printed: the bytes each rank sends in each case (ring algorithms: all-gather (W-1) m,
 all-reduce 2 (W-1)/W m for a message of m bytes). Several ranks share the machine's cores, so
@@ -55,12 +60,18 @@ def _measure(d: int, world: int, repeats: int) -> dict[str, float]:
         gather(size_out, size)
         gather(msg_out, msg)
 
+    def direct(out: torch.Tensor, chunk: torch.Tensor):  # noqa: ANN202
+        outs = list(out.view(world, *chunk.shape).unbind(0))
+        return lambda: dist.all_to_all(outs, [chunk] * world)
+
     return {
         "gather d*4 B": _time(lambda: gather(dense_out, dense), repeats),
+        "direct d*4 B": _time(direct(dense_out, dense), repeats),
         "reduce f64": _time(lambda: dist.all_reduce(f64), repeats),
         "reduce f32": _time(lambda: dist.all_reduce(f32), repeats),
         "2 collectives": _time(two, repeats),
         "1 collective": _time(lambda: gather(msg_out, msg), repeats),
+        "1 direct": _time(direct(msg_out, msg), repeats),
         "msg bytes": msg_len,
     }
 
@@ -93,11 +104,13 @@ def main() -> None:
             d = int(d)
             m = r["msg bytes"]
             print(
-                f"W={W} d={d}: gather {1e3 * r['gather d*4 B']:.3f} ms ({(W - 1) * 4 * d} B sent/rank) | "
+                f"W={W} d={d}: gather {1e3 * r['gather d*4 B']:.3f} ms, direct "
+                f"{1e3 * r['direct d*4 B']:.3f} ms ({(W - 1) * 4 * d} B sent/rank) | "
                 f"all-reduce f64 {1e3 * r['reduce f64']:.3f} ms ({2 * (W - 1) * 8 * d // W} B) | "
                 f"all-reduce f32 {1e3 * r['reduce f32']:.3f} ms ({2 * (W - 1) * 4 * d // W} B) | "
                 f"randk:1 two collectives {1e3 * r['2 collectives']:.3f} ms ({(W - 1) * (8 + m)} B) vs "
-                f"one {1e3 * r['1 collective']:.3f} ms ({(W - 1) * m} B)"
+                f"one {1e3 * r['1 collective']:.3f} ms, one direct {1e3 * r['1 direct']:.3f} ms "
+                f"({(W - 1) * m} B)"
             )
 
 

@@ -29,6 +29,7 @@ from marina.cli import main as cli_main
 from marina.distributed import ENV_VARS, launch_env
 from marina.errors import ConfigError
 from marina.network import SimulatedNetwork, copy_stream
+from marina.network.link import DIRECT_MAX_BYTES
 from marina.network.torch_distributed import SIZE_BYTES, worker_block
 from marina.rng import Randomness
 from marina.testing import free_port, rank_environ
@@ -170,6 +171,7 @@ def _job_equivalence(rank: int, params: dict, out: str) -> int:
             "exchanges": linked.config["exchanges"],
         }
         report["aggregations"] = _direct_aggregations(session, seed)
+        report["large"] = _large_aggregations(session, seed)
         report["failures"] = _failed_compressions(session, seed)
         # bad configurations raise the same clear error on every rank, without hanging
         try:
@@ -296,6 +298,26 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
             }
         )
     return rows
+
+
+def _large_aggregations(session, seed: int) -> dict[str, list]:
+    """Chunks on either side of DIRECT_MAX_BYTES (a direct exchange up to it, the ring all-gather
+    above): [equal to the simulation's mean, all_to_all calls made], identity messages of d
+    float32 values, two workers a rank."""
+    import torch.distributed as dist
+
+    n = SYNTHETIC["workers"]
+    net = session.network(n, seed)
+    out, real = {}, dist.all_to_all
+    for d in (DIRECT_MAX_BYTES // 8, DIRECT_MAX_BYTES // 8 + 1):  # 2 d x 4 bytes a rank
+        calls = []
+        dist.all_to_all = lambda *a, calls=calls, **k: (calls.append(1), real(*a, **k))[1]
+        X_all = torch.cos(torch.arange(n * d, dtype=torch.float64).reshape(n, d) * 0.11)
+        Q = compressors.get("identity", workers=n)
+        mean = net.aggregate(Q, X_all[net.worker_ids], 7)
+        dist.all_to_all = real
+        out[str(d)] = [bool(torch.equal(mean, SimulatedNetwork(n, seed).aggregate(Q, X_all, 7))), len(calls)]
+    return out
 
 
 def _count_collectives(net) -> list[str]:
@@ -539,9 +561,20 @@ def test_a_failed_compression_stops_every_rank_alike_without_a_size_exchange(equ
         assert failures["after"] == 17.0  # the mean of rows of ones, summed over d = 17
 
 
+def test_direct_and_ring_exchanges_give_the_same_aggregate(equivalence):
+    _, reports = equivalence
+    for report in reports:
+        # equal either way; one direct exchange up to the limit, none (the ring) above it
+        assert report["large"] == {
+            str(DIRECT_MAX_BYTES // 8): [True, 1],
+            str(DIRECT_MAX_BYTES // 8 + 1): [True, 0],
+        }
+
+
 def test_the_link_model_times_the_all_gathers_of_the_ranks(equivalence):
-    """W = 3 ranks of two workers: each aggregation is W - 1 steps of the largest rank's padded
-    bytes (plus TCP/IP headers) at 10 Mbit/s, with 1 ms per step; no size exchange for randk."""
+    """W = 3 ranks of two workers: each aggregation sends the largest rank's padded bytes (plus
+    TCP/IP headers) to the W - 1 others at 10 Mbit/s, in one step of 1 ms (a direct exchange of
+    small chunks); no size exchange for randk."""
     _, reports = equivalence
     for report in reports:
         got, exchanges = report["link"]["link_time_s"], report["link"]["exchanges"]
@@ -549,7 +582,8 @@ def test_the_link_model_times_the_all_gathers_of_the_ranks(equivalence):
         for ex in exchanges:
             chunk = max(ex["rank_bytes"])
             if chunk:
-                hand += (WORLD - 1) * ((chunk + math.ceil(chunk / 1448) * 66) * 8 / 1e7 + 1e-3)
+                assert chunk <= 1 << 16  # small: one step
+                hand += (WORLD - 1) * (chunk + math.ceil(chunk / 1448) * 66) * 8 / 1e7 + 1e-3
         assert got[-1] == pytest.approx(hand, rel=1e-9)
         assert got == reports[0]["link"]["link_time_s"]  # the same on every rank
 

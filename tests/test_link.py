@@ -14,7 +14,7 @@ from marina.cli import main
 from marina.errors import ConfigError
 from marina.experiments import results
 from marina.network import SimulatedNetwork
-from marina.network.link import Link, parse_link
+from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
 
 PROB = {"workers": 4, "dim": 40, "samples": 30, "seed": 3}
 W, D = 4, 40
@@ -43,9 +43,14 @@ def test_frames_and_all_gathers_by_hand():
     # 4 ranks, 400 kB each (d = 10^5 float32): 3 steps of (400000 + 277 66) bytes at 10 Mbit/s
     assert link.all_gather_s(4, 400_000) == pytest.approx(3 * ((400_000 + 277 * 66) * 8 / 1e7 + 1e-3))
     assert link.all_gather_s(1, 400_000) == 0.0 and link.all_gather_s(4, 0) == 0.0
-    # a size exchange of 2 slots first: 16 bytes in one segment each step
+    # a size exchange of 2 slots first: 16 bytes in one segment to each of 3 ranks, at once
+    # (direct exchange: one latency), then the 5-byte payloads likewise
     both = link.aggregation_s(4, 5, size_slots=2)
-    assert both == pytest.approx(3 * ((16 + 66) * 8 / 1e7 + 1e-3) + 3 * ((5 + 66) * 8 / 1e7 + 1e-3))
+    assert both == pytest.approx(3 * (16 + 66) * 8 / 1e7 + 1e-3 + 3 * (5 + 66) * 8 / 1e7 + 1e-3)
+    # the largest chunk still sent directly, and the smallest sent by the ring (3 latencies)
+    at = DIRECT_MAX_BYTES
+    assert link.all_gather_s(4, at) == pytest.approx(3 * (at + 46 * 66) * 8 / 1e7 + 1e-3)
+    assert link.all_gather_s(4, at + 1) == pytest.approx(3 * ((at + 1 + 46 * 66) * 8 / 1e7 + 1e-3))
 
 
 def _per_round(history) -> list[float]:
@@ -56,7 +61,7 @@ def test_gd_rounds_cost_one_dense_all_gather():
     res = marina.run(
         method="gd", problem=problems.synthetic(**PROB), iterations=6, log_every=1, link="1mbit:1ms"
     )
-    dense = 3 * ((D * 4 + 66) * 8 / 1e6 + 1e-3)  # 160 bytes a message, W - 1 = 3 steps
+    dense = 3 * (D * 4 + 66) * 8 / 1e6 + 1e-3  # 160 bytes a message to W - 1 = 3 ranks, one latency
     assert _per_round(res.history) == pytest.approx([dense] * 6)
     assert res.config["link"] == "1mbit:1ms"
 
@@ -108,7 +113,7 @@ def test_cli_link_column_and_plot(tmp_path):
     df = results.load_results(out)
     assert df["link"].unique().tolist() == ["1mbit:1ms"]
     d = int(problems.synthetic(workers=4).dim)
-    per_round = 3 * ((4 * d + math.ceil(4 * d / 1448) * 66) * 8 / 1e6 + 1e-3)
+    per_round = 3 * (4 * d + math.ceil(4 * d / 1448) * 66) * 8 / 1e6 + 1e-3  # a direct exchange
     assert df["link_time_s"].tolist() == pytest.approx([per_round * k for k in range(5)])
     assert plotting.x_values(df, "link_time").tolist() == df["link_time_s"].tolist()
     assert main(["plot", str(out), "--x", "link_time", "-o", str(tmp_path / "f.png")]) == 0

@@ -1,14 +1,15 @@
 """A link model: how long a round's messages take on links of a given rate (``link_time_s``).
 
-Topology (as :mod:`marina.network.torch_distributed` sends them): W ranks, each with its own
-full-duplex link of rate R bits/s (and one-way latency L) to a switch, every aggregation one
-all-gather of the per-rank payloads, padded to the largest rank's c bytes, plus, only where
-message sizes vary (Bernoulli), an all-gather of 8 s bytes of sizes first. In an all-gather
-every rank's chunk must leave its link towards the W - 1 others, so each rank's link carries
-(W - 1) chunks whatever the algorithm; with the ring algorithm (gloo, NCCL) that is W - 1
-steps of one chunk each, all links busy at once:
+Topology (as :mod:`marina.network.torch_distributed` sends them on gloo): W ranks, each with
+its own full-duplex link of rate R bits/s (and one-way latency L) to a switch, every
+aggregation one all-gather of the per-rank payloads, padded to the largest rank's c bytes,
+plus, only where message sizes vary (Bernoulli), an all-gather of 8 s bytes of sizes first. In
+an all-gather every rank's chunk must leave its link towards the W - 1 others, so each rank's
+link carries (W - 1) chunks whatever the algorithm. Chunks of up to :data:`DIRECT_MAX_BYTES`
+go by a direct exchange (every rank sends its chunk to the W - 1 others at once: one latency),
+larger ones by the ring (W - 1 steps of one chunk each, all links busy at once; NCCL always):
 
-    t(all-gather of c bytes) = (W - 1) (frames(c) 8 / R + L),
+    t(all-gather of c bytes) = (W - 1) frames(c) 8 / R + s L,   s = 1 (direct) or W - 1 (ring),
     frames(c) = c + ceil(c / MSS) H,   MSS = 1448 bytes, H = 66 bytes
 
 (TCP over IPv4 with timestamps on Ethernet: 14 + 20 + 32 header bytes per segment of at most
@@ -32,12 +33,16 @@ from dataclasses import dataclass
 
 from marina.errors import ConfigError
 
-__all__ = ["Link", "parse_link", "FRAME_HEADER_BYTES", "MSS_BYTES"]
+__all__ = ["Link", "parse_link", "DIRECT_MAX_BYTES", "FRAME_HEADER_BYTES", "MSS_BYTES"]
 
 MSS_BYTES = 1448
 """TCP payload bytes per segment (1500-byte MTU, IPv4, TCP timestamps)."""
 FRAME_HEADER_BYTES = 66
 """Ethernet (14) + IPv4 (20) + TCP with timestamps (32) bytes per segment."""
+DIRECT_MAX_BYTES = 1 << 16
+"""Largest per-rank chunk that gloo aggregations send by a direct exchange rather than the ring
+all-gather (``benchmarks/collectives.py``, 4 ranks on loopback: direct 1.5-2x faster for chunks
+of a few bytes to 128 KB, slower for 400 KB and more)."""
 
 _RATES = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 _PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6}
@@ -59,10 +64,12 @@ class Link:
         return payload + math.ceil(payload / MSS_BYTES) * FRAME_HEADER_BYTES
 
     def all_gather_s(self, world: int, chunk_bytes: int) -> float:
-        """(W - 1) (frames(c) 8 / R + L): an all-gather of ``chunk_bytes`` from every rank."""
+        """(W - 1) frames(c) 8 / R + s L: an all-gather of ``chunk_bytes`` from every rank, in
+        s = 1 step up to :data:`DIRECT_MAX_BYTES` (direct exchange), else s = W - 1 (ring)."""
         if world <= 1 or chunk_bytes <= 0:
             return 0.0
-        return (world - 1) * (8.0 * self.frame_bytes(chunk_bytes) / self.rate_bps + self.latency_s)
+        steps = 1 if chunk_bytes <= DIRECT_MAX_BYTES else world - 1
+        return (world - 1) * 8.0 * self.frame_bytes(chunk_bytes) / self.rate_bps + steps * self.latency_s
 
     def aggregation_s(self, world: int, chunk_bytes: int, size_slots: int = 0) -> float:
         """One aggregation: the size all-gather (``size_slots`` int64 per rank, if any), then

@@ -17,7 +17,10 @@ Topology: all-gather of the compressed payloads (chosen over gather-to-a-server 
       few ranks is far less than d values. (With many ranks, W (W-1) compressed messages
       can exceed W dense vectors; the counters below make that trade-off visible.)
     - no rank is special (no server bottleneck, nothing to fail over), and it is one collective
-      that gloo and NCCL both implement well (ring all-gather).
+      that gloo and NCCL both implement well. On gloo, chunks of up to 64 KB (every
+      compressed round, small dense ones) go by a direct exchange, each rank sending its chunk
+      to the W - 1 others at once, which waits for one hop instead of the ring's W - 1
+      (``_all_gather``); larger chunks by the ring all-gather.
 
 One aggregation, as data flows (``aggregate``; each step is a collective of every rank)
     A worker drawn c times by PP-MARINA sends c messages; copy j uses the randomness stream
@@ -75,8 +78,9 @@ Bytes on the wire (counters, equal on every rank; the network's share of "bytes 
     With W ranks, s slots per rank and B_r the payload bytes of rank r, one aggregation
     contributes per rank ``8 s`` bytes of sizes (only where sizes are exchanged, step 2) and
     ``max_r B_r`` bytes of padded payload; each
-    contribution must reach the W-1 other ranks (a ring all-gather forwards each chunk over
-    W-1 links, which is also the minimum for point-to-point delivery):
+    contribution must reach the W-1 other ranks (a direct exchange sends each chunk over W-1
+    links, a ring all-gather forwards it over W-1 links: the minimum for point-to-point
+    delivery either way):
 
     - ``payload_bytes`` += sum_r B_r = sum over messages of ceil(bits / 8)  (one copy of each;
       sum over ranks of ceil(rank bits / 8) where messages are bit-packed, see above);
@@ -135,7 +139,7 @@ from torch import Tensor
 from marina.compressors.wire import concat_bits, split_bits
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
-from marina.network.link import Link, parse_link
+from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
 from marina.rng import Randomness
 
 __all__ = ["DistributedError", "TorchDistributedNetwork", "worker_block"]
@@ -305,14 +309,26 @@ class TorchDistributedNetwork(Network):
 
     # -- collectives with clear failures -------------------------------------------------------
     def _all_gather(self, local: Tensor, what: str) -> Tensor:
-        """(W * local.shape[0], ...) concatenation of every rank's ``local`` (same shape everywhere)."""
+        """(W * local.shape[0], ...) concatenation of every rank's ``local`` (same shape everywhere).
+
+        On gloo, chunks of up to :data:`marina.network.link.DIRECT_MAX_BYTES` (the same size on
+        every rank, so every rank makes the same choice) go by a direct exchange
+        (``all_to_all`` with this rank's chunk as every input: each rank sends it to the W - 1
+        others at once, one step) rather than gloo's ring all-gather (W - 1 steps of
+        forwarding): the same bytes on every link, one hop to wait for instead of W - 1
+        (``benchmarks/collectives.py``). Larger chunks, and other backends (NCCL), use the
+        all-gather.
+        """
         src = local.to(self.comm_device).contiguous()
-        out = torch.empty(
-            (self.world_size * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device
-        )
-        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        W = self.world_size
+        out = torch.empty((W * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
+        nbytes = src.numel() * src.element_size()
         try:
-            gather(out, src, group=self.group)
+            if self.backend == "gloo" and W > 1 and 0 < nbytes <= DIRECT_MAX_BYTES:
+                dist.all_to_all(list(out.view(W, *src.shape).unbind(0)), [src] * W, group=self.group)
+            else:
+                gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+                gather(out, src, group=self.group)
         except Exception as err:  # noqa: BLE001 - re-raised with context below
             if not _is_collective_failure(err):
                 raise
