@@ -164,6 +164,11 @@ def test_word_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatc
             monkeypatch.setattr(wire, "_NUMPY_CODES", small)
             packed.append(pack_codes(codes, w))
             back.append(unpack_codes(packed[-1], m, w))
+            # a requested dtype: the same codes, of that dtype, on every path
+            wide = [(torch.int64, 63), (torch.int32, 31), (torch.int16, 15), (torch.uint8, 8)]
+            for dtype in [t for t, most in wide if w <= most]:  # dtypes wide enough for w bits
+                asked = unpack_codes(packed[-1], m, w, dtype)
+                assert asked.dtype == dtype and torch.equal(asked.long(), codes), (n, m, dtype)
         monkeypatch.undo()
         for raw, codes_back in zip(packed[1:], back[1:]):
             assert torch.equal(packed[0], raw), (n, m)

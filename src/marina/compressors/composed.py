@@ -178,7 +178,7 @@ class Composed(Compressor):
         for k in self._header:
             data[k] = bytes_to_values(rows[:, offset:], 1, self.value_dtype).reshape(-1)
             offset += self.wire_bits_per_value // 8
-        codes = unpack_codes(rows[:, offset:], self.K, cw + ib).to(torch.int64)
+        codes = unpack_codes(rows[:, offset:], self.K, cw + ib, torch.int64)
         if ib:
             idx = codes >> cw
         else:

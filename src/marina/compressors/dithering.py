@@ -234,7 +234,7 @@ class _Dithering(Compressor):
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         nbytes = self.wire_bits_per_value // 8
         norm = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
-        codes = unpack_codes(rows[:, nbytes:], d, self.code_width).to(self._code_dtype())
+        codes = unpack_codes(rows[:, nbytes:], d, self.code_width, self._code_dtype())
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"norm": norm, "codes": codes})
 

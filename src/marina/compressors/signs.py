@@ -142,6 +142,6 @@ class Sign(Compressor):
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         nb = self.wire_bits_per_value // 8
         scale = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
-        signs = unpack_codes(rows[:, nb:], d, 1).to(torch.uint8)
+        signs = unpack_codes(rows[:, nb:], d, 1, torch.uint8)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"scale": scale, "signs": signs})

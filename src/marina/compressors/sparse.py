@@ -31,21 +31,11 @@ message without saying that this presumes seeded indices).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from marina.compressors.base import Compressor, Message, _parse_int, _parse_mode, register
-from marina.compressors.wire import (
-    _NUMPY_FLOATS,
-    _WORD,
-    _unpack_word,
-    bytes_to_values,
-    index_bits,
-    pack_codes,
-    unpack_codes,
-    values_to_bytes,
-)
+from marina.compressors.wire import bytes_to_values, index_bits, pack_codes, unpack_codes, values_to_bytes
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
@@ -190,18 +180,10 @@ class _Sparse(Compressor):
         nv = self.K * self.wire_bits_per_value // 8
         if rows.shape[1] < nv:
             rows = torch.nn.functional.pad(rows, (0, nv - rows.shape[1]))
-        if self.seeded:
-            return self._regenerate(rng, worker_ids, d), bytes_to_values(rows, self.K, self.value_dtype)
-        wire, w = _NUMPY_FLOATS.get(self.value_dtype), index_bits(d)
-        if rows.device.type == "cpu" and wire is not None and self.K * w <= _WORD:
-            # numpy on the CPU (a few calls instead of a dozen small tensor ops): the values'
-            # bytes reinterpreted, the indices as one 64-bit word per row (wire.unpack_codes)
-            raw = rows.numpy()
-            values = torch.from_numpy(raw[:, :nv].copy().view(wire))
-            codes = _unpack_word(raw[:, nv : nv + (self.K * w + 7) // 8], self.K, w)
-            return torch.from_numpy(codes.astype(np.int64)), values
         values = bytes_to_values(rows, self.K, self.value_dtype)
-        return unpack_codes(rows[:, nv:], self.K, w).to(torch.int64), values
+        if self.seeded:
+            return self._regenerate(rng, worker_ids, d), values
+        return unpack_codes(rows[:, nv:], self.K, index_bits(d), torch.int64), values
 
     def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
         idx, values = self._entries(rows, d, worker_ids, rng)

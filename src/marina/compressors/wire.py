@@ -82,8 +82,11 @@ def _pack_np(codes: Tensor, w: int, nbytes: int) -> Tensor:
     return torch.from_numpy(np.packbits(bits[:, :, :w].reshape(n, m * w), axis=1, bitorder="little"))
 
 
-def _unpack_np(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> Tensor:
-    """:func:`unpack_codes` on the CPU (the inverse of :func:`_pack_np`)."""
+_NUMPY_INTS = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64}
+
+
+def _unpack_np(raw: Tensor, m: int, w: int, nbytes: int, dtype: torch.dtype) -> Tensor:
+    """:func:`unpack_codes` on the CPU (the inverse of :func:`_pack_np`), codes of ``dtype``."""
     n = raw.shape[0]
     data = raw[:, :nbytes].numpy()
     if data.shape[1] < nbytes:  # a short payload (rejected by the caller's length check)
@@ -95,7 +98,7 @@ def _unpack_np(raw: Tensor, m: int, w: int, nbytes: int, work: torch.dtype) -> T
         full = np.zeros((n, m, 8 * dt.itemsize), dtype=np.uint8)
         full[:, :, :w] = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
         out = np.packbits(full, axis=2, bitorder="little").view(dt).reshape(n, m)
-    return torch.from_numpy(out.astype(np.int32 if work == torch.int32 else np.int64))
+    return torch.from_numpy(out.astype(_NUMPY_INTS[dtype]))
 
 
 def index_bits(d: int) -> int:
@@ -182,19 +185,21 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
     return out
 
 
-def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
+def unpack_codes(raw: Tensor, m: int, w: int, dtype: torch.dtype | None = None) -> Tensor:
     """Inverse of :func:`pack_codes`: (n, >= ceil(m w / 8)) uint8 -> (n, m) codes.
 
-    int32 codes for w <= 24 (half the memory of int64 on large dense messages), int64 above.
+    Codes of ``dtype`` (uint8, int16, int32 or int64, wide enough for w bits); by default int32
+    for w <= 24 (half the memory of int64 on large dense messages), int64 above.
     """
     n = raw.shape[0]
+    work = torch.int32 if w <= 24 else torch.int64
+    dtype = work if dtype is None else dtype
     if w == 0 or m == 0:
-        return torch.zeros((n, m), dtype=torch.int32 if w <= 24 else torch.int64, device=raw.device)
+        return torch.zeros((n, m), dtype=dtype, device=raw.device)
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
-    work = torch.int32 if w <= 24 else torch.int64
     if n * m <= _NUMPY_CODES and raw.device.type == "cpu":
-        return _unpack_np(raw, m, w, nbytes, work)
+        return _unpack_np(raw, m, w, nbytes, dtype)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
         data = torch.nn.functional.pad(data, (0, groups * w - data.shape[1]))
@@ -216,7 +221,7 @@ def unpack_codes(raw: Tensor, m: int, w: int) -> Tensor:
                 part = block[:, :, b] >> shift if shift >= 0 else block[:, :, b] << (-shift)
                 acc = part if acc is None else acc.bitwise_or_(part)
             out[:, g0:g1, t] = acc & mask
-    return out.reshape(n, groups * 8)[:, :m]
+    return out.reshape(n, groups * 8)[:, :m].to(dtype)
 
 
 def bits_to_bytes(bits: int) -> int:
