@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from marina.errors import ConfigError
-from marina.testing import local_launch
+from marina.testing import close_group, local_launch
 from marina.torch.hooks import CompressionHookState
 
 WORLD, STEPS = 2, 3
@@ -105,12 +104,7 @@ def _job(out: str) -> None:
         }
     if rank == 0:
         Path(out).write_text(json.dumps(report))
-    # free the DDP models (reference cycles) while the interpreter is alive: gloo work they still
-    # hold, released at interpreter teardown instead, can abort the process ("terminate called
-    # without an active exception", about one run in eight)
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    close_group()  # the DDP models freed first
 
 
 def test_hook_on_two_gloo_processes(tmp_path):

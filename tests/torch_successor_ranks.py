@@ -7,13 +7,14 @@ comparison to ``<out>/rank<r>.json``.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
 
 import torch
 import torch.distributed as dist
+
+from marina.testing import close_group
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_torch_optim import _closure, _data, _flat, _mlp  # noqa: E402
@@ -54,9 +55,7 @@ def main(out: str) -> None:
         }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)
-    gc.collect()  # as tests/test_hooks.py: nothing of the group left for interpreter teardown
-    dist.barrier()
-    dist.destroy_process_group()
+    close_group()
 
 
 if __name__ == "__main__":
