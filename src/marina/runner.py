@@ -51,6 +51,7 @@ from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.link import parse_link
 from marina.network.simulated import SimulatedNetwork
+from marina.reductions import fixed_dot
 
 __all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
 
@@ -396,7 +397,7 @@ class History:
         if net.hosts_all:
             return float(prob.grad_norm_sq(x)), float(prob.loss(x))
         g = net.global_mean(prob.local_grads(x))
-        return float(g @ g), float(net.global_mean(prob.local_losses(x).reshape(-1, 1)).reshape(()))
+        return float(fixed_dot(g, g)), float(net.global_mean(prob.local_losses(x).reshape(-1, 1)).reshape(()))
 
     def log(self, k: int, elapsed: float) -> dict[str, float]:
         """Append the row of round ``k`` and return it."""

@@ -70,6 +70,7 @@ import torch
 from torch import Tensor
 
 from marina.network.link import Link
+from marina.reductions import fixed_mean
 from marina.rng import SHARED, Randomness, stream_id
 
 __all__ = ["Network", "copy_stream"]
@@ -211,8 +212,9 @@ class Network(ABC):
         """(n, ...) per-worker values of all workers in global order, from (n_local, ...)."""
 
     def global_mean(self, values_local: Tensor) -> Tensor:
-        """Mean over all n workers of per-worker values (n_local, ...) -> (...)."""
-        return self.gather(values_local).mean(dim=0)
+        """Mean over all n workers of per-worker values (n_local, ...) -> (...), added in the
+        fixed order of :func:`marina.reductions.fixed_mean` (as :meth:`Problem.grad` adds them)."""
+        return fixed_mean(self.gather(values_local))
 
     @property
     def hosts_all(self) -> bool:

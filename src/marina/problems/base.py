@@ -15,6 +15,7 @@ from torch import Tensor
 
 from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, LazyRows
+from marina.reductions import fixed_dot, fixed_mean
 
 __all__ = ["Problem"]
 
@@ -85,18 +86,20 @@ class Problem(ABC):
         """(n_workers,): f_i(x) for every hosted worker."""
 
     # -- whole objective (metrics) ---------------------------------------------------------------
+    # Means and the squared norm add in a fixed order (marina.reductions), never through BLAS or a
+    # vectorised sum, so a metric's bits do not depend on the machine's kernels.
     def loss(self, x: Tensor) -> float:
         """f(x) = mean_i f_i(x) over the hosted workers (all of them in simulation)."""
-        return float(self.local_losses(x).mean())
+        return float(fixed_mean(self.local_losses(x)))
 
     def grad(self, x: Tensor) -> Tensor:
         """grad f(x) = mean_i grad f_i(x), shape (d,)."""
-        return self.local_grads(x).mean(dim=0)
+        return fixed_mean(self.local_grads(x))
 
     def grad_norm_sq(self, x: Tensor) -> float:
         """||grad f(x)||^2 of the whole objective (never the mean of local norms)."""
         g = self.grad(x)
-        return float(g @ g)
+        return float(fixed_dot(g, g))
 
     # -- smoothness constants (theory defaults) ----------------------------------------------
     @property

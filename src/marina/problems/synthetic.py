@@ -43,6 +43,7 @@ from marina.data.sampling import normal
 from marina.data.splits import make_split
 from marina.errors import ConfigError
 from marina.problems.linear import LinearModelProblem
+from marina.problems.spectral import snap_up
 from marina.rng import SHARED, Randomness
 
 __all__ = ["SyntheticProblem", "synthetic"]
@@ -66,9 +67,9 @@ class SyntheticProblem(LinearModelProblem):
         H = blocks.transpose(0, 2, 1) @ blocks / m
         sq = np.sum(blocks**2, axis=2)  # (n, m) squared row norms
         fourth = np.einsum("ij,ijk,ijl->ikl", sq, blocks, blocks) / m
-        script_L = np.sqrt(np.maximum(np.linalg.eigvalsh(fourth - H @ H)[:, -1], 0.0))
+        script_L = snap_up(np.sqrt(np.maximum(np.linalg.eigvalsh(fourth - H @ H)[:, -1], 0.0)))
         Hbar = H.mean(axis=0)  # Hessian variance: the cos term is common to all workers and cancels
-        L_pm = float(np.sqrt(max(np.linalg.eigvalsh(np.mean(H @ H, axis=0) - Hbar @ Hbar)[-1], 0.0)))
+        L_pm = float(snap_up(np.sqrt(max(np.linalg.eigvalsh(np.mean(H @ H, axis=0) - Hbar @ Hbar)[-1], 0.0))))
         parts = make_split(np.zeros(A.shape[0]), workers, "contiguous")
         super().__init__(
             sp.csr_matrix(A),
