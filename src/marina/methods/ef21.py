@@ -236,7 +236,7 @@ class EF21SGDM(EF21SGD):
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         b = given.get("batch_size", default_batch_size(s))
-        noise = theory.minibatch_noise_ratio(s.m, min(b, s.m))
+        noise = theory.minibatch_noise_ratio(s.m, b)
         eta = given.get("momentum", theory.ef21_sgdm_momentum(s.alpha, s.n, max(1, s.iterations), noise))
         return {
             "stepsize": theory.ef21_sgdm_stepsize(s.L_f, s.L, s.alpha, eta),
