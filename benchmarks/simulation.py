@@ -47,8 +47,8 @@ _spec.loader.exec_module(_bench)
 best_of, csr = _bench.best_of, _bench.csr
 
 METHODS = ["gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina"]
-METHODS += ["ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr"]
-COMPRESSOR = {"ef21": "topk:1", "ef21-pp": "topk:1", "ef21-sgd": "topk:1"}
+METHODS += ["ef21", "ef21-pp", "ef21-sgd", "ef21-sgdm", "dasha", "dasha-page", "dasha-mvr"]
+COMPRESSOR = {"ef21": "topk:1", "ef21-pp": "topk:1", "ef21-sgd": "topk:1", "ef21-sgdm": "topk:1"}
 """The compressor of each method's row (randk:1 where absent): EF21 with the contractive TopK."""
 TARGETS = {5: 1.3, 1000: 2.0}  # median x floor for MARINA, DIANA and QGD, by number of workers
 TARGETED = ("marina", "diana", "qgd")

@@ -13,7 +13,7 @@ from marina.errors import ConfigError
 
 MESSAGE = "smoothness constants unknown here: pass stepsize=..."
 METHODS = ["gd", "qgd", "diana", "vr-diana", "marina", "vr-marina", "pp-marina"]
-METHODS += ["ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr"]
+METHODS += ["ef21", "ef21-pp", "ef21-sgd", "ef21-sgdm", "dasha", "dasha-page", "dasha-mvr"]
 
 
 def _unknown(self):

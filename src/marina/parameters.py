@@ -33,6 +33,7 @@ STEPSIZE_METHODS = (
     "ef21",
     "ef21-pp",
     "ef21-sgd",
+    "ef21-sgdm",
     "dasha",
     "dasha-page",
     "dasha-mvr",
@@ -188,8 +189,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "batch_size",
         int,
         "count",
-        ("vr-marina", "vr-diana", "ef21-sgd", "dasha-page", "dasha-mvr"),
-        "b', minibatch of VR-MARINA / VR-DIANA / EF21-SGD / DASHA-PAGE / DASHA-MVR (default m/100)",
+        ("vr-marina", "vr-diana", "ef21-sgd", "ef21-sgdm", "dasha-page", "dasha-mvr"),
+        "b', minibatch of VR-MARINA / VR-DIANA / EF21-SGD / EF21-SGDM / DASHA-PAGE / DASHA-MVR "
+        "(default m/100)",
         "b'",
         bound="m_min",
         bound_text="b', at most the smallest local data set m",
@@ -235,9 +237,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         "momentum",
         float,
         "probability",
-        ("dasha", "dasha-page", "dasha-mvr"),
-        "DASHA: momentum a of the compressed messages (default 1/(2 omega + 1))",
-        "a",
+        ("dasha", "dasha-page", "dasha-mvr", "ef21-sgdm"),
+        "DASHA: momentum a of the compressed messages (default 1/(2 omega + 1)); EF21-SGDM: eta, the "
+        "weight of the new minibatch gradient in the workers' momentum",
+        "a / η",
     ),
     Parameter(
         "mvr_momentum",

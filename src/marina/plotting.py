@@ -90,6 +90,7 @@ METHOD_NAMES = {
     "ef21": "EF21",
     "ef21-pp": "EF21-PP",
     "ef21-sgd": "EF21-SGD",
+    "ef21-sgdm": "EF21-SGDM",
     "dasha": "DASHA",
     "dasha-page": "DASHA-PAGE",
     "dasha-mvr": "DASHA-MVR",
@@ -267,7 +268,7 @@ _METHOD_ORDER = {
     m: i
     for i, m in enumerate(
         ("marina", "vr-marina", "pp-marina")
-        + ("ef21", "ef21-pp", "ef21-sgd", "dasha", "dasha-page", "dasha-mvr")
+        + ("ef21", "ef21-pp", "ef21-sgd", "ef21-sgdm", "dasha", "dasha-page", "dasha-mvr")
         + ("diana", "vr-diana", "qgd", "gd")
     )
 }

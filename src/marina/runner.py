@@ -164,7 +164,7 @@ def run(
 
     Args:
         method: gd, qgd, diana, vr-diana, marina, vr-marina, pp-marina, ef21, ef21-pp, ef21-sgd,
-            dasha, dasha-page, dasha-mvr.
+            ef21-sgdm, dasha, dasha-page, dasha-mvr.
         problem: a :class:`marina.problems.Problem`, a bundled data set name (``"a9a"``,
             ``"mushrooms"``, ...), a LibSVM file path or ``"synthetic"``.
         compressor: spec string (``"randk:1"``) or a compressor object; must be unbiased, except

@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         default="marina",
         help="gd, qgd, diana, vr-diana, marina (default), vr-marina, pp-marina, ef21, ef21-pp, "
-        "ef21-sgd, dasha, dasha-page, dasha-mvr",
+        "ef21-sgd, ef21-sgdm, dasha, dasha-page, dasha-mvr",
     )
     g.add_argument(
         "--compressor", default="randk:1", help="compressor spec, e.g. randk:5, identity (default randk:1)"

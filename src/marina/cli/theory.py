@@ -42,8 +42,8 @@ ROWS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("dasha-page", "dasha-page", "dasha-page", {}),
 )
 """The MARINA family appears twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits"
-(expected message bits / dense bits). EF21-SGD and DASHA-MVR are left out: their guarantees depend
-on the unknown noise level."""
+(expected message bits / dense bits). EF21-SGD, EF21-SGDM and DASHA-MVR are left out: their
+guarantees depend on the unknown noise level."""
 
 SUCCESSORS = ("ef21", "ef21-pp", "dasha", "dasha-page")
 """Rows predicted by :func:`marina.theory.predict_successor` (alpha is DASHA's momentum a there)."""

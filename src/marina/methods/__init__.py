@@ -13,6 +13,7 @@ name           class                                    reference
 ``ef21``       :class:`~marina.methods.ef21.EF21`       Richtarik, Sokolov, Fatkhullin 2021, Thm 1
 ``ef21-pp``    :class:`~marina.methods.ef21.EF21PP`     Fatkhullin et al. 2021, partial participation
 ``ef21-sgd``   :class:`~marina.methods.ef21.EF21SGD`    Fatkhullin et al. 2021, minibatch gradients
+``ef21-sgdm``  :class:`~marina.methods.ef21.EF21SGDM`   Fatkhullin, Tyurin, Richtarik 2023, momentum
 ``dasha``      :class:`~marina.methods.dasha.DASHA`     Tyurin & Richtarik 2023, Theorem 6.1
 ``dasha-page`` :class:`~marina.methods.dasha.DASHAPAGE` Tyurin & Richtarik 2023, Theorem 6.4
 ``dasha-mvr``  :class:`~marina.methods.dasha.DASHAMVR`  Tyurin & Richtarik 2023, Theorem 6.7
@@ -26,7 +27,7 @@ from marina.methods.base import Method, Setting
 from marina.methods.dasha import DASHA, DASHAMVR, DASHAPAGE
 from marina.methods.dcgd import QGD
 from marina.methods.diana import DIANA, VRDIANA
-from marina.methods.ef21 import EF21, EF21PP, EF21SGD
+from marina.methods.ef21 import EF21, EF21PP, EF21SGD, EF21SGDM
 from marina.methods.gd import GD
 from marina.methods.marina import MARINA, PPMARINA, VRMARINA
 
@@ -45,6 +46,7 @@ __all__ = [
     "EF21",
     "EF21PP",
     "EF21SGD",
+    "EF21SGDM",
     "DASHA",
     "DASHAPAGE",
     "DASHAMVR",
@@ -53,7 +55,7 @@ __all__ = [
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
     for cls in (GD, QGD, DIANA, VRDIANA, MARINA, VRMARINA, PPMARINA)
-    + (EF21, EF21PP, EF21SGD, DASHA, DASHAPAGE, DASHAMVR)
+    + (EF21, EF21PP, EF21SGD, EF21SGDM, DASHA, DASHAPAGE, DASHAMVR)
 }
 
 

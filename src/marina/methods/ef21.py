@@ -1,8 +1,9 @@
-"""EF21, EF21-PP and EF21-SGD: error feedback with contractive compressors.
+"""EF21, EF21-PP, EF21-SGD and EF21-SGDM: error feedback with contractive compressors.
 
 Richtarik, Sokolov, Fatkhullin, "EF21: A New, Simpler, Theoretically Better, and Practically
 Faster Error Feedback", NeurIPS 2021 (Algorithm 2, Theorem 1); Fatkhullin, Sokolov, Gorbunov,
-Li, Richtarik, "EF21 with Bells & Whistles", 2021 (EF21-PP and EF21-SGD).
+Li, Richtarik, "EF21 with Bells & Whistles", 2021 (EF21-PP and EF21-SGD); Fatkhullin, Tyurin,
+Richtarik, "Momentum Provably Improves Error Feedback!", NeurIPS 2023 (EF21-SGDM).
 
 The compressor C is contractive: ||C(x) - x||^2 <= (1 - alpha) ||x||^2. A biased contractive
 compressor (``topk:K``, alpha = K/d; the ``sign`` compressor plugs in the same way once it
@@ -26,7 +27,7 @@ from marina.methods.base import IterateState, Method, Setting
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
-__all__ = ["EF21", "EF21PP", "EF21SGD", "EF21State", "contraction_scale"]
+__all__ = ["EF21", "EF21PP", "EF21SGD", "EF21SGDM", "EF21State", "EF21SGDMState", "contraction_scale"]
 
 
 def contraction_scale(compressor, d: int) -> float:
@@ -191,3 +192,69 @@ class EF21SGD(EF21):
         idx = self._minibatch(self.b, k)
         self.oracle_calls += float(self.b)
         return self.problem.minibatch_grads(self.state.x, idx)
+
+
+@dataclass
+class EF21SGDMState(EF21State):
+    """EF21-SGDM's state after round k: EF21's and the workers' momenta v_i^k."""
+
+    momenta: Tensor
+    """v_i^k (n_local, d), each hosted worker's momentum estimate of grad f_i(x^k)."""
+
+
+class EF21SGDM(EF21SGD):
+    """EF21-SGDM: EF21 applied to Polyak momentum on the workers (the momentum paper,
+    Algorithm 1 "EF21-SGDM").
+
+    Algorithm (v_i^0 = g_i^0 = grad f_i(x^0), sent dense, as EF21's start; the paper starts from a
+    minibatch of size B_init, the full local gradient is B_init = m_i, noise-free):
+
+    0. v_i^0 = g_i^0 = grad f_i(x^0), g^0 = (1/n) sum_i g_i^0  (dense round: bits and m_i oracle calls)
+    for k = 0, 1, ..., K-1:
+    1.   x^{k+1} = x^k - gamma g^k
+    2.   broadcast x^{k+1}
+    3.   v_i^{k+1} = (1 - eta) v_i^k + eta g_hat_i(x^{k+1}), g_hat_i the minibatch gradient on
+         b = ``batch_size`` local samples drawn without replacement (stream "minibatch", keyed per
+         worker and round; b oracle calls), eta = ``momentum``
+    4.   c_i^k = C(v_i^{k+1} - g_i^k), sent (stream "compress", round k)
+    5.   g_i^{k+1} = g_i^k + c_i^k
+    6.   g^{k+1} = g^k + (1/n) sum_i c_i^k
+
+    eta = 1 is EF21-SGD (bit for bit: step 3 is then 0 v_i + g_hat_i); eta = 1 with b = m and
+    the identity compressor is GD. Defaults (:mod:`marina.theory`, the momentum paper's theorem as
+    we read it, unverified): b = max(1, m/100);
+    eta = :func:`~marina.theory.ef21_sgdm_momentum` with T = K and the noise stand-in
+    :func:`~marina.theory.minibatch_noise_ratio` (sigma^2 and Delta_0 are unknown; eta = 1 when
+    b = m); gamma = min(alpha/(20 L), eta/(7 L_f)) (:func:`~marina.theory.ef21_sgdm_stepsize`).
+    State: :class:`EF21SGDMState`.
+    """
+
+    name = "ef21-sgdm"
+    State = EF21SGDMState
+    state: EF21SGDMState
+
+    @classmethod
+    def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
+        b = given.get("batch_size", default_batch_size(s))
+        noise = theory.minibatch_noise_ratio(s.m, b)
+        eta = given.get("momentum", theory.ef21_sgdm_momentum(s.alpha, s.n, max(1, s.iterations), noise))
+        return {
+            "stepsize": theory.ef21_sgdm_stepsize(s.L_f, s.L, s.alpha, eta),
+            "contraction": s.alpha,
+            "batch_size": b,
+            "momentum": eta,
+        }
+
+    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+        super().__init__(problem, network, compressor, params)
+        self.eta = float(self.params["momentum"])
+
+    def _initial_state(self, x0: Tensor) -> EF21SGDMState:
+        # 0. v_i^0 = g_i^0 = grad f_i(x^0), sent dense
+        state = super()._initial_state(x0)
+        return EF21SGDMState(x=state.x, g=state.g, estimates=state.estimates, momenta=state.estimates.clone())
+
+    def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor:
+        # 3. v_i^{k+1} = (1 - eta) v_i^k + eta g_hat_i(x^{k+1}); step 4 compresses v_i^{k+1} - g_i^k
+        minibatch = super()._new_local_grads(k, mult)
+        return self.state.momenta.mul_(1.0 - self.eta).add_(minibatch, alpha=self.eta)
