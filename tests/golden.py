@@ -1,10 +1,11 @@
 """Recorded histories of every method: refactors must reproduce them bit for bit.
 
-``CASES`` covers the seven methods with several compressors, on two bundled data sets and two
-seeds, n = 6 workers (so 3 gloo processes host two each). ``python tests/golden.py`` records
-``tests/data/golden_histories.json`` from the code as it stands; the tests compare a fresh
-computation against it (simulated in ``test_golden.py``, on 3 gloo ranks in
-``test_distributed.py``). Record only on purpose: a change of any value is a change of
+``CASES`` covers ten methods (the paper's seven, EF21, EF21-SGDM, DASHA) with several
+compressors, on two bundled data sets and two seeds, n = 6 workers (so 3 gloo processes host
+two each). ``python tests/golden.py`` records ``tests/data/golden_histories.json`` from the
+code as it stands; ``python tests/golden.py --check [SEED ...]`` compares; the tests compare a
+fresh computation against it (``test_golden.py``: simulated, under emulated kernels of other
+CPUs, and on 3 gloo ranks). Record only on purpose: a change of any value is a change of
 behaviour, and the commit that re-records must say why.
 
 Values are stored as Python ``repr`` of float64 (exact round trip); the final iterate as the
@@ -57,6 +58,9 @@ METHOD_CASES: tuple[tuple[str, str, dict], ...] = (
     ("vr-marina", "randk:2", {"online": True, "dense_batch_size": 50, "p": 0.3}),
     ("pp-marina", "randk:4", {"p": 0.25}),
     ("pp-marina", "natural-dithering:3", {"clients": 4}),
+    ("ef21", "topk:5", {}),
+    ("ef21-sgdm", "topk:5", {"momentum": 0.2, "batch_size": 4, "stepsize_multiplier": 4.0}),
+    ("dasha", "randk:5", {}),
 )
 
 
