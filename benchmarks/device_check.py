@@ -115,6 +115,10 @@ class CheckFailed(Exception):
     lines printed under it."""
 
 
+class OutOfTime(CheckFailed):
+    """A subprocess stopped at its time limit (SKIP, not FAIL, when the limit was the budget's end)."""
+
+
 def fail_with(found: list[str], what: str = "") -> CheckFailed:
     """The FAIL of a check that found the problems ``found``: the first in its line (with
     ``what``), the others under it."""
@@ -135,7 +139,8 @@ class Trajectory:
     @classmethod
     def of(cls, result: Any) -> Trajectory:
         history = {c: [float(v) for v in result.history[c].tolist()] for c in COUNTERS + METRICS}
-        return cls(result.status, history, result.x.detach().to("cpu", torch.float64).tolist())
+        x = [] if result.x is None else result.x.detach().to("cpu", torch.float64).tolist()
+        return cls(result.status, history, x)
 
 
 def rel_diff(a: float, b: float) -> float:
@@ -272,6 +277,12 @@ def run_check(
         detail, details = out if isinstance(out, tuple) else (out, [])
         verdict = "PASS"
         tally.passed += 1
+    except OutOfTime as err:
+        detail, verdict = str(err), "FAIL"
+        if ctx.remaining() <= 1:  # the budget's end cut it short
+            detail, verdict = f"stopped at the end of the budget of {ctx.budget_s:g} s ({err})", "SKIP"
+        tally.failed += verdict == "FAIL"
+        tally.skipped += verdict == "SKIP"
     except CheckFailed as err:
         detail, details = str(err.args[0]), list(err.args[1]) if len(err.args) > 1 else []
         verdict = "FAIL"
@@ -320,7 +331,7 @@ def check_cuda_tests(ctx: Context) -> tuple[str, list[str]]:
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        raise CheckFailed(f"pytest did not finish within {limit:.0f} s") from None
+        raise OutOfTime(f"pytest did not finish within {limit:.0f} s") from None
     counts = pytest_counts(proc.stdout)
     shown = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no summary"
     details = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
@@ -493,36 +504,45 @@ def check_simulated(ctx: Context) -> tuple[str, list[str]]:
 
 
 # -- ranks: launching processes -------------------------------------------------------------------
-def launch(argv: list[str], world: int, limit: float, workdir: Path) -> list[str]:
+def launch(argv: list[str], world: int, limit: float, workdir: Path, grace_s: float = 10.0) -> list[str]:
     """Run ``argv`` on ``world`` local ranks (torchrun's environment, MASTER_ADDR 127.0.0.1, one
-    thread each) within ``limit`` seconds; returns each rank's stdout. CheckFailed with the last
-    line of a failing rank's stderr (the whole of it goes to our stderr)."""
+    thread each) within ``limit`` seconds; returns each rank's stdout. A rank that fails gives
+    the others ``grace_s`` seconds before they are killed. CheckFailed with the last line of the stderr of the
+    first rank that failed (the whole of it goes to our stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     outs = [open(workdir / f"rank{r}.out", "w+") for r in range(world)]
     errs = [open(workdir / f"rank{r}.err", "w+") for r in range(world)]
     procs = local_launch(argv, world, env=env, stdout=lambda r: outs[r], stderr=lambda r: errs[r])
-    deadline = time.monotonic() + limit
+    deadline, failed = time.monotonic() + limit, None
     try:
-        for p in procs:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        raise CheckFailed(f"ranks did not finish within {limit:.0f} s") from None
+        while None in (codes := [p.poll() for p in procs]):
+            if failed is None:
+                failed = next((r for r, c in enumerate(codes) if c not in (None, 0)), None)
+                if failed is not None:
+                    deadline = min(deadline, time.monotonic() + grace_s)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     finally:
+        timed_out = [r for r, p in enumerate(procs) if p.poll() is None]
+        for r in timed_out:
+            procs[r].kill()
+            procs[r].wait()
         texts = []
         for f in outs + errs:
             f.seek(0)
             texts.append(f.read())
             f.close()
     stdout, stderr = texts[:world], texts[world:]
-    for rank, p in enumerate(procs):
-        if p.returncode != 0:
-            sys.stderr.write(f"--- rank {rank} of {world} (exit {p.returncode}):\n{stderr[rank][-6000:]}\n")
-            last = [line for line in stderr[rank].splitlines() if line.strip()]
-            raise CheckFailed(f"rank {rank} exited with {p.returncode}: {last[-1] if last else 'no stderr'}")
+    if failed is None:
+        failed = next((r for r, p in enumerate(procs) if p.returncode != 0 and r not in timed_out), None)
+    if failed is not None:
+        code = procs[failed].returncode
+        sys.stderr.write(f"--- rank {failed} of {world} (exit {code}):\n{stderr[failed][-6000:]}\n")
+        last = [line for line in stderr[failed].splitlines() if line.strip()]
+        raise CheckFailed(f"rank {failed} exited with {code}: {last[-1] if last else 'no stderr'}")
+    if timed_out:
+        raise OutOfTime(f"rank(s) {timed_out} did not finish within {limit:.0f} s")
     return stdout
 
 

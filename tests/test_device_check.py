@@ -167,3 +167,21 @@ def test_message_rows_have_zero_bits_after_the_last(dc):
     assert rows.shape == (7, 5) and rows.dtype == torch.uint8
     assert int(rows[:, -1].max()) < 2**7 and int(rows[:, -1].max()) > 0  # 39 = 4 bytes + 7 bits
     assert torch.equal(wire.split_bits(wire.concat_bits(rows, 39).reshape(1, -1), 7, 39), rows)
+
+
+# -- launching ranks -------------------------------------------------------------------------------
+def test_launch_returns_every_ranks_stdout(dc, tmp_path):
+    code = "import os; print(os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'])"
+    assert dc.launch([sys.executable, "-c", code], 2, 60, tmp_path) == ["0 2 127.0.0.1\n", "1 2 127.0.0.1\n"]
+
+
+def test_launch_names_the_rank_that_failed_and_stops_the_others(dc, tmp_path, capsys):
+    code = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit('no GPU for rank 1')\ntime.sleep(60)"
+    with pytest.raises(dc.CheckFailed, match=r"^rank 1 exited with 1: no GPU for rank 1$"):
+        dc.launch([sys.executable, "-c", code], 2, 60, tmp_path, grace_s=0.2)
+    assert "no GPU for rank 1" in capsys.readouterr().err  # the rank's whole stderr
+
+
+def test_launch_kills_ranks_past_the_limit(dc, tmp_path):
+    with pytest.raises(dc.CheckFailed, match=r"rank\(s\) \[0, 1\] did not finish within 1 s"):
+        dc.launch([sys.executable, "-c", "import time; time.sleep(60)"], 2, 1.0, tmp_path)
