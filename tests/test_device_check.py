@@ -144,12 +144,14 @@ def test_pytest_counts(dc):
 
 
 def test_cuda_test_files(dc, tmp_path):
-    (tmp_path / "test_a.py").write_text("skipif(not torch.cuda.is_available(), reason='needs CUDA')\n")
+    # (the mark built from CUDA_MARK, so that this file is not one of those it finds)
+    (tmp_path / "test_a.py").write_text(f"skipif(not {dc.CUDA_MARK}, reason='needs CUDA')\n")
     (tmp_path / "test_b.py").write_text("def test_b(): pass\n")
-    (tmp_path / "helper.py").write_text("torch.cuda.is_available()\n")
+    (tmp_path / "helper.py").write_text(dc.CUDA_MARK + "\n")
     assert dc.cuda_test_files(tmp_path) == [tmp_path / "test_a.py"]
     names = {p.name for p in dc.cuda_test_files()}
     assert {"test_problems.py", "test_rng.py"} <= names  # test_cuda_problem_matches_cpu, test_cuda_draws_...
+    assert "test_device_check.py" not in names
 
 
 @pytest.mark.parametrize("shape", [(2, 5000), (1, 9001), (3, 17)])
