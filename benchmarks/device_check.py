@@ -23,7 +23,8 @@ is ``device_check: N passed, N failed, N skipped``; the exit status is 1 when a 
   DIANA on the device (NCCL) against the same on the CPU (a gloo group of the same ranks).
 - ``cli ws=W``: ``marina run --backend torch-distributed --device cuda`` against the simulation.
 - ``round-time DATA n=N``: benchmarks/simulation.py's per-round times against the floor (one
-  sparse A x plus one A^T r), on the device and on the CPU, a9a and w8a at n = 5 and 10^4.
+  sparse A x plus one A^T r), on the device and on the CPU, a9a and w8a at n = 5 and 10^4
+  (figures only: it fails only when a run fails).
 
 Without a CUDA device it says so, runs the CPU part (the simulation repeated on the CPU, the
 wire path's tensor code on the CPU against numpy, round times at n = 5) and exits 0.
@@ -745,11 +746,14 @@ def check_cli(ctx: Context, world: int) -> str:
 
 
 # -- 7. round time against the floor --------------------------------------------------------------
-def round_times(ctx: Context, prob: problems.Problem, name: str, rounds: int, methods: Sequence[str]) -> str:
+def round_times(
+    ctx: Context, prob: problems.Problem, name: str, rounds: int, methods: Sequence[str]
+) -> tuple[str, dict[str, float]]:
     """``method median ms (x floor)`` of each method on ``prob``'s device, next to the floor
-    (timed after every round, benchmarks/simulation.py); stops when the budget is spent."""
+    (timed after every round, benchmarks/simulation.py), and the medians in seconds; stops when
+    the budget is spent."""
     floor = simulation.floor_fn(name, prob.device)
-    parts, floor_ms = [], []
+    parts, floor_ms, medians = [], [], {}
     for method in methods:
         if ctx.remaining() <= 0:
             parts.append("budget spent")
@@ -758,16 +762,25 @@ def round_times(ctx: Context, prob: problems.Problem, name: str, rounds: int, me
         med, fmed, _, _ = simulation.method_time(prob, floor, method, rounds, spec)
         parts.append(f"{method} {med * 1e3:.3g} ms ({med / fmed:.2f}x)")
         floor_ms.append(fmed * 1e3)
+        medians[method] = med
     shown = f"{statistics.median(floor_ms):.3g} ms" if floor_ms else "not timed"
-    return f"{prob.device.type} floor {shown}: " + ", ".join(parts)
+    return f"{prob.device.type} floor {shown}: " + ", ".join(parts), medians
 
 
 def check_round_time(ctx: Context, name: str, n: int) -> str:
+    """Median round times and their ratios to the floor, on the device and on the CPU, and the
+    device's time over the CPU's (figures only: the check fails only when a run fails)."""
     rounds = 20 if ctx.quick else 100
     methods = TIMED_METHODS[:2] if ctx.quick else TIMED_METHODS
     cpu = problems.libsvm(name, workers=n)
     devices = [ctx.device] if ctx.cpu_only else [ctx.device, torch.device("cpu")]
-    return " | ".join(round_times(ctx, cpu.to(d), name, rounds, methods) for d in devices)
+    measured = [round_times(ctx, cpu.to(d), name, rounds, methods) for d in devices]
+    text = " | ".join(line for line, _ in measured)
+    if len(measured) == 2:
+        (_, on_dev), (_, on_cpu) = measured
+        ratios = ", ".join(f"{m} {on_dev[m] / on_cpu[m]:.2f}" for m in on_dev if m in on_cpu)
+        text += f" | {ctx.device.type}/cpu time: {ratios}"
+    return text
 
 
 # -- the plan -----------------------------------------------------------------------------------
