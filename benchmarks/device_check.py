@@ -456,8 +456,8 @@ def run_case(case: dict, problem: problems.Problem) -> Trajectory:
 
 WHY = {
     "cpu": "the CPU path is deterministic (sequential scipy kernels, fixed-order reductions)",
-    "cuda": "on cuda the gradients come from cuSPARSE CSR products and index_add_ (atomic adds) and "
-    "the metrics from torch reductions, which sum in another order than the CPU's sequential kernels",
+    "cuda": "on cuda the local gradients and losses come from cuSPARSE CSR products and index_add_ "
+    "(atomic adds), which sum in another order than the CPU's sequential scipy kernels",
 }
 
 
