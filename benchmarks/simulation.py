@@ -54,12 +54,12 @@ TARGETS = {5: 1.3, 1000: 2.0}  # median x floor for MARINA, DIANA and QGD, by nu
 TARGETED = ("marina", "diana", "qgd")
 
 
-def floor_fn(name: str):
-    """One sparse A x plus one A^T r over the whole data set (the floor of a round)."""
+def floor_fn(name: str, device: torch.device | str = "cpu"):
+    """One sparse A x plus one A^T r over the whole data set (the floor of a round), on ``device``."""
     X = data.load(name).X.tocsr()
-    A, AT = csr(X), csr(X.T.tocsr())
-    x = torch.full((X.shape[1],), 0.01, dtype=torch.float64)
-    r = torch.full((X.shape[0],), 0.5, dtype=torch.float64)
+    A, AT = csr(X).to(device), csr(X.T.tocsr()).to(device)
+    x = torch.full((X.shape[1],), 0.01, dtype=torch.float64, device=device)
+    r = torch.full((X.shape[0],), 0.5, dtype=torch.float64, device=device)
     return lambda: (A @ x, AT @ r)
 
 
@@ -67,20 +67,25 @@ def method_time(prob, floor, method: str, rounds: int, compressor: str = "randk:
     """Per-round times of ``method`` (its ``step``; metrics never evaluated) interleaved with
     the floor, so that load from other processes hits both alike.
 
-    Built exactly as :func:`marina.run` builds a run. Returns (median step, median floor,
-    min step, min floor): the medians include preemptions by other processes, the mins
-    estimate the uncontended cost of the most frequent kind of round."""
+    Built exactly as :func:`marina.run` builds a run, on the problem's device (CUDA is
+    synchronised around every timed call). Returns (median step, median floor, min step, min
+    floor): the medians include preemptions by other processes, the mins estimate the
+    uncontended cost of the most frequent kind of round."""
+    sync = (lambda: torch.cuda.synchronize(prob.device)) if prob.device.type == "cuda" else lambda: None
     cls = methods.get(method)
     Q = compressors.get(compressor, workers=prob.n_workers)
     net = SimulatedNetwork(prob.n_workers, 0, device=prob.device)
     algo = cls(prob, net, Q, cls.resolve(methods.Setting.build(prob, net, Q, rounds), params))
     algo.start(prob.initial_point())
     steps, floors = [], []
+    sync()
     for _ in range(rounds):
         t0 = time.perf_counter()
         algo.step()
+        sync()
         t1 = time.perf_counter()
         floor()
+        sync()
         t2 = time.perf_counter()
         steps.append(t1 - t0)
         floors.append(t2 - t1)

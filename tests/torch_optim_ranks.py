@@ -2,7 +2,8 @@
 
 Every rank computes marina.run's trajectory on the whole problem (simulated, n = world size),
 then trains its own shard with the marina.torch optimizer and writes the comparison to
-``<out>/rank<r>.json``.
+``<out>/rank<r>.json``. ``python torch_optim_ranks.py OUT cuda`` trains on ``cuda:LOCAL_RANK``
+with NCCL instead (benchmarks/device_check.py); the reference stays on the CPU.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ CASES = {
 }
 
 
-def main(out: str) -> None:
+def main(out: str, device: str = "cpu") -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    dev = torch.device("cpu")
+    if device == "cuda":
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     x, y = _data(M * world)
     report = {}
@@ -50,9 +55,9 @@ def main(out: str) -> None:
             log_every=1,
             **kwargs,
         )
-        model = _mlp()
+        model = _mlp().to(dev)
         opt = cls(model.parameters(), compressor="randk:7", lr=LR, seed=SEED, **kwargs, **extra)
-        xs, ys = x[rank * M : (rank + 1) * M], y[rank * M : (rank + 1) * M]
+        xs, ys = x[rank * M : (rank + 1) * M].to(dev), y[rank * M : (rank + 1) * M].to(dev)
         skipped = 0
         for _ in range(STEPS):
             if name == "pp-marina" and not opt.participates:
@@ -62,12 +67,13 @@ def main(out: str) -> None:
                 continue
             if opt.coin is False and "batch_size" in kwargs:
                 idx = Randomness(SEED, "minibatch", opt.method.k, [rank]).sample_without_replacement(M, 3)[0]
+                idx = idx.to(dev)
                 opt.step(_closure(model, opt, xs[idx], ys[idx]))
             else:
                 opt.step(_closure(model, opt, xs, ys))
         row = ref.history.iloc[-2 if name != "diana" else -1]
         report[name] = {
-            "max_diff": float((_flat(model) - ref.x).abs().max()),
+            "max_diff": float((_flat(model).cpu() - ref.x).abs().max()),
             "bits_up": [opt.bits_up, float(row["bits_up"])],
             "bits_down": [opt.bits_down, float(row["bits_down"])],
             "wire_bytes": opt.wire_bytes,
@@ -79,4 +85,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
