@@ -1,6 +1,6 @@
 """Recorded histories of every method: refactors must reproduce them bit for bit.
 
-``CASES`` covers ten methods (the paper's seven, EF21, EF21-SGDM, DASHA) with several
+``CASES`` covers all fourteen methods (the paper's seven, the EF21 and DASHA families) with several
 compressors, on two bundled data sets and two seeds, n = 6 workers (so 3 gloo processes host
 two each). ``python tests/golden.py`` records ``tests/data/golden_histories.json`` from the
 code as it stands; ``python tests/golden.py --check [SEED ...]`` compares; the tests compare a
@@ -61,6 +61,10 @@ METHOD_CASES: tuple[tuple[str, str, dict], ...] = (
     ("ef21", "topk:5", {}),
     ("ef21-sgdm", "topk:5", {"momentum": 0.2, "batch_size": 4, "stepsize_multiplier": 4.0}),
     ("dasha", "randk:5", {}),
+    ("ef21-pp", "topk:3", {"participation": 0.5}),
+    ("ef21-sgd", "topk:5", {"batch_size": 8}),
+    ("dasha-page", "randk:4", {"batch_size": 8}),
+    ("dasha-mvr", "randk:4", {"batch_size": 8}),
 )
 
 
