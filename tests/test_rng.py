@@ -288,9 +288,11 @@ def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
             if dense_population == 0:
                 first = torch.sort(first, dim=1).values
                 clean = (first[:, 1:] != first[:, :-1]).all(dim=1)
-                # the redraw loop ran (duplicates in a first draw of k from <= 50), and rows drawn
-                # without duplicates the first time keep that draw
-                assert not bool(clean.all())
+                # the redraw loop ran (duplicates in a first draw of k from <= 50; 40 of 5000 has
+                # none in all 32 rows with probability 0.86^32 ~ 1%), and rows drawn without
+                # duplicates the first time keep that draw
+                if not isinstance(pop, int) or pop <= 50:
+                    assert not bool(clean.all())
                 assert torch.equal(idx[clean], first[clean])
 
 
