@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -156,6 +157,26 @@ def _rebuild_run(method: str, spec: str, seed: int, rank: int, world: int) -> di
     return {"losses": losses, "layouts": layouts, "rounds": state.rounds}
 
 
+def _readme_example(rank: int) -> dict:
+    """The README's DDP hook example, run verbatim on a DDP model, then STEPS SGD steps."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("**DDP hook.**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = {"marina": marina, "ddp": DDP(_model())}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own example
+    ddp, state = scope["ddp"], scope["state"]
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    X, y = _data(rank)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(X), y).backward()
+        opt.step()
+    moved = max(float((a - b).abs().max()) for a, b in zip(ddp.parameters(), _model().parameters()))
+    return {"method": state.method, "rounds": state.rounds, "moved": moved}
+
+
 def _main_job(out: str, seed: int) -> None:
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -188,6 +209,7 @@ def _main_job(out: str, seed: int) -> None:
         }
     for method, spec in (("qgd", "randk:10%"), ("diana", "randk:1%"), ("ef21", "topk:1%")):
         report[f"rebuild-{method}"] = _rebuild_run(method, spec, seed, rank, world)
+    report["readme"] = _readme_example(rank)
     try:  # a plain dict as state: a clear error at the first call, before any exchange
         _ddp_train({"compressor": "randk:3"}, compression_hook, rank)
     except ConfigError as err:
@@ -311,6 +333,13 @@ def test_training_survives_bucket_rebuilds(main_reports):
             assert got["rounds"] == REBUILD_STEPS
             losses = got["losses"]
             assert losses[-1] < 0.8 * losses[0], (method, seed, losses)
+
+
+def test_the_readme_registration_runs_verbatim(main_reports):
+    world, seed, reports = main_reports
+    for r in reports:
+        got = r["readme"]
+        assert got["method"] == "ef21" and got["rounds"] == STEPS and got["moved"] > 1e-3, got
 
 
 def test_plain_dict_state_is_refused_at_the_first_call(main_reports):
