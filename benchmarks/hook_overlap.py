@@ -1,6 +1,6 @@
 """How much of the DDP hook's exchange hides behind the backward pass (``marina.torch.compression_hook``).
 
-W local gloo processes (default 2, one torch thread each, ``marina.testing.local_launch``), an MLP
+W local gloo processes (default 2, one torch thread each, ``marina.testing.run_ranks``), an MLP
 of ``--width`` (default 512-512-512-512-512-512-512-10: 1.58 M parameters) under
 ``DistributedDataParallel(bucket_cap_mb=--bucket-mb)`` (default 1 MB: several buckets, so the
 early ones can travel while the backward pass computes the rest), a batch of ``--batch`` rows per
@@ -34,8 +34,6 @@ Run: ``python benchmarks/hook_overlap.py [--ranks 2] [--steps 5] [--reps 6]``
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import marina.torch as mt
-from marina.testing import close_group, local_launch
+from marina.testing import close_group, run_ranks
 
 METHODS = (("qgd", "identity"), ("qgd", "randk:1%"), ("diana", "randk:1%"), ("ef21", "topk:1%"))
 VARIANTS = (
@@ -224,12 +222,9 @@ def main() -> None:
         rank_main(args)
         return
     with tempfile.TemporaryDirectory() as out:
-        argv = [sys.executable, __file__, *sys.argv[1:], "--rank-job", "--out", out]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
-        errs = [p.communicate()[1].decode() for p in procs]
-        if any(p.returncode for p in procs):
-            sys.exit("a rank failed:\n" + "\n".join(e[-3000:] for e in errs))
+        run_ranks(
+            [sys.executable, __file__, *sys.argv[1:], "--rank-job", "--out", out], args.ranks, timeout=1800
+        )
         reports = [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(args.ranks)]
     summarise(reports, args)
 

@@ -20,6 +20,12 @@ from marina.testing import close_group, run_ranks
 from marina.torch.hooks import FINGERPRINT_BYTES, CompressionHookState, compression_hook
 
 STEPS = 3
+FORMULA_CASES = (
+    ("qgd", "randk:3"),
+    ("diana", "randk:3:seeded"),
+    ("ef21", "topk:3"),
+    ("diana", "bernoulli:0.5"),
+)
 REBUILD_STEPS = 8
 REBUILD_LR = 0.0005  # plain SGD on the 28 k-parameter regression below (EF21 topk:1% diverges at 0.002)
 
@@ -194,10 +200,11 @@ def _main_job(out: str, seed: int) -> None:
     report["ef21_identity_moved"] = max(
         float((a - b).abs().max()) for a, b in zip(ref, _model().parameters())
     )
-    for method, spec in (("qgd", "randk:3"), ("diana", "randk:3"), ("ef21", "topk:3")):
+    for method, spec in FORMULA_CASES:
         state = CompressionHookState(spec, method, seed=seed)
-        calls = _recorded(state, rank, slow_rank=rank == world - 1 and world > 1)
-        report[method] = {
+        overlapped = spec != "bernoulli:0.5"  # sizes vary: exchanged synchronously
+        calls = _recorded(state, rank, slow_rank=overlapped and rank == world - 1 and world > 1)
+        report[f"{method} {spec}"] = {
             "ok": _expected(method, spec, seed, world, calls),
             "returned_pending": [not c[3] for c in calls],
             "bits_up": state.bits_up,
@@ -292,9 +299,9 @@ def test_registered_directly_equals_allreduce(main_reports):
 def test_outputs_follow_each_methods_formula(main_reports):
     world, seed, reports = main_reports
     for r in reports:
-        for method in ("qgd", "diana", "ef21"):
-            got = r[method]
-            assert len(got["ok"]) == STEPS and all(got["ok"]), (method, seed, got["ok"])
+        for method, spec in FORMULA_CASES:
+            got = r[f"{method} {spec}"]
+            assert len(got["ok"]) == STEPS and all(got["ok"]), (method, spec, seed, got["ok"])
             assert set(got["d"]) == {33}  # one bucket of 33 parameters
 
 
@@ -305,14 +312,14 @@ def test_the_hook_returns_before_the_exchange_completes(main_reports):
     # the last rank sleeps 0.5 s before its last backward pass: rank 0's future cannot be
     # complete when its hook returns unless the hook waited for the exchange itself (the first
     # call waits for the fingerprints, so the last one is checked)
-    for method in ("qgd", "diana", "ef21"):
-        assert reports[0][method]["returned_pending"][-1], method
+    for case in ("qgd randk:3", "diana randk:3:seeded", "ef21 topk:3"):
+        assert reports[0][case]["returned_pending"][-1], case
 
 
 def test_counters_by_hand(main_reports):
     world, seed, reports = main_reports
     for r in reports:
-        got = r["qgd"]
+        got = r["qgd randk:3"]
         bits = 3 * (32 + 6)  # randk:3 of d = 33: 3 values and 3 indices of ceil(log2 33) bits
         assert got["rounds"] == STEPS and got["messages"] == STEPS
         assert got["bits_up"] == STEPS * bits  # per worker, as the optimizers' bits_up
@@ -320,7 +327,7 @@ def test_counters_by_hand(main_reports):
         # this rank sends its ceil(114 / 8) = 15 bytes and the fingerprint to each other rank
         assert got["wire_bytes"] == (world - 1) * (STEPS * 15 + FINGERPRINT_BYTES)
         dense = 32 * 33  # EF21's first exchange sends the gradient dense
-        assert r["ef21"]["bits_up"] == dense + (STEPS - 1) * bits
+        assert r["ef21 topk:3"]["bits_up"] == dense + (STEPS - 1) * bits
 
 
 def test_training_survives_bucket_rebuilds(main_reports):

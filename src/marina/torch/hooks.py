@@ -225,7 +225,7 @@ class CompressionHookState:
         return f"CompressionHookState({c.compressor!r}, {c.method!r}, seed={c.seed}{params})"
 
     # -- setup, at first sight of a bucket ------------------------------------------------------
-    def _start(self, device: torch.device) -> None:
+    def _start(self) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError("compression_hook needs an initialised torch.distributed process group")
         self._world = int(dist.get_world_size(self.group))
@@ -239,7 +239,7 @@ class CompressionHookState:
         plan = self._plans.get((index, d))
         if plan is None:
             if not self._world:
-                self._start(buffer.device)
+                self._start()
             self._agree(index, d, buffer.dtype)
             Q = self.compressor_for(d)
             sizes = Q.message_bits(d, torch.arange(self._world)) if Q.fixed_size else None
@@ -365,12 +365,22 @@ class CompressionHookState:
             _check_poison(rows, Q.spec, error)
             ids = torch.arange(W, device=rows.device)
             lengths = torch.full((W,), L, dtype=torch.int64, device=rows.device)
-            rx = Randomness(self.config.seed, stream, round, ids, rows.device) if Q.regenerates else None
+
+            def receiver(senders: Tensor) -> Randomness | None:  # regenerates the senders' draws
+                return (
+                    Randomness(self.config.seed, stream, round, senders, rows.device)
+                    if Q.regenerates
+                    else None
+                )
+
+            mean = Q.sum_packed(rows, lengths, d, ids, X.dtype, receiver(ids)).to(X.device) / W
             if not want_local:
-                return Q.sum_packed(rows, lengths, d, ids, X.dtype, rx).to(X.device) / W, None
-            back = Q._unpack_rows(rows, lengths, d=d, worker_ids=ids, dtype=X.dtype, rng=rx)
-            mean = Q.sum_decompressed(back).to(X.device) / W
-            return mean, Q.decompress(back).to(X.device)[self._rank : self._rank + 1]
+                return mean, None
+            r = slice(self._rank, self._rank + 1)  # this rank's own message, decoded alone
+            back = Q._unpack_rows(
+                rows[r], lengths[r], d=d, worker_ids=ids[r], dtype=X.dtype, rng=receiver(ids[r])
+            )
+            return mean, Q.decompress(back).to(X.device)
 
         return work.get_future().then(decode)
 
