@@ -35,7 +35,11 @@ rebuild keeps every value. One state per DDP model (parameters are recognised by
 Agreement. At the first call for every (bucket index, d), the ranks all-gather a fixed-size
 fingerprint (d, the gradient dtype, the compressor, the method and its parameters, the seed);
 where they differ, every rank raises the same :class:`marina.errors.ConfigError` naming the
-difference before any payload is exchanged (mismatched payloads would abort gloo in C++).
+difference before any payload is exchanged (mismatched payloads would abort gloo in C++). A
+rank whose compressor refuses its gradient (a non-finite entry) sends a payload of 0xFF bytes,
+which no message of a fixed-size compressor can be, so every rank raises alike (a
+:class:`marina.errors.ValueRangeError` naming the ranks) instead of one rank hanging the others.
+Counters: see :class:`CompressionHookState`.
 
 ``"randk:P%"`` keeps round(P d / 100) coordinates of a bucket of d entries (at least one; also in
 compositions, ``"randk:1%+natural"``), resolved by :func:`marina.torch.optim.compressor_for`, as
