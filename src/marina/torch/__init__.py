@@ -6,13 +6,14 @@ of a torch.distributed group (or the process alone) is one worker; ``step(closur
 compressors. :mod:`marina.torch.closure` adapts the closure to the Problem protocol.
 ``EF21``, ``EF21PP``, ``EF21SGD``, ``DASHA``, ``DASHAPAGE``, ``DASHAMVR``
 (:mod:`marina.torch.successors`): MARINA's successors, the same layer over their methods.
-``CompressionHookState`` and ``compression_hook`` (:mod:`marina.torch.hooks`): QGD or DIANA as a
-DDP communication hook for users of standard DDP (MARINA itself cannot be a hook: see there).
+``CompressionHookState`` and ``compression_hook`` (:mod:`marina.torch.hooks`): QGD, DIANA or EF21
+as a DDP communication hook for users of standard DDP (MARINA itself cannot be a hook: see there);
+``CompressionHookConfig``: the hook's frozen configuration.
 """
 
 from __future__ import annotations
 
-from marina.torch.hooks import CompressionHookState, compression_hook
+from marina.torch.hooks import CompressionHookConfig, CompressionHookState, compression_hook
 from marina.torch.optim import DIANA, MARINA, PPMARINA, QGD, VRMARINA, MarinaOptimizer, compressor_for
 from marina.torch.successors import DASHA, DASHAMVR, DASHAPAGE, EF21, EF21PP, EF21SGD
 
@@ -29,6 +30,7 @@ __all__ = [
     "DASHAPAGE",
     "DASHAMVR",
     "CompressionHookState",
+    "CompressionHookConfig",
     "compression_hook",
     "MarinaOptimizer",
     "compressor_for",
