@@ -30,13 +30,15 @@ import torch.distributed as dist
 from marina.errors import ConfigError
 from marina.network.torch_distributed import TorchDistributedNetwork, first_line, worker_block
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "LaunchEnv", "Session", "init", "launch_env"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "MAX_TIMEOUT_S", "LaunchEnv", "Session", "init", "launch_env"]
 
 ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets in every process and :func:`launch_env` requires."""
 
 DEFAULT_TIMEOUT_S = 300.0
 """Default bound (seconds) on the rendezvous and on any one collective."""
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""Largest timeout accepted (a week; torch keeps it as an integer count of milliseconds)."""
 
 _LAUNCH_HINT = (
     "launch with torchrun, e.g. `torchrun --nproc-per-node 4 -m marina run --backend "
@@ -202,8 +204,12 @@ def init(
     Raises:
         ConfigError: bad environment, device, backend or timeout; ranks that do not join in time.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ConfigError(f"timeout == {timeout_s!r}, must be a number of seconds > 0")
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
+        raise ConfigError(f"timeout == {timeout_s!r}, must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]")
     env = launch_env(environ)
     if backend is not None and backend not in ("gloo", "nccl"):
         raise ConfigError(f"backend == {backend!r}, must be 'gloo' or 'nccl'")
