@@ -68,15 +68,18 @@ def execute_distributed(
     checkpoint_every: int,
     timeout_s: float | None = None,
     quiet: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any] | None:
     """Run ``config`` on this rank's workers (call it on every rank of a torchrun job).
 
     Rank 0 writes ``out`` (when given) and returns the run's record, the other ranks return
     None. Every rank must pass the same configuration and options (checked). A failed run
     raises on every rank that knows, except that rank 0 returns the failed record (with its
-    traceback) when the failure is its own and not a peer's.
+    traceback) when the failure is its own and not a peer's. ``verbose``: torch's own log lines
+    of the rendezvous on stderr (:func:`marina.network.launch.init`).
     """
-    session = init(config.device, timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    session = init(config.device, timeout_s=timeout_s, verbose=verbose)
     try:
         net = session.network(config.workers, config.seed)
         net.agree(
