@@ -280,7 +280,7 @@ def test_fuzz_compressed_data(tmp_path, capsys, monkeypatch):
         f = tmp_path / f"case{case}{suffix}"
         f.write_bytes({".svm": bytes, ".svm.gz": gzip.compress, ".svm.bz2": bz2.compress}[suffix](text))
         data.clear_cache()
-        if size > bound:
+        if size > bound and not (b"\0" in chunk and suffix != ".svm"):  # NULs: refused at once
             with pytest.raises(MemoryBudgetError, match=re.escape(str(f))):
                 data.load(str(f))
         else:

@@ -95,7 +95,6 @@ def _bomb(path: Path, chunk: bytes, total: int) -> Path:
 @pytest.mark.parametrize(
     "name, chunk, total",
     [
-        ("nul.svm.gz", b"\0" * 2**20, 64 * 2**20),  # the issue's 12 GiB of NUL bytes, scaled down
         ("rows.svm.gz", b"1 1:0.5 2:0.25\n-1 3:1\n" * 2**15, 64 * 2**20),  # valid rows
         ("rows.svm.bz2", b"1 1:0.5 2:0.25\n-1 3:1\n" * 2**15, 6 * 2**20),  # (bz2 writes slowly)
     ],
@@ -113,6 +112,18 @@ def test_compression_bomb_refused_quickly(tmp_path, capsys, monkeypatch, name, c
         rc, _, err = cli(capsys, *argv)
         assert rc == 2 and "decompresses to more than 4 MiB" in one_line_error(err)
     assert time.process_time() - t0 < 10  # read 4 MiB of each, not 64
+
+
+def test_bomb_of_nul_bytes_refused_at_its_first_piece(tmp_path, capsys):
+    """The issue's 12 GiB of NUL bytes (here 128 MiB in 130 KB): binary, refused whatever the budget."""
+    path = _bomb(tmp_path / "nul.svm.gz", b"\0" * 2**20, 2**27)
+    data.clear_cache()
+    t0 = time.process_time()
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: not a LibSVM text file (a NUL byte at byte 0")):
+        data.load(str(path))
+    assert time.process_time() - t0 < 2  # one piece read, not 128 MiB
+    rc, _, err = cli(capsys, "datasets", str(path))
+    assert rc == 2 and "NUL byte" in one_line_error(err)
 
 
 def test_plain_file_beyond_budget_refused_unread(tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ A file is parsed only if its text fits the memory budget (:mod:`marina.memory`):
 up to :data:`TEXT_FACTOR` bytes of memory per byte of text, so a plain file is checked by its
 size before it is read, and a compressed one is decompressed in pieces of :data:`PIECE_BYTES`
 into memory, stopping (MemoryBudgetError) as soon as its text passes the budget over
-:data:`TEXT_FACTOR` (a compression bomb costs that much time, no more). Bundled files are
-trusted.
+:data:`TEXT_FACTOR` (a compression bomb costs that much time, no more), or at the first NUL
+byte (binary data: never LibSVM text). Bundled files are trusted.
 
 Parsed files are cached in memory per process (keyed by resolved path, size and modification
 time), so tests and sweeps that rebuild problems pay for parsing once. Cached arrays are
@@ -196,6 +196,12 @@ def _bounded_text(path: str, size: int) -> str | io.BytesIO:
     try:
         with _open_text(path) as fh:
             while piece := fh.read(PIECE_BYTES):
+                nul = piece.find(b"\0")
+                if nul >= 0:  # never in a text file: binary data, or a bomb of zeros
+                    raise ConfigError(
+                        f"{path}: not a LibSVM text file (a NUL byte at byte {text.tell() + nul} of its "
+                        "decompressed contents)"
+                    )
                 text.write(piece)
                 if text.tell() > most:
                     raise MemoryBudgetError(
@@ -204,7 +210,7 @@ def _bounded_text(path: str, size: int) -> str | io.BytesIO:
                         f"the memory budget of {memory.format_bytes(limit)} ({source})"
                     )
     except (OSError, EOFError, ValueError) as err:  # corrupt stream (BadGzipFile is an OSError)
-        if isinstance(err, MemoryBudgetError):
+        if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"{path}: cannot decompress ({type(err).__name__}: {err})") from None
     text.seek(0)

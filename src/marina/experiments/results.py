@@ -417,15 +417,16 @@ def _history_readable(path: Path, run_id: str) -> bool:
     numbers and its ``run_id`` column (schema >= 2) holds ``run_id`` only (damage is reported)."""
     try:
         _check_regular(path, MAX_HISTORY_BYTES)
-        schema = pq.read_schema(path)
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
         for column in HISTORY_COLUMNS:
             if column in schema.names:
                 kind = schema.field(column).type
                 if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
                     raise ValueError(f"column {column!r} holds {kind}, not numbers")
         if "run_id" in schema.names:
-            ids = pq.read_table(path, columns=["run_id"]).column(0).unique().to_pylist()
-            if ids != [run_id]:
+            ids = _run_ids(path, meta, schema.get_field_index("run_id"))
+            if ids not in ([], [run_id]):  # no rows: nothing of another run
                 shown = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
                 raise ValueError(f"holds the rows of run_id {shown}, not of its folder's run {run_id!r}")
     except FileNotFoundError:
@@ -434,6 +435,18 @@ def _history_readable(path: Path, run_id: str) -> bool:
         _damaged(path, err, "the run is treated as not done and will be run again")
         return False
     return True
+
+
+def _run_ids(path: Path, meta: Any, column: int) -> list[str]:
+    """The distinct ``run_id`` values of a history: from the row groups' min/max statistics
+    when each holds one value, else read from the column."""
+    found: set[str] = set()
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            return pq.read_table(path, columns=["run_id"]).column(0).unique().to_pylist()
+        found.add(stats.min)
+    return sorted(found)
 
 
 def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame:
