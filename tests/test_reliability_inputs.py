@@ -309,3 +309,14 @@ def test_run_folder_symlinked_outside_out_is_refused(three_runs, tmp_path, capsy
     rc, _, err = cli(capsys, *argv, "--out", str(out), "--quiet")
     assert rc == 2 and str(out / "runs" / seed0) in err.strip().splitlines()[-1] and "Traceback" not in err
     assert {p.name: p.stat().st_mtime_ns for p in outside.iterdir()} == before  # nothing written there
+
+
+def test_runs_folder_linked_outside_out_is_refused(three_runs, tmp_path, capsys):
+    out, ids, _ = _fresh(three_runs, tmp_path)
+    (out / "runs").rename(tmp_path / "elsewhere")
+    (out / "runs").symlink_to(tmp_path / "elsewhere")
+    rc, _, err = cli(capsys, "collect", str(out))
+    assert rc == 0 and err.count("leads outside") == 3 and "Traceback" not in err
+    assert len(pd.read_parquet(out / "results.parquet")) == 0
+    rc, _, err = cli(capsys, "sweep", str(three_runs / "s.toml"), "--out", str(out), "--quiet")
+    assert rc == 2 and "leads outside" in one_line_error(err)
