@@ -1,11 +1,16 @@
 """Issue 17 fuzz: randomly corrupted LibSVM files and sweep files end with exit status 2 and one
 line naming the problem (never a traceback); randomly damaged per-run files of a results
-directory are reported by path as one-line warnings and never stop a command. Every corruption
-is drawn from keyed randomness (:class:`marina.rng.Randomness`, stream per kind, round = case)."""
+directory are reported by path as one-line warnings and never stop a command. Issue 25: sweep
+sizes, compressed data around the memory budget, hostile per-run files, link and timeout specs.
+Every corruption is drawn from keyed randomness (:class:`marina.rng.Randomness`, stream per
+kind, round = case)."""
 
 from __future__ import annotations
 
 import gzip
+import math
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -208,3 +213,183 @@ def test_fuzz_per_run_files(results_dir, tmp_path, capsys):
             err = capsys.readouterr()[1]
             assert "Traceback" not in err
         shutil.rmtree(out)
+
+
+# -- issue 25: sweep sizes, compressed data, hostile per-run files, link and timeout specs ------
+def test_fuzz_sweep_sizes(tmp_path, capsys, monkeypatch):
+    """Grids of random list lengths under a random MARINA_MAX_RUNS: the declared count is the sum
+    of the grids' products; beyond the limit it is refused naming the count (never expanded),
+    within it expanded to exactly that many."""
+    from marina.errors import ConfigError
+    from marina.experiments import grid
+
+    for case in range(CASES):
+        pick = Pick("sweep-size", case)
+        tables = []
+        for _ in range(1 + pick.int(3)):
+            axes = {
+                k: list(range(1, 2 + pick.int(12 if pick.int(4) else 2000))) for k in ("seeds", "iterations")
+            }
+            tables.append({k: v for k, v in axes.items() if pick.int(3)})
+        spec = grid.SweepSpec(
+            [
+                {"problems": ["synthetic"], "methods": ["gd"], "compressors": ["identity"], **t}
+                for t in tables
+            ],
+            [f"g{i}" for i in range(len(tables))],
+        )
+        total = sum(math.prod(len(v) for v in t.values()) for t in tables)
+        limit = 1 + pick.int(300)
+        monkeypatch.setenv(grid.MAX_RUNS_ENV, str(limit))
+        if total > limit:
+            with pytest.raises(ConfigError, match=f"declares {total} runs"):
+                grid.expand(spec)
+        else:
+            assert len(grid.expand(spec)) == total
+        if case % 25 == 0:  # the command line says the same in one line
+            body = "".join(
+                "[[grid]]\n" + "".join(f"{k} = {v}\n" for k, v in {"iterations": [2], **t}.items())
+                for t in tables
+            )
+            f = tmp_path / f"case{case}.toml"
+            f.write_text('problems = "synthetic"\nmethods = "gd"\ncompressors = "identity"\n' + body)
+            rc, err = run_cli(capsys, "sweep", str(f), "--out", str(tmp_path / "D"), "--dry-run")
+            assert (rc == 2 and f"declares {total} runs" in err) if total > limit else rc == 0, (case, err)
+
+
+ROW_TEXTS = [b"1 1:0.5 2:0.25\n-1 3:1\n", b"\0" * 64, b"-1 7:2\n1 1:1 9:0.5\n", bytes(range(256))]
+
+
+def test_fuzz_compressed_data(tmp_path, capsys, monkeypatch):
+    """Plain, gzip and bz2 texts of random size around the budget's bound (a quarter of 2 MiB):
+    beyond it refused as over the memory budget before parsing, within it parsed or refused
+    naming the file; one line at the command line, never a traceback."""
+    import bz2
+
+    from marina import data
+    from marina.errors import ConfigError, MemoryBudgetError
+
+    monkeypatch.setenv(memory.ENV_VAR, "2M")
+    bound = 2**19
+    for case in range(30):
+        pick = Pick("compressed", case)
+        chunk = pick.of(ROW_TEXTS)
+        size = pick.int(3 * bound)
+        text = (chunk * (size // len(chunk) + 1))[:size]
+        suffix = pick.of([".svm", ".svm.gz", ".svm.bz2"])
+        f = tmp_path / f"case{case}{suffix}"
+        f.write_bytes({".svm": bytes, ".svm.gz": gzip.compress, ".svm.bz2": bz2.compress}[suffix](text))
+        data.clear_cache()
+        if size > bound and not (b"\0" in chunk and suffix != ".svm"):  # NULs: refused at once
+            with pytest.raises(MemoryBudgetError, match=re.escape(str(f))):
+                data.load(str(f))
+        else:
+            try:
+                data.load(str(f))
+            except ConfigError as err:
+                assert str(f) in str(err) and not isinstance(err, MemoryBudgetError), (case, err)
+        if case % 5 == 0:
+            rc, err = run_cli(capsys, "datasets", str(f))
+            assert rc == 0 or (rc == 2 and len(err.strip().splitlines()) == 1 and str(f) in err), (case, err)
+
+
+HOSTILE_VALUES = [
+    b"1e400",
+    b'"abc"',
+    b"[2]",
+    b"{}",
+    b"null",
+    b"true",
+    b"-1e400",
+    b"1.5",
+    b"[" * 5000 + b"]" * 5000,
+]
+
+
+def test_fuzz_hostile_per_run_files(results_dir, tmp_path, capsys):
+    """A configuration field of run.json given a hostile value, a history with a metric column
+    as strings or another run's rows, or a per-run file replaced by /dev/zero or a named pipe:
+    collect reports it by path (one-line warnings) and leaves that run out, never stops."""
+    import json
+
+    import pandas as pd
+
+    runs = sorted(p.name for p in (results_dir / "D" / "runs").iterdir())
+    for case in range(24):
+        pick = Pick("hostile", case)
+        out = tmp_path / f"D{case}"
+        shutil.copytree(results_dir / "D", out)
+        run_id, other = pick.of(runs), pick.of(runs)
+        folder = out / "runs" / run_id
+        kind = pick.int(4)
+        if kind == 0:
+            key = pick.of(["workers", "seed", "iterations", "log_every", "problem", "method", "params"])
+            value = pick.of(HOSTILE_VALUES)
+            record = json.loads((folder / "run.json").read_text())
+            record["config"][key] = "__hostile__"
+            target = folder / "run.json"
+            target.write_bytes(json.dumps(record).encode().replace(b'"__hostile__"', value))
+            expected = {
+                "workers": (int,),
+                "seed": (int,),
+                "iterations": (int,),
+                "log_every": (int,),
+                "problem": (str,),
+                "method": (str,),
+                "params": (dict,),
+            }[key]
+            parsed = None if value.startswith(b"[[") else json.loads(value)
+            certain = value.startswith(b"[[") or isinstance(parsed, bool) or not isinstance(parsed, expected)
+        elif kind == 1:
+            target = folder / "history.parquet"
+            frame = pd.read_parquet(target)
+            if pick.int(2):
+                column = pick.of(["grad_norm_sq", "loss", "bits_up", "iteration"])
+                frame[column] = frame[column].astype(str)
+                certain = True
+            else:
+                frame = pd.read_parquet(out / "runs" / other / "history.parquet")
+                certain = other != run_id
+            frame.to_parquet(target, index=False)
+        else:
+            target = folder / pick.of(["run.json", "history.parquet"])
+            target.unlink()
+            target.symlink_to("/dev/zero") if kind == 2 else os.mkfifo(target)
+            certain = True
+        rc, err = run_cli(capsys, "collect", str(out))
+        assert rc == 0, (case, err)
+        for line in err.strip().splitlines():
+            assert line.startswith(f"marina: warning: {out}"), (case, line)
+        if certain:
+            assert str(target) in err, (case, err)
+            assert run_id not in set(pd.read_parquet(out / "results.parquet")["run_id"]), case
+        shutil.rmtree(out)
+
+
+def test_fuzz_link_and_timeout_specs():
+    """Random numbers (huge, tiny, subnormal, non-finite, negative) in link specs and timeouts:
+    either accepted with every modelled time finite and >= 0, or refused naming the value."""
+    from marina import distributed
+    from marina.errors import ConfigError
+    from marina.network.launch import MAX_TIMEOUT_S
+    from marina.network.link import parse_link
+
+    numbers = ["0", "1", "2.5", "1e400", "1e-320", "1e-5", "1e15", "1e16", "nan", "inf", "-1", "1e308", "7"]
+    for case in range(CASES):
+        pick = Pick("link", case)
+        rate = pick.of(numbers) + pick.of(["bit", "kbit", "mbit", "gbit", "tbit", ""])
+        spec = rate + (f":{pick.of(numbers)}{pick.of(['s', 'ms', 'us', 'h'])}" if pick.int(2) else "")
+        try:
+            link = parse_link(spec)
+        except ConfigError as err:
+            assert f"link == {spec!r}" in str(err), (case, err)
+        else:
+            for world in (1, 2, 1000):
+                t = link.aggregation_s(world, 1 + pick.int(2**40), size_slots=pick.int(10))
+                assert math.isfinite(t) and t >= 0 and (t > 0 or world == 1), (case, spec, t)
+        timeout = float(pick.of(numbers))
+        with pytest.raises(ConfigError) as info:
+            distributed.init("cpu", timeout_s=timeout, environ={})
+        valid = 0 < timeout <= MAX_TIMEOUT_S
+        assert ("environment variable" in str(info.value)) == valid, (case, timeout, info.value)
+        assert valid or f"timeout == {timeout!r}" in str(info.value), (case, info.value)

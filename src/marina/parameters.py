@@ -181,7 +181,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "probability",
         ("marina", "vr-marina", "pp-marina", "dasha-page"),
         "probability of a dense round (MARINA family) or of a full gradient (DASHA-PAGE), in (0, 1], "
-        "or bits: expected message bits / dense bits",
+        "or (MARINA family) bits: expected message bits / dense bits",
         "p",
     ),
     Parameter("alpha", float, "probability", ("diana", "vr-diana"), "DIANA shift stepsize, in (0, 1]", "α"),

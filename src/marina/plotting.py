@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from scipy import stats
 
-from marina import parameters
+from marina import memory, parameters
 from marina.errors import ConfigError
 from marina.experiments.results import CONFIG_COLUMNS, PARAM_COLUMNS
 from marina.files import atomic_write
@@ -463,11 +463,26 @@ def figure_path(path: str | os.PathLike) -> Path:
     return path
 
 
+MAX_PIXELS_A_SIDE = 2**16 - 1
+"""Largest side of a PNG matplotlib's Agg renderer draws."""
+
+
 def save(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Save ``fig`` as PNG (``dpi`` dots per inch), PDF or SVG, chosen by the file suffix
-    (atomically)."""
+    (atomically). A PNG's sides must stay within :data:`MAX_PIXELS_A_SIDE` and its pixels (4
+    bytes each) within the memory budget (:mod:`marina.memory`)."""
     path = figure_path(path)
     if not dpi > 0:
         raise ConfigError(f"dpi == {dpi}, must be > 0")
     fmt = path.suffix.lower()[1:]
+    if fmt == "png":
+        width, height = (float(v) for v in fig.get_size_inches())
+        w, h = math.ceil(width * dpi), math.ceil(height * dpi)
+        if max(w, h) > MAX_PIXELS_A_SIDE:
+            most = int(MAX_PIXELS_A_SIDE / max(width, height))
+            raise ConfigError(
+                f"dpi == {dpi} makes a {w} x {h} pixel image of this {width:g} x {height:g} in figure, "
+                f"must be at most {MAX_PIXELS_A_SIDE} pixels a side (dpi <= {most})"
+            )
+        memory.check({"image": 4 * w * h}, f"dpi == {dpi}: a {w} x {h} pixel image")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))

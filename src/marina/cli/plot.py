@@ -106,6 +106,9 @@ def main(args: argparse.Namespace) -> int:
     fig = plotting.plot(
         df, args.x, args.y, yscale=args.yscale, xscale=args.xscale, title=args.title, band=args.band
     )
-    plotting.save(fig, output, dpi=args.dpi)
+    try:
+        plotting.save(fig, output, dpi=args.dpi)
+    except ConfigError as err:  # named as typed
+        raise type(err)(f"--dpi {args.dpi}: {err}") from None
     print(output)
     return 0

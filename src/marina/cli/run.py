@@ -76,7 +76,12 @@ def _torch_distributed(
 ) -> dict[str, Any] | None:
     """This process is one rank of a torchrun job (:func:`marina.experiments.execute_distributed`)."""
     return execute_distributed(
-        config, args.out, checkpoint_every=args.checkpoint_every, timeout_s=args.timeout, quiet=args.quiet
+        config,
+        args.out,
+        checkpoint_every=args.checkpoint_every,
+        timeout_s=args.timeout,
+        quiet=args.quiet,
+        verbose=getattr(args, "verbose", False),
     )
 
 
@@ -149,6 +154,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="torch-distributed: seconds a rank waits for the others (rendezvous, each exchange) "
         "before stopping with an error (default 300)",
+    )
+    e.add_argument(
+        "--verbose",
+        action="store_true",
+        help="torch-distributed: also show torch's own log lines of the rendezvous on stderr (by "
+        "default a failed rendezvous keeps them in a log file named in the error)",
     )
     e.add_argument(
         "--checkpoint-every",

@@ -115,6 +115,8 @@ def main(args: argparse.Namespace) -> int:
             else experiments.DEFAULT_CHECKPOINT_EVERY
         )
     out = Path(args.out)
+    for config in configs:  # a run's folder that is a link: refused before anything is read
+        results.run_dir(out, config.run_id)
     done = results.completed_run_ids(out) if out.is_dir() else set()
     name = spec.name or Path(args.config).stem
     if shard is not None:

@@ -22,6 +22,8 @@ its flag bit, ``bernoulli:q:seeded`` none because none is sent.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 
@@ -68,6 +70,11 @@ class Bernoulli(Compressor):
         q = _parse_float(self.name, "q", value)
         if not (0.0 < q <= 1.0):
             raise ConfigError(f"{self.name}: q == {q:g}, must be in (0, 1]")
+        if q < sys.float_info.min:  # subnormal: omega = 1/q - 1 overflows
+            raise ConfigError(
+                f"{self.name}: q == {value}, must be at least {sys.float_info.min:g} "
+                "(omega = 1/q - 1 must be finite)"
+            )
         self.q = q
         self.seeded = mode == "seeded"
         self.regenerates = self.sized_by_draws = self.seeded

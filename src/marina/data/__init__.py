@@ -9,6 +9,13 @@ Bundled data sets (see ``src/marina/data/libsvm/SOURCES.md`` for provenance and 
 looked up with :mod:`importlib.resources` in the package folder ``marina/data/libsvm``; their
 ``n_features`` is fixed to the LibSVM page's figure (a9a.t uses only 122 of a9a's 123 columns).
 
+A file is parsed only if its text fits the memory budget (:mod:`marina.memory`): parsing takes
+up to :data:`TEXT_FACTOR` bytes of memory per byte of text, so a plain file is checked by its
+size before it is read, and a compressed one is decompressed in pieces of :data:`PIECE_BYTES`
+into memory, stopping (MemoryBudgetError) as soon as its text passes the budget over
+:data:`TEXT_FACTOR` (a compression bomb costs that much time, no more), or at the first NUL
+byte (binary data: never LibSVM text). Bundled files are trusted.
+
 Parsed files are cached in memory per process (keyed by resolved path, size and modification
 time), so tests and sweeps that rebuild problems pay for parsing once. Cached arrays are
 read-only; code that transforms them makes copies.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import bz2
 import functools
 import gzip
+import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from marina import memory
-from marina.errors import ConfigError
+from marina.errors import ConfigError, MemoryBudgetError
 
 __all__ = [
     "BUNDLED",
@@ -52,6 +60,15 @@ BUNDLED: dict[str, int] = {
     "ijcnn1.t": 22,
 }
 """Bundled data set name -> number of features (the LibSVM datasets page's figure)."""
+
+TEXT_FACTOR = 4
+"""Bytes of memory that parsing a LibSVM text takes per byte of it, at most: the text itself,
+and every feature token of at least 4 bytes (``"1:1 "``) becomes a float64 value and an int32
+index (12 bytes)."""
+PIECE_BYTES = 2**20
+"""Decompressed bytes read at a time from a compressed file."""
+MAX_FEATURE_INDEX = 2**31 - 2
+"""Largest feature index a file may use (the parser's indices are int32)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,8 @@ def load(name_or_path: str | os.PathLike[str], n_features: int | None = None) ->
     elif n_features < 1:
         raise ConfigError(f"n_features == {n_features}, must be >= 1")
     stat = path.stat()
-    return _load_cached(name, str(path.resolve()), n_features, stat.st_size, stat.st_mtime_ns)
+    trusted = default_d is not None  # bundled
+    return _load_cached(name, str(path.resolve()), n_features, stat.st_size, stat.st_mtime_ns, trusted)
 
 
 def clear_cache() -> None:
@@ -158,12 +176,56 @@ def clear_cache() -> None:
     _load_cached.cache_clear()
 
 
+def _compressed(path: str) -> bool:
+    return path.endswith((".gz", ".bz2"))
+
+
+def _bounded_text(path: str, size: int) -> str | io.BytesIO:
+    """What the parser reads: ``path`` itself when it is plain text that fits the budget, the
+    decompressed text of a compressed file when that fits (read in pieces, refused as soon as
+    it passes); MemoryBudgetError otherwise."""
+    if not _compressed(path):
+        memory.check(
+            {"text": size, "parsed arrays": (TEXT_FACTOR - 1) * size},
+            f"{path}: {memory.format_bytes(size)} of text",
+        )
+        return path
+    limit, source = memory.budget()
+    most = limit // TEXT_FACTOR
+    text = io.BytesIO()
+    try:
+        with _open_text(path) as fh:
+            while piece := fh.read(PIECE_BYTES):
+                nul = piece.find(b"\0")
+                if nul >= 0:  # never in a text file: binary data, or a bomb of zeros
+                    raise ConfigError(
+                        f"{path}: not a LibSVM text file (a NUL byte at byte {text.tell() + nul} of its "
+                        "decompressed contents)"
+                    )
+                text.write(piece)
+                if text.tell() > most:
+                    raise MemoryBudgetError(
+                        f"{path}: decompresses to more than {memory.format_bytes(most)} of text, and "
+                        f"parsing takes up to {TEXT_FACTOR} bytes of memory per byte of text: more than "
+                        f"the memory budget of {memory.format_bytes(limit)} ({source})"
+                    )
+    except (OSError, EOFError, ValueError) as err:  # corrupt stream (BadGzipFile is an OSError)
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path}: cannot decompress ({type(err).__name__}: {err})") from None
+    text.seek(0)
+    return text
+
+
 @functools.lru_cache(maxsize=16)
-def _load_cached(name: str, path: str, n_features: int | None, size: int, mtime_ns: int) -> Dataset:
+def _load_cached(
+    name: str, path: str, n_features: int | None, size: int, mtime_ns: int, trusted: bool = False
+) -> Dataset:
     from sklearn.datasets import load_svmlight_file
 
+    source = path if trusted else _bounded_text(path, size)
     try:
-        X, y = load_svmlight_file(path, n_features=n_features, dtype=np.float64)
+        X, y = load_svmlight_file(source, n_features=n_features, dtype=np.float64)
     except Exception as err:  # sklearn raises ValueError/TypeError/IndexError with no line number
         where = _first_bad_line(path)
         if where is not None:
@@ -184,6 +246,7 @@ def _load_cached(name: str, path: str, n_features: int | None, size: int, mtime_
             f"{path}: {values.size} distinct label values ({shown}), must be exactly 2 "
             "(binary classification)"
         )
+    del source  # the decompressed text, if any
     low, high = float(values[0]), float(values[1])
     y_pm = np.where(y == high, 1.0, -1.0)
     for arr in (X.data, X.indices, X.indptr, y_pm):
@@ -230,6 +293,8 @@ def _line_problem(line: bytes) -> str | None:
             return f"token {tok.decode(errors='replace')!r} is not index:value"
         if index < 0:
             return f"negative feature index {index}"
+        if index > MAX_FEATURE_INDEX:
+            return f"feature index {index}, must be at most {MAX_FEATURE_INDEX}"
         if index <= last:
             return f"feature indices not increasing ({last} then {index})"
         last = index

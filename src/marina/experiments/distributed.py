@@ -32,7 +32,8 @@ __all__ = ["execute_distributed"]
 def _checkpoint(
     out: str | os.PathLike | None, run_id: str, every: int, session: Session, net: TorchDistributedNetwork
 ) -> dict[str, Any]:
-    """Per-rank checkpoint arguments for :func:`marina.run`; resume only if every rank can."""
+    """Per-rank checkpoint arguments for :func:`marina.run` and ``resumed``: resume only if every
+    rank can."""
     if out is None or not every:
         return {}
     folder = results.run_dir(out, run_id)
@@ -45,7 +46,9 @@ def _checkpoint(
             progress = int(state["method_state"]["k"])
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is not resumed
             progress = -2
-    everyone = net.gather(torch.tensor([[progress]], dtype=torch.int64)).reshape(-1).tolist()
+    # gather takes one row per hosted worker: every worker of the rank reports its round
+    rows = net.gather(torch.full((net.n_local, 1), progress, dtype=torch.int64)).reshape(-1)
+    everyone = rows[:: net.n_local].tolist()
     if len(set(everyone)) != 1 or everyone[0] < -1:
         if session.rank == 0 and any(p != -1 for p in everyone):
             print(
@@ -54,7 +57,8 @@ def _checkpoint(
             )
         with contextlib.suppress(OSError):
             path.unlink()
-    return {"checkpoint_path": str(path), "checkpoint_every": int(every)}
+        return {"checkpoint_path": str(path), "checkpoint_every": int(every)}
+    return {"checkpoint_path": str(path), "checkpoint_every": int(every), "resumed": everyone[0] >= 0}
 
 
 def execute_distributed(
@@ -64,15 +68,18 @@ def execute_distributed(
     checkpoint_every: int,
     timeout_s: float | None = None,
     quiet: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any] | None:
     """Run ``config`` on this rank's workers (call it on every rank of a torchrun job).
 
     Rank 0 writes ``out`` (when given) and returns the run's record, the other ranks return
     None. Every rank must pass the same configuration and options (checked). A failed run
     raises on every rank that knows, except that rank 0 returns the failed record (with its
-    traceback) when the failure is its own and not a peer's.
+    traceback) when the failure is its own and not a peer's. ``verbose``: torch's own log lines
+    of the rendezvous on stderr (:func:`marina.network.launch.init`).
     """
-    session = init(config.device, timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    session = init(config.device, timeout_s=timeout_s, verbose=verbose)
     try:
         net = session.network(config.workers, config.seed)
         net.agree(
@@ -83,6 +90,7 @@ def execute_distributed(
         problem = load_problem(config.problem, config.workers, config.split, session.device, hosted)
         m = float(net.gather(problem.sizes.reshape(-1, 1)).double().mean())
         ckpt = _checkpoint(out, config.run_id, checkpoint_every, session, net)
+        resumed = bool(ckpt.pop("resumed", False))
         lead = session.rank == 0
         display = ProgressDisplay(enabled=False if (quiet or not lead) else None)
         display.add(config.run_id, f"{config.describe()} [{session.world_size} ranks]", config.iterations)
@@ -96,6 +104,7 @@ def execute_distributed(
                 backend="torch-distributed",
                 write=lead,
                 m=m,
+                resumed=resumed,
                 run_kwargs={"network": net, **ckpt},
             )
         finally:

@@ -70,15 +70,15 @@ def execute(config: RunConfig, out: str | os.PathLike | None, **options: Any):
     torch.distributed rank but 0) runs without touching ``out``. Other backends pass their
     ``problem`` (the workers this process hosts), ``m`` (the mean local data-set size over all
     workers, default: over ``problem.sizes``) and extra :func:`marina.run` arguments
-    (``run_kwargs``, e.g. ``network``). ``loggers``: tracker names (:mod:`marina.trackers`),
-    writing under ``out`` (else the working directory) with the run id as run name; not on
-    processes that do not write.
+    (``run_kwargs``, e.g. ``network``; ``resumed=True`` when those resume a checkpoint).
+    ``loggers``: tracker names (:mod:`marina.trackers`), writing under ``out`` (else the working
+    directory) with the run id as run name; not on processes that do not write.
 
     Options (keywords): ``checkpoint_every``, ``progress``, ``problem``, ``backend``
-    (``"simulated"``), ``write`` (True), ``m``, ``run_kwargs``, ``loggers``. A simulated run written into
-    ``out`` holds the run's lock (:func:`results.run_lock`) meanwhile: a second process asked
-    for the same run waits, then returns the record the first one wrote instead of computing it
-    again.
+    (``"simulated"``), ``write`` (True), ``m``, ``run_kwargs``, ``resumed``, ``loggers``. A
+    simulated run written into ``out`` holds the run's lock (:func:`results.run_lock`)
+    meanwhile: a second process asked for the same run waits, then returns the record the first
+    one wrote instead of computing it again.
 
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
@@ -105,6 +105,7 @@ def _execute(
     m: float | None = None,
     run_kwargs: Mapping[str, Any] | None = None,
     loggers: Any = None,
+    resumed: bool = False,
 ):
     """The body of :func:`execute` (the same options), without the run's lock."""
     out_path = Path(out) if out is not None else None
@@ -133,6 +134,8 @@ def _execute(
             ckpt = results.checkpoint_path(out_path, config.run_id)
             if ckpt.exists():
                 record["resumed"] = True
+        elif resumed:  # another backend's checkpoints (``run_kwargs``), found by its caller
+            record["resumed"] = True
         results.write_run(out_path, record)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {**config.params, **(run_kwargs or {})}

@@ -27,11 +27,16 @@ method parameters (:data:`PARAM_KEYS`, from :data:`marina.parameters.PARAMETERS`
 the methods that take it. Top level only: checkpoint_every, device, name, description. Every
 value is checked (with the key, the value and what is allowed in the message) before any run
 starts.
+
+Bounds: a sweep file is read only up to :data:`MAX_SWEEP_BYTES`; the number of runs (the sum
+over the grids of the products of their list lengths) is computed before anything is expanded
+and refused beyond :data:`MAX_RUNS`, which the environment variable ``MARINA_MAX_RUNS`` raises.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -53,13 +58,18 @@ else:  # pragma: no cover
 
 __all__ = [
     "GRID_KEYS",
+    "MAX_RUNS",
+    "MAX_RUNS_ENV",
+    "MAX_SWEEP_BYTES",
     "PARAM_KEYS",
     "REQUIRED_KEYS",
     "TOP_ONLY_KEYS",
     "Raw",
     "SweepSpec",
     "expand",
+    "grid_size",
     "load_sweep",
+    "max_runs",
     "parse_shard",
     "parse_sweep",
     "shard",
@@ -85,6 +95,13 @@ GRID_KEYS: tuple[str, ...] = (*AXIS_KEYS, *PARAM_KEYS)
 """Keys a grid (or the top level) may set; each takes a value or a list of values."""
 TOP_ONLY_KEYS: tuple[str, ...] = ("checkpoint_every", "device", "name", "description")
 REQUIRED_KEYS: tuple[str, ...] = ("problems", "methods", "compressors", "iterations")
+
+MAX_RUNS = 100_000
+"""Most runs a sweep file may declare (all grids together) unless ``MARINA_MAX_RUNS`` says more:
+each run is validated, listed and stored, so a few list values more must not declare 10^9."""
+MAX_RUNS_ENV = "MARINA_MAX_RUNS"
+MAX_SWEEP_BYTES = 4 * 2**20
+"""Largest sweep file read (a grid is declared by its axes: a few KB)."""
 
 
 # -- sweep files --------------------------------------------------------------------------------------
@@ -149,7 +166,15 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and check a sweep TOML file (see the module docstring for the schema)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if path.is_file() and size > MAX_SWEEP_BYTES:
+            raise ConfigError(
+                f"sweep file {str(path)!r} is {size} bytes, must be at most {MAX_SWEEP_BYTES} bytes "
+                "(declare a grid by its axes; long lists: a range of seeds is a list of a few values)"
+            )
+        with open(path, "rb") as fh:
+            text = fh.read(MAX_SWEEP_BYTES + 1).decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"sweep file {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -158,6 +183,10 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a sweep file: arrays or tables nested too deeply") from None
+    if len(text) > MAX_SWEEP_BYTES:  # grew while being read
+        raise ConfigError(f"sweep file {str(path)!r} must be at most {MAX_SWEEP_BYTES} bytes")
     return parse_sweep(data, path.name)
 
 
@@ -169,8 +198,42 @@ class Raw:
     where: str
 
 
+def max_runs() -> int:
+    """:data:`MAX_RUNS`, or the environment variable ``MARINA_MAX_RUNS`` when set."""
+    text = os.environ.get(MAX_RUNS_ENV)
+    if text is None:
+        return MAX_RUNS
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_RUNS_ENV} == {text!r}, must be an integer >= 1 (most runs a sweep declares)")
+    return value
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Runs the grids declare (before duplicates are removed), without expanding them: the sum
+    over the grids of the products of their list lengths."""
+    return sum(math.prod(len(v) for v in g.values()) for g in spec.grids)
+
+
 def expand(spec: SweepSpec) -> list[Raw]:
-    """The Cartesian product of every grid, in declaration order."""
+    """The Cartesian product of every grid, in declaration order.
+
+    Raises:
+        ConfigError: when the grids declare more than :func:`max_runs` runs (counted first).
+    """
+    limit, total = max_runs(), grid_size(spec)
+    if total > limit:
+        largest = max(zip(spec.grids, spec.sources), key=lambda gs: math.prod(len(v) for v in gs[0].values()))
+        axes = " x ".join(f"{k} ({len(v)})" for k, v in largest[0].items() if len(v) > 1)
+        shown = f" ({largest[1]}: {axes})" if axes else ""
+        raise ConfigError(
+            f"the sweep declares {total} runs{shown}, more than the limit of {limit}"
+            f"{f' ({MAX_RUNS_ENV}={limit})' if MAX_RUNS_ENV in os.environ else ''}; "
+            f"set {MAX_RUNS_ENV}={total} to run them all, or shorten the lists"
+        )
     out: list[Raw] = []
     for grid, where in zip(spec.grids, spec.sources):
         keys = list(grid)

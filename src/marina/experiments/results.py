@@ -25,6 +25,12 @@ Damaged files never block a directory: a per-run file that cannot be read (a tru
 ``run.json`` or ``history.parquet``) is reported (:class:`marina.errors.DamagedFileWarning`,
 naming the path) and its run is treated as not done, so a sweep or ``marina run`` runs it again;
 a damaged ``results.parquet`` or ``runs.json`` is rebuilt from, or read from, ``runs/``.
+Per-run files are read only when they are regular files below a size cap
+(:data:`MAX_RECORD_BYTES`, :data:`MAX_HISTORY_BYTES`; a link to ``/dev/zero`` or a named pipe is
+damage, as is a record whose configuration fields have the wrong types, or a history whose
+``run_id`` is another run's or whose metric columns are not numbers). A run's folder must be a
+real folder inside ``DIR``: one that is a symbolic link is never read (reported) nor written
+(ConfigError).
 
 Both combined files are readable with plain pandas::
 
@@ -39,6 +45,7 @@ import json
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +94,11 @@ HISTORY_FILE = "history.parquet"
 RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
+
+MAX_RECORD_BYTES = 16 * 2**20
+"""Largest ``run.json`` read (a record is a few KB, a failed run's traceback included)."""
+MAX_HISTORY_BYTES = 2**30
+"""Largest per-run ``history.parquet`` read."""
 
 TIME_COLUMNS: tuple[str, ...] = ("time_s",)
 """Columns that depend on the machine's speed (everything else is a function of the config)."""
@@ -231,8 +243,27 @@ def completed_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | No
 
 # -- per-run files ---------------------------------------------------------------------------------
 def run_dir(out: str | os.PathLike, run_id: str) -> Path:
-    """``out/runs/<run_id>``: where one run keeps its own files."""
-    return Path(out) / RUNS_DIR / run_id
+    """``out/runs/<run_id>``: where one run keeps its own files.
+
+    Raises:
+        ConfigError: when that folder is a symbolic link, or ``runs/`` leads outside ``out``
+            (marina never reads or writes a run's files through a link).
+    """
+    path = Path(out) / RUNS_DIR / run_id
+    why = _escapes(Path(out), path)
+    if why:
+        raise ConfigError(f"{path} {why}; remove the link")
+    return path
+
+
+def _escapes(out: Path, folder: Path) -> str:
+    """Why a run's folder is not a real folder inside ``out`` (empty when it is)."""
+    if folder.is_symlink():
+        return f"is a symbolic link to {folder.resolve()}, outside its own folder of {out}"
+    runs = folder.parent
+    if runs.exists() and not runs.resolve().is_relative_to(out.resolve()):
+        return f"is in {runs}, which leads outside {out} (to {runs.resolve()})"
+    return ""
 
 
 def checkpoint_path(out: str | os.PathLike, run_id: str) -> Path:
@@ -302,10 +333,60 @@ def _restore_numbers(value: Any) -> Any:
     return value
 
 
+class _NotRegular(ValueError):
+    """A per-run path that is not a regular file below its size cap."""
+
+
+def _open_regular(path: Path, cap: int) -> int:
+    """A descriptor of ``path`` opened for reading without blocking (a named pipe would), when
+    it is a regular file of at most ``cap`` bytes; FileNotFoundError, or _NotRegular saying why."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+            raise _NotRegular(f"not a regular file but {kind}")
+        if st.st_size > cap:
+            raise _NotRegular(
+                f"{st.st_size} bytes, more than the {cap} bytes a marina file of its kind holds"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(path: Path, cap: int) -> None:
+    os.close(_open_regular(path, cap))
+
+
+def _read_bounded(path: Path, cap: int) -> str:
+    with os.fdopen(_open_regular(path, cap), "rb") as fh:
+        return fh.read(cap + 1).decode("utf-8")
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    **{k: (str,) for k in ("problem", "split", "method", "compressor", "device")},
+    **{k: (int,) for k in ("workers", "seed", "iterations", "log_every")},
+    "params": (dict,),
+    "link": (str, type(None)),
+}
+"""Types of the configuration fields a record may hold (others are ignored)."""
+
+
+def _check_config(config: dict[str, Any]) -> None:
+    for key, kinds in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, kinds) or isinstance(value, bool)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ValueError(f"config {key!r} == {shown}, must be a {names}")
+
+
 def _read_record(path: Path) -> dict[str, Any] | None:
     """The record of a ``run.json``; None if missing, or damaged (reported: the run is not done)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(_read_bounded(path, MAX_RECORD_BYTES))
         if not isinstance(record, dict):
             raise ValueError(f"a JSON {type(record).__name__}, not an object")
         for key, kind in (("run_id", str), ("status", str), ("config", dict)):
@@ -313,9 +394,15 @@ def _read_record(path: Path) -> dict[str, Any] | None:
                 raise ValueError(f"{key!r} missing or not a {kind.__name__}")
         if record["run_id"] != path.parent.name:
             raise ValueError(f"run_id {record['run_id']!r} is not its folder's name")
+        _check_config(record["config"])
     except FileNotFoundError:
         return None
-    except (ValueError, IsADirectoryError) as err:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+    except RecursionError:
+        _damaged(
+            path, ValueError("JSON nested too deeply"), "the run is treated as not done and will be run again"
+        )
+        return None
+    except (ValueError, OSError) as err:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         _damaged(path, err, "the run is treated as not done and will be run again")
         return None
     for key in ("final", "params"):
@@ -324,16 +411,42 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def _history_readable(path: Path) -> bool:
-    """Whether a run's ``history.parquet`` exists and its footer reads (damage is reported)."""
-    if not path.is_file():
-        return False
+def _history_readable(path: Path, run_id: str) -> bool:
+    """Whether a run's ``history.parquet`` exists, is a regular file below
+    :data:`MAX_HISTORY_BYTES`, its footer reads, its metric columns (:data:`HISTORY_COLUMNS`) are
+    numbers and its ``run_id`` column (schema >= 2) holds ``run_id`` only (damage is reported)."""
     try:
-        pq.read_metadata(path)
+        _check_regular(path, MAX_HISTORY_BYTES)
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+        for column in HISTORY_COLUMNS:
+            if column in schema.names:
+                kind = schema.field(column).type
+                if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                    raise ValueError(f"column {column!r} holds {kind}, not numbers")
+        if "run_id" in schema.names:
+            ids = _run_ids(path, meta, schema.get_field_index("run_id"))
+            if ids not in ([], [run_id]):  # no rows: nothing of another run
+                shown = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+                raise ValueError(f"holds the rows of run_id {shown}, not of its folder's run {run_id!r}")
+    except FileNotFoundError:
+        return False
     except (OSError, ValueError, pa.ArrowException) as err:
         _damaged(path, err, "the run is treated as not done and will be run again")
         return False
     return True
+
+
+def _run_ids(path: Path, meta: Any, column: int) -> list[str]:
+    """The distinct ``run_id`` values of a history: from the row groups' min/max statistics
+    when each holds one value, else read from the column."""
+    found: set[str] = set()
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            return pq.read_table(path, columns=["run_id"]).column(0).unique().to_pylist()
+        found.add(stats.min)
+    return sorted(found)
 
 
 def read_history(out: str | os.PathLike, record: dict[str, Any]) -> pd.DataFrame:
@@ -367,13 +480,19 @@ def _records(out: Path) -> list[dict[str, Any]]:
     runs = out / RUNS_DIR
     if not runs.is_dir():
         return []
-    found = (_read_record(path) for path in sorted(runs.glob(f"*/{RECORD_FILE}")))
+    found = []
+    for path in sorted(runs.glob(f"*/{RECORD_FILE}")):
+        why = _escapes(out, path.parent)
+        if why:
+            warnings.warn(DamagedFileWarning(f"{path.parent} {why}; not read"), stacklevel=3)
+            continue
+        found.append(_read_record(path))
     return [r for r in found if r is not None]
 
 
 def _is_complete(out: Path, record: dict[str, Any]) -> bool:
     return record.get("status") in TERMINAL_STATUSES and _history_readable(
-        run_dir(out, record["run_id"]) / HISTORY_FILE
+        run_dir(out, record["run_id"]) / HISTORY_FILE, record["run_id"]
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from marina import theory
+from marina.errors import ConfigError
 from marina.methods.base import IterateState, Method, Setting
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
@@ -126,6 +127,12 @@ class DASHAPAGE(DASHA):
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         B = given.get("batch_size", default_batch_size(s))
+        if given.get("p") == "bits":  # the rule sizes MARINA's dense rounds; DASHA-PAGE has none
+            raise ConfigError(
+                "dasha-page: p == 'bits' is a rule of the MARINA family (p of a dense round from the "
+                "message bits); dasha-page's p is the probability of a full local gradient, "
+                "must be a number in (0, 1]"
+            )
         p = given.get("p", theory.dasha_page_p(s.m, B))
         return {
             "stepsize": theory.dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B),

@@ -13,13 +13,22 @@ rendezvous and every collective: with gloo each collective raises after it; with
 still block (both set only when not already set; the NCCL path is untested on this project's
 CPU-only CI). The network of a session is
 :class:`marina.network.torch_distributed.TorchDistributedNetwork`.
+
+Rendezvous: every rank checks in under its RANK in the store before the process group is set up,
+so a failed rendezvous names the ranks that arrived twice (a RANK started twice) or never. While
+torch's C++ code joins the job its log lines (c10d warnings, C++ stack traces) go to a temporary
+file instead of stderr: on a failure they are written to a log file named in the error, or to
+stderr with ``verbose=True`` (``marina run --verbose``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,13 +39,18 @@ import torch.distributed as dist
 from marina.errors import ConfigError
 from marina.network.torch_distributed import TorchDistributedNetwork, first_line, worker_block
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "LaunchEnv", "Session", "init", "launch_env"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "MAX_TIMEOUT_S", "LaunchEnv", "Session", "init", "launch_env"]
 
 ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets in every process and :func:`launch_env` requires."""
 
 DEFAULT_TIMEOUT_S = 300.0
 """Default bound (seconds) on the rendezvous and on any one collective."""
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""Largest timeout accepted (a week; torch keeps it as an integer count of milliseconds)."""
+
+GRACE_S = 5.0
+"""Longest time the store's host waits, after a failed check-in, for the others to read it."""
 
 _LAUNCH_HINT = (
     "launch with torchrun, e.g. `torchrun --nproc-per-node 4 -m marina run --backend "
@@ -158,6 +172,139 @@ class Session:
         self.close()
 
 
+class _TorchLog:
+    """torch's C++ log lines of one rendezvous, captured from file descriptor 2."""
+
+    def __init__(self, rank: int, verbose: bool) -> None:
+        self.rank, self.verbose = rank, verbose
+        self.file = tempfile.TemporaryFile()
+
+    def text(self) -> bytes:
+        self.file.seek(0)
+        return self.file.read()
+
+    def saved(self) -> str:
+        """Where the lines went after a failure, for the error message ("" when none or shown)."""
+        text = self.text()
+        if not text or self.verbose:
+            return ""
+        try:
+            fd, path = tempfile.mkstemp(prefix=f"marina-rank{self.rank}-", suffix=".log")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text)
+        except OSError:
+            return ""
+        return f" (torch's log: {path})"
+
+
+@contextlib.contextmanager
+def _torch_log(rank: int, verbose: bool) -> Iterator[_TorchLog]:
+    """File descriptor 2 into a :class:`_TorchLog` for the block; shown on stderr afterwards
+    with ``verbose``."""
+    log = _TorchLog(rank, verbose)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to redirect
+        yield log
+        return
+    os.dup2(log.file.fileno(), 2)
+    try:
+        yield log
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if verbose:
+            with contextlib.suppress(Exception):
+                sys.stderr.buffer.write(log.text())
+                sys.stderr.flush()
+        log.file.close()
+
+
+def _join(env: LaunchEnv, backend: str, timeout_s: float) -> Any:
+    """The store of the job and this rank's process group (ConfigError naming what failed)."""
+    timeout = timedelta(seconds=timeout_s)
+    where = f"{env.master_addr}:{env.master_port}"
+    hint = (
+        f"check that all {env.world_size} ranks were started with WORLD_SIZE={env.world_size}, each "
+        f"RANK once, and the same MASTER_ADDR:MASTER_PORT, and that the port is free on rank 0's host"
+    )
+    failed = f"torch-distributed: rank {env.rank} could not complete the rendezvous at {where} within"
+    deadline = time.monotonic() + timeout_s
+    try:
+        store = dist.TCPStore(
+            host_name=env.master_addr,
+            port=env.master_port,
+            world_size=env.world_size,
+            is_master=env.rank == 0 and not env.agent_store,
+            timeout=timeout,
+            wait_for_workers=False,  # the check-in waits, and names who is missing
+            multi_tenant=True,
+        )
+    except Exception as err:  # noqa: BLE001 - every rendezvous failure gets the same explanation
+        raise ConfigError(f"{failed} {timeout_s:g} s ({first_line(err)}): {hint}") from None
+    checkin = dist.PrefixStore(f"marina/{env.restart}/checkin/", store)
+    try:
+        wrong = _check_in(checkin, env, deadline)
+    except Exception as err:  # noqa: BLE001 - the store went away (rank 0 died)
+        raise ConfigError(f"{failed} {timeout_s:g} s ({first_line(err)}): {hint}") from None
+    if wrong:
+        raise ConfigError(f"{failed} {timeout_s:g} s: {wrong}; {hint}")
+    try:
+        dist.init_process_group(
+            backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
+        )
+    except Exception as err:  # noqa: BLE001
+        late = _arrivals(checkin, env.world_size) if _store_alive(checkin) else ""
+        raise ConfigError(
+            f"torch-distributed: rank {env.rank} could not set up the {backend} process group at "
+            f"{where} within {timeout_s:g} s: {first_line(err)}" + (f"; {late}" if late else "")
+        ) from None
+    return store
+
+
+def _check_in(checkin: Any, env: LaunchEnv, deadline: float) -> str:
+    """Count this rank's arrival under its RANK, wait (until ``deadline``) for WORLD_SIZE
+    arrivals, then "" if every RANK arrived once, else which arrived twice or never."""
+    checkin.add(f"rank/{env.rank}", 1)
+    arrived = checkin.add("arrived", 1)
+    while arrived < env.world_size and time.monotonic() < deadline:
+        time.sleep(0.02)
+        arrived = checkin.add("arrived", 0)
+    wrong = _arrivals(checkin, env.world_size)
+    if wrong:  # the store's host (rank 0) stays until every process that came has read it
+        read = checkin.add("read", 1)
+        grace = time.monotonic() + GRACE_S
+        is_host = env.rank == 0 and not env.agent_store
+        while is_host and read < checkin.add("arrived", 0) and time.monotonic() < grace:
+            time.sleep(0.02)
+            read = checkin.add("read", 0)
+    return wrong
+
+
+def _arrivals(checkin: Any, world: int) -> str:
+    """Which RANKs arrived more than once or never ("" when each arrived once)."""
+    counts = {r: int(checkin.add(f"rank/{r}", 0)) for r in range(world)}
+    twice = {r: c for r, c in counts.items() if c > 1}
+    never = [r for r, c in counts.items() if c == 0]
+    parts = [f"RANK {r} was started {c} times" for r, c in twice.items()]
+    if never:
+        parts.append(f"rank(s) {never} never arrived (of all {world} ranks)")
+    return ", ".join(parts)
+
+
+def _store_alive(store: Any) -> bool:
+    try:
+        store.add("arrived", 0)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 def _device(device: torch.device | str | None, backend: str | None, env: LaunchEnv) -> torch.device:
     dev = torch.device(device if device is not None else "cpu")
     if dev.type == "cuda":
@@ -184,6 +331,7 @@ def init(
     backend: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     environ: Mapping[str, str] | None = None,
+    verbose: bool = False,
 ) -> Session:
     """Join the job described by torchrun's environment and initialise the process group.
 
@@ -193,6 +341,8 @@ def init(
             copies every message through the CPU.
         timeout_s: bound on the rendezvous (all ranks must join within it) and on each collective.
         environ: the environment to read (default ``os.environ``).
+        verbose: show torch's own log lines of the rendezvous on stderr (default: kept in a log
+            file, named in the error, when the rendezvous fails; dropped when it succeeds).
 
     Returns:
         A :class:`Session`; ``session.network(workers, seed)`` builds the network. If a default
@@ -202,8 +352,12 @@ def init(
     Raises:
         ConfigError: bad environment, device, backend or timeout; ranks that do not join in time.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
-        raise ConfigError(f"timeout == {timeout_s!r}, must be a number of seconds > 0")
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
+        raise ConfigError(f"timeout == {timeout_s!r}, must be a number of seconds in (0, {MAX_TIMEOUT_S:g}]")
     env = launch_env(environ)
     if backend is not None and backend not in ("gloo", "nccl"):
         raise ConfigError(f"backend == {backend!r}, must be 'gloo' or 'nccl'")
@@ -225,33 +379,11 @@ def init(
                 f"{dist.get_world_size()}, but RANK == {env.rank}, WORLD_SIZE == {env.world_size}"
             )
         return Session(env, str(dist.get_backend()), dev, float(timeout_s), None, owns_group=False)
-    timeout = timedelta(seconds=float(timeout_s))
-    where = f"{env.master_addr}:{env.master_port}"
-    try:
-        store = dist.TCPStore(
-            host_name=env.master_addr,
-            port=env.master_port,
-            world_size=env.world_size,
-            is_master=env.rank == 0 and not env.agent_store,
-            timeout=timeout,
-            multi_tenant=True,
-        )
-    except Exception as err:  # noqa: BLE001 - every rendezvous failure gets the same explanation
-        raise ConfigError(
-            f"torch-distributed: rank {env.rank} could not complete the rendezvous at {where} within "
-            f"{timeout_s:g} s ({first_line(err)}): "
-            f"check that all {env.world_size} ranks were started with WORLD_SIZE={env.world_size} and "
-            f"the same MASTER_ADDR:MASTER_PORT, and that the port is free on rank 0's host"
-        ) from None
-    try:
-        dist.init_process_group(
-            backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
-        )
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(
-            f"torch-distributed: rank {env.rank} could not set up the {backend} process group at "
-            f"{where} within {timeout_s:g} s: {first_line(err)}"
-        ) from None
+    with _torch_log(env.rank, verbose) as log:
+        try:
+            store = _join(env, backend, float(timeout_s))
+        except ConfigError as err:
+            raise ConfigError(f"{err}{log.saved()}") from None
     if dist.get_world_size() != env.world_size:  # pragma: no cover - guarded by init_process_group
         raise ConfigError(
             f"torch-distributed: WORLD_SIZE == {env.world_size} but the group has {dist.get_world_size()}"

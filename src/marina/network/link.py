@@ -22,7 +22,9 @@ direction. ``benchmarks/link.py`` compares this model with shaped links.
 
 Spec: ``"<rate><unit>[:<latency><unit>]"``, rate units as ``tc`` writes them (decimal):
 ``bit``, ``kbit``, ``mbit``, ``gbit`` (e.g. ``"100mbit"``, ``"1gbit:50us"``); latency units
-``s``, ``ms``, ``us``.
+``s``, ``ms``, ``us``. Rates must be in [:data:`MIN_RATE_BPS`, :data:`MAX_RATE_BPS`] and
+latencies in [0, :data:`MAX_LATENCY_S`], so every modelled time is a finite number (a rate of
+1e400 would be infinite and make every round take no time).
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ from dataclasses import dataclass
 
 from marina.errors import ConfigError
 
-__all__ = ["Link", "parse_link", "DIRECT_MAX_BYTES", "FRAME_HEADER_BYTES", "MSS_BYTES"]
+__all__ = [
+    "Link",
+    "parse_link",
+    "DIRECT_MAX_BYTES",
+    "FRAME_HEADER_BYTES",
+    "MAX_LATENCY_S",
+    "MAX_RATE_BPS",
+    "MIN_RATE_BPS",
+    "MSS_BYTES",
+]
 
 MSS_BYTES = 1448
 """TCP payload bytes per segment (1500-byte MTU, IPv4, TCP timestamps)."""
@@ -43,6 +54,13 @@ DIRECT_MAX_BYTES = 1 << 16
 """Largest per-rank chunk that gloo aggregations send by a direct exchange rather than the ring
 all-gather (``benchmarks/collectives.py``, 4 ranks on loopback: direct 1.5-2x faster for chunks
 of a few bytes to 128 KB, slower for 400 KB and more)."""
+
+MIN_RATE_BPS = 1.0
+"""Slowest link rate modelled (bits per second)."""
+MAX_RATE_BPS = 1e15
+"""Fastest link rate modelled (1000 Tbit/s, beyond any link)."""
+MAX_LATENCY_S = 3600.0
+"""Longest one-way latency modelled (seconds)."""
 
 _RATES = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 _PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6}
@@ -91,10 +109,18 @@ def parse_link(spec: str | Link | None) -> Link | None:
     m = re.fullmatch(_NUMBER + r"(bit|kbit|mbit|gbit)", rate.strip())
     if m is None or float(m.group(1)) <= 0:
         raise ConfigError(f"link == {spec!r}, must be {form} with a rate > 0")
+    rate_bps = float(m.group(1)) * _RATES[m.group(2)]
+    if not MIN_RATE_BPS <= rate_bps <= MAX_RATE_BPS:
+        raise ConfigError(
+            f"link == {spec!r}: rate {rate_bps:g} bit/s, "
+            f"must be in [{MIN_RATE_BPS:g}, {MAX_RATE_BPS:g}] bit/s"
+        )
     lat = 0.0
     if sep:
         t = re.fullmatch(_NUMBER + r"(s|ms|us)", latency.strip())
         if t is None:
             raise ConfigError(f"link == {spec!r}: latency {latency!r}, must be {form} with a latency >= 0")
         lat = float(t.group(1)) / _PER_SECOND[t.group(2)]
-    return Link(float(m.group(1)) * _RATES[m.group(2)], lat, text)
+        if not lat <= MAX_LATENCY_S:
+            raise ConfigError(f"link == {spec!r}: latency {lat:g} s, must be in [0, {MAX_LATENCY_S:g}] s")
+    return Link(rate_bps, lat, text)
