@@ -104,6 +104,7 @@ class ClosureProblem(Problem):
         self.loss_value: Tensor | None = None
         self.evaluations = 0
         self._first: tuple | None = None
+        self._given_read = False
 
     # -- the parameters as one vector ------------------------------------------------------------
     def flat_params(self) -> Tensor:
@@ -116,16 +117,34 @@ class ClosureProblem(Problem):
                 p.copy_(chunk.view_as(p))
 
     def flat_grads(self) -> Tensor:
+        grads = [p.grad for p in self.params]
+        if all(g is None for g in grads):
+            raise ConfigError(
+                "no parameter has a gradient (every p.grad is None): "
+                + (
+                    "the closure must call loss.backward() after zeroing the grads"
+                    if self.closure is not None
+                    else "without a closure, call loss.backward() before step()"
+                )
+            )
+        for i, g in enumerate(grads):
+            if g is not None and g.layout != torch.strided:
+                raise ConfigError(
+                    f"parameter {i} (shape {tuple(self.params[i].shape)}) has a {g.layout} gradient; "
+                    "marina.torch optimizers need dense gradients (e.g. nn.Embedding(sparse=False))"
+                )
         return torch.cat(
             [
-                p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-                for p in self.params
+                g.detach().reshape(-1) if g is not None else torch.zeros_like(p).reshape(-1)
+                for p, g in zip(self.params, grads)
             ]
         )
 
     # -- one step's evaluations --------------------------------------------------------------------
     def begin_step(self, closure: Callable[[], Tensor] | None) -> None:
-        self.closure, self.loss_value, self._first = closure, None, None
+        """Start a step; ``closure`` None: the gradient of the one evaluation is ``p.grad`` as the
+        caller left it (at the current parameters)."""
+        self.closure, self.loss_value, self._first, self._given_read = closure, None, None, False
 
     def end_step(self) -> None:
         self.closure, self._first = None, None
@@ -150,12 +169,17 @@ class ClosureProblem(Problem):
             for b, s in zip(self._buffers(), saved):
                 b.copy_(s)
 
-    def _call(self, x: Tensor) -> Tensor:
-        if self.closure is None:
-            raise ConfigError(
-                "this step needs gradients but step() was called without a closure; pass "
-                "step(closure) with a closure that zeroes the grads, computes the loss and calls backward"
-            )
+    def _call(self, x: Tensor) -> Tensor | None:
+        if self.closure is None:  # step() without a closure: p.grad is the caller's, at x
+            if self._given_read:
+                raise ConfigError(
+                    "this step needs the gradient at a second point, but step() was called without a "
+                    "closure; pass step(closure) with a closure that zeroes the grads, computes the loss "
+                    "and calls backward"
+                )
+            self._given_read = True
+            self.evaluations += 1
+            return None
         self.write(x)
         with torch.enable_grad():
             loss = self.closure()
