@@ -105,14 +105,50 @@ class ClosureProblem(Problem):
         self.evaluations = 0
         self._first: tuple | None = None
         self._given_read = False
+        self.flat: Tensor | None = None
+        self._ptrs: list[int] = []
+        self.at_first_point = False
+        """Set by the caller before a step: the parameters already hold the point of the step's first
+        evaluation (its write is skipped)."""
 
     # -- the parameters as one vector ------------------------------------------------------------
+    def adopt_flat_storage(self) -> None:
+        """Make the parameters views of one flat buffer (:attr:`flat`): :meth:`flat_params` is then
+        that buffer and :meth:`write` one copy. Done again by :meth:`_flat_view` if a parameter's
+        ``.data`` was replaced since."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+            for p, chunk in zip(self.params, flat.split(self.numels)):
+                p.data = chunk.view_as(p)
+        self.flat = flat
+        item = flat.element_size()
+        offsets = torch.tensor([0, *self.numels[:-1]]).cumsum(0).tolist()
+        self._ptrs = [flat.data_ptr() + item * o for o in offsets]
+
+    def _flat_view(self) -> Tensor | None:
+        """:attr:`flat` while every parameter is still its view (else adopted again); None when
+        the parameters were never flattened."""
+        if self.flat is None:
+            return None
+        if any(p.data_ptr() != ptr for p, ptr in zip(self.params, self._ptrs)):
+            self.adopt_flat_storage()
+        return self.flat
+
     def flat_params(self) -> Tensor:
+        """x, the current parameters as one (d,) vector (the flat buffer itself when adopted)."""
+        flat = self._flat_view()
+        if flat is not None:
+            return flat
         return torch.cat([p.detach().reshape(-1) for p in self.params])
 
     def write(self, x: Tensor) -> None:
         """Parameters <- x (in place, so the user's module and any reference to them see it)."""
+        flat = self._flat_view()
         with torch.no_grad():
+            if flat is not None:
+                if x.data_ptr() != flat.data_ptr():
+                    flat.copy_(x.reshape(-1))
+                return
             for p, chunk in zip(self.params, x.split(self.numels)):
                 p.copy_(chunk.view_as(p))
 
@@ -180,7 +216,8 @@ class ClosureProblem(Problem):
             self._given_read = True
             self.evaluations += 1
             return None
-        self.write(x)
+        if not (self.at_first_point and self._first is None):
+            self.write(x)
         with torch.enable_grad():
             loss = self.closure()
         self.evaluations += 1
@@ -201,7 +238,7 @@ class ClosureProblem(Problem):
             finally:
                 self._set_rng_state(rng_after)
                 self._load_buffers(bufs_after)
-        return self.flat_grads().reshape(1, -1).clone()
+        return self.flat_grads().reshape(1, -1)  # a fresh tensor (cat)
 
     # -- the Problem protocol ------------------------------------------------------------------------
     def local_grads(self, x: Tensor) -> Tensor:

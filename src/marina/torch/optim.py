@@ -321,6 +321,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
     """Whether every step takes exactly one gradient, at the current parameters (then ``step()``
     without a closure reads ``p.grad``)."""
     full_loss: ClassVar[bool] = True
+    first_point_current: ClassVar[bool] = True
+    """Whether the first evaluation of a step is at the current parameters (then not rewritten)."""
     """Whether every step after the start needs the full local loss f_i (no minibatches)."""
     divergence_factor: float | None = DIVERGENCE_FACTOR
     """A loss beyond this factor times max(1, |first loss|), or non-finite, raises
@@ -353,6 +355,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
         super().__init__(groups, {"lr": lr})
         self.net = _network(seed, probe.device, process_group)
         self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
+        self.problem.adopt_flat_storage()
+        self._scratch = torch.empty(self.problem.dim, dtype=self.problem.dtype, device=self.problem.device)
         cls = methods.get(self.method_name)
         self.compressor = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
         setting = methods.Setting.build(self.problem, self.net, self.compressor, 1)
@@ -386,9 +390,11 @@ class MarinaOptimizer(torch.optim.Optimizer):
         ]
         return torch.cat(parts)
 
-    def _next_point(self, state: Any, key: str) -> Tensor:
-        """x^k - gamma g^k with the groups' ``key`` lr: the parameters after a MARINA-family step."""
-        return state.x - self._gamma(key) * state.g
+    def _write_next_point(self, state: Any, key: str) -> None:
+        """Parameters <- x^k - gamma g^k with the groups' ``key`` lr (after a MARINA-family step):
+        the two operations of ``x - gamma * g``, written into the parameters' flat buffer."""
+        torch.mul(state.g, self._gamma(key), out=self._scratch)
+        torch.sub(state.x, self._scratch, out=self.problem.flat_params())
 
     # -- what the loop feeds ----------------------------------------------------------------------
     @property
@@ -437,6 +443,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         before = self._snapshot()
         problem = self.problem
         problem.begin_step(closure)
+        problem.at_first_point = self.first_point_current
         try:
             self._round()
         except BaseException:
@@ -461,7 +468,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
             method.step()
         if self.estimator_first:
             # line 7 of the next round, applied now: the parameters hold x^{k+1} = x^k - gamma g^k
-            problem.write(self._next_point(method.state, "lr"))
+            self._write_next_point(method.state, "lr")
             for group in self.param_groups:
                 group[APPLIED_LR] = group["lr"]
         else:
@@ -490,7 +497,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         if state is None:
             self.problem.write(x0)
         elif self.estimator_first:
-            self.problem.write(self._next_point(state, APPLIED_LR))
+            self._write_next_point(state, APPLIED_LR)
         else:
             self.problem.write(state.x)
 
@@ -744,6 +751,7 @@ class PPMARINA(MarinaOptimizer):
 
     method_name = "pp-marina"
     one_point = False
+    first_point_current = False  # a client may first recompute grad f_i(x^k)
 
     def __init__(
         self,
