@@ -61,6 +61,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def timed_closure(net, opt, x, y, inside: list[float]):  # noqa: ANN001, ANN201
+    """The closure of a step on (x, y); adds its seconds to ``inside[0]``."""
+
+    def closure():
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        inside[0] += time.perf_counter() - t0
+        return loss
+
+    return closure
+
+
 def rank_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -101,15 +115,7 @@ def rank_main(args: argparse.Namespace) -> None:
     inside = [0.0]  # seconds spent in closures since the last reset
 
     def closure_for(net, opt, x, y):
-        def closure():
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            inside[0] += time.perf_counter() - t0
-            return loss
-
-        return closure
+        return timed_closure(net, opt, x, y, inside)
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     own: dict[str, list[float]] = {v: [] for v in VARIANTS[2:]}  # step time minus its closures'
@@ -215,15 +221,7 @@ def own_work(reps: int, batch: int) -> dict[str, list[float]]:
     own: dict[str, list[float]] = {name: [] for name in OWN}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
         for name, (model, opt) in runs.items():
-
-            def closure(model=model, opt=opt):
-                t0 = time.perf_counter()
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                inside[0] += time.perf_counter() - t0
-                return loss
-
+            closure = timed_closure(model, opt, x, y, inside)
             inside[0] = 0.0
             t0 = time.perf_counter()
             if name == "sgd-momentum":

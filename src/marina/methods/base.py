@@ -52,6 +52,8 @@ __all__ = [
     "cpu_field",
     "dense_compressor",
     "SHARED_BLOCK",
+    "moved",
+    "added",
 ]
 
 SHARED_BLOCK = 1024
@@ -177,6 +179,18 @@ def lazy_field() -> Any:
 def cpu_field() -> Any:
     """A state field kept on the CPU (see :class:`IterateState`)."""
     return field(metadata={"device": "cpu"})
+
+
+def moved(x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
+    """x - gamma g as a new tensor, with one allocation: the product, then the difference written
+    over it (the same two roundings as ``x - gamma * g``, bit for bit)."""
+    t = torch.mul(g, gamma)
+    return torch.sub(x, t, out=t)
+
+
+def added(a: Tensor, fresh: Tensor) -> Tensor:
+    """a + fresh, written over ``fresh`` (a temporary of the caller: the aggregate of this round)."""
+    return torch.add(a, fresh, out=fresh)
 
 
 def dense_compressor(compressor) -> compressors.Compressor:
