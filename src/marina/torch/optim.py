@@ -8,8 +8,26 @@ payloads on the wire are those of ``marina.run`` and ``--backend torch-distribut
 
 Steps and rounds. ``step(closure)`` follows ``torch.optim.LBFGS``: the closure zeroes the grads,
 computes the loss of the current batch, calls backward and returns the loss; ``step`` returns
-the loss of its first evaluation (at the current parameters). Parameters must not be wrapped
-in ``DistributedDataParallel`` (the optimizer does the communication).
+the loss of its first evaluation (at the current parameters), detached. The methods that take
+one gradient per step at the current parameters (``one_point``: MARINA, DIANA, QGD, EF21,
+EF21-PP, EF21-SGD, DASHA) also take ``loss.backward(); opt.step()`` (``p.grad`` is read); the
+others refuse ``step()`` without a closure. Parameters must not be wrapped in
+``DistributedDataParallel`` (the optimizer does the communication). At construction the
+parameters become views of one flat buffer (the module keeps its ``Parameter`` objects; their
+``.data`` is replaced), so writing the next point is one pass.
+
+Guards. A step that raises (in the closure, or a non-finite gradient) leaves parameters and
+optimizer state as before it, bit for bit (the state fields are restored: the methods assign new
+tensors and update their own in place only after a round's evaluations). Param-group keys other
+than ``params`` and ``lr``, duplicate parameters, devices other than cpu and cuda, sparse
+gradients, no gradient at all, a DDP-wrapped ``module``, non-finite or non-numeric lrs and state
+dicts of other shapes raise :class:`marina.errors.ConfigError` naming the value. The memory of
+the method's state is checked against :mod:`marina.memory`'s budget before it is allocated. With
+several ranks, the first step compares d, shapes, dtype, method, compressor, method parameters,
+lrs and round (a fixed-size digest exchange) and every rank raises the same error naming the
+difference. A loss beyond :data:`DIVERGENCE_FACTOR` times max(1, |first loss|), or non-finite,
+raises :class:`marina.errors.ValueRangeError` naming the likely cause and the fix
+(``opt.divergence_factor = None`` turns it off).
 
 - MARINA family (the estimator g^k is built from gradients at x^k, then x^{k+1} = x^k - gamma
   g^k): step 0 is line 2 (g^0 from the closure at x^0, dense); step t >= 1 is the loop body of
@@ -18,9 +36,11 @@ in ``DistributedDataParallel`` (the optimizer does the communication).
   SGD-like step: gradients at the current parameters, then a move by the current lr.
 - DIANA and QGD: step t is round k = t (closure at x^k = the current parameters, then the move).
 
-The coin c_k of the next step is :attr:`coin` (True on step 0), known before the step, so the
-loop feeds the large batch (online VR-MARINA) or a full local pass (MARINA, finite-sum
-VR-MARINA) when it is True and the small batch otherwise.
+What to feed. :attr:`coin`, known before the step, has one meaning for every optimizer: True,
+the next closure must compute the full local loss f_i or the method's large batch (online
+VR-MARINA's b); False, a minibatch suffices. MARINA and PP-MARINA need the full local loss at
+every step (line 8 differences the gradients of consecutive steps), VR-MARINA when its c_k = 1.
+:attr:`round_coin` is the method's own c_k ~ Be(p) (True on step 0: the dense round).
 
 Stepsize. ``param_groups[i]["lr"]`` is gamma, read at every step (schedulers work); groups with
 different lrs give a per-coordinate stepsize. Gradient clipping goes inside the closure, after
