@@ -242,7 +242,11 @@ def _param_groups(params: Any, owner: str) -> list[dict[str, Any]]:
 def _check_memory(owner: str, d: int, dtype: torch.dtype) -> None:
     """:func:`marina.memory.check` of the optimizer's estimate, before it allocates its state."""
     item = int(dtype.itemsize)
-    parts = {"method state": memory.state_bytes(1, d, item), "workspace": memory.WORKSPACE}
+    parts = {
+        "method state": memory.state_bytes(1, d, item),
+        "flat parameters and scratch": 2 * d * item,
+        "workspace": memory.WORKSPACE,
+    }
     memory.check(parts, f"marina.torch.{owner} (d = {d}, {dtype})")
 
 
