@@ -204,7 +204,7 @@ def test_the_memory_estimate_is_checked_against_the_budget(monkeypatch):
 
     layer = nn.Linear(1000, 200)  # d = 200200 float32
     d = sum(p.numel() for p in layer.parameters())
-    estimate = memory.state_bytes(1, d, 4) + 2 * d * 4 + memory.WORKSPACE  # + flat params, scratch
+    estimate = memory.state_bytes(1, d, 4) + 2 * d * 4 + memory.WORKSPACE  # + flat params, x^{k+1}
     monkeypatch.setenv("MARINA_MEMORY_BUDGET", str(estimate - 1))
     with pytest.raises(MemoryBudgetError, match=f"d = {d}.*MARINA_MEMORY_BUDGET={estimate - 1}"):
         mt.MARINA(layer.parameters())

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from marina import theory
-from marina.methods.base import IterateState, Method, Setting, added, moved
+from marina.methods.base import IterateState, Method, Setting, added
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -88,7 +88,7 @@ class DASHA(Method):
         k, state = self.k, self.state
         # 4. x^{k+1} = x^k - gamma g^k
         x_old = state.x
-        state.x = moved(x_old, state.g, self.gamma)
+        state.x = self._next_iterate(x_old, state.g)
         # 6. broadcast x^{k+1} (DASHA-PAGE's coin of step 5 is drawn in step 8, shared: free)
         self._broadcast()
         # 8. h_i^{k+1}

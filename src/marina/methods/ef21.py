@@ -22,7 +22,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, added, moved
+from marina.methods.base import IterateState, Method, Setting, added
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -100,7 +100,7 @@ class EF21(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 1. x^{k+1} = x^k - gamma g^k
-        state.x = moved(state.x, state.g, self.gamma)
+        state.x = self._next_iterate(state.x, state.g)
         # 2. broadcast x^{k+1}
         self._broadcast()
         mult = self._participants(k)

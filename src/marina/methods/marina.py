@@ -13,7 +13,7 @@ from torch import Tensor
 from marina import theory
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, added, cpu_field, lazy_field, moved
+from marina.methods.base import IterateState, Method, Setting, added, cpu_field, lazy_field
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -139,7 +139,7 @@ class MARINA(Method):
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        state.x = moved(state.x, state.g, self.gamma)
+        state.x = self._next_iterate(state.x, state.g)
         # 8. one local gradient evaluation per round: grad f_i(x^{k+1}) (lazy rows: a sparsifier
         #    reads only its K entries of the difference, see marina.lazy_rows)
         lazy_new_grads = self.problem.lazy_local_grads(state.x)
@@ -245,7 +245,7 @@ class VRMARINA(Method):
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
         x_old = state.x
-        state.x = moved(x_old, state.g, self.gamma)
+        state.x = self._next_iterate(x_old, state.g)
         if c:
             # 8.+10. dense round
             state.g = self.net.aggregate_dense(self._dense_estimate(state.x, k), k + 1, self.dense)
@@ -325,7 +325,7 @@ class PPMARINA(Method):
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        state.x = moved(state.x, state.g, self.gamma)
+        state.x = self._next_iterate(state.x, state.g)
         # lazy rows: with a sparsifier, only the sampled clients' K entries are read
         lazy_new_grads = self.problem.lazy_local_grads(state.x)
         if c:

@@ -76,6 +76,7 @@ from torch import Tensor, nn
 from marina import compressors, memory, methods
 from marina.errors import ConfigError, ValueRangeError
 from marina.lazy_rows import materialize
+from marina.methods.base import moved
 from marina.network.base import Network
 from marina.network.simulated import SimulatedNetwork
 from marina.network.torch_distributed import TorchDistributedNetwork
@@ -244,7 +245,7 @@ def _check_memory(owner: str, d: int, dtype: torch.dtype) -> None:
     item = int(dtype.itemsize)
     parts = {
         "method state": memory.state_bytes(1, d, item),
-        "flat parameters and scratch": 2 * d * item,
+        "flat parameters and x^{k+1}": 2 * d * item,
         "workspace": memory.WORKSPACE,
     }
     memory.check(parts, f"marina.torch.{owner} (d = {d}, {dtype})")
@@ -380,7 +381,6 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self.net = _network(seed, probe.device, process_group)
         self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
         self.problem.adopt_flat_storage()
-        self._scratch = torch.empty(self.problem.dim, dtype=self.problem.dtype, device=self.problem.device)
         cls = methods.get(self.method_name)
         self.compressor = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
         setting = methods.Setting.build(self.problem, self.net, self.compressor, 1)
@@ -413,12 +413,6 @@ class MarinaOptimizer(torch.optim.Optimizer):
             for p in group["params"]
         ]
         return torch.cat(parts)
-
-    def _write_next_point(self, state: Any, key: str) -> None:
-        """Parameters <- x^k - gamma g^k with the groups' ``key`` lr (after a MARINA-family step):
-        the two operations of ``x - gamma * g``, written into the parameters' flat buffer."""
-        torch.mul(state.g, self._gamma(key), out=self._scratch)
-        torch.sub(state.x, self._scratch, out=self.problem.flat_params())
 
     # -- what the loop feeds ----------------------------------------------------------------------
     @property
@@ -491,8 +485,10 @@ class MarinaOptimizer(torch.optim.Optimizer):
             method.gamma = self._gamma(APPLIED_LR if self.estimator_first else "lr")
             method.step()
         if self.estimator_first:
-            # line 7 of the next round, applied now: the parameters hold x^{k+1} = x^k - gamma g^k
-            self._write_next_point(method.state, "lr")
+            # line 7 of the next round, applied now: the parameters hold x^{k+1} = x^k - gamma g^k,
+            # which the next step takes instead of computing it again (the same lr: APPLIED_LR)
+            method.next_x = moved(method.state.x, method.state.g, self._gamma())
+            problem.write(method.next_x)
             for group in self.param_groups:
                 group[APPLIED_LR] = group["lr"]
         else:
@@ -506,12 +502,12 @@ class MarinaOptimizer(torch.optim.Optimizer):
         state = None if m.state is None else dataclasses.replace(m.state)
         x0 = self.problem.flat_params().clone() if state is None else None
         applied = [group.get(APPLIED_LR) for group in self.param_groups]
-        return state, m.k, m.oracle_calls, self.net.counters(), applied, x0
+        return state, m.k, m.oracle_calls, self.net.counters(), applied, x0, m.next_x
 
     def _restore(self, before: tuple) -> None:
-        state, k, oracle_calls, counters, applied, x0 = before
+        state, k, oracle_calls, counters, applied, x0, next_x = before
         m = self.method
-        m.state, m.k, m.oracle_calls = state, k, oracle_calls
+        m.state, m.k, m.oracle_calls, m.next_x = state, k, oracle_calls, next_x
         self.net.load_counters(counters)
         for group, value in zip(self.param_groups, applied):
             if value is None:
@@ -521,7 +517,9 @@ class MarinaOptimizer(torch.optim.Optimizer):
         if state is None:
             self.problem.write(x0)
         elif self.estimator_first:
-            self._write_next_point(state, APPLIED_LR)
+            self.problem.write(
+                next_x if next_x is not None else moved(state.x, state.g, self._gamma(APPLIED_LR))
+            )
         else:
             self.problem.write(state.x)
 
@@ -675,6 +673,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
                         setattr(self.method.state, f.name, ClosureRows(self.problem, self.method.state.x))
             else:
                 self.method.state, self.method.k, self.method.oracle_calls = None, 0, 0.0
+                self.method.next_x = None
             self.net.load_counters(meta["counters"])
         except KeyError as err:
             raise ConfigError(
