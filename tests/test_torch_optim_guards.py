@@ -277,6 +277,11 @@ def test_a_loss_that_explodes_raises_naming_the_cause_and_the_fix():
         for _ in range(4):  # step t's loss is 361^t times the first: 361^2 < 1e6 < 361^3
             opt.step(closure)
     assert opt.rounds == 4 and first > 0  # raised by step t = 3 (after it)
+    ef21 = mt.EF21(model.parameters(), compressor="topk:20", lr=1.0)
+    with pytest.raises(ValueRangeError, match="diverged. Lower the lr. ") as err:  # no minibatch claim
+        for _ in range(5):
+            ef21.step(closure)
+    assert "consecutive" not in str(err.value)
     quiet = mt.MARINA(_mlp().parameters(), compressor=F64_IDENTITY, lr=1.0, p=1.0)
     quiet.divergence_factor = None
     model = quiet.param_groups[0]["params"]

@@ -346,9 +346,12 @@ class MarinaOptimizer(torch.optim.Optimizer):
     """Whether every step takes exactly one gradient, at the current parameters (then ``step()``
     without a closure reads ``p.grad``)."""
     full_loss: ClassVar[bool] = True
+    """Whether every step after the start needs the full local loss f_i (no minibatches)."""
+    differences_steps: ClassVar[bool] = False
+    """Whether the estimator differences the gradients of consecutive steps (MARINA, PP-MARINA,
+    DASHA): minibatches there make the run diverge."""
     first_point_current: ClassVar[bool] = True
     """Whether the first evaluation of a step is at the current parameters (then not rewritten)."""
-    """Whether every step after the start needs the full local loss f_i (no minibatches)."""
     divergence_factor: float | None = DIVERGENCE_FACTOR
     """A loss beyond this factor times max(1, |first loss|), or non-finite, raises
     :class:`marina.errors.ValueRangeError` (None: never)."""
@@ -536,15 +539,20 @@ class MarinaOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         hint = (
             f" {name} needs the full local loss f_i in every closure (its estimator differences "
-            "gradients of consecutive steps); for minibatches use VRMARINA or EF21SGD (or DASHAMVR)."
-            if self.full_loss
+            "gradients of consecutive steps, so minibatch noise accumulates); for minibatches use "
+            "VRMARINA or EF21SGD (or DASHAMVR)."
+            if self.differences_steps
+            else ""
+        )
+        omega = float(self.method_params.get("omega", math.nan))
+        lr_hint = (
+            f" (an unbiased compressor needs about 1/(1 + omega) of plain SGD's; omega = {omega:.4g} here)"
+            if math.isfinite(omega)
             else ""
         )
         raise ValueRangeError(
             f"{name}: the loss is {value:.4g} after {self.rounds} steps (first loss "
-            f"{self._first_loss!r}, limit {limit:.3g}): the run diverged.{hint} Lower the lr: an "
-            "unbiased compressor needs about 1/(1 + omega) of plain SGD's (omega = "
-            f"{self.method_params.get('omega', float('nan')):.4g} here). "
+            f"{self._first_loss!r}, limit {limit:.3g}): the run diverged.{hint} Lower the lr{lr_hint}. "
             "(opt.divergence_factor = None turns this check off.)"
         )
 
@@ -694,6 +702,7 @@ class MARINA(MarinaOptimizer):
     """
 
     method_name = "marina"
+    differences_steps = True
 
     def __init__(
         self,
@@ -773,6 +782,7 @@ class PPMARINA(MarinaOptimizer):
     """
 
     method_name = "pp-marina"
+    differences_steps = True
     one_point = False
     first_point_current = False  # a client may first recompute grad f_i(x^k)
 

@@ -136,6 +136,7 @@ class DASHA(MarinaOptimizer):
     """
 
     method_name = "dasha"
+    differences_steps = True
 
     def __init__(
         self,
