@@ -22,7 +22,15 @@ the W - 1 receivers) against DDP's ring allreduce of d float32 gradients (2 (W -
 ranks together, the standard count; DDP has no byte counter). The machine's cores are shared by the
 ranks (and, on a busy machine, other jobs): compare medians taken in the same run.
 
+``--own``: the optimizers' own work per step (step time minus the time inside its closures) for
+every marina.torch optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step()``, on a CNN of
+about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every optimizer in turn,
+``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
+go over gloo (the marina optimizers then communicate; SGD's step does not). The DDP hook is not
+timed here (skipped with a note until it can be registered directly).
+
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
+or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30]``
 """
 
 from __future__ import annotations
@@ -51,6 +59,20 @@ VARIANTS = ("fb", "sgd+ddp", "vr-marina", "vr-marina, 1-rank group")
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def timed_closure(net, opt, x, y, inside: list[float]):  # noqa: ANN001, ANN201
+    """The closure of a step on (x, y); adds its seconds to ``inside[0]``."""
+
+    def closure():
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        inside[0] += time.perf_counter() - t0
+        return loss
+
+    return closure
 
 
 def rank_main(args: argparse.Namespace) -> None:
@@ -93,15 +115,7 @@ def rank_main(args: argparse.Namespace) -> None:
     inside = [0.0]  # seconds spent in closures since the last reset
 
     def closure_for(net, opt, x, y):
-        def closure():
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            inside[0] += time.perf_counter() - t0
-            return loss
-
-        return closure
+        return timed_closure(net, opt, x, y, inside)
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     own: dict[str, list[float]] = {v: [] for v in VARIANTS[2:]}  # step time minus its closures'
@@ -163,6 +177,76 @@ def rank_main(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
+def own_work_model() -> torch.nn.Module:
+    """conv5x5(32) - pool - conv5x5(64) - pool - linear(3136, 360) - linear(360, 10): d = 1,185,026."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3136, 360),
+        nn.ReLU(),
+        nn.Linear(360, 10),
+    )
+
+
+OWN = {
+    "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
+    "QGD": lambda ps: mt.QGD(ps, compressor="randk:1%", lr=1e-3),
+    "DIANA": lambda ps: mt.DIANA(ps, compressor="randk:1%", lr=1e-3),
+    "MARINA": lambda ps: mt.MARINA(ps, compressor="randk:1%", lr=1e-3),
+    "VRMARINA": lambda ps: mt.VRMARINA(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+    "PPMARINA": lambda ps: mt.PPMARINA(ps, compressor="randk:1%", lr=1e-3),
+    "EF21": lambda ps: mt.EF21(ps, compressor="topk:1%", lr=1e-3),
+    "EF21SGD": lambda ps: mt.EF21SGD(ps, compressor="topk:1%", lr=1e-3, batch_size=8),
+    "DASHA": lambda ps: mt.DASHA(ps, compressor="randk:1%", lr=1e-3),
+    "DASHAMVR": lambda ps: mt.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+}
+
+
+def own_work(reps: int, batch: int) -> dict[str, list[float]]:
+    """Seconds of each optimizer's own work per step (step minus its closures), interleaved."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    runs = {}
+    for name, make in OWN.items():
+        torch.manual_seed(0)
+        model = own_work_model()
+        runs[name] = (model, make(model.parameters()))
+    inside = [0.0]
+    own: dict[str, list[float]] = {name: [] for name in OWN}
+    for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
+        for name, (model, opt) in runs.items():
+            closure = timed_closure(model, opt, x, y, inside)
+            inside[0] = 0.0
+            t0 = time.perf_counter()
+            if name == "sgd-momentum":
+                closure()
+                opt.step()
+            else:
+                opt.step(closure)
+            if rep >= 3:
+                own[name].append(time.perf_counter() - t0 - inside[0])
+    return own
+
+
+def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
+    d = sum(p.numel() for p in own_work_model().parameters())
+    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved")
+    floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
+    print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
+    for name in OWN:
+        med = [_percentile(r[name], 0.5) for r in reports]
+        others = ", ".join(f"{m / f:.2f}" for m, f in zip(med[1:], floor[1:]))
+        low = min(reports[0][name]) * 1e3
+        print(f"{name:<14}{med[0] * 1e3:>10.2f}{low:>9.2f}{med[0] / floor[0]:>16.2f}   {others}")
+    print("DDP hook: skipped (not registrable with ddp.register_comm_hook in this version)")
+
+
 def summarise(reports: list[dict], args: argparse.Namespace) -> None:
     r0 = reports[0]
     W, d = r0["world"], r0["d"]
@@ -216,22 +300,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per block (default 20)")
     ap.add_argument("--reps", type=int, default=10, help="blocks of every variant (default 10)")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--own", action="store_true", help="the optimizers' own work against SGD-momentum")
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.own:
+        torch.set_num_threads(1)
+        if args.rank_job:
+            dist.init_process_group("gloo")
+            own = own_work(args.reps, args.batch)
+            Path(args.out, f"own{dist.get_rank()}.json").write_text(json.dumps(own))
+            dist.barrier()
+            dist.destroy_process_group()
+            return
+        if args.ranks == 1:
+            summarise_own([own_work(args.reps, args.batch)], 1)
+            return
     if args.rank_job:
         rank_main(args)
         return
     with tempfile.TemporaryDirectory() as tmp:
         argv = [sys.executable, __file__, "--rank-job", "--out", tmp]
         argv += ["--batch", str(args.batch), "--steps", str(args.steps), "--reps", str(args.reps)]
+        argv += ["--own"] if args.own else []
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
         errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]
         if any(p.returncode for p in procs):
             raise SystemExit("a rank failed:\n" + "\n".join(e[-3000:] for e in errors))
-        reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(args.ranks)]
-    summarise(reports, args)
+        name = "own" if args.own else "rank"
+        reports = [json.loads(Path(tmp, f"{name}{r}.json").read_text()) for r in range(args.ranks)]
+    summarise_own(reports, args.ranks) if args.own else summarise(reports, args)
 
 
 if __name__ == "__main__":

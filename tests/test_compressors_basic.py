@@ -223,3 +223,39 @@ def test_theory_values():
     assert get("randk:4+qsgd:2").density(100) == pytest.approx(min(4, 2 * (2 + 2)))
     assert get("randk:4+natural").omega(100) == pytest.approx(25 * 9 / 8 - 1)
     assert get("bernoulli:0.5").spec == "bernoulli:0.5" and get("qsgd:04").spec == "qsgd:4"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_threshold_selection_is_exactly_torch_topk(seed):
+    """The threshold path returns the set torch.topk returns (sorted), or declines (None) on ties
+    at the boundary; the compressor's selection equals torch.topk's in every case."""
+    from marina.compressors.sparse import FAST_TOPK_MIN_D, largest_by_threshold
+
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    d = FAST_TOPK_MIN_D + 12345
+    rows = {
+        "normal": torch.randn(3, d, generator=g, dtype=torch.float64),
+        "heavy tails": torch.randn(2, d, generator=g).pow(5),
+        "sorted ramp": torch.linspace(-1, 1, d).reshape(1, d),  # the subsample sees a pattern
+        "mostly zeros": torch.randn(1, d, generator=g) * (torch.rand(1, d, generator=g) < 0.005),
+        "ties +-a": torch.randint(-3, 4, (1, d), generator=g).float(),
+    }
+    used = 0
+    for name, X in rows.items():
+        for K in (1, d // 100, d // 16):
+            expected = torch.sort(torch.topk(X.abs(), K, dim=1).indices, dim=1).values
+            for row, want in zip(X.abs(), expected):
+                got = largest_by_threshold(row, K)
+                if got is not None:
+                    used += 1
+                    assert torch.equal(got, want), (name, K)
+                    assert float(row[got].min()) > float(row[~torch.isin(torch.arange(d), got)].max())
+            Q = get(f"topk:{K}")
+            idx, scale = Q._select(X, Randomness(seed, "compress", 0, torch.arange(X.shape[0])))
+            if name != "ties +-a" and name != "mostly zeros":
+                assert torch.equal(idx, expected), (name, K)
+            else:  # ties: any K largest magnitudes (torch.topk's own tie order is unspecified)
+                kept = X.abs().gather(1, idx)
+                assert torch.equal(kept.sort(dim=1).values, X.abs().gather(1, expected).sort(dim=1).values)
+    assert used >= 12  # the threshold path served the rows without ties

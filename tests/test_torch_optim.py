@@ -113,8 +113,8 @@ def test_vr_marina_with_the_whole_local_data_set_equals_marina():
     )
     coins = []
     for _ in range(15):
-        coins.append(o1.coin)
-        assert o1.coin == o2.coin
+        coins.append(o1.round_coin)
+        assert o1.round_coin == o2.round_coin and o2.coin == o2.round_coin and o1.coin is True
         o1.step(_closure(m1, o1, x, y))
         o2.step(_closure(m2, o2, x, y))
         assert torch.equal(_flat(m1), _flat(m2))
@@ -233,7 +233,7 @@ def test_counters_equal_hand_counts():
     dense_bits, sparse_bits = d * 32, K * (32 + math.ceil(math.log2(d)))
     expected = 0
     for t in range(20):
-        expected += dense_bits if opt.coin else sparse_bits
+        expected += dense_bits if opt.round_coin else sparse_bits
         opt.step(_closure(model, opt, x.float(), y))
         assert opt.bits_up == expected
         assert opt.rounds == t + 1

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 import marina
 import marina.torch as mt
+from marina.errors import ConfigError
 from marina.problems.torch_model import TorchModelProblem
 from marina.rng import Randomness
 from marina.testing import close_group
@@ -84,5 +85,46 @@ def main(out: str, device: str = "cpu") -> None:
     close_group()
 
 
+def disagree(out: str) -> None:
+    """Each case: the ranks construct optimizers that differ in one respect and take a step; every
+    rank records the error it raised. Then an agreeing pair steps (the group is still usable)."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    x, y = _data(10)
+    wide = torch.nn.Sequential(torch.nn.Linear(7, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    cases = {
+        "d": lambda: (
+            mt.MARINA((_mlp() if rank == 0 else wide).parameters(), compressor="randk:7"),
+            rank == 0,
+        ),
+        "compressor": lambda: (mt.MARINA(_mlp().parameters(), compressor=f"randk:{7 + rank}"), True),
+        "method": lambda: ((mt.MARINA if rank == 0 else mt.DASHA)(_mlp().parameters(), "randk:7"), True),
+        "p": lambda: (mt.MARINA(_mlp().parameters(), "randk:7", p=0.4 + 0.1 * rank), True),
+        "agreeing": lambda: (mt.MARINA(_mlp().parameters(), "randk:7", p=0.4), True),
+    }
+    report = {}
+    for case, make in cases.items():
+        opt, narrow = make()
+        model_params = opt.param_groups[0]["params"]
+        xs = x if narrow else torch.cat([x, x[:, :1]], dim=1)
+
+        def closure(opt=opt, xs=xs, ps=model_params):
+            opt.zero_grad()
+            h = torch.tanh(xs @ ps[0].T + ps[1])
+            loss = torch.nn.functional.cross_entropy(h @ ps[2].T + ps[3], y)
+            loss.backward()
+            return loss
+
+        try:
+            for _ in range(2):
+                opt.step(closure)
+            report[case] = "ok"
+        except ConfigError as err:
+            report[case] = str(err)
+    with open(os.path.join(out, f"disagree{rank}.json"), "w") as f:
+        json.dump(report, f)
+    close_group()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    disagree(sys.argv[1]) if sys.argv[2:] == ["disagree"] else main(*sys.argv[1:3])

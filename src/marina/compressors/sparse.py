@@ -40,7 +40,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["RandK", "TopK", "sparse_rows", "sparse_sum"]
+__all__ = ["RandK", "TopK", "largest_by_threshold", "sparse_rows", "sparse_sum"]
 
 
 def sparse_rows(idx: Tensor, values: Tensor, d: int) -> Tensor:
@@ -250,5 +250,41 @@ class TopK(_Sparse):
         return self.K / d
 
     def _select(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
-        idx = torch.topk(X.abs(), self.K, dim=1, sorted=False).indices
+        A = X.abs()
+        n, d = A.shape
+        if X.device.type == "cpu" and d >= FAST_TOPK_MIN_D and self.K * 16 <= d:
+            rows = [largest_by_threshold(A[i], self.K) for i in range(n)]
+            if all(r is not None for r in rows):
+                return torch.stack(rows) if n else A.new_empty((0, self.K), dtype=torch.int64), 1.0
+        idx = torch.topk(A, self.K, dim=1, sorted=False).indices
         return torch.sort(idx, dim=1).values, 1.0
+
+
+FAST_TOPK_MIN_D = 1 << 16
+"""Rows of at least this length (and K <= d/16) try :func:`largest_by_threshold` on the CPU."""
+
+
+def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
+    """The indices, ascending, of the k largest entries of the 1-D ``a``, or None.
+
+    A threshold t from a strided subsample of about 2^14 entries (its order statistic for about
+    1.25 k of the d entries) keeps the candidates a >= t; if there are at least k, a ``topk`` of the
+    candidates is the topk of a, since every other entry is < t <= the k-th largest. The set is
+    returned only when it is the unique k-set of largest values (no other entry equals its
+    smallest), i.e. exactly the set ``torch.topk`` returns; otherwise None (ties at the boundary,
+    or too few candidates: the caller takes ``torch.topk`` of the whole row). One pass to compare,
+    one to gather the candidates, instead of a selection over all d entries.
+    """
+    d = a.numel()
+    sub = a[:: max(1, d // 16384)]
+    s = sub.numel()
+    ks = min(s, int(s * k / d * 1.25) + 8)
+    threshold = torch.kthvalue(sub, s - ks + 1).values
+    candidates = torch.nonzero(a >= threshold).reshape(-1)
+    if candidates.numel() < k:
+        return None
+    values = a.index_select(0, candidates)
+    top = torch.topk(values, k, sorted=False)
+    if int((values >= top.values.min()).sum()) != k:
+        return None
+    return torch.sort(candidates.index_select(0, top.indices)).values

@@ -52,6 +52,8 @@ __all__ = [
     "cpu_field",
     "dense_compressor",
     "SHARED_BLOCK",
+    "moved",
+    "added",
 ]
 
 SHARED_BLOCK = 1024
@@ -179,6 +181,18 @@ def cpu_field() -> Any:
     return field(metadata={"device": "cpu"})
 
 
+def moved(x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
+    """x - gamma g as a new tensor, with one allocation: the product, then the difference written
+    over it (the same two roundings as ``x - gamma * g``, bit for bit)."""
+    t = torch.mul(g, gamma)
+    return torch.sub(x, t, out=t)
+
+
+def added(a: Tensor, fresh: Tensor) -> Tensor:
+    """a + fresh, written over ``fresh`` (a temporary of the caller: the aggregate of this round)."""
+    return torch.add(a, fresh, out=fresh)
+
+
 def dense_compressor(compressor) -> compressors.Compressor:
     """The identity at the wire precision of ``compressor``: how dense rounds travel and count."""
     return compressors.get("identity", value_dtype=getattr(compressor, "value_dtype", torch.float32))
@@ -216,6 +230,10 @@ class Method(ABC):
         self.oracle_calls = 0.0
         self.state = None
         self._shared_cache: dict[tuple[str, int], tuple[int, Tensor]] = {}
+        self.next_x: Tensor | None = None
+        """x^k - gamma g^k computed by the caller with the stepsize of the next step (the torch
+        optimizers' parameters after a step), taken by that step instead of computing it again
+        (:meth:`_next_iterate`); None: computed there."""
 
     # -- parameters ---------------------------------------------------------------------------
     @classmethod
@@ -286,6 +304,7 @@ class Method(ABC):
     def start(self, x0: Tensor) -> None:
         """Set x^0 and do the work of round 0 (e.g. the dense g^0 round)."""
         self.k = 0
+        self.next_x = None
         self.state = self._initial_state(x0.clone())
 
     def _initial_state(self, x0: Tensor) -> IterateState:
@@ -297,6 +316,11 @@ class Method(ABC):
         """One communication round: x^k -> x^{k+1}; increments ``k``."""
 
     # -- helpers for subclasses ---------------------------------------------------------------------
+    def _next_iterate(self, x: Tensor, g: Tensor) -> Tensor:
+        """x - gamma g (:func:`moved`), or :attr:`next_x` when the caller computed it (taken once)."""
+        given, self.next_x = self.next_x, None
+        return given if given is not None else moved(x, g, self.gamma)
+
     def _charge_full(self, workers: Tensor | None = None, factor: float = 1.0) -> None:
         """Account full local gradients: every worker (``workers`` None) or the given multiset
         weights (length-n float tensor), times ``factor``."""
@@ -357,6 +381,7 @@ class Method(ABC):
         """Inverse of :meth:`state_dict`: tensors moved to the network's device (a :func:`cpu_field`
         to the CPU), dtypes kept, a :func:`lazy_field` wrapped as DenseRows."""
         self.k = int(state["k"])
+        self.next_x = None
         self.oracle_calls = float(state["oracle_calls"])
         fields = {}
         for f in dataclasses.fields(self.State):

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.errors import ConfigError
-from marina.methods.base import IterateState, Method, Setting
+from marina.methods.base import IterateState, Method, Setting, added
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -89,7 +89,7 @@ class DASHA(Method):
         k, state = self.k, self.state
         # 4. x^{k+1} = x^k - gamma g^k
         x_old = state.x
-        state.x = x_old - self.gamma * state.g
+        state.x = self._next_iterate(x_old, state.g)
         # 6. broadcast x^{k+1} (DASHA-PAGE's coin of step 5 is drawn in step 8, shared: free)
         self._broadcast()
         # 8. h_i^{k+1}
@@ -103,7 +103,7 @@ class DASHA(Method):
         state.estimates.add_(local)
         state.local_estimates = h_new
         # 13. g^{k+1} = g^k + (1/n) sum_i m_i^{k+1}
-        state.g = state.g + mean
+        state.g = added(state.g, mean)
         self.k = k + 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting
+from marina.methods.base import Method, Setting, moved
 
 __all__ = ["QGD"]
 
@@ -42,5 +42,5 @@ class QGD(Method):
         # 3. g^k = mean_i Q_i(grad f_i(x^k))
         g = self.net.aggregate(self.Q, lazy_local_grads, k)
         # 4. x^{k+1} = x^k - gamma g^k
-        state.x = state.x - self.gamma * g
+        state.x = moved(state.x, g, self.gamma)
         self.k = k + 1

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting
+from marina.methods.base import IterateState, Method, Setting, moved
 from marina.network.base import Network
 
 __all__ = ["DIANA", "VRDIANA", "DianaState", "VRDianaState", "default_batch_size"]
@@ -104,7 +104,7 @@ class DIANA(Method):
         g = state.shift_mean + delta_mean
         # 6. x^{k+1} = x^k - gamma g^k   (x^k kept for step 8 of VR-DIANA)
         x_old = state.x
-        state.x = x_old - self.gamma * g
+        state.x = moved(x_old, g, self.gamma)
         # 7. h^{k+1} = h^k + alpha Delta^k
         state.shift_mean = state.shift_mean + self.alpha * delta_mean
         self._after_round(k, x_old)

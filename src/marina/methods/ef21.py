@@ -23,7 +23,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting
+from marina.methods.base import IterateState, Method, Setting, added
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -101,7 +101,7 @@ class EF21(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 1. x^{k+1} = x^k - gamma g^k
-        state.x = state.x - self.gamma * state.g
+        state.x = self._next_iterate(state.x, state.g)
         # 2. broadcast x^{k+1}
         self._broadcast()
         mult = self._participants(k)
@@ -119,7 +119,7 @@ class EF21(Method):
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)
         state.estimates.add_(local, alpha=self.scale)
         # 6. g^{k+1} = g^k + (1/n) sum_i c_i^k
-        state.g = state.g + weight * mean
+        state.g = added(state.g, weight * mean)
         self.k = k + 1
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from marina import theory
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, cpu_field, lazy_field
+from marina.methods.base import IterateState, Method, Setting, added, cpu_field, lazy_field
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -139,7 +139,7 @@ class MARINA(Method):
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        state.x = state.x - self.gamma * state.g
+        state.x = self._next_iterate(state.x, state.g)
         # 8. one local gradient evaluation per round: grad f_i(x^{k+1}) (lazy rows: a sparsifier
         #    reads only its K entries of the difference, see marina.lazy_rows)
         lazy_new_grads = self.problem.lazy_local_grads(state.x)
@@ -149,7 +149,7 @@ class MARINA(Method):
             state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            state.g = state.g + self.net.aggregate(self.Q, lazy_new_grads - state.lazy_local_grads, k)
+            state.g = added(state.g, self.net.aggregate(self.Q, lazy_new_grads - state.lazy_local_grads, k))
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
 
@@ -245,7 +245,7 @@ class VRMARINA(Method):
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
         x_old = state.x
-        state.x = x_old - self.gamma * state.g
+        state.x = self._next_iterate(x_old, state.g)
         if c:
             # 8.+10. dense round
             state.g = self.net.aggregate_dense(self._dense_estimate(state.x, k), k + 1, self.dense)
@@ -325,7 +325,7 @@ class PPMARINA(Method):
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
-        state.x = state.x - self.gamma * state.g
+        state.x = self._next_iterate(state.x, state.g)
         # lazy rows: with a sparsifier, only the sampled clients' K entries are read
         lazy_new_grads = self.problem.lazy_local_grads(state.x)
         if c:
@@ -341,7 +341,7 @@ class PPMARINA(Method):
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - state.fresh.double()))
             diffs = lazy_new_grads - state.lazy_local_grads
-            state.g = state.g + self.net.aggregate(self.Q, diffs, k, multiplicity=counts)
+            state.g = added(state.g, self.net.aggregate(self.Q, diffs, k, multiplicity=counts))
             state.fresh = part
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1

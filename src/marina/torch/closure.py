@@ -104,28 +104,83 @@ class ClosureProblem(Problem):
         self.loss_value: Tensor | None = None
         self.evaluations = 0
         self._first: tuple | None = None
+        self._given_read = False
+        self.flat: Tensor | None = None
+        self._ptrs: list[int] = []
+        self.at_first_point = False
+        """Set by the caller before a step: the parameters already hold the point of the step's first
+        evaluation (its write is skipped)."""
 
     # -- the parameters as one vector ------------------------------------------------------------
+    def adopt_flat_storage(self) -> None:
+        """Make the parameters views of one flat buffer (:attr:`flat`): :meth:`flat_params` is then
+        that buffer and :meth:`write` one copy. Done again by :meth:`_flat_view` if a parameter's
+        ``.data`` was replaced since."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+            for p, chunk in zip(self.params, flat.split(self.numels)):
+                p.data = chunk.view_as(p)
+        self.flat = flat
+        item = flat.element_size()
+        offsets = torch.tensor([0, *self.numels[:-1]]).cumsum(0).tolist()
+        self._ptrs = [flat.data_ptr() + item * o for o in offsets]
+
+    def _flat_view(self) -> Tensor | None:
+        """:attr:`flat` while every parameter is still its view (else adopted again); None when
+        the parameters were never flattened."""
+        if self.flat is None:
+            return None
+        if any(p.data_ptr() != ptr for p, ptr in zip(self.params, self._ptrs)):
+            self.adopt_flat_storage()
+        return self.flat
+
     def flat_params(self) -> Tensor:
+        """x, the current parameters as one (d,) vector (the flat buffer itself when adopted)."""
+        flat = self._flat_view()
+        if flat is not None:
+            return flat
         return torch.cat([p.detach().reshape(-1) for p in self.params])
 
     def write(self, x: Tensor) -> None:
         """Parameters <- x (in place, so the user's module and any reference to them see it)."""
+        flat = self._flat_view()
         with torch.no_grad():
+            if flat is not None:
+                if x.data_ptr() != flat.data_ptr():
+                    flat.copy_(x.reshape(-1))
+                return
             for p, chunk in zip(self.params, x.split(self.numels)):
                 p.copy_(chunk.view_as(p))
 
     def flat_grads(self) -> Tensor:
+        grads = [p.grad for p in self.params]
+        if all(g is None for g in grads):
+            raise ConfigError(
+                "no parameter has a gradient (every p.grad is None): "
+                + (
+                    "the closure must call loss.backward() after zeroing the grads"
+                    if self.closure is not None
+                    else "without a closure, call loss.backward() before step()"
+                )
+            )
+        for i, g in enumerate(grads):
+            if g is not None and g.layout != torch.strided:
+                raise ConfigError(
+                    f"parameter {i} (shape {tuple(self.params[i].shape)}) has a {g.layout} gradient; "
+                    "marina.torch optimizers need dense gradients (e.g. nn.Embedding(sparse=False))"
+                )
         return torch.cat(
             [
-                p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-                for p in self.params
+                g.detach().reshape(-1) if g is not None else torch.zeros_like(p).reshape(-1)
+                for p, g in zip(self.params, grads)
             ]
         )
 
     # -- one step's evaluations --------------------------------------------------------------------
     def begin_step(self, closure: Callable[[], Tensor] | None) -> None:
-        self.closure, self.loss_value, self._first = closure, None, None
+        """Start a step; ``closure`` None: the gradient of the one evaluation is ``p.grad`` as the
+        caller left it (at the current parameters)."""
+        self.closure, self.loss_value, self._first, self._given_read = closure, None, None, False
 
     def end_step(self) -> None:
         self.closure, self._first = None, None
@@ -150,13 +205,19 @@ class ClosureProblem(Problem):
             for b, s in zip(self._buffers(), saved):
                 b.copy_(s)
 
-    def _call(self, x: Tensor) -> Tensor:
-        if self.closure is None:
-            raise ConfigError(
-                "this step needs gradients but step() was called without a closure; pass "
-                "step(closure) with a closure that zeroes the grads, computes the loss and calls backward"
-            )
-        self.write(x)
+    def _call(self, x: Tensor) -> Tensor | None:
+        if self.closure is None:  # step() without a closure: p.grad is the caller's, at x
+            if self._given_read:
+                raise ConfigError(
+                    "this step needs the gradient at a second point, but step() was called without a "
+                    "closure; pass step(closure) with a closure that zeroes the grads, computes the loss "
+                    "and calls backward"
+                )
+            self._given_read = True
+            self.evaluations += 1
+            return None
+        if not (self.at_first_point and self._first is None):
+            self.write(x)
         with torch.enable_grad():
             loss = self.closure()
         self.evaluations += 1
@@ -177,7 +238,7 @@ class ClosureProblem(Problem):
             finally:
                 self._set_rng_state(rng_after)
                 self._load_buffers(bufs_after)
-        return self.flat_grads().reshape(1, -1).clone()
+        return self.flat_grads().reshape(1, -1)  # a fresh tensor (cat)
 
     # -- the Problem protocol ------------------------------------------------------------------------
     def local_grads(self, x: Tensor) -> Tensor:

@@ -28,32 +28,23 @@ ones (used as Q/(1 + omega)); DASHA takes unbiased ones. Sample indices drawn by
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
 from marina.errors import ConfigError
-from marina.torch.optim import MarinaOptimizer, default_local_size
+from marina.torch.optim import MarinaOptimizer, default_local_size, documented
 
 __all__ = ["EF21", "EF21PP", "EF21SGD", "DASHA", "DASHAPAGE", "DASHAMVR"]
 
 
-class _Successor(MarinaOptimizer):
-    """A successor without MARINA's coin: after step 0, every step is a full local pass
-    (``full_passes``) or every step a minibatch."""
+@documented()
+class EF21(MarinaOptimizer):
+    """Closure: the full local loss f_i at every step (:attr:`coin` is always True).
 
-    full_passes: ClassVar[bool] = True
-
-    @property
-    def coin(self) -> bool:
-        """True: feed the full local pass (step 0: the dense start); False: a minibatch."""
-        return True if not self.started else self.full_passes
-
-
-class EF21(_Successor):
-    """EF21 (:class:`marina.methods.EF21`, Algorithm 2 of the EF21 paper; default lr is for the
-    caller: the smoothness of a model is unknown). The closure computes the full local loss at
-    every step; ``local_size`` = m_i only feeds :attr:`oracle_calls`."""
+    EF21 (:class:`marina.methods.EF21`, Algorithm 2 of the EF21 paper); for minibatches use
+    :class:`EF21SGD`. ``local_size`` = m_i only feeds :attr:`oracle_calls`.
+    """
 
     method_name = "ef21"
 
@@ -71,10 +62,14 @@ class EF21(_Successor):
         super().__init__(params, compressor, lr, seed, process_group, module, local_size, {})
 
 
-class EF21PP(_Successor):
-    """EF21-PP (:class:`marina.methods.EF21PP`): each client takes part in a round with
-    probability q = ``participation`` (default 1/2), drawn from the shared stream; only the
-    participants call the closure (:attr:`participates`)."""
+@documented()
+class EF21PP(MarinaOptimizer):
+    """Closure: the full local loss f_i at every step, on the ranks that take part (:attr:`participates`).
+
+    EF21-PP (:class:`marina.methods.EF21PP`): each client takes part in a round with probability
+    q = ``participation`` (default 1/2), drawn from the shared stream; only the participants call
+    the closure.
+    """
 
     method_name = "ef21-pp"
 
@@ -102,13 +97,17 @@ class EF21PP(_Successor):
         return bool(mult[int(self.net.worker_ids[0])] > 0)
 
 
-class EF21SGD(_Successor):
-    """EF21-SGD (:class:`marina.methods.EF21SGD`): the closure computes the full local loss on
-    step 0 (g_i^0 = grad f_i(x^0)) and a minibatch of b = ``batch_size`` samples afterwards
-    (:attr:`coin` False); ``local_size`` = m defaults to b."""
+@documented(batch_size="b, the minibatch of every step after step 0")
+class EF21SGD(MarinaOptimizer):
+    """Closure: the full local loss on step 0, then a minibatch of ``batch_size`` samples (:attr:`coin`).
+
+    EF21-SGD (:class:`marina.methods.EF21SGD`): g_i^0 = grad f_i(x^0), then minibatch gradients
+    at the current parameters (one per step: ``loss.backward(); opt.step()`` works too);
+    ``local_size`` = m defaults to b.
+    """
 
     method_name = "ef21-sgd"
-    full_passes = False
+    full_loss = False
 
     def __init__(
         self,
@@ -128,11 +127,16 @@ class EF21SGD(_Successor):
         super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
 
 
-class DASHA(_Successor):
-    """DASHA (:class:`marina.methods.DASHA`, Algorithm 1 with h_i = grad f_i): the closure
-    computes the full local loss at every step; momentum a defaults to 1/(2 omega + 1)."""
+@documented()
+class DASHA(MarinaOptimizer):
+    """Closure: the full local loss f_i at every step (:attr:`coin` is always True).
+
+    DASHA (:class:`marina.methods.DASHA`, Algorithm 1 with h_i = grad f_i); momentum a defaults
+    to 1/(2 omega + 1). For minibatches use :class:`DASHAMVR` or :class:`DASHAPAGE`.
+    """
 
     method_name = "dasha"
+    differences_steps = True
 
     def __init__(
         self,
@@ -150,13 +154,22 @@ class DASHA(_Successor):
         super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
 
 
+@documented(
+    p="probability of a full-gradient round c_k = 1 (None: B/(m + B))",
+    batch_size="B, the minibatch of the c_k = 0 steps",
+)
 class DASHAPAGE(MarinaOptimizer):
-    """DASHA-PAGE (:class:`marina.methods.DASHAPAGE`): finite sums of ``local_size`` = m samples
+    """Closure: the full local loss when :attr:`coin`, else a minibatch of ``batch_size`` samples.
+
+    DASHA-PAGE (:class:`marina.methods.DASHAPAGE`): finite sums of ``local_size`` = m samples
     per worker (required); :attr:`coin` is the shared c_k ~ Be(p), p defaulting to B/(m + B)
     (Corollary 6.5). On c_k = 0 steps the closure runs twice on the batch of B = ``batch_size``
-    samples (at x^{k+1}, then at x^k)."""
+    samples (at x^{k+1}, then at x^k).
+    """
 
     method_name = "dasha-page"
+    one_point = False
+    full_loss = False
 
     def __init__(
         self,
@@ -181,14 +194,22 @@ class DASHAPAGE(MarinaOptimizer):
         super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
 
 
-class DASHAMVR(_Successor):
-    """DASHA-MVR (:class:`marina.methods.DASHAMVR`): step 0 feeds B_0 = ``dense_batch_size``
+@documented(
+    batch_size="B, the minibatch of every step after step 0",
+    dense_batch_size="B_0, the batch of step 0 (None: min(m, 10 B))",
+)
+class DASHAMVR(MarinaOptimizer):
+    """Closure: ``dense_batch_size`` samples on step 0, then minibatches of ``batch_size`` (:attr:`coin`).
+
+    DASHA-MVR (:class:`marina.methods.DASHAMVR`): step 0 feeds B_0 = ``dense_batch_size``
     samples (default min(m, 10 B)), every later step B = ``batch_size`` samples, evaluated twice
     (at x^{k+1}, then at x^k); MVR momentum b defaults to min(sqrt(B/B_0)/omega, B/B_0).
-    ``local_size`` = m defaults to max(B, B_0) (as :class:`marina.torch.VRMARINA` online)."""
+    ``local_size`` = m defaults to max(B, B_0) (as :class:`marina.torch.VRMARINA` online).
+    """
 
     method_name = "dasha-mvr"
-    full_passes = False
+    one_point = False
+    full_loss = False
 
     def __init__(
         self,
