@@ -308,3 +308,15 @@ def test_worker_ids_stay_an_int64_tensor():
         rng = Randomness(0, "w", 0, ids)
         assert rng.worker_ids.dtype == torch.int64 and rng.worker_ids.device.type == "cpu"
         assert rng.worker_ids.tolist() == [3, 5]
+
+
+@pytest.mark.xfail(strict=True, reason="_TensorArrays.words64 ignores signed: its words stay signed")
+def test_array_backends_agree_on_64_bit_words():
+    """Both array backends give the same 64-bit words for the same call keys, signed or not."""
+    rng = Randomness(11, "w64", 2, [0, 5, SHARED])
+    keys = rng._next_keys()
+    ints = [int(k) & ((1 << 64) - 1) for k in keys]
+    tensors = R._TensorArrays(torch.device("cpu"))
+    for signed in (True, False):
+        small = R._INTS.words64(ints, 6, signed=signed)
+        assert tensors.words64(keys, 6, signed=signed).reshape(-1).tolist() == small, signed
