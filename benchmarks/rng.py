@@ -7,19 +7,22 @@
 
 Each line is the best, over several repetitions, of the mean time of a loop of calls on one
 ``Randomness`` object (each call advances its counter, as in a run). One intra-op thread.
-``--against FILE`` also times another version of ``marina/rng.py`` (e.g. the output of
-``git show HEAD~1:src/marina/rng.py``), its repetitions interleaved with this version's so that
+``--against PATH`` also times another version of ``marina.rng``: a copy of the package
+directory (e.g. ``git archive REV src/marina/rng | tar -x -C /tmp/old``) or the single file
+``marina/rng.py`` of earlier versions, its repetitions interleaved with this version's so that
 load from other processes hits both alike, and prints the ratio.
 
-Run: ``python benchmarks/rng.py [--repeats R] [--only small|large] [--against FILE]``
+Run: ``python benchmarks/rng.py [--repeats R] [--only small|large] [--against PATH]``
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -28,8 +31,8 @@ import marina.rng
 
 
 def per_call(fns: list[Callable[[], object]], repeats: int, budget: float = 0.05) -> list[float]:
-    """Seconds per call of each fn: best over ``repeats`` (interleaved) of the mean over a loop
-    of ~``budget`` seconds."""
+    """Seconds per call of each fn: best over ``repeats`` (interleaved, in alternating order, as
+    the one timed first tends to be slower) of the mean over a loop of ~``budget`` seconds."""
     loops = []
     for fn in fns:
         fn()
@@ -37,8 +40,9 @@ def per_call(fns: list[Callable[[], object]], repeats: int, budget: float = 0.05
         fn()
         loops.append(max(1, min(10_000, int(budget / max(time.perf_counter() - t0, 1e-7)))))
     best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for rep in range(repeats):
+        for i in range(len(fns)) if rep % 2 == 0 else reversed(range(len(fns))):
+            fn = fns[i]
             t0 = time.perf_counter()
             for _ in range(loops[i]):
                 fn()
@@ -95,8 +99,16 @@ def large_cases(R: ModuleType) -> dict[str, Callable[[], object]]:
 
 
 def load(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rng_against", path)
+    """The module file, or the package directory (its modules import each other relatively)."""
+    where = Path(path)
+    package = where.is_dir()
+    spec = importlib.util.spec_from_file_location(
+        "rng_against",
+        where / "__init__.py" if package else where,
+        submodule_search_locations=[str(where)] if package else None,
+    )
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -105,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", choices=("small", "large"))
-    ap.add_argument("--against", metavar="FILE", help="another rng.py to time alongside")
+    ap.add_argument("--against", metavar="PATH", help="another marina/rng (a directory or rng.py)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     mods = [marina.rng] + ([load(args.against)] if args.against else [])

@@ -8,8 +8,10 @@ import random
 import pytest
 import torch
 
-import marina.rng as R
-from marina.rng import SHARED, Randomness, hash32_reference
+from marina.rng import SHARED, Randomness, bits, distributions, elements, hash32_reference, randomness
+from marina.rng.backend import Backend
+from marina.rng.small import SMALL, SmallBackend
+from marina.rng.tensors import TensorBackend, tensor_backend
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 SEEDS = ["random", "random", 0]  # the seed fixture draws a seed for each "random" entry
@@ -65,7 +67,7 @@ def test_each_call_advances_counter_by_one():
 def test_reference_hash_matches_tensor_code():
     rng = Randomness(123, "ref", 9, [0, 7, SHARED])
     keys = rng._next_keys()
-    k1, k2 = R._split32(keys)
+    k1, k2 = bits.split32(keys)
     words = rng.words32(300)
     for r in range(3):
         # k1, k2 are the low and high 32-bit halves of the 64-bit call key
@@ -89,7 +91,7 @@ def test_uniform_is_exact_function_of_words():
     u64 = rng.uniform(100, torch.float64)
     for r in range(2):
         key = int(keys[r]) & ((1 << 64) - 1)
-        expect = [(R._mix_int(key + (j + 1) * 0x9E3779B97F4A7C15) >> 11) / 2**53 for j in range(100)]
+        expect = [(bits.mix_int(key + (j + 1) * 0x9E3779B97F4A7C15) >> 11) / 2**53 for j in range(100)]
         assert u64[r].tolist() == expect
     words = Randomness(5, "u", 1, range(2)).bits(100)
     assert torch.equal((words >> 11) & ((1 << 53) - 1), (u64 * 2**53).to(torch.int64))
@@ -98,7 +100,7 @@ def test_uniform_is_exact_function_of_words():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_chunking_and_pieces_do_not_change_draws(monkeypatch, dtype):
     ref = Randomness(2, "c", 3, range(3)).uniform(1000, dtype)
-    monkeypatch.setattr(R, "_CPU_CHUNK", 64)  # many chunks, ragged last one
+    monkeypatch.setattr(elements, "CPU_CHUNK", 64)  # many chunks, ragged last one
     assert torch.equal(Randomness(2, "c", 3, range(3)).uniform(1000, dtype), ref)
     e = Randomness(2, "c", 3, range(3)).elements()
     pieces = torch.cat([e.uniform(a, min(1000, a + 77), dtype) for a in range(0, 1000, 77)], dim=1)
@@ -203,17 +205,21 @@ def test_cuda_draws_equal_cpu_draws():
 
 
 # -- the small-draw path (Python ints) against the tensor code ----------------------------------
-# (_PY_KEY_ROWS, _PY_ELEMENTS): "tensor" forces the tensor code for keys and draws, "python" the
+# (SMALL_ROWS, SMALL_ELEMENTS): "tensor" forces the tensor code for keys and draws, "python" the
 # Python ints for every call, "default" the shipped thresholds
-_MODES = {"tensor": (0, -1), "python": (10**6, 10**9), "default": (R._PY_KEY_ROWS, R._PY_ELEMENTS)}
+_MODES = {
+    "tensor": (0, -1),
+    "python": (10**6, 10**9),
+    "default": (randomness.SMALL_ROWS, randomness.SMALL_ELEMENTS),
+}
 _FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _in_mode(monkeypatch, mode: str, draw, *args):  # noqa: ANN001, ANN202
     """draw(*args) (which makes its Randomness objects) with the thresholds of ``mode``."""
-    key_rows, elements = _MODES[mode]
-    monkeypatch.setattr(R, "_PY_KEY_ROWS", key_rows)
-    monkeypatch.setattr(R, "_PY_ELEMENTS", elements)
+    key_rows, small_elements = _MODES[mode]
+    monkeypatch.setattr(randomness, "SMALL_ROWS", key_rows)
+    monkeypatch.setattr(randomness, "SMALL_ELEMENTS", small_elements)
     return draw(*args)
 
 
@@ -276,8 +282,8 @@ def _swr_with_initial(key: tuple, ids, pop: int | torch.Tensor, k: int) -> list[
 def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
     ids = list(range(0, 64, 2))
     cases = [(5000, 40), (30, 15), (50, 20), (torch.tensor([30, 50, 40, 5000] * 8), 15)]
-    for dense_population in (R._DENSE_POPULATION, 0):  # 0: every k >= 2 row redraws duplicates
-        monkeypatch.setattr(R, "_DENSE_POPULATION", dense_population)
+    for dense_population in (distributions.DENSE_POPULATION, 0):  # 0: every k >= 2 row redraws duplicates
+        monkeypatch.setattr(distributions, "DENSE_POPULATION", dense_population)
         for pop, k in cases:
             key = (seed, "redraw", 3)
             res = {mode: _in_mode(monkeypatch, mode, _swr_with_initial, key, ids, pop, k) for mode in _MODES}
@@ -310,3 +316,28 @@ def test_worker_ids_stay_an_int64_tensor():
         rng = Randomness(0, "w", 0, ids)
         assert rng.worker_ids.dtype == torch.int64 and rng.worker_ids.device.type == "cpu"
         assert rng.worker_ids.tolist() == [3, 5]
+
+
+def test_array_backends_agree_on_64_bit_words():
+    """Both backends give the same signed 64-bit words for the same call keys: the reference
+    SplitMix64 of the Weyl sequence (the tensor backend once ignored a request for unsigned words)."""
+    rng = Randomness(11, "w64", 2, [0, 5, SHARED])
+    keys = rng._next_keys()
+    ints = [int(k) & bits.MASK64 for k in keys]
+    ref = [bits.signed(bits.mix_int(key + j * bits.GOLDEN_U)) for key in ints for j in range(1, 7)]
+    assert min(ref) < 0 < max(ref)
+    tensors = tensor_backend(torch.device("cpu"))
+    assert SMALL.words64(ints, 6) == ref
+    assert tensors.words64(keys, 6).reshape(-1).tolist() == ref
+    # an element formula sees the same word mod 2^64 in both (unsigned in the small backend)
+    keys63 = [(w & bits.MASK64) >> 1 for w in ref]
+    assert SMALL.words64(ints, 6, bits.key63) == keys63
+    assert tensors.words64(keys, 6, bits.key63).reshape(-1).tolist() == keys63
+
+
+def test_backends_offer_exactly_the_interface():
+    """The distributions reach a backend only through ``Backend``'s operations."""
+    interface = set(Backend.__abstractmethods__)
+    for cls in (SmallBackend, TensorBackend):
+        public = {name for name in vars(cls) if not name.startswith("_")}
+        assert public == interface, cls.__name__

@@ -1,0 +1,104 @@
+"""The tensor backend: a call's numbers as (rows, cols) tensors on one device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .backend import Backend
+from .bits import MASK64
+from .elements import ElementDraws, shared_arange
+from .keys import call_keys
+
+__all__ = ["TensorBackend", "tensor_backend"]
+
+
+class TensorBackend(Backend[Tensor, Tensor]):
+    """:class:`.backend.Backend` on tensors; keys are int64 (rows,), per-row operands a number or
+    a tensor with one entry (or one per row).
+
+    Args:
+        device: where the draws are made.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def words32(self, keys: Tensor, cols: int) -> Tensor:
+        return ElementDraws(keys, self.device).words(0, cols)
+
+    def words64(self, keys: Tensor, cols: int | Tensor, f: Callable | None = None) -> Tensor:
+        width = int(cols.max()) if isinstance(cols, Tensor) else int(cols)
+        z = ElementDraws(keys, self.device).words64(0, width)
+        return z if f is None else f(z)
+
+    def uniform(
+        self, keys: Tensor, cols: int, dtype: torch.dtype, f: Callable | None = None, operand: Any = None
+    ) -> Tensor:
+        u = ElementDraws(keys, self.device).uniform(0, cols, dtype)
+        return u if f is None else f(u, operand)
+
+    def rekey(self, keys: Tensor, salt: int) -> Tensor:
+        return call_keys(keys, salt)
+
+    def each(self, f: Callable, x: Tensor | int, *args: Any) -> Tensor:
+        return f(x, *args)
+
+    def column(self, values: Tensor | float) -> Tensor | float:
+        """(rows, 1) float64 (or (1, 1), broadcast) for a tensor, else a float."""
+        if isinstance(values, Tensor):
+            return values.to(device=self.device, dtype=torch.float64).reshape(-1, 1)
+        return float(values)
+
+    def argsort(self, x: Tensor, cols: int) -> Tensor:
+        if x.shape[0] == 1:  # torch's 1-D sort is several times faster than a sort along dim 1
+            return torch.sort(x[0], stable=True).indices[None, :]
+        return torch.sort(x, dim=1, stable=True).indices
+
+    def sort(self, x: Tensor, cols: int) -> Tensor:
+        return torch.sort(x, dim=1).values
+
+    def smallest(self, z: Tensor, k: int, cols: int | Tensor) -> Tensor:
+        if isinstance(cols, Tensor):  # columns at or beyond a row's count never win
+            counters = shared_arange(z.shape[1], torch.int32, self.device)
+            z.masked_fill_(counters[None, :] >= cols[:, None], MASK64 >> 1)
+        return torch.sort(torch.topk(z, k, dim=1, largest=False).indices, dim=1).values
+
+    def duplicates(self, x: Tensor, cols: int) -> Tensor | None:
+        dup = torch.zeros_like(x, dtype=torch.bool)
+        dup[:, 1:] = x[:, 1:] == x[:, :-1]
+        return dup if bool(dup.any()) else None
+
+    def where(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask, a, b)
+
+    def which(self, mask: Tensor | bool) -> bool | None:
+        if not isinstance(mask, Tensor):
+            return bool(mask)
+        return True if bool(mask.all()) else False if not bool(mask.any()) else None
+
+    def partition(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return x[mask], x[~mask]
+
+    def merge(self, mask: Tensor, a: Tensor, b: Tensor, cols: int) -> Tensor:
+        out = torch.empty((mask.shape[0], cols), dtype=a.dtype, device=self.device)
+        out[mask] = a
+        out[~mask] = b
+        return out
+
+    def tensor(self, x: Tensor, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
+        return x
+
+
+_BACKENDS: dict[torch.device, TensorBackend] = {}
+
+
+def tensor_backend(device: torch.device) -> TensorBackend:
+    """The (shared) tensor backend of ``device``."""
+    backend = _BACKENDS.get(device)
+    if backend is None:
+        backend = _BACKENDS[device] = TensorBackend(device)
+    return backend
