@@ -24,10 +24,21 @@ FORMULA_CASES = (
     ("qgd", "randk:3"),
     ("diana", "randk:3:seeded"),
     ("ef21", "topk:3"),
+    ("ef21-sgdm", "topk:3"),
     ("diana", "bernoulli:0.5"),
 )
+ETA = 0.4
+"""EF21-SGDM's momentum in the formula and training cases."""
 REBUILD_STEPS = 8
+REBUILD_CASES = (("qgd", "randk:10%"), ("diana", "randk:1%"), ("ef21", "topk:1%"), ("ef21-sgdm", "topk:1%"))
 REBUILD_LR = 0.0005  # plain SGD on the 28 k-parameter regression below (EF21 topk:1% diverges at 0.002)
+
+
+def _state(spec: str, method: str, seed: int = 0, **kwargs) -> CompressionHookState:  # noqa: ANN003
+    """The hook state of ``method`` (EF21-SGDM with momentum ETA unless given)."""
+    if method == "ef21-sgdm":
+        kwargs.setdefault("momentum", ETA)
+    return CompressionHookState(spec, method, seed=seed, **kwargs)
 
 
 def _model() -> torch.nn.Module:
@@ -104,8 +115,8 @@ def _topk(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def _expected(method: str, spec: str, seed: int, world: int, calls: list) -> list[bool]:
     """Each call's output against the method's formula, from every rank's inputs; the memory
-    (h_r, h or e_r, e) of each parameter follows it when DDP reorders its bucket (it does after
-    the first pass: (weight, bias), then (bias, weight))."""
+    (h_r, h or e_r, e, and EF21-SGDM's v_r) of each parameter follows it when DDP reorders its
+    bucket (it does after the first pass: (weight, bias), then (bias, weight))."""
     import torch.distributed as dist
 
     from marina import compressors
@@ -116,10 +127,18 @@ def _expected(method: str, spec: str, seed: int, world: int, calls: list) -> lis
         everyone = [torch.empty_like(inp) for _ in range(world)]
         dist.all_gather(everyone, inp)
         G, d = torch.stack(everyone), inp.numel()
-        held = [memory.get(id(p), (torch.zeros(world, p.numel()), torch.zeros(p.numel()))) for p in params]
+        zeros = [
+            (torch.zeros(world, p.numel()), torch.zeros(p.numel()), torch.zeros(world, p.numel()))
+            for p in params
+        ]
+        held = [memory.get(id(p), z) for p, z in zip(params, zeros)]
         local, mean = torch.cat([h[0] for h in held], dim=1), torch.cat([h[1] for h in held])
-        if method == "ef21":  # the first call dense (e_r = g_r), then c_r = TopK(g_r - e_r)
-            c = G if k == 0 else _topk(G - local, int(spec.split(":")[1]))
+        v = torch.cat([h[2] for h in held], dim=1)
+        if method in ("ef21", "ef21-sgdm"):
+            # the first call dense (v_r = e_r = g_r), then v_r = (1 - eta) v_r + eta g_r (EF21-SGDM;
+            # EF21: v_r = g_r) and c_r = TopK(v_r - e_r)
+            v = G if k == 0 or method == "ef21" else torch.add(v * (1 - ETA), G, alpha=ETA)
+            c = G if k == 0 else _topk(v - local, int(spec.split(":")[1]))
             local, mean = local + c, mean + c.sum(dim=0) / world
             want = mean
         else:
@@ -135,7 +154,9 @@ def _expected(method: str, spec: str, seed: int, world: int, calls: list) -> lis
             else:
                 want = avg
         sizes = [p.numel() for p in params]
-        memory.update(zip(map(id, params), zip(local.split(sizes, dim=1), mean.split(sizes))))
+        memory.update(
+            zip(map(id, params), zip(local.split(sizes, dim=1), mean.split(sizes), v.split(sizes, dim=1)))
+        )
         ok.append(bool(torch.equal(got, want)))
     return ok
 
@@ -146,7 +167,7 @@ def _rebuild_run(method: str, spec: str, seed: int, rank: int, world: int) -> di
 
     torch.manual_seed(seed)  # DDP broadcasts rank 0's parameters anyway
     ddp = DDP(_Rebuilt(), bucket_cap_mb=0.02)
-    state = marina.torch.CompressionHookState(spec, method, seed=seed)
+    state = _state(spec, method, seed)
     ddp.register_comm_hook(state, marina.torch.compression_hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=REBUILD_LR)
     X = torch.randn(32 * world, 5, generator=torch.Generator().manual_seed(seed))
@@ -197,11 +218,14 @@ def _main_job(out: str, seed: int) -> None:
     ef21 = _ddp_train(CompressionHookState("identity", "ef21"), compression_hook, rank)
     report["identity_equal"] = all(torch.equal(a, b) for a, b in zip(ref, qgd))
     report["ef21_identity_close"] = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ref, ef21))
+    # EF21-SGDM with eta = 1: v_r = g_r, so EF21 with the identity: DDP's gradients up to rounding
+    sgdm = _ddp_train(_state("identity", "ef21-sgdm", momentum=1.0), compression_hook, rank)
+    report["sgdm_identity_close"] = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ref, sgdm))
     report["ef21_identity_moved"] = max(
         float((a - b).abs().max()) for a, b in zip(ref, _model().parameters())
     )
     for method, spec in FORMULA_CASES:
-        state = CompressionHookState(spec, method, seed=seed)
+        state = _state(spec, method, seed)
         overlapped = spec != "bernoulli:0.5"  # sizes vary: exchanged synchronously
         calls = _recorded(state, rank, slow_rank=overlapped and rank == world - 1 and world > 1)
         report[f"{method} {spec}"] = {
@@ -214,7 +238,7 @@ def _main_job(out: str, seed: int) -> None:
             "rounds": state.rounds,
             "d": [c[1].numel() for c in calls],
         }
-    for method, spec in (("qgd", "randk:10%"), ("diana", "randk:1%"), ("ef21", "topk:1%")):
+    for method, spec in REBUILD_CASES:
         report[f"rebuild-{method}"] = _rebuild_run(method, spec, seed, rank, world)
     report["readme"] = _readme_example(rank)
     try:  # a plain dict as state: a clear error at the first call, before any exchange
@@ -233,6 +257,10 @@ def _disagreements(seed: int, rank: int) -> dict:
         "compressor": (("randk:3", "qgd"), ("randk:4", "qgd")),
         "method": (("randk:3", "qgd"), ("randk:3", "diana")),
         "alpha": (("randk:3", "diana", seed, 0.5), ("randk:3", "diana", seed, 0.25)),
+        "momentum": (
+            ("topk:3", "ef21-sgdm", seed, None, None, 0.5),
+            ("topk:3", "ef21-sgdm", seed, None, None, 0.25),
+        ),
         "seed": (("randk:3", "qgd", seed), ("randk:3", "qgd", seed + 1)),
     }
     report: dict = {}
@@ -294,6 +322,7 @@ def test_registered_directly_equals_allreduce(main_reports):
         assert r["identity_equal"], seed  # parameters bit for bit after STEPS steps
         # EF21 with the identity keeps e_r = g_r: DDP's gradients up to float rounding
         assert r["ef21_identity_close"] and r["ef21_identity_moved"] > 1e-3, seed
+        assert r["sgdm_identity_close"], seed  # EF21-SGDM with eta = 1 as well
 
 
 def test_outputs_follow_each_methods_formula(main_reports):
@@ -312,7 +341,7 @@ def test_the_hook_returns_before_the_exchange_completes(main_reports):
     # the last rank sleeps 0.5 s before its last backward pass: rank 0's future cannot be
     # complete when its hook returns unless the hook waited for the exchange itself (the first
     # call waits for the fingerprints, so the last one is checked)
-    for case in ("qgd randk:3", "diana randk:3:seeded", "ef21 topk:3"):
+    for case in ("qgd randk:3", "diana randk:3:seeded", "ef21 topk:3", "ef21-sgdm topk:3"):
         assert reports[0][case]["returned_pending"][-1], case
 
 
@@ -328,12 +357,13 @@ def test_counters_by_hand(main_reports):
         assert got["wire_bytes"] == (world - 1) * (STEPS * 15 + FINGERPRINT_BYTES)
         dense = 32 * 33  # EF21's first exchange sends the gradient dense
         assert r["ef21 topk:3"]["bits_up"] == dense + (STEPS - 1) * bits
+        assert r["ef21-sgdm topk:3"]["bits_up"] == dense + (STEPS - 1) * bits  # the same messages
 
 
 def test_training_survives_bucket_rebuilds(main_reports):
     world, seed, reports = main_reports
     for r in reports:
-        for method in ("qgd", "diana", "ef21"):
+        for method, _ in REBUILD_CASES:
             got = r[f"rebuild-{method}"]
             # DDP rebuilt its buckets after the first pass: 28007 entries, then 8007 and 20000
             assert sorted(d for _, d in got["layouts"]) == [8007, 20000, 28007], got["layouts"]
@@ -364,6 +394,7 @@ def test_ranks_that_disagree_raise_the_same_clear_error(main_reports):
         "compressor": "compressor: rank 0 has randk:3, rank 1 has randk:4",
         "method": "method: rank 0 has qgd, rank 1 has diana",
         "alpha": "alpha: rank 0 has 0.5, rank 1 has 0.25",
+        "momentum": "momentum: rank 0 has 0.5, rank 1 has 0.25",
         "seed": f"seed: rank 0 has {seed}, rank 1 has {seed + 1}",
         "d": "d: rank 0 has 33, rank 1 has 34",
     }
@@ -388,6 +419,15 @@ def test_bad_hook_states_are_refused():
         CompressionHookState("randk:3", "qgd", alpha=0.5)
     with pytest.raises(ConfigError, match=r"alpha == 0.5 is a parameter of method='diana' only"):
         CompressionHookState("topk:3", "ef21", alpha=0.5)
+    for method in ("qgd", "diana", "ef21"):
+        with pytest.raises(ConfigError, match=r"momentum == 0.5 is a parameter of method='ef21-sgdm' only"):
+            CompressionHookState("randk:3", method, momentum=0.5)
+    with pytest.raises(ConfigError, match=r"method='ef21-sgdm' needs momentum=eta in \(0, 1\]"):
+        CompressionHookState("topk:3", "ef21-sgdm")
+    for eta in (0, 1.5, "0.5", True, float("nan")):
+        with pytest.raises(ConfigError, match=r"momentum == .*, must be a number in \(0, 1\]"):
+            CompressionHookState("topk:3", "ef21-sgdm", momentum=eta)
+    assert CompressionHookState("topk:1%", "ef21-sgdm", momentum=0.1).compressor_for(1000).spec == "topk:10"
     for alpha in (0, 1.5, "0.5", True, float("nan")):
         with pytest.raises(ConfigError, match="alpha =="):
             CompressionHookState("randk:3", "diana", alpha=alpha)
@@ -412,6 +452,9 @@ def test_the_configuration_is_frozen():
         state.config.method = "qgd"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         state.method = "qgd"  # type: ignore[misc]
+    sgdm = CompressionHookState("topk:3", "ef21-sgdm", momentum=0.2)
+    assert sgdm.momentum == 0.2 and sgdm.config.parameters == {"momentum": 0.2}
+    assert sgdm.config.fingerprint(33, torch.float32)["momentum"] == "0.2"
 
 
 if __name__ == "__main__":

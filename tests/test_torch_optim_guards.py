@@ -27,6 +27,7 @@ FACTORIES = {
     "EF21": lambda ps: mt.EF21(ps, compressor="topk:9", lr=0.1, seed=2),
     "EF21PP": lambda ps: mt.EF21PP(ps, compressor="topk:9", lr=0.1, seed=2),
     "EF21SGD": lambda ps: mt.EF21SGD(ps, compressor="topk:9", lr=0.1, seed=2, batch_size=4),
+    "EF21SGDM": lambda ps: mt.EF21SGDM(ps, compressor="topk:9", lr=0.1, seed=2, momentum=0.3, batch_size=4),
     "DASHA": lambda ps: mt.DASHA(ps, compressor="randk:9", lr=0.1, seed=2),
     "DASHAPAGE": lambda ps: mt.DASHAPAGE(
         ps, compressor="randk:9", lr=0.1, seed=2, batch_size=4, local_size=24
@@ -34,7 +35,7 @@ FACTORIES = {
     "DASHAMVR": lambda ps: mt.DASHAMVR(ps, compressor="randk:9", lr=0.1, seed=2, batch_size=4),
 }
 """Every optimizer, small settings (the MARINA family's are the resume test's)."""
-ONE_POINT = {"MARINA", "DIANA", "QGD", "EF21", "EF21PP", "EF21SGD", "DASHA"}
+ONE_POINT = {"MARINA", "DIANA", "QGD", "EF21", "EF21PP", "EF21SGD", "EF21SGDM", "DASHA"}
 """One gradient per step, at the current parameters (read from the method definitions)."""
 TWICE = {"VRMARINA", "DASHAPAGE", "DASHAMVR"}
 """Two evaluations, at x^{k+1} and x^k, on the steps where :attr:`coin` is False."""
@@ -253,7 +254,7 @@ def test_coin_has_one_meaning_what_the_next_closure_must_compute():
             assert all(coins), name
         elif name in ("VRMARINA", "DASHAPAGE"):
             assert coins == [r for _, r in rows] and True in coins[1:] and False in coins, name
-        elif name in ("EF21SGD", "DASHAMVR"):
+        elif name in ("EF21SGD", "EF21SGDM", "DASHAMVR"):
             assert coins == [True] + [False] * 7, name
         else:
             assert not any(coins), name  # DIANA, QGD: minibatches are fine

@@ -1,4 +1,4 @@
-"""marina.torch EF21, EF21PP, EF21SGD, DASHA, DASHAPAGE, DASHAMVR: against SGD, against marina.run
+"""marina.torch EF21, EF21PP, EF21SGD, EF21SGDM, DASHA, DASHAPAGE, DASHAMVR: against SGD, against marina.run
 (one process and gloo ranks), state_dict resume, counters by hand, theory defaults, refusals."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ CASES = {
     "ef21": (mt.EF21, "topk:7", {}, {}),
     "ef21-pp": (mt.EF21PP, "topk:7", {"participation": 0.5}, {}),
     "ef21-sgd": (mt.EF21SGD, "topk:7", {"batch_size": B}, {}),
+    "ef21-sgdm": (mt.EF21SGDM, "topk:7", {"batch_size": B, "momentum": 0.3}, {}),
     "dasha": (mt.DASHA, "randk:7", {}, {}),
     "dasha-page": (mt.DASHAPAGE, "randk:7", {"batch_size": B, "p": 0.4}, {}),
     "dasha-mvr": (mt.DASHAMVR, "randk:7", {"batch_size": B, "dense_batch_size": B0}, {}),
@@ -62,19 +63,20 @@ def _simulation(name: str, x, y, workers: int, steps: int, seed: int, lr: float,
 
 
 # -- against SGD ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["ef21", "dasha"])
+@pytest.mark.parametrize("name", ["ef21", "ef21-sgdm", "dasha"])
 def test_with_the_identity_the_optimizer_is_sgd(name):
-    """EF21: g_i^{k+1} = g_i^k + (grad - g_i^k) = grad; DASHA with a = 1: the same."""
+    """EF21: g_i^{k+1} = g_i^k + (grad - g_i^k) = grad; DASHA with a = 1 and EF21-SGDM with
+    eta = 1 (v_i = grad) fed the full loss: the same."""
     x, y = _data()
     m1, m2 = _mlp(), _mlp()
-    extra = {"momentum": 1.0} if name == "dasha" else {}
+    extra = {"dasha": {"momentum": 1.0}, "ef21-sgdm": {"momentum": 1.0, "batch_size": len(x)}}.get(name, {})
     o1 = CASES[name][0](m1.parameters(), compressor=F64_IDENTITY, lr=0.3, **extra)
     o2 = torch.optim.SGD(m2.parameters(), lr=0.3)
     s1 = torch.optim.lr_scheduler.StepLR(o1, step_size=3, gamma=0.5)
     s2 = torch.optim.lr_scheduler.StepLR(o2, step_size=3, gamma=0.5)
     start = _flat(m1)
     for _ in range(10):
-        assert o1.coin is True  # a full local pass every step
+        assert o1.coin is (True if name != "ef21-sgdm" else o1.rounds == 0)  # EF21-SGDM: minibatches
         l1 = o1.step(_closure(m1, o1, x, y))
         l2 = o2.step(_closure(m2, o2, x, y))
         assert l1.item() == pytest.approx(l2.item(), rel=1e-12)
@@ -110,15 +112,8 @@ def test_one_worker_matches_marina_run(name, comp):
 @pytest.mark.parametrize("world", [2])
 def test_gloo_ranks_match_marina_run(world, tmp_path):
     import json
-    import os
-    import sys
 
-    from marina.testing import run_ranks
-
-    run_ranks(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "torch_successor_ranks.py"), str(tmp_path)],
-        world,
-    )
+    _run_successor_ranks(world, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for name in CASES:
         for r, rep in enumerate(reports):
@@ -131,6 +126,58 @@ def test_gloo_ranks_match_marina_run(world, tmp_path):
     # EF21-PP: a rank not drawn skipped its closure on some rounds, and drawn ranks computed
     assert sum(rep["ef21-pp"]["skipped"] for rep in reports) > 0
     assert all(rep["ef21-pp"]["computed"] > 1 for rep in reports)
+
+
+def _run_successor_ranks(world: int, out, *names: str) -> None:
+    """tests/torch_successor_ranks.py on ``world`` gloo ranks (``names``: only these CASES)."""
+    import os
+    import sys
+
+    from marina.testing import run_ranks
+
+    script = os.path.join(os.path.dirname(__file__), "torch_successor_ranks.py")
+    run_ranks([sys.executable, script, str(out), *names], world)
+
+
+def test_ef21_sgdm_on_three_gloo_ranks_matches_marina_run(tmp_path):
+    import json
+
+    _run_successor_ranks(3, tmp_path, "ef21-sgdm")
+    for r in range(3):
+        case = json.loads((tmp_path / f"rank{r}.json").read_text())["ef21-sgdm"]
+        assert case["max_diff"] < 1e-12, (r, case)
+        assert case["bits_up"][0] == case["bits_up"][1] and case["bits_down"][0] == case["bits_down"][1]
+        assert case["oracle_calls"][0] == pytest.approx(case["oracle_calls"][1], rel=1e-12)
+        assert case["wire_bytes"] > 0
+
+
+def test_ef21_sgdm_a_non_finite_gradient_leaves_the_momentum_as_before():
+    """The compressor refuses a NaN after v_i is formed: the step undone bit for bit, v_i included."""
+    from marina.errors import ValueRangeError
+    from test_torch_optim_guards import _equal
+
+    x, y = _data(24)
+    model, twin = _mlp(), _mlp()
+    make = CASES["ef21-sgdm"][0]
+    opt, twin_opt = (make(m.parameters(), "topk:7", 0.1, momentum=0.3, batch_size=8) for m in (model, twin))
+    for t in range(3):
+        for m, o in ((model, opt), (twin, twin_opt)):
+            o.step(_closure(m, o, x[t : t + 8], y[t : t + 8]))
+    params, state = _flat(model).clone(), opt.state_dict()
+    inner = _closure(model, opt, x[:8], y[:8])
+
+    def poisoned():
+        loss = inner()
+        next(model.parameters()).grad.view(-1)[0] = float("nan")
+        return loss
+
+    with pytest.raises(ValueRangeError):
+        opt.step(poisoned)
+    assert torch.equal(_flat(model), params) and _equal(opt.state_dict(), state)
+    for t in range(3, 6):
+        for m, o in ((model, opt), (twin, twin_opt)):
+            o.step(_closure(m, o, x[t : t + 8], y[t : t + 8]))
+        assert torch.equal(_flat(model), _flat(twin))
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------
@@ -166,16 +213,21 @@ def test_ef21_topk_and_ef21_sgd_counters_equal_hand_counts():
     ef = mt.EF21(model.parameters(), compressor="topk:10%", lr=0.05, local_size=M)
     sgd_model, _ = _small()
     sgd = mt.EF21SGD(sgd_model.parameters(), compressor="topk:10%", lr=0.05, batch_size=4, local_size=M)
+    sgdm_model, _ = _small()
+    sgdm = mt.EF21SGDM(
+        sgdm_model.parameters(), compressor="topk:10%", lr=0.05, momentum=0.2, batch_size=4, local_size=M
+    )
     for t in range(8):
-        assert sgd.coin is (t == 0)
+        assert sgd.coin is (t == 0) and sgdm.coin is (t == 0)
         ef.step(_closure(model, ef, x.float(), y))
         sgd.step(_closure(sgd_model, sgd, x[:4].float(), y[:4]))
-        for opt in (ef, sgd):
+        sgdm.step(_closure(sgdm_model, sgdm, x[:4].float(), y[:4]))
+        for opt in (ef, sgd, sgdm):
             assert opt.bits_up == dense + t * sparse
             assert opt.bits_down == t * d * 32  # x^{k+1} broadcast in every round after the start
             assert opt.rounds == t + 1
         assert ef.oracle_calls == (t + 1) * M  # a full local gradient every round
-        assert sgd.oracle_calls == M + t * 4
+        assert sgd.oracle_calls == sgdm.oracle_calls == M + t * 4
     assert ef.compressor.spec.startswith("topk") and ef.wire_bytes == 0
 
 
@@ -245,6 +297,8 @@ def test_theory_defaults_of_the_method_parameters():
     assert mvr["mvr_momentum"] == pytest.approx(min(math.sqrt(4 / 30) / omega, 4 / 30))
     assert mt.DASHAMVR(ps, batch_size=4).method_params["dense_batch_size"] == 40  # m defaults to 10 B
     assert mt.EF21PP(ps).method_params["participation"] == 0.5
+    sgdm = mt.EF21SGDM(ps, momentum=0.25, batch_size=4).method_params
+    assert (sgdm["momentum"], sgdm["batch_size"]) == (0.25, 4)  # eta as given, m defaults to b
     assert mt.EF21(ps, compressor="topk:1%").compressor.spec == compressors.get("topk:1").spec
     # the optimizer's lr is the stepsize: a model's smoothness is unknown
     assert mt.EF21(ps, lr=0.25).method.gamma == 0.25
@@ -264,3 +318,18 @@ def test_bad_input_is_refused_naming_the_value():
         mt.EF21SGD(ps, batch_size=30, local_size=20)
     with pytest.raises(ConfigError, match=r"lr == 0"):
         mt.EF21(ps, lr=0)
+
+
+@pytest.mark.parametrize(
+    ("momentum", "message"),
+    [
+        (None, r"EF21SGDM needs momentum=eta in \(0, 1\]"),
+        (0.0, r"momentum == 0\.0, must be in \(0, 1\]"),
+        (1.5, r"momentum == 1\.5, must be in \(0, 1\]"),
+        ("0.5", r"momentum == '0\.5', must be a number in \(0, 1\]"),
+        (float("nan"), r"momentum == nan"),
+    ],
+)
+def test_ef21_sgdm_refuses_a_bad_momentum_naming_it(momentum, message):
+    with pytest.raises(ConfigError, match=message):
+        mt.EF21SGDM(_mlp().parameters(), momentum=momentum, batch_size=4)

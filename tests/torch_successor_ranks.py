@@ -2,7 +2,7 @@
 
 Every rank computes marina.run's trajectory of each successor on the whole problem (simulated,
 n = world size), then trains its own shard with the marina.torch optimizer and writes the
-comparison to ``<out>/rank<r>.json``.
+comparison to ``<out>/rank<r>.json``. Arguments: ``<out> [name ...]`` (names: only these successors).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from test_torch_successors import CASES, M, _simulation, feed  # noqa: E402
 STEPS, SEED, LR = 10, 5, 0.2
 
 
-def main(out: str) -> None:
+def main(out: str, names: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -31,6 +31,8 @@ def main(out: str) -> None:
     xs, ys = x[rank * M : (rank + 1) * M], y[rank * M : (rank + 1) * M]
     report = {}
     for name, (cls, comp, kwargs, extra) in CASES.items():
+        if names and name not in names:
+            continue
         ref = _simulation(name, x, y, world, STEPS, SEED, LR)
         model = _mlp()
         opt = cls(model.parameters(), compressor=comp, lr=LR, seed=SEED, local_size=M, **kwargs, **extra)
@@ -59,4 +61,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -255,6 +255,9 @@ class EF21SGDM(EF21SGD):
         return EF21SGDMState(x=state.x, g=state.g, estimates=state.estimates, momenta=state.estimates.clone())
 
     def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor:
-        # 3. v_i^{k+1} = (1 - eta) v_i^k + eta g_hat_i(x^{k+1}); step 4 compresses v_i^{k+1} - g_i^k
+        # 3. v_i^{k+1} = (1 - eta) v_i^k + eta g_hat_i(x^{k+1}); step 4 compresses v_i^{k+1} - g_i^k.
+        # A new tensor, not v_i^k updated in place: a round that raises later (a non-finite entry
+        # in the compressor) leaves the state as it was (marina.torch's guarded steps)
         minibatch = super()._new_local_grads(k, mult)
-        return self.state.momenta.mul_(1.0 - self.eta).add_(minibatch, alpha=self.eta)
+        self.state.momenta = self.state.momenta.mul(1.0 - self.eta).add_(minibatch, alpha=self.eta)
+        return self.state.momenta

@@ -1,4 +1,4 @@
-"""A DDP communication hook: compressed gradient averaging (QGD, DIANA or EF21) for standard DDP.
+"""A DDP communication hook: compressed gradient averaging (QGD, DIANA, EF21, EF21-SGDM) for standard DDP.
 
     state = marina.torch.CompressionHookState(compressor="randk:1%", method="diana", seed=0)
     ddp.register_comm_hook(state, marina.torch.compression_hook)
@@ -24,13 +24,19 @@ vary (``bernoulli:q``) are exchanged by :class:`marina.network.TorchDistributedN
   unbiased Q used as Q/(1 + omega), as ``marina.methods.ef21``. The first exchange of a bucket
   whose parameters have no estimate yet is dense (e_r = g_r, as marina's EF21 takes g_i^0), so
   e starts at the true mean; the user's optimizer (SGD with momentum, Adam, ...) steps with e.
+- ``method="ef21-sgdm"``: Fatkhullin, Tyurin, Richtarik 2023, Algorithm 1 (``marina.methods.ef21``,
+  EF21-SGDM), per bucket: 1. v_r = (1 - eta) v_r + eta g_r (eta = ``momentum``); 2. c_r =
+  C(v_r - e_r) sent; 3. e_r += c_r, e += (1/W) sum_r c_r; 4. e returned to DDP. The first
+  exchange of a fresh layout is dense, v_r = e_r = g_r, as the method's v_i^0 = g_i^0; eta = 1 is
+  the ``ef21`` mode. The user's optimizer (plain SGD) then steps with EF21-SGDM's direction.
 
 State across DDP's bucket rebuilds. DDP regroups the parameters into new buckets after the
 first iteration (and may again, e.g. with ``static_graph``), so a bucket index names different
-parameters over time. The shifts (DIANA) and estimates (EF21) belong to parameters: each bucket
-layout (its parameters, in order) has its own contiguous memory, and a new layout takes every
-parameter's slice from the layout that held it before (zeros for parameters never seen), so a
-rebuild keeps every value. One state per DDP model (parameters are recognised by identity).
+parameters over time. The shifts (DIANA), estimates (EF21) and momenta (EF21-SGDM) belong to
+parameters: each bucket layout (its parameters, in order) has its own contiguous memory, and a
+new layout takes every parameter's slice from the layout that held it before (zeros for
+parameters never seen), so a rebuild keeps every value. One state per DDP model (parameters are
+recognised by identity).
 
 Agreement. At the first call for every (bucket index, d), the ranks all-gather a fixed-size
 fingerprint (d, the gradient dtype, the compressor, the method and its parameters, the seed);
@@ -75,9 +81,17 @@ from marina.torch.optim import compressor_for
 
 __all__ = ["CompressionHookConfig", "CompressionHookState", "compression_hook"]
 
-HOOK_METHODS = ("qgd", "diana", "ef21")
-METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {"qgd": (), "diana": ("alpha",), "ef21": ()}
+HOOK_METHODS = ("qgd", "diana", "ef21", "ef21-sgdm")
+METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "qgd": (),
+    "diana": ("alpha",),
+    "ef21": (),
+    "ef21-sgdm": ("momentum",),
+}
 """The parameters each method takes (beyond compressor and seed)."""
+ERROR_FEEDBACK = ("ef21", "ef21-sgdm")
+"""The methods that take contractive compressors and keep estimates e_r (an unbiased Q is used as
+Q/(1 + omega))."""
 FINGERPRINT_BYTES = 512
 """Size of the configuration fingerprint every rank contributes at a bucket's first call."""
 _POISON = 0xFF  # a rank that fails to compress sends only these bytes (never a message: see
@@ -90,32 +104,45 @@ class CompressionHookConfig:
 
     Args:
         compressor: a compressor spec (``"randk:1%"``, ``"randk:10"``, ``"qsgd:4"``, ...): unbiased
-            for ``qgd`` and ``diana``; contractive (``"topk:1%"``) or unbiased for ``ef21``.
-        method: ``"qgd"``, ``"diana"`` or ``"ef21"``.
+            for ``qgd`` and ``diana``; contractive (``"topk:1%"``) or unbiased for ``ef21`` and
+            ``ef21-sgdm``.
+        method: ``"qgd"``, ``"diana"``, ``"ef21"`` or ``"ef21-sgdm"``.
         seed: keys every random draw (an integer).
         alpha: DIANA's shift stepsize in (0, 1] (default 1/(1 + omega) of the bucket's
             compressor); a parameter of ``diana`` only.
+        momentum: EF21-SGDM's eta in (0, 1], the weight of the new gradient in v_r; required by
+            ``ef21-sgdm`` (the theory's eta depends on the horizon and the noise), refused by
+            the other methods.
     """
 
     compressor: Any = "identity"
     method: str = "qgd"
     seed: int = 0
     alpha: float | None = None
+    momentum: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in HOOK_METHODS:
             raise ConfigError(f"method == {self.method!r}, must be one of {', '.join(HOOK_METHODS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed == {self.seed!r}, must be an integer")
-        if self.alpha is not None:
-            if "alpha" not in METHOD_PARAMETERS[self.method]:
+        for name, owner in (("alpha", "diana"), ("momentum", "ef21-sgdm")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in METHOD_PARAMETERS[self.method]:
                 raise ConfigError(
-                    f"alpha == {self.alpha!r} is a parameter of method='diana' only; "
-                    f"method={self.method!r} takes none (leave alpha=None)"
+                    f"{name} == {value!r} is a parameter of method={owner!r} only; "
+                    f"method={self.method!r} does not take it (leave {name}=None)"
                 )
-            ok = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
-            if not ok or not 0 < float(self.alpha) <= 1:
-                raise ConfigError(f"alpha == {self.alpha!r}, must be a number in (0, 1]")
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not 0 < float(value) <= 1:
+                raise ConfigError(f"{name} == {value!r}, must be a number in (0, 1]")
+        if self.method == "ef21-sgdm" and self.momentum is None:
+            raise ConfigError(
+                "method='ef21-sgdm' needs momentum=eta in (0, 1] (the weight of the new gradient in "
+                "v_r = (1 - eta) v_r + eta g_r; eta = 1 is method='ef21')"
+            )
         self.compressor_for(100, 1)  # a bad spec fails here, not in the first backward pass
 
     @property
@@ -130,7 +157,7 @@ class CompressionHookConfig:
             self.compressor,
             d,
             world,
-            contractive=self.method == "ef21",
+            contractive=self.method in ERROR_FEEDBACK,
             user=f"the DDP hook's method={self.method!r}",
         )
 
@@ -146,7 +173,8 @@ class CompressionHookConfig:
 @dataclass
 class _Plan:
     """How a bucket of (index, d) is exchanged: its compressor, the message size when it follows
-    from (compressor, d) (None: sizes vary, exchanged by the network), DIANA's alpha, EF21's scale."""
+    from (compressor, d) (None: sizes vary, exchanged by the network), DIANA's alpha, EF21's scale
+    (also EF21-SGDM's)."""
 
     Q: compressors.Compressor
     bits: int | None
@@ -156,12 +184,14 @@ class _Plan:
 
 @dataclass
 class _Memory:
-    """Per-layout memory: DIANA's (h_r, h) or EF21's (e_r, e), each (1, d)."""
+    """Per-layout memory: DIANA's (h_r, h), EF21's (e_r, e) or EF21-SGDM's (e_r, e, v_r), each (1, d)."""
 
     local: Tensor
     mean: Tensor
     fresh: bool
     """No parameter of the layout had a value before (EF21's first exchange is dense)."""
+    momentum: Tensor | None = None
+    """EF21-SGDM's v_r (None for the other methods)."""
 
 
 class CompressionHookState:
@@ -169,10 +199,11 @@ class CompressionHookState:
 
     Args:
         compressor: a compressor spec (see :class:`CompressionHookConfig`).
-        method: ``"qgd"``, ``"diana"`` or ``"ef21"``.
+        method: ``"qgd"``, ``"diana"``, ``"ef21"`` or ``"ef21-sgdm"``.
         seed: keys every random draw.
         alpha: DIANA's shift stepsize (``diana`` only; default 1/(1 + omega)).
         group: the process group (default: the default group, as DDP's).
+        momentum: EF21-SGDM's eta in (0, 1] (``ef21-sgdm`` only, and required there).
 
     Counters (equal on every rank; 0 before the first backward pass):
         rounds: backward passes done (the round advances after the last bucket).
@@ -191,8 +222,9 @@ class CompressionHookState:
         seed: int = 0,
         alpha: float | None = None,
         group: Any = None,
+        momentum: float | None = None,
     ) -> None:
-        self.config = CompressionHookConfig(compressor, method, seed, alpha)
+        self.config = CompressionHookConfig(compressor, method, seed, alpha, momentum)
         if group is not None and not isinstance(group, dist.ProcessGroup):
             raise ConfigError(f"group == {group!r}, must be a torch.distributed.ProcessGroup or None")
         self.group = group
@@ -213,6 +245,7 @@ class CompressionHookState:
     method = property(lambda self: self.config.method, doc="The method (fixed).")
     seed = property(lambda self: self.config.seed, doc="The seed (fixed).")
     alpha = property(lambda self: self.config.alpha, doc="DIANA's alpha as given (fixed).")
+    momentum = property(lambda self: self.config.momentum, doc="EF21-SGDM's eta (fixed).")
 
     @property
     def bits_up(self) -> float:
@@ -253,7 +286,7 @@ class CompressionHookState:
                 Q,
                 int(sizes[0]) if uniform else None,
                 float(alpha) if alpha is not None else (1.0 / (1.0 + Q.omega(d)) if Q.unbiased else 1.0),
-                contraction_scale(Q, d) if self.config.method == "ef21" else 1.0,
+                contraction_scale(Q, d) if self.config.method in ERROR_FEEDBACK else 1.0,
             )
             self._plans[(index, d)] = plan
         return plan
@@ -298,8 +331,9 @@ class CompressionHookState:
                 f"compression_hook: a DDP bucket of {d} entries holds parameters of {sum(sizes)} "
                 "entries in all; this layout is not supported"
             )
-        zeros = torch.zeros(2, d, dtype=like.dtype, device=like.device)
-        memory = _Memory(zeros[0:1], zeros[1:2], fresh=True)
+        momentum = self.config.method == "ef21-sgdm"
+        zeros = torch.zeros(3 if momentum else 2, d, dtype=like.dtype, device=like.device)
+        memory = _Memory(zeros[0:1], zeros[1:2], fresh=True, momentum=zeros[2:3] if momentum else None)
         at = 0
         for p, n in zip(params, sizes):
             before = self._owner.get(id(p))
@@ -307,6 +341,8 @@ class CompressionHookState:
                 old, start = self._memory[before[0]], before[1]
                 memory.local[:, at : at + n] = old.local[:, start : start + n]
                 memory.mean[:, at : at + n] = old.mean[:, start : start + n]
+                if memory.momentum is not None and old.momentum is not None:
+                    memory.momentum[:, at : at + n] = old.momentum[:, start : start + n]
                 memory.fresh = False
             self._owner[id(p)] = (key, at)
             at += n
@@ -425,23 +461,31 @@ class CompressionHookState:
 
             return self._exchange(plan, sent, stream, round, True).then(finish)
 
-        # EF21. 0. A layout with no estimate yet sends the gradient dense (e_r = g_r)
+        # EF21 and EF21-SGDM. 0. A layout with no estimate yet sends the gradient dense
+        # (e_r = g_r, and v_r = g_r)
         dense = memory.fresh
         memory.fresh = False
         if dense:
             plan = _Plan(compressors.get("identity"), 32 * d, 1.0, 1.0)
         scale = plan.scale
-        # 1. c_r = C(g_r - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale)
-        sent = X - memory.local
+        # EF21-SGDM: 1. v_r = (1 - eta) v_r + eta g_r, a new tensor kept once the exchange succeeded
+        tracked = X  # what e_r tracks: g_r (EF21), v_r (EF21-SGDM)
+        if memory.momentum is not None and not dense:
+            eta = float(self.config.momentum)  # type: ignore[arg-type] - required for ef21-sgdm
+            tracked = torch.add(memory.momentum * (1.0 - eta), X, alpha=eta)
+        # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale)
+        sent = tracked - memory.local
 
         def finish_ef21(fut: torch.futures.Future) -> Tensor:
             mean, local = fut.value()
             if scale != 1.0:
                 mean, local = mean * scale, local * scale
-            # 2. e_r += c_r, e += (1/W) sum_r c_r
+            if memory.momentum is not None:
+                memory.momentum.copy_(tracked)
+            # e_r += c_r, e += (1/W) sum_r c_r
             memory.local.add_(local)
             memory.mean.add_(mean)
-            # 3. e, the mean of the e_r, returned to DDP
+            # e, the mean of the e_r, returned to DDP
             return out.copy_(memory.mean).view_as(buffer)
 
         return self._exchange(plan, sent, stream, round, True).then(finish_ef21)
@@ -477,7 +521,7 @@ def compression_hook(
     state: CompressionHookState, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: the bucket's compressed average (QGD), DIANA's shifted estimate, or EF21's
-    error-feedback estimate (see the module doc), returned as the exchange's future."""
+    (EF21-SGDM's) error-feedback estimate (see the module doc), returned as the exchange's future."""
     if not isinstance(state, CompressionHookState):
         raise ConfigError(
             f"compression_hook's state is a {type(state).__name__}, not a CompressionHookState: "

@@ -10,8 +10,8 @@ Steps and rounds. ``step(closure)`` follows ``torch.optim.LBFGS``: the closure z
 computes the loss of the current batch, calls backward and returns the loss; ``step`` returns
 the loss of its first evaluation (at the current parameters), detached. The methods that take
 one gradient per step at the current parameters (``one_point``: MARINA, DIANA, QGD, EF21,
-EF21-PP, EF21-SGD, DASHA) also take ``loss.backward(); opt.step()`` (``p.grad`` is read); the
-others refuse ``step()`` without a closure. Parameters must not be wrapped in
+EF21-PP, EF21-SGD, EF21-SGDM, DASHA) also take ``loss.backward(); opt.step()`` (``p.grad`` is
+read); the others refuse ``step()`` without a closure. Parameters must not be wrapped in
 ``DistributedDataParallel`` (the optimizer does the communication). At construction the
 parameters become views of one flat buffer (the module keeps its ``Parameter`` objects; their
 ``.data`` is replaced), so writing the next point is one pass.
@@ -145,7 +145,8 @@ SUPPORTED_DEVICES = ("cpu", "cuda")
 
 _GROUP_KEY_HINTS = {
     "weight_decay": "add (weight_decay / 2) ||x||^2 to the loss inside the closure (it is then part of f_i)",
-    "momentum": "the method's estimator takes the place of momentum (DASHA's momentum= is an argument)",
+    "momentum": "the method's estimator takes the place of momentum (DASHA's and EF21SGDM's momentum= "
+    "are arguments)",
     "nesterov": "the method's estimator takes the place of momentum",
 }
 

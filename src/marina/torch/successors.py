@@ -1,8 +1,8 @@
-"""EF21, EF21-PP, EF21-SGD, DASHA, DASHA-PAGE and DASHA-MVR as ``torch.optim.Optimizer`` subclasses.
+"""EF21, EF21-PP, EF21-SGD, EF21-SGDM, DASHA, DASHA-PAGE, DASHA-MVR as ``torch.optim.Optimizer`` subclasses.
 
 The same thin layer as :mod:`marina.torch.optim` (read its module doc: steps, ``step(closure)``,
 stepsize, checkpoints, counters) over :mod:`marina.methods.ef21` and :mod:`marina.methods.dasha`;
-no algorithm line is repeated here. All six build their estimator g^k from gradients at x^k and
+no algorithm line is repeated here. All seven build their estimator g^k from gradients at x^k and
 then move x^{k+1} = x^k - gamma g^k, as the MARINA family: step 0 is the dense start
 (g_i^0 = grad f_i(x^0), or DASHA-MVR's batch of B_0 samples), step t >= 1 the loop body of
 round k = t - 1 with the closure at x^{k+1} = the current parameters.
@@ -12,7 +12,7 @@ DASHA-MVR's B_0 samples on step 0; False: a minibatch of ``batch_size`` samples)
 
 - ``EF21``, ``EF21PP``, ``DASHA``: always True (a full local gradient every round is inherent to
   these methods, whatever the compressor);
-- ``EF21SGD``, ``DASHAMVR``: True on step 0 only;
+- ``EF21SGD``, ``EF21SGDM``, ``DASHAMVR``: True on step 0 only;
 - ``DASHAPAGE``: the shared coin c_k ~ Be(p) (True on step 0).
 
 ``DASHAPAGE`` and ``DASHAMVR`` evaluate the closure twice on c_k = 0 steps, on the same batch,
@@ -35,7 +35,7 @@ from torch import nn
 from marina.errors import ConfigError
 from marina.torch.optim import MarinaOptimizer, default_local_size, documented
 
-__all__ = ["EF21", "EF21PP", "EF21SGD", "DASHA", "DASHAPAGE", "DASHAMVR"]
+__all__ = ["EF21", "EF21PP", "EF21SGD", "EF21SGDM", "DASHA", "DASHAPAGE", "DASHAMVR"]
 
 
 @documented()
@@ -124,6 +124,47 @@ class EF21SGD(MarinaOptimizer):
         if local_size is None:  # m >= b is all the theory needs of m here
             local_size = default_local_size(batch_size, batch_size)
         overrides = {"batch_size": batch_size}
+        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+
+
+@documented(
+    momentum="eta in (0, 1], the weight of the new gradient in the momentum v_i (required: the "
+    "theory's eta depends on the horizon and the noise, which a training loop does not declare)",
+    batch_size="b, the minibatch of every step after step 0",
+)
+class EF21SGDM(MarinaOptimizer):
+    """Closure: the full local loss on step 0, then a minibatch of ``batch_size`` samples (:attr:`coin`).
+
+    EF21-SGDM (:class:`marina.methods.EF21SGDM`, Algorithm 1 of the momentum paper): v_i^0 =
+    g_i^0 = grad f_i(x^0), then at every step the momentum v_i = (1 - eta) v_i + eta g_hat_i of a
+    minibatch gradient at the current parameters (one per step: ``loss.backward(); opt.step()``
+    works too) and g_i += C(v_i - g_i); eta = 1 is :class:`EF21SGD`. ``local_size`` = m defaults to b.
+    """
+
+    method_name = "ef21-sgdm"
+    full_loss = False
+
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - as torch.optim
+        compressor: Any = "topk:1%",
+        lr: float = 0.1,
+        seed: int = 0,
+        process_group: Any = None,
+        *,
+        momentum: float,
+        batch_size: int,
+        local_size: int | None = None,
+        module: nn.Module | None = None,
+    ) -> None:
+        if momentum is None:
+            raise ConfigError(
+                "EF21SGDM needs momentum=eta in (0, 1] (eta = 1 is EF21SGD; the theory's eta depends on "
+                "the number of steps and the gradient noise, unknown here)"
+            )
+        if local_size is None:  # m >= b is all the theory needs of m here
+            local_size = default_local_size(batch_size, batch_size)
+        overrides = {"momentum": momentum, "batch_size": batch_size}
         super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
 
 
