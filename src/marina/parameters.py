@@ -1,7 +1,8 @@
 """The method parameters, each declared once.
 
 Every override a method accepts is one :class:`Parameter` of :data:`PARAMETERS`: its name,
-type, constraint, the methods that take it and its help text. Everything else is derived from
+type, constraint and help text; the methods that take it are derived from their declarations
+(:attr:`marina.methods.Method.takes`). Everything else is derived from
 this table: validation (:meth:`Parameter.check`, used by :meth:`marina.methods.Method.resolve`),
 the keys of sweep files, the columns of ``results.parquet`` (:meth:`Parameter.column_dtype`),
 the ``marina run`` flags (:attr:`Parameter.flag`) and the legends of ``marina plot``.
@@ -18,27 +19,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from marina import methods
 from marina.errors import ConfigError
 
 __all__ = ["PARAMETERS", "Parameter", "by_name", "names", "of_method"]
-
-STEPSIZE_METHODS = (
-    "gd",
-    "qgd",
-    "diana",
-    "vr-diana",
-    "marina",
-    "vr-marina",
-    "pp-marina",
-    "ef21",
-    "ef21-pp",
-    "ef21-sgd",
-    "ef21-sgdm",
-    "dasha",
-    "dasha-page",
-    "dasha-mvr",
-)
-"""Every method takes ``stepsize`` and ``stepsize_multiplier``."""
 
 _DTYPES = {float: "float64", int: "Int64", bool: "boolean"}
 
@@ -52,7 +36,6 @@ class Parameter:
         kind: ``float``, ``int`` or ``bool``.
         domain: ``"positive"`` (finite, > 0), ``"probability"`` (in (0, 1]), ``"count"``
             (integer >= 1, at most ``bound``) or ``"flag"``.
-        methods: the methods that take it.
         help: one line for ``--help``.
         legend: how ``marina plot`` names it when it varies between curves.
         bound: for counts, the :class:`marina.methods.Setting` attribute bounding it from above.
@@ -62,11 +45,15 @@ class Parameter:
     name: str
     kind: type
     domain: str
-    methods: tuple[str, ...]
     help: str
     legend: str
     bound: str | None = None
     bound_text: str = ""
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods that take it (every known method's :meth:`~marina.methods.Method.parameter_names`)."""
+        return tuple(name for name, cls in methods.METHODS.items() if self.name in cls.parameter_names())
 
     @property
     def flag(self) -> str:
@@ -166,12 +153,11 @@ class _ProbabilityOrBits(Parameter):
 
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("stepsize", float, "positive", STEPSIZE_METHODS, "explicit stepsize gamma", "γ"),
+    Parameter("stepsize", float, "positive", "explicit stepsize gamma", "γ"),
     Parameter(
         "stepsize_multiplier",
         float,
         "positive",
-        STEPSIZE_METHODS,
         "gamma = multiplier x theory stepsize",
         "γ ×",
     ),
@@ -179,17 +165,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         "p",
         float,
         "probability",
-        ("marina", "vr-marina", "pp-marina", "dasha-page"),
         "probability of a dense round (MARINA family) or of a full gradient (DASHA-PAGE), in (0, 1], "
         "or (MARINA family) bits: expected message bits / dense bits",
         "p",
     ),
-    Parameter("alpha", float, "probability", ("diana", "vr-diana"), "DIANA shift stepsize, in (0, 1]", "α"),
+    Parameter("alpha", float, "probability", "DIANA shift stepsize, in (0, 1]", "α"),
     Parameter(
         "batch_size",
         int,
         "count",
-        ("vr-marina", "vr-diana", "ef21-sgd", "ef21-sgdm", "dasha-page", "dasha-mvr"),
         "b', minibatch of VR-MARINA / VR-DIANA / EF21-SGD / EF21-SGDM / DASHA-PAGE / DASHA-MVR "
         "(default m/100)",
         "b'",
@@ -200,7 +184,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         "clients",
         int,
         "count",
-        ("pp-marina",),
         "r, clients per compressed round of PP-MARINA",
         "r",
         bound="n",
@@ -210,26 +193,23 @@ PARAMETERS: tuple[Parameter, ...] = (
         "refresh_p",
         float,
         "probability",
-        ("vr-diana",),
         "VR-DIANA: probability of refreshing the reference point",
         "refresh p",
     ),
-    Parameter("online", bool, "flag", ("vr-marina",), "VR-MARINA: online (expectation) variant", "online"),
+    Parameter("online", bool, "flag", "VR-MARINA: online (expectation) variant", "online"),
     Parameter(
         "dense_batch_size",
         int,
         "count",
-        ("vr-marina", "dasha-mvr"),
         "VR-MARINA online / DASHA-MVR: b, minibatch of the dense rounds (drawn with replacement)",
         "b",
         bound_text="b, samples drawn with replacement",
     ),
-    Parameter("mu", float, "positive", ("marina",), "MARINA: PL constant (stepsize of Theorem 2.2)", "μ"),
+    Parameter("mu", float, "positive", "MARINA: PL constant (stepsize of Theorem 2.2)", "μ"),
     Parameter(
         "participation",
         float,
         "probability",
-        ("ef21-pp",),
         "EF21-PP: probability that a client takes part in a round",
         "q",
     ),
@@ -237,7 +217,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         "momentum",
         float,
         "probability",
-        ("dasha", "dasha-page", "dasha-mvr", "ef21-sgdm"),
         "DASHA: momentum a of the compressed messages (default 1/(2 omega + 1)); EF21-SGDM: eta, the "
         "weight of the new minibatch gradient in the workers' momentum",
         "a / η",
@@ -246,7 +225,6 @@ PARAMETERS: tuple[Parameter, ...] = (
         "mvr_momentum",
         float,
         "probability",
-        ("dasha-mvr",),
         "DASHA-MVR: momentum b of the variance reduction",
         "b (MVR)",
     ),
@@ -270,5 +248,5 @@ def by_name(name: str) -> Parameter:
 
 
 def of_method(method: str) -> tuple[str, ...]:
-    """Names of the parameters ``method`` takes, in table order."""
-    return tuple(p.name for p in PARAMETERS if method in p.methods)
+    """Names of the parameters ``method`` takes, in table order (ConfigError for an unknown method)."""
+    return methods.get(method).parameter_names()

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from scipy import stats
 
-from marina import memory, parameters
+from marina import memory, methods, parameters
 from marina.errors import ConfigError
 from marina.experiments.results import CONFIG_COLUMNS, PARAM_COLUMNS
 from marina.files import atomic_write
@@ -79,23 +79,6 @@ BANDS: dict[str, str] = {
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
-METHOD_NAMES = {
-    "gd": "GD",
-    "qgd": "QGD",
-    "diana": "DIANA",
-    "vr-diana": "VR-DIANA",
-    "marina": "MARINA",
-    "vr-marina": "VR-MARINA",
-    "pp-marina": "PP-MARINA",
-    "ef21": "EF21",
-    "ef21-pp": "EF21-PP",
-    "ef21-sgd": "EF21-SGD",
-    "ef21-sgdm": "EF21-SGDM",
-    "dasha": "DASHA",
-    "dasha-page": "DASHA-PAGE",
-    "dasha-mvr": "DASHA-MVR",
-}
-
 # Columns that identify a configuration (seed and run_id are what varies inside one).
 _KEY_COLUMNS = [c for c in CONFIG_COLUMNS if c not in ("run_id", "seed", "m")]
 
@@ -109,9 +92,24 @@ _LEGEND_NAMES = {
 }
 
 
+def _method_class(method: str):
+    """The registered method class called ``method``, or None (e.g. results of an unregistered one)."""
+    try:
+        return methods.get(str(method))
+    except ConfigError:
+        return None
+
+
 def method_label(method: str) -> str:
-    """Display name of a method (``vr-marina`` -> ``VR-MARINA``)."""
-    return METHOD_NAMES.get(str(method), str(method).upper())
+    """Display name of a method (its declared ``label``; ``vr-marina`` -> ``VR-MARINA``)."""
+    cls = _method_class(method)
+    return cls.display_name() if cls is not None else str(method).upper()
+
+
+def _method_order(method: str) -> int:
+    """Where a method's curves come in a legend (its declared ``plot_order``; 99 if unknown)."""
+    cls = _method_class(method)
+    return cls.plot_order if cls is not None else 99
 
 
 def x_values(df: pd.DataFrame, x: str) -> pd.Series:
@@ -260,18 +258,8 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq", band: s
             variant = ", ".join(parts)
             label = f"{method_label(key['method'])}, {variant}"
             out.append(Curve(str(problem), key, label, gx, mean, lo, hi, seeds, variant))
-    out.sort(key=lambda c: (c.problem, _METHOD_ORDER.get(c.key["method"], 99), _natural(c.variant)))
+    out.sort(key=lambda c: (c.problem, _method_order(c.key["method"]), _natural(c.variant)))
     return out
-
-
-_METHOD_ORDER = {
-    m: i
-    for i, m in enumerate(
-        ("marina", "vr-marina", "pp-marina")
-        + ("ef21", "ef21-pp", "ef21-sgd", "ef21-sgdm", "dasha", "dasha-page", "dasha-mvr")
-        + ("diana", "vr-diana", "qgd", "gd")
-    )
-}
 
 
 def _natural(text: str) -> tuple:

@@ -45,12 +45,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marina import compressors, devices, memory, methods, problems, trackers
+from marina import devices, methods, problems, trackers
 from marina.errors import CheckpointError, ConfigError, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.link import parse_link
-from marina.network.simulated import SimulatedNetwork
 from marina.reductions import fixed_dot
 
 __all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
@@ -270,23 +269,11 @@ def _setup(
     if workers is not None:
         workers = _int_arg("workers", workers, 1)
     prob = _build_problem(problem, workers, device, dtype)
-    n_total = int(getattr(prob, "total_workers", prob.n_workers))
-    Q = (
-        compressors.get(compressor, workers=n_total)
-        if isinstance(compressor, str)
-        else compressors.get(compressor)
+    planned = methods.plan(
+        cls, prob, compressor, iterations=iterations, overrides=params, network=network, seed=seed
     )
-    if not getattr(Q, "unbiased", False) and not (cls.takes_contractive and Q.contractive):
-        raise ConfigError(
-            f"compressor {Q.spec!r} is biased; {cls.name} needs an unbiased compressor "
-            f"(identity, randk:K, ...); a contractive one needs an error-feedback method"
-        )
-    net = network if network is not None else SimulatedNetwork(n_total, seed, device=prob.device)
-    if net.n != n_total:
-        raise ConfigError(f"the network has {net.n} workers but the problem has {n_total}")
+    Q, net, used, n_total = planned.compressor, planned.network, planned.params, int(planned.network.n)
     x_start = _initial_point(x0, prob)
-    used = cls.resolve(methods.Setting.build(prob, net, Q, iterations), params)
-    memory.check_run(prob, cls.name, used)  # before the method allocates its state
     config = {
         "method": cls.name,
         "compressor": Q.spec,
@@ -299,7 +286,7 @@ def _setup(
         "iterations": iterations,
         "log_every": log_every,
     }
-    return _Setup(cls(prob, net, Q, used), prob, net, x_start, iterations, log_every, used, config)
+    return _Setup(planned.build(), prob, net, x_start, iterations, log_every, used, config)
 
 
 def _use_link(setup: _Setup, link: str | None) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from marina import methods
 from marina.errors import ConfigError
 
 __all__ = [
@@ -55,25 +56,21 @@ __all__ = [
     "predict",
 ]
 
-# Constant in front of Delta_0 / (gamma K) in each method's guarantee on the average (or min)
-# of E||grad f(x^k)||^2 over k < K (see :func:`guarantee`).
-_GUARANTEE_FACTOR = {
-    "gd": 2.0,  # descent lemma with gamma <= 1/L_f
-    "marina": 2.0,  # Theorem 2.1 (full statement, Theorem C.1): E||grad f(x_hat^K)||^2 <= 2 Delta_0/(gamma K)
-    "vr-marina": 2.0,  # Theorem 3.1 (finite sum), same form
-    "pp-marina": 2.0,  # Theorem 4.1, same form
-    # Horvath et al. 2019, Theorem 4: 40 Delta_0 L sqrt(1+omega/n)(M^{2/3}+omega+1)/K = 4 Delta_0/(gamma K)
-    "diana": 4.0,
-    "vr-diana": 4.0,
-    # with the dense start g_i^0 = grad f_i(x^0) the G^0 terms vanish (predict_successor):
-    "ef21": 2.0,  # Richtarik, Sokolov, Fatkhullin 2021, Theorem 1
-    "ef21-pp": 2.0,  # Fatkhullin et al. 2021 (EF21 extensions), Theorem 7
-    "dasha": 2.0,  # Tyurin & Richtarik 2022, Theorem 6.1
-    "dasha-page": 2.0,  # Theorem 6.4
-}
 
-_NOISE_BOUNDS = ("ef21-sgd", "ef21-sgdm", "dasha-mvr")
-"""Methods whose guarantees add terms of the unknown noise level sigma^2 (no guarantee or prediction)."""
+def _guarantee_factor(method: str) -> float:
+    """c of the guarantee c Delta_0/(gamma K) that ``method`` declares
+    (:attr:`marina.methods.Method.guarantee_factor`); ConfigError when it declares none."""
+    try:
+        cls = methods.get(method)
+    except ConfigError:
+        cls = None
+    if cls is None or cls.guarantee_factor is None:
+        why = f"no guarantee for method {method!r}"
+        if cls is not None:
+            raise ConfigError(f"{why} here: {cls.no_guarantee_reason}")
+        known = [name for name, c in methods.METHODS.items() if c.guarantee_factor is not None]
+        raise ConfigError(f"{why}; known: qgd, {', '.join(known)}")
+    return float(cls.guarantee_factor)
 
 
 def _positive(name: str, value: float) -> float:
@@ -297,17 +294,7 @@ def guarantee(
         if L_f is None:
             raise ConfigError("guarantee('qgd', ...) needs L_f")
         return 2.0 * math.e * delta0 / (gamma * K) + float(L_f) * float(qgd_C) * gamma
-    if method in _NOISE_BOUNDS:
-        raise ConfigError(
-            f"no guarantee for method {method!r} here: its bound adds terms of the unknown noise "
-            "level sigma^2 of the stochastic gradients"
-        )
-    try:
-        factor = _GUARANTEE_FACTOR[method]
-    except KeyError:
-        raise ConfigError(
-            f"no guarantee for method {method!r}; known: qgd, {', '.join(_GUARANTEE_FACTOR)}"
-        ) from None
+    factor = _guarantee_factor(method)
     return factor * delta0 / (gamma * K)
 
 
@@ -684,6 +671,7 @@ def predict_successor(
     plus the dense start (d values, m calls).
     """
     s = setting
+    factor = _guarantee_factor(method)
     eps2 = _positive("eps", eps) ** 2
     m = float(s.m)
     p = None
@@ -701,13 +689,9 @@ def predict_successor(
         p = dasha_page_p(s.m, B)
         gamma = dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B)
         per_round_oracle = p * m + (1.0 - p) * 2.0 * B
-    elif method in _NOISE_BOUNDS:
-        raise ConfigError(
-            f"no prediction for method {method!r}: its bound adds terms of the unknown noise level sigma^2"
-        )
     else:
         raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
-    K = max(1, math.ceil(_GUARANTEE_FACTOR[method] * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
+    K = max(1, math.ceil(factor * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
     bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
     oracle = m + K * per_round_oracle
     a = dasha_momentum(s.omega) if method.startswith("dasha") else None

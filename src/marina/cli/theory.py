@@ -19,34 +19,24 @@ import torch
 from marina import compressors, experiments, methods, theory
 from marina.cli import COMMANDS
 from marina.errors import ConfigError
+from marina.methods.base import table1_prediction
 from marina.network.simulated import SimulatedNetwork
 from marina.rng import Randomness
 
-# Rows of the table: (label, method name for marina.run, name for theory.predict, overrides).
-ROWS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    ("gd", "gd", "gd", {}),
-    ("qgd", "qgd", "qgd", {}),
-    ("diana", "diana", "diana", {}),
-    ("vr-diana", "vr-diana", "vr-diana", {}),
-    ("marina", "marina", "marina", {}),
-    ("vr-marina", "vr-marina", "vr-marina", {}),
-    ("vr-marina online", "vr-marina", "vr-marina-online", {"online": True}),
-    ("pp-marina", "pp-marina", "pp-marina", {}),
-    ("marina bits", "marina", "marina", {"p": "bits"}),
-    ("vr-marina bits", "vr-marina", "vr-marina", {"p": "bits"}),
-    ("vr-mar. online bits", "vr-marina", "vr-marina-online", {"online": True, "p": "bits"}),
-    ("pp-marina bits", "pp-marina", "pp-marina", {"p": "bits"}),
-    ("ef21", "ef21", "ef21", {}),
-    ("ef21-pp", "ef21-pp", "ef21-pp", {}),
-    ("dasha", "dasha", "dasha", {}),
-    ("dasha-page", "dasha-page", "dasha-page", {}),
-)
-"""The MARINA family appears twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits"
-(expected message bits / dense bits). EF21-SGD, EF21-SGDM and DASHA-MVR are left out: their
-guarantees depend on the unknown noise level."""
 
-SUCCESSORS = ("ef21", "ef21-pp", "dasha", "dasha-page")
-"""Rows predicted by :func:`marina.theory.predict_successor` (alpha is DASHA's momentum a there)."""
+def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
+    """The rows of the table, (label, method class, overrides): every registered method's
+    ``theory_rows``, by their declared order, then registration order. The MARINA family appears
+    twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits" (expected message bits / dense
+    bits). EF21-SGD, EF21-SGDM and DASHA-MVR declare none: their guarantees depend on the unknown
+    noise level."""
+    found = [
+        (row.order, i, j, row.label, cls, row.overrides)
+        for i, cls in enumerate(methods.METHODS.values())
+        for j, row in enumerate(cls.theory_rows)
+    ]
+    return [(label, cls, overrides) for *_, label, cls, overrides in sorted(found, key=lambda r: r[:3])]
+
 
 MEASURE_ROUNDS = 16
 
@@ -115,28 +105,8 @@ def predict_for(
     """:func:`marina.theory.predict` for ``method`` (a predict name) with the constants of a
     :class:`marina.methods.Setting` and the parameters ``used`` that ``resolve`` returned (its
     p, b', r, b); ``kw`` go to predict (e.g. ``rounds``)."""
-    return theory.predict(
-        method,
-        eps=eps,
-        delta0=delta0,
-        d=setting.d,
-        n=setting.n,
-        m=setting.m,
-        L=setting.L,
-        L_f=setting.L_f,
-        L_max=setting.L_max,
-        L_avg=setting.L_avg,
-        omega=setting.omega,
-        zeta=setting.zeta,
-        message_bits=message_bits,
-        wire_bits=setting.wire_bits,
-        batch_size=used.get("batch_size"),
-        clients=used.get("clients"),
-        dense_batch_size=used.get("dense_batch_size"),
-        ab=(setting.ab_A, setting.ab_B) if setting.correlated else None,
-        L_pm=setting.L_pm,
-        p=used.get("p"),
-        **kw,
+    return table1_prediction(
+        None, setting, used, name=method, eps=eps, delta0=delta0, message_bits=message_bits, **kw
     )
 
 
@@ -158,7 +128,7 @@ def compute(
                     "problems": problem,
                     "workers": workers,
                     "split": split,
-                    "methods": "ef21",  # takes every compressor, biased contractive ones too
+                    "methods": methods.EF21.name,  # takes every compressor, biased contractive ones too
                     "compressors": compressor,
                     "iterations": 1,
                 },
@@ -193,32 +163,22 @@ def compute(
         "delta0": f0 - low,
         "L_i": {"min": float(L_i.min()), "mean": float(L_i.mean()), "max": float(L_i.max())},
     }
-    rows = []
+    rows_out: list[dict[str, Any]] = []
     setting = methods.Setting.build(prob, net, comp, 1)
-    for label, name, predicted, overrides in ROWS:
-        cls = methods.get(name)
-        if not comp.unbiased and not cls.takes_contractive:
+    for label, cls, overrides in rows():
+        if cls.accepts(comp) is not None:
             continue  # a biased compressor: only the error-feedback rows
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # p = 1 is visible in the table
-                used = cls.resolve(setting, dict(overrides))
+                planned = methods.plan(
+                    cls, prob, comp, iterations=1, overrides=overrides, network=net, check_memory=False
+                )
         except ConfigError as err:  # e.g. pp-marina with a correlated compressor
-            rows.append({"label": label, "method": predicted, "refused": str(err)})
+            rows_out.append({"label": label, "method": cls.name, "refused": str(err)})
             continue
-        if predicted in SUCCESSORS:
-            pred = theory.predict_successor(
-                predicted,
-                setting,
-                eps=eps,
-                delta0=out["delta0"],
-                message_bits=bits,
-                batch_size=used.get("batch_size"),
-                participation=used.get("participation"),
-            )
-        else:
-            pred = predict_for(setting, predicted, used, eps=eps, delta0=out["delta0"], message_bits=bits)
-        rows.append({"label": label, **pred.as_dict(), **_used_counts(used)})
+        pred = cls.predict(planned.setting, planned.params, eps=eps, delta0=out["delta0"], message_bits=bits)
+        rows_out.append({"label": label, **pred.as_dict(), **_used_counts(planned.params)})
     out.update(
         {
             "m": setting.m,
@@ -235,7 +195,7 @@ def compute(
             "omega_eff": setting.omega_eff,
             "L_pm": setting.L_pm,
             "wire_bits": setting.wire_bits,
-            "methods": rows,
+            "methods": rows_out,
         }
     )
     return out

@@ -44,12 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marina import compressors, devices, memory, methods, parameters
+from marina import compressors, devices, methods, parameters
 from marina.errors import ConfigError
 from marina.experiments.config import RunConfig, default_log_every
 from marina.experiments.loading import ProblemCache
 from marina.network.link import parse_link
-from marina.network.simulated import SimulatedNetwork
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -295,6 +294,7 @@ def validate(
                 known = ", ".join(methods.METHODS)
                 raise ConfigError(
                     f"{names('methods')} = {method_name!r}: unknown method; allowed: {known}"
+                    + methods.UNKNOWN_HINT
                 ) from None
             cfg["method"] = cls.name
             spec = _str(names("compressors"), v["compressors"])
@@ -302,10 +302,9 @@ def validate(
                 comp = compressors.get(spec, workers=cfg["workers"])
             except ConfigError as exc:
                 raise ConfigError(f"{names('compressors')} = {spec!r}: {exc}") from None
-            if not comp.unbiased and not (cls.takes_contractive and comp.contractive):
-                raise ConfigError(
-                    f"{names('compressors')} = {spec!r} is biased; {cls.name} needs an unbiased compressor"
-                )
+            reason = cls.accepts(comp)
+            if reason is not None:
+                raise ConfigError(f"{names('compressors')} = {reason}")
             cfg["compressor"] = comp.spec
             cfg["seed"] = _int(names("seeds"), v.get("seeds", 0), 0)
             cfg["iterations"] = _int(names("iterations"), v["iterations"], 1)
@@ -317,7 +316,7 @@ def validate(
                     cfg["link"] = parse_link(_str(names("links"), v["links"])).spec
                 except ConfigError as exc:
                     raise ConfigError(f"{names('links')}: {exc}") from None
-            allowed = parameters.of_method(cls.name)
+            allowed = cls.parameter_names()
             params = {}
             for key in PARAM_KEYS:
                 if key not in v:
@@ -353,10 +352,15 @@ def validate(
                 raise ConfigError(
                     f"{names('compressors')} = {cfg['compressor']!r} on {cfg['problem']}: {exc}"
                 ) from None
-            net = SimulatedNetwork(cfg["workers"], cfg["seed"], device=prob.device)
-            setting = methods.Setting.build(prob, net, comp, cfg["iterations"])
-            used = methods.get(cfg["method"]).resolve(setting, dict(cfg["params"]))
-            memory.check_run(prob, cfg["method"], used)
+            methods.plan(
+                cfg["method"],
+                prob,
+                comp,
+                iterations=cfg["iterations"],
+                overrides=cfg["params"],
+                seed=cfg["seed"],
+                compressor_key=f"{names('compressors')} = ",
+            )
         except ConfigError as exc:
             raise ConfigError(pre + str(exc)) from None
         rc = RunConfig(**cfg, device=device)

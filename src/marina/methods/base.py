@@ -47,6 +47,7 @@ from marina.network.base import Network
 __all__ = [
     "Setting",
     "Method",
+    "TheoryRow",
     "IterateState",
     "lazy_field",
     "cpu_field",
@@ -58,6 +59,16 @@ __all__ = [
 
 SHARED_BLOCK = 1024
 """Rounds per keyed call of the shared draws (coins, client samples); see Method._shared_uniforms."""
+
+
+@dataclass(frozen=True)
+class TheoryRow:
+    """One row of ``marina theory``: its label and the overrides it resolves the method with."""
+
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    order: float = 100.0
+    """Where the row comes in the table (smaller first; then the method's registration order)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,47 @@ class Setting:
         )
 
 
+def table1_prediction(
+    cls: type[Method] | None, setting: Setting, used: dict[str, Any], *, name: str | None = None, **kw: Any
+) -> theory.Prediction:
+    """:meth:`Method.predict` of the methods of Table 1 (:func:`marina.theory.predict` under
+    ``name``, default ``cls.name``, with the constants of ``setting`` and the p, b', r, b of
+    ``used``; ``kw``: eps, delta0, message_bits, rounds)."""
+    s = setting
+    return theory.predict(
+        name or cls.name,
+        d=s.d,
+        n=s.n,
+        m=s.m,
+        L=s.L,
+        L_f=s.L_f,
+        L_max=s.L_max,
+        L_avg=s.L_avg,
+        omega=s.omega,
+        zeta=s.zeta,
+        wire_bits=s.wire_bits,
+        batch_size=used.get("batch_size"),
+        clients=used.get("clients"),
+        dense_batch_size=used.get("dense_batch_size"),
+        ab=(s.ab_A, s.ab_B) if s.correlated else None,
+        L_pm=s.L_pm,
+        p=used.get("p"),
+        **kw,
+    )
+
+
+def successor_prediction(
+    cls, setting: Setting, used: dict[str, Any], *, rounds: int | None = None, **kw: Any
+) -> theory.Prediction:
+    """:meth:`Method.predict` of the successors with a noise-free guarantee
+    (:func:`marina.theory.predict_successor`; ``kw``: eps, delta0, message_bits)."""
+    if rounds is not None:
+        raise ConfigError(f"{cls.name}: no prediction for a given number of rounds")
+    return theory.predict_successor(
+        cls.name, setting, batch_size=used.get("batch_size"), participation=used.get("participation"), **kw
+    )
+
+
 def _expected_bits(compressor, d: int) -> float:
     """Expected bits of one message (NaN when the compressor does not know it)."""
     try:
@@ -201,16 +253,33 @@ def dense_compressor(compressor) -> compressors.Compressor:
 class Method(ABC):
     """A distributed method: explicit state, one communication round per :meth:`step`.
 
-    Subclasses set ``name`` (the parameters it takes are declared in
-    :data:`marina.parameters.PARAMETERS`) and ``State`` (the dataclass of their state, see
-    :class:`IterateState`), read their hyperparameters in ``__init__`` and implement
-    :meth:`defaults`, :meth:`_initial_state` and :meth:`step`.
+    Subclasses declare, once, at class level: ``name`` and ``label``, ``takes`` (their own
+    parameters of :data:`marina.parameters.PARAMETERS`, whose table holds types, domains and
+    help; ``stepsize`` and ``stepsize_multiplier`` are taken by every method), the compressors
+    they accept (``takes_contractive``, or :meth:`accepts` overridden), ``State`` (the dataclass
+    of their state, see :class:`IterateState`), ``guarantee_factor`` and :meth:`predict` with
+    ``theory_rows`` (what ``marina theory`` shows), ``plot_order``. They read their
+    hyperparameters in ``__init__`` and implement :meth:`defaults`, :meth:`_initial_state` and
+    :meth:`step`. :func:`marina.methods.register` makes a subclass known by its name.
     """
 
     name: ClassVar[str]
+    label: ClassVar[str] = ""
+    """Display name in figures and tables (default: ``name`` upper-cased)."""
+    takes: ClassVar[tuple[str, ...]] = ()
+    """Its own parameters (names of :data:`marina.parameters.PARAMETERS`) besides the stepsize."""
     State: ClassVar[type[IterateState]] = IterateState
     takes_contractive: ClassVar[bool] = False
     """Whether biased contractive compressors (TopK) are accepted (the error-feedback methods)."""
+    guarantee_factor: ClassVar[float | None] = None
+    """c of the guarantee (1/K) sum_k E||grad f(x^k)||^2 <= c Delta_0/(gamma K) (None: no such
+    bound, e.g. it adds terms of the noise level; see :func:`marina.theory.guarantee`)."""
+    no_guarantee_reason: ClassVar[str] = "it declares no guarantee (Method.guarantee_factor)"
+    """Why ``guarantee_factor`` is None, for messages."""
+    theory_rows: ClassVar[tuple[TheoryRow, ...]] = ()
+    """The rows ``marina theory`` shows for this method (each predicted by :meth:`predict`)."""
+    plot_order: ClassVar[int] = 99
+    """Where its curves come in a figure's legend (smaller first; ties by name)."""
     state: Any
     """An instance of ``State`` after :meth:`start` or :meth:`load_state_dict`, else None."""
 
@@ -244,7 +313,7 @@ class Method(ABC):
         value it was derived from), the method's own (p, alpha, batch_size, ...), ``omega``,
         ``zeta``, ``L``... Raises ConfigError for unknown names or values out of range.
         """
-        allowed = parameters.of_method(cls.name)
+        allowed = cls.parameter_names()
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
             raise ConfigError(
@@ -292,6 +361,48 @@ class Method(ABC):
     @abstractmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         """Theory stepsize (key ``stepsize``) and method parameters, overrides in ``given`` applied."""
+
+    # -- declarations -------------------------------------------------------------------------
+    @classmethod
+    def display_name(cls) -> str:
+        """``label``, or ``name`` upper-cased."""
+        return cls.label or cls.name.upper()
+
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        """The parameters it takes (``stepsize``, ``stepsize_multiplier`` and ``takes``), in table order."""
+        own = {"stepsize", "stepsize_multiplier", *cls.takes}
+        return tuple(name for name in parameters.names() if name in own)
+
+    @classmethod
+    def accepts(cls, compressor) -> str | None:
+        """Why ``compressor`` cannot be used by this method, or None when it can: an unbiased
+        compressor always, a biased contractive one (TopK) only if ``takes_contractive``."""
+        if getattr(compressor, "unbiased", False):
+            return None
+        if cls.takes_contractive and getattr(compressor, "contractive", False):
+            return None
+        spec = getattr(compressor, "spec", compressor)
+        return (
+            f"{spec!r} is biased; {cls.name} needs an unbiased compressor (identity, randk:K, ...); "
+            "a contractive one (topk:K) needs an error-feedback method"
+        )
+
+    @classmethod
+    def predict(
+        cls,
+        setting: Setting,
+        used: dict[str, Any],
+        *,
+        eps: float,
+        delta0: float,
+        message_bits: float,
+        rounds: int | None = None,
+    ) -> theory.Prediction:
+        """Rounds, bits per worker and oracle calls to reach E||grad f||^2 <= eps^2 with the
+        parameters ``used`` (:meth:`resolve`'s result) and the constants of ``setting``; ``rounds``:
+        the cost of that many rounds instead. ConfigError when the method declares no theory."""
+        raise ConfigError(f"no prediction for method {cls.name!r}: it declares no theory (Method.predict)")
 
     # -- running ------------------------------------------------------------------------------
     @property

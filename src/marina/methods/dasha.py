@@ -14,7 +14,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.errors import ConfigError
-from marina.methods.base import IterateState, Method, Setting, added
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_prediction
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -56,6 +56,11 @@ class DASHA(Method):
 
     name = "dasha"
     State = DashaState
+    takes = ("momentum",)
+    guarantee_factor = 2.0  # Tyurin & Richtarik 2022, Theorem 6.1, with the dense start
+    theory_rows = (TheoryRow("dasha", order=14),)
+    plot_order = 7
+    predict = classmethod(successor_prediction)
     state: DashaState
 
     @classmethod
@@ -123,6 +128,10 @@ class DASHAPAGE(DASHA):
     """
 
     name = "dasha-page"
+    takes = ("p", "batch_size", "momentum")
+    guarantee_factor = 2.0  # Theorem 6.4
+    theory_rows = (TheoryRow("dasha-page", order=15),)
+    plot_order = 8
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +183,11 @@ class DASHAMVR(DASHA):
     """
 
     name = "dasha-mvr"
+    takes = ("batch_size", "dense_batch_size", "momentum", "mvr_momentum")
+    guarantee_factor = None
+    no_guarantee_reason = "its bound adds terms of the unknown noise level sigma^2 of stochastic gradients"
+    theory_rows = ()
+    plot_order = 9
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting, moved
+from marina.methods.base import Method, Setting, TheoryRow, moved, table1_prediction
 
 __all__ = ["QGD"]
 
@@ -27,6 +27,10 @@ class QGD(Method):
     """
 
     name = "qgd"
+    takes = ()
+    theory_rows = (TheoryRow("qgd", order=1),)  # guarantee: 2 e Delta_0/(gamma K) + L_f C gamma
+    plot_order = 12
+    predict = classmethod(table1_prediction)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, moved
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, moved, table1_prediction
 from marina.network.base import Network
 
 __all__ = ["DIANA", "VRDIANA", "DianaState", "VRDianaState", "default_batch_size"]
@@ -63,6 +63,12 @@ class DIANA(Method):
 
     name = "diana"
     State = DianaState
+    takes = ("alpha",)
+    # Horvath et al. 2019, Theorem 4: 40 Delta_0 L sqrt(1+omega/n)(M^{2/3}+omega+1)/K = 4 Delta_0/(gamma K)
+    guarantee_factor = 4.0
+    theory_rows = (TheoryRow("diana", order=2),)
+    plot_order = 10
+    predict = classmethod(table1_prediction)
     state: DianaState
 
     @classmethod
@@ -140,6 +146,10 @@ class VRDIANA(DIANA):
 
     name = "vr-diana"
     State = VRDianaState
+    takes = ("alpha", "batch_size", "refresh_p")
+    guarantee_factor = 4.0  # as DIANA, with M = m/b
+    theory_rows = (TheoryRow("vr-diana", order=3),)
+    plot_order = 11
     state: VRDianaState
 
     @classmethod

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, added
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_prediction
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -70,6 +70,12 @@ class EF21(Method):
 
     name = "ef21"
     State = EF21State
+    takes = ()
+    # with the dense start g_i^0 = grad f_i(x^0) the G^0 terms vanish (theory.predict_successor):
+    guarantee_factor = 2.0  # Richtarik, Sokolov, Fatkhullin 2021, Theorem 1
+    theory_rows = (TheoryRow("ef21", order=12),)
+    plot_order = 3
+    predict = classmethod(successor_prediction)
     state: EF21State
     takes_contractive = True
 
@@ -140,6 +146,10 @@ class EF21PP(EF21):
     """
 
     name = "ef21-pp"
+    takes = ("participation",)
+    guarantee_factor = 2.0  # Fatkhullin et al. 2021 (EF21 extensions), Theorem 7
+    theory_rows = (TheoryRow("ef21-pp", order=13),)
+    plot_order = 4
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +184,11 @@ class EF21SGD(EF21):
     """
 
     name = "ef21-sgd"
+    takes = ("batch_size",)
+    guarantee_factor = None
+    no_guarantee_reason = "its bound adds terms of the unknown noise level sigma^2 of stochastic gradients"
+    theory_rows = ()
+    plot_order = 5
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +246,8 @@ class EF21SGDM(EF21SGD):
 
     name = "ef21-sgdm"
     State = EF21SGDMState
+    takes = ("batch_size", "momentum")
+    plot_order = 6
     state: EF21SGDMState
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting
+from marina.methods.base import Method, Setting, TheoryRow, table1_prediction
 
 __all__ = ["GD"]
 
@@ -25,6 +25,11 @@ class GD(Method):
     """
 
     name = "gd"
+    takes = ()
+    guarantee_factor = 2.0  # descent lemma with gamma <= 1/L_f
+    theory_rows = (TheoryRow("gd", order=0),)
+    plot_order = 13
+    predict = classmethod(table1_prediction)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,16 @@ from torch import Tensor
 from marina import theory
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, added, cpu_field, lazy_field
+from marina.methods.base import (
+    IterateState,
+    Method,
+    Setting,
+    TheoryRow,
+    added,
+    cpu_field,
+    lazy_field,
+    table1_prediction,
+)
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -108,6 +117,12 @@ class MARINA(Method):
 
     name = "marina"
     State = MarinaState
+    takes = ("p", "mu")
+    # Theorem 2.1 (full statement, Theorem C.1): E||grad f(x_hat^K)||^2 <= 2 Delta_0/(gamma K)
+    guarantee_factor = 2.0
+    theory_rows = (TheoryRow("marina", order=4), TheoryRow("marina bits", {"p": "bits"}, order=8))
+    plot_order = 0
+    predict = classmethod(table1_prediction)
     state: MarinaState
 
     @classmethod
@@ -184,6 +199,23 @@ class VRMARINA(Method):
 
     name = "vr-marina"
     State = EstimatorState
+    takes = ("p", "batch_size", "online", "dense_batch_size")
+    guarantee_factor = 2.0  # Theorem 3.1 (finite sum), same form
+    theory_rows = (
+        TheoryRow("vr-marina", order=5),
+        TheoryRow("vr-marina online", {"online": True}, order=6),
+        TheoryRow("vr-marina bits", {"p": "bits"}, order=9),
+        TheoryRow("vr-mar. online bits", {"online": True, "p": "bits"}, order=10),
+    )
+    plot_order = 1
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """:func:`marina.theory.predict`; the online variant (Corollary 3.2) under its own name."""
+        return table1_prediction(
+            cls, setting, used, name=cls.name + "-online" if used.get("online") else None, **kw
+        )
+
     state: EstimatorState
 
     @classmethod
@@ -293,6 +325,11 @@ class PPMARINA(Method):
 
     name = "pp-marina"
     State = PPMarinaState
+    takes = ("p", "clients")
+    guarantee_factor = 2.0  # Theorem 4.1, same form
+    theory_rows = (TheoryRow("pp-marina", order=7), TheoryRow("pp-marina bits", {"p": "bits"}, order=11))
+    plot_order = 2
+    predict = classmethod(table1_prediction)
     state: PPMarinaState
 
     @classmethod

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from marina import methods
 from marina.errors import ConfigError
 from marina.torch.optim import MarinaOptimizer, default_local_size, documented
 
@@ -46,7 +47,7 @@ class EF21(MarinaOptimizer):
     :class:`EF21SGD`. ``local_size`` = m_i only feeds :attr:`oracle_calls`.
     """
 
-    method_name = "ef21"
+    method_name = methods.EF21.name
 
     def __init__(
         self,
@@ -71,7 +72,7 @@ class EF21PP(MarinaOptimizer):
     the closure.
     """
 
-    method_name = "ef21-pp"
+    method_name = methods.EF21PP.name
 
     def __init__(
         self,
@@ -106,7 +107,7 @@ class EF21SGD(MarinaOptimizer):
     ``local_size`` = m defaults to b.
     """
 
-    method_name = "ef21-sgd"
+    method_name = methods.EF21SGD.name
     full_loss = False
 
     def __init__(
@@ -176,7 +177,7 @@ class DASHA(MarinaOptimizer):
     to 1/(2 omega + 1). For minibatches use :class:`DASHAMVR` or :class:`DASHAPAGE`.
     """
 
-    method_name = "dasha"
+    method_name = methods.DASHA.name
     differences_steps = True
 
     def __init__(
@@ -208,7 +209,7 @@ class DASHAPAGE(MarinaOptimizer):
     samples (at x^{k+1}, then at x^k).
     """
 
-    method_name = "dasha-page"
+    method_name = methods.DASHAPAGE.name
     one_point = False
     full_loss = False
 
@@ -248,7 +249,7 @@ class DASHAMVR(MarinaOptimizer):
     ``local_size`` = m defaults to max(B, B_0) (as :class:`marina.torch.VRMARINA` online).
     """
 
-    method_name = "dasha-mvr"
+    method_name = methods.DASHAMVR.name
     one_point = False
     full_loss = False
 
