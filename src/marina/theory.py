@@ -54,6 +54,8 @@ __all__ = [
     "guarantee",
     "Prediction",
     "predict",
+    "predict_successor",
+    "successor_cost",
 ]
 
 
@@ -64,13 +66,10 @@ def _guarantee_factor(method: str) -> float:
         cls = methods.get(method)
     except ConfigError:
         cls = None
-    if cls is None or cls.guarantee_factor is None:
-        why = f"no guarantee for method {method!r}"
-        if cls is not None:
-            raise ConfigError(f"{why} here: {cls.no_guarantee_reason}")
+    if cls is None:
         known = [name for name, c in methods.METHODS.items() if c.guarantee_factor is not None]
-        raise ConfigError(f"{why}; known: qgd, {', '.join(known)}")
-    return float(cls.guarantee_factor)
+        raise ConfigError(f"no guarantee for method {method!r}; known: qgd, {', '.join(known)}")
+    return cls.checked_guarantee_factor()
 
 
 def _positive(name: str, value: float) -> float:
@@ -649,6 +648,33 @@ def dasha_mvr_stepsize(
     return 1.0 / (_positive("L_f", L_f) + root)
 
 
+def successor_cost(
+    method: str,
+    setting,
+    factor: float,
+    gamma: float,
+    *,
+    eps: float,
+    delta0: float,
+    message_bits: float,
+    share: float = 1.0,
+    per_round_oracle: float | None = None,
+    p: float | None = None,
+    momentum: float | None = None,
+) -> Prediction:
+    """The cost of a successor whose guarantee is ``factor`` Delta_0/(gamma K) with the dense start
+    g_i^0 = grad f_i(x^0): K = ceil(factor Delta_0/(gamma eps^2)) rounds, bits d w (the start) +
+    K ``share`` message_bits (``share``: expected fraction of clients sending), oracle calls m
+    (the start) + K ``per_round_oracle`` (default m); ``momentum`` is reported as alpha."""
+    s = setting
+    eps2 = _positive("eps", eps) ** 2
+    m = float(s.m)
+    per_round = m if per_round_oracle is None else float(per_round_oracle)
+    K = max(1, math.ceil(factor * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
+    bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
+    return Prediction(method, int(K), float(bits), float(m + K * per_round), float(gamma), p, momentum)
+
+
 def predict_successor(
     method: str,
     setting,
@@ -660,39 +686,16 @@ def predict_successor(
     participation: float | None = None,
 ) -> Prediction:
     """:func:`predict` for the successors whose guarantee is 2 Delta_0/(gamma K) with the dense
-    start g_i^0 = grad f_i(x^0) (the G^0 terms vanish): ``ef21`` (EF21, Theorem 1),
-    ``ef21-pp`` (the extensions paper's Theorem 7), ``dasha`` (Theorem 6.1) and
-    ``dasha-page`` (Theorem 6.4). EF21-SGD, EF21-SGDM and DASHA-MVR are not covered: their bounds
-    add terms of the unknown noise level sigma^2.
+    start g_i^0 = grad f_i(x^0) (the G^0 terms vanish): EF21 (Theorem 1), EF21-PP (the extensions
+    paper's Theorem 7), DASHA (Theorem 6.1) and DASHA-PAGE (Theorem 6.4), each by its class's
+    :meth:`marina.methods.Method.predict` (with :func:`successor_cost`). EF21-SGD, EF21-SGDM and
+    DASHA-MVR are not covered: their bounds add terms of the unknown noise level sigma^2.
 
     ``setting`` holds the constants (a :class:`marina.methods.Setting`: d, n, m, L, L_f, L_avg,
     omega, alpha, wire_bits). Per round: EF21 and DASHA one message and m oracle calls; EF21-PP
     q messages and q m calls on average; DASHA-PAGE one message and p m + (1 - p) 2 B calls;
     plus the dense start (d values, m calls).
     """
-    s = setting
-    factor = _guarantee_factor(method)
-    eps2 = _positive("eps", eps) ** 2
-    m = float(s.m)
-    p = None
-    share, per_round_oracle = 1.0, m
-    if method == "ef21":
-        gamma = ef21_stepsize(s.L_f, s.L, s.alpha)
-    elif method == "ef21-pp":
-        share = _probability("participation", 0.5 if participation is None else participation)
-        gamma = ef21_pp_stepsize(s.L_f, s.L, s.alpha, share)
-        per_round_oracle = share * m
-    elif method == "dasha":
-        gamma = dasha_stepsize(s.L_f, s.L, s.omega, s.n)
-    elif method == "dasha-page":
-        B = int(batch_size or 1)
-        p = dasha_page_p(s.m, B)
-        gamma = dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B)
-        per_round_oracle = p * m + (1.0 - p) * 2.0 * B
-    else:
-        raise ConfigError(f"no prediction for method {method!r}; known: ef21, ef21-pp, dasha, dasha-page")
-    K = max(1, math.ceil(factor * _nonnegative("Delta_0", delta0) / (gamma * eps2)))
-    bits = float(s.d) * s.wire_bits + K * share * float(message_bits)
-    oracle = m + K * per_round_oracle
-    a = dasha_momentum(s.omega) if method.startswith("dasha") else None
-    return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, a)
+    _guarantee_factor(method)  # ConfigError naming why there is none
+    used = {"batch_size": batch_size, "participation": participation}
+    return methods.get(method).predict(setting, used, eps=eps, delta0=delta0, message_bits=message_bits)

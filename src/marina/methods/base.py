@@ -189,16 +189,15 @@ def table1_prediction(
     )
 
 
-def successor_prediction(
-    cls, setting: Setting, used: dict[str, Any], *, rounds: int | None = None, **kw: Any
+def successor_cost(
+    cls: type[Method], setting: Setting, gamma: float, *, rounds: int | None = None, **kw: Any
 ) -> theory.Prediction:
-    """:meth:`Method.predict` of the successors with a noise-free guarantee
-    (:func:`marina.theory.predict_successor`; ``kw``: eps, delta0, message_bits)."""
+    """:meth:`Method.predict` of a successor whose guarantee is ``cls.guarantee_factor``
+    Delta_0/(gamma K) with the dense start (:func:`marina.theory.successor_cost`; ``kw``: eps,
+    delta0, message_bits and the per-round costs)."""
     if rounds is not None:
         raise ConfigError(f"{cls.name}: no prediction for a given number of rounds")
-    return theory.predict_successor(
-        cls.name, setting, batch_size=used.get("batch_size"), participation=used.get("participation"), **kw
-    )
+    return theory.successor_cost(cls.name, setting, cls.checked_guarantee_factor(), gamma, **kw)
 
 
 def _expected_bits(compressor, d: int) -> float:
@@ -387,6 +386,13 @@ class Method(ABC):
             f"{spec!r} is biased; {cls.name} needs an unbiased compressor (identity, randk:K, ...); "
             "a contractive one (topk:K) needs an error-feedback method"
         )
+
+    @classmethod
+    def checked_guarantee_factor(cls) -> float:
+        """``guarantee_factor``, or ConfigError saying why there is none (``no_guarantee_reason``)."""
+        if cls.guarantee_factor is None:
+            raise ConfigError(f"no guarantee for method {cls.name!r} here: {cls.no_guarantee_reason}")
+        return float(cls.guarantee_factor)
 
     @classmethod
     def predict(

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.errors import ConfigError
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_prediction
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -60,7 +60,14 @@ class DASHA(Method):
     guarantee_factor = 2.0  # Tyurin & Richtarik 2022, Theorem 6.1, with the dense start
     theory_rows = (TheoryRow("dasha", order=14),)
     plot_order = 7
-    predict = classmethod(successor_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 6.1's stepsize and a; per round one message and m oracle calls."""
+        s = setting
+        gamma = theory.dasha_stepsize(s.L_f, s.L, s.omega, s.n)
+        return successor_cost(cls, s, gamma, momentum=theory.dasha_momentum(s.omega), **kw)
+
     state: DashaState
 
     @classmethod
@@ -132,6 +139,19 @@ class DASHAPAGE(DASHA):
     guarantee_factor = 2.0  # Theorem 6.4
     theory_rows = (TheoryRow("dasha-page", order=15),)
     plot_order = 8
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 6.4's stepsize with Corollary 6.5's p = B/(m + B); per round one message and
+        p m + (1 - p) 2 B oracle calls."""
+        s, m = setting, float(setting.m)
+        B = int(used.get("batch_size") or 1)
+        p = theory.dasha_page_p(s.m, B)
+        gamma = theory.dasha_page_stepsize(s.L_f, s.L, s.L_avg, s.omega, s.n, p, B)
+        a = theory.dasha_momentum(s.omega)
+        return successor_cost(
+            cls, s, gamma, per_round_oracle=p * m + (1.0 - p) * 2.0 * B, p=p, momentum=a, **kw
+        )
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

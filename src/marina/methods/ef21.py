@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from marina import theory
+from marina import parameters, theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_prediction
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 
@@ -75,9 +75,13 @@ class EF21(Method):
     guarantee_factor = 2.0  # Richtarik, Sokolov, Fatkhullin 2021, Theorem 1
     theory_rows = (TheoryRow("ef21", order=12),)
     plot_order = 3
-    predict = classmethod(successor_prediction)
     state: EF21State
     takes_contractive = True
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 1's stepsize; per round one message and m oracle calls."""
+        return successor_cost(cls, setting, theory.ef21_stepsize(setting.L_f, setting.L, setting.alpha), **kw)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +154,14 @@ class EF21PP(EF21):
     guarantee_factor = 2.0  # Fatkhullin et al. 2021 (EF21 extensions), Theorem 7
     theory_rows = (TheoryRow("ef21-pp", order=13),)
     plot_order = 4
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 7's stepsize at q = ``participation`` (default 1/2); per round q messages and
+        q m oracle calls on average."""
+        s, q = setting, parameters.by_name("participation").check(used.get("participation") or 0.5)
+        gamma = theory.ef21_pp_stepsize(s.L_f, s.L, s.alpha, q)
+        return successor_cost(cls, s, gamma, share=q, per_round_oracle=q * float(s.m), **kw)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
