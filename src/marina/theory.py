@@ -56,6 +56,10 @@ __all__ = [
     "predict",
     "predict_successor",
     "successor_cost",
+    "rounds_to_reach",
+    "qgd_rounds",
+    "chosen_p",
+    "p_size",
 ]
 
 
@@ -318,6 +322,33 @@ class Prediction:
         return asdict(self)
 
 
+def rounds_to_reach(factor: float, delta0: float, gamma: float, eps: float, rounds: int | None = None) -> int:
+    """K = ceil(factor Delta_0/(gamma eps^2)) (at least 1): the rounds after which the guarantee
+    factor Delta_0/(gamma K) is at most eps^2; ``rounds`` when given instead."""
+    eps2 = _positive("eps", eps) ** 2
+    if rounds is not None:
+        return int(rounds)
+    return max(1, math.ceil(factor * delta0 / (gamma * eps2)))
+
+
+def qgd_rounds(delta0: float, L_f: float, A: float, B: float, C: float, eps: float) -> int:
+    """K >= 12 Delta_0 L_f/eps^2 max(B, 12 Delta_0 A/eps^2, 2 C/eps^2) (Khaled & Richtarik 2020,
+    Corollary 1, with the ABC constants of :func:`qgd_abc_constants`)."""
+    eps2 = _positive("eps", eps) ** 2
+    return max(1, math.ceil(12.0 * delta0 * L_f / eps2 * max(B, 12.0 * delta0 * A / eps2, 2.0 * C / eps2)))
+
+
+def chosen_p(p: float | str | None, default: float) -> float:
+    """The MARINA family's p for a prediction: ``default`` (the theory value) for None or
+    ``"bits"``, else the given probability."""
+    return default if p is None or p == "bits" else _probability("p", p)
+
+
+def p_size(p: float | str | None, zeta: float, message_bits: float, wire_bits: int) -> float:
+    """What p = size/d counts (Corollary 2.1): zeta_Q, or message_bits/wire_bits for ``p="bits"``."""
+    return float(message_bits) / wire_bits if p == "bits" else zeta
+
+
 def predict(
     method: str,
     *,
@@ -345,10 +376,11 @@ def predict(
 ) -> Prediction:
     """Rounds, bits and oracle calls to reach E||grad f(x_hat)||^2 <= eps^2 (Table 1, constants kept).
 
+    The method's own :meth:`marina.methods.Method.predict` with these constants (``method`` is a
+    registered name; ``NAME-online`` is NAME with ``online=True``, VR-MARINA's Algorithm 3).
     ``message_bits`` is the expected size of one compressed message, ``wire_bits`` the bits of one
     dense value. The rounds solve guarantee(method, delta0, gamma, K) <= eps^2 for K with the
-    theory parameters of each method (for QGD, Khaled & Richtarik 2020, Corollary 1:
-    K >= 12 Delta_0 L_f/eps^2 max(B, 12 Delta_0 A/eps^2, 2 C/eps^2)). Per-round costs:
+    theory parameters of each method (for QGD, :func:`qgd_rounds`). Per-round costs:
     GD d values; QGD, DIANA, VR-DIANA one message; MARINA and VR-MARINA p d + (1-p) message;
     PP-MARINA p d + (1-p)(r/n) message (only r of n clients send), plus one dense round at start
     for the MARINA family. Oracle calls: full local gradient m; minibatch difference 2 b';
@@ -361,93 +393,35 @@ def predict(
     zeta_Q (:func:`bits_p`), or a number. ``rounds``: cost of that many rounds instead of the
     number that reaches eps (to compare with a run of that length).
     """
-    eps2 = _positive("eps", eps) ** 2
-    dense = float(d) * wire_bits
-    msg = float(message_bits)
-    size = msg / wire_bits if p == "bits" else zeta  # what p = size/d counts (Corollary 2.1)
-    if ab is not None:
-        if method == "pp-marina":
-            raise ConfigError(
-                "pp-marina: no theorem for a correlated compressor (Theorem 4.1 assumes independence)"
-            )
-        omega_ind, omega = omega, effective_omega(omega, n, ab[0])
-    else:
-        omega_ind = omega
-
-    def rounds_for(factor: float, gamma: float) -> int:
-        if rounds is not None:
-            return int(rounds)
-        return max(1, math.ceil(factor * delta0 / (gamma * eps2)))
-
-    p_given = p
-
-    def chosen_p(default: float) -> float:
-        return default if p_given is None or p_given == "bits" else _probability("p", p_given)
-
-    p = alpha = None
-    if method == "gd":
-        gamma = gd_stepsize(L_f)
-        K = rounds_for(2.0, gamma)
-        bits, oracle = K * dense, K * float(m)
-    elif method == "qgd":
-        A, B, C = qgd_abc_constants(L_max, omega, n, delta_inf)
-        K = max(1, math.ceil(12.0 * delta0 * L_f / eps2 * max(B, 12.0 * delta0 * A / eps2, 2.0 * C / eps2)))
-        K = K if rounds is None else int(rounds)
-        gamma = qgd_stepsize(L_f, L_max, omega, n, K)
-        if C > 0:
-            gamma = min(gamma, eps2 / (2.0 * L_f * C))
-        bits, oracle = K * msg, K * float(m)
-    elif method in ("diana", "vr-diana"):
-        alpha = diana_alpha(omega)
-        if method == "diana":
-            gamma = diana_stepsize(L_max, omega, n)
-            K = rounds_for(4.0, gamma)
-            oracle = K * float(m)
-        else:
-            b = int(batch_size or 1)
-            M = vr_diana_epoch_length(m, b)
-            gamma = diana_stepsize(max(L_max, L_avg), omega, n, M)
-            K = rounds_for(4.0, gamma)
-            oracle = float(m) + K * (2.0 * b + float(m) / M)
-        bits = K * msg
-    elif method in ("marina", "vr-marina", "vr-marina-online"):
-        if method == "marina":
-            p = chosen_p(marina_p(size, d))
-            if ab is not None:
-                gamma = marina_ab_stepsize(L_f, L, L if L_pm is None else L_pm, ab[0], ab[1], p)
-            else:
-                gamma = marina_stepsize(L, omega_ind, n, p)
-            per_round_oracle = float(m)
-            start_oracle = float(m)
-        else:
-            bp = int(batch_size or 1)
-            if method == "vr-marina":
-                p = chosen_p(vr_marina_p(size, d, m, bp))
-                start_oracle, dense_oracle = float(m), float(m)
-            else:
-                b = int(dense_batch_size or m)
-                p = chosen_p(vr_marina_online_p(size, d, b, bp))
-                start_oracle, dense_oracle = float(b), float(b)
-            gamma = vr_marina_stepsize(L, L_avg, omega, n, p, bp)
-            per_round_oracle = p * dense_oracle + (1.0 - p) * 2.0 * bp
-        K = rounds_for(2.0, gamma)
-        bits = dense + K * (p * dense + (1.0 - p) * msg)
-        oracle = start_oracle + K * per_round_oracle
-    elif method == "pp-marina":
-        r = int(clients or n)
-        p = chosen_p(pp_marina_p(size, d, n, r))
-        gamma = pp_marina_stepsize(L, omega, p, r)
-        K = rounds_for(2.0, gamma)
-        bits = dense + K * (p * dense + (1.0 - p) * (r / n) * msg)
-        # distinct clients pay m, plus m unless they hold the previous gradient
-        first, later = pp_marina_oracle_per_round(float(m), n, r, p)
-        oracle = float(m) + first + (K - 1) * later
-    else:
-        raise ConfigError(
-            f"unknown method {method!r}; known: gd, qgd, diana, vr-diana, marina, vr-marina, "
-            "vr-marina-online, pp-marina"
-        )
-    return Prediction(method, int(K), float(bits), float(oracle), float(gamma), p, alpha)
+    name, online = method, False
+    if isinstance(method, str) and method.endswith("-online"):
+        name, online = method[: -len("-online")], True
+    try:
+        cls = methods.get(name)
+    except ConfigError:
+        known = [k for k, c in methods.METHODS.items() if c.theory_rows]
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}") from None
+    setting = methods.Setting(
+        d=d,
+        n=n,
+        m=m,
+        m_min=m,
+        L=L,
+        L_max=L_max,
+        L_f=L_f,
+        L_avg=L_avg,
+        omega=omega,
+        zeta=zeta,
+        wire_bits=wire_bits,
+        iterations=1,
+        correlated=ab is not None,
+        ab_A=math.nan if ab is None else ab[0],
+        ab_B=math.nan if ab is None else ab[1],
+        L_pm=L if L_pm is None else L_pm,
+    )
+    used = {"batch_size": batch_size, "clients": clients, "dense_batch_size": dense_batch_size, "p": p}
+    used |= {"online": online, "delta_inf": delta_inf}  # delta_inf: QGD's constant C
+    return cls.predict(setting, used, eps=eps, delta0=delta0, message_bits=message_bits, rounds=rounds)
 
 
 # -- EF21 family (error feedback with contractive compressors) -------------------------------------

@@ -19,7 +19,6 @@ import torch
 from marina import compressors, experiments, methods, theory
 from marina.cli import COMMANDS
 from marina.errors import ConfigError
-from marina.methods.base import table1_prediction
 from marina.network.simulated import SimulatedNetwork
 from marina.rng import Randomness
 
@@ -105,8 +104,28 @@ def predict_for(
     """:func:`marina.theory.predict` for ``method`` (a predict name) with the constants of a
     :class:`marina.methods.Setting` and the parameters ``used`` that ``resolve`` returned (its
     p, b', r, b); ``kw`` go to predict (e.g. ``rounds``)."""
-    return table1_prediction(
-        None, setting, used, name=method, eps=eps, delta0=delta0, message_bits=message_bits, **kw
+    return theory.predict(
+        method,
+        eps=eps,
+        delta0=delta0,
+        d=setting.d,
+        n=setting.n,
+        m=setting.m,
+        L=setting.L,
+        L_f=setting.L_f,
+        L_max=setting.L_max,
+        L_avg=setting.L_avg,
+        omega=setting.omega,
+        zeta=setting.zeta,
+        message_bits=message_bits,
+        wire_bits=setting.wire_bits,
+        batch_size=used.get("batch_size"),
+        clients=used.get("clients"),
+        dense_batch_size=used.get("dense_batch_size"),
+        ab=(setting.ab_A, setting.ab_B) if setting.correlated else None,
+        L_pm=setting.L_pm,
+        p=used.get("p"),
+        **kw,
     )
 
 

@@ -160,35 +160,6 @@ class Setting:
         )
 
 
-def table1_prediction(
-    cls: type[Method] | None, setting: Setting, used: dict[str, Any], *, name: str | None = None, **kw: Any
-) -> theory.Prediction:
-    """:meth:`Method.predict` of the methods of Table 1 (:func:`marina.theory.predict` under
-    ``name``, default ``cls.name``, with the constants of ``setting`` and the p, b', r, b of
-    ``used``; ``kw``: eps, delta0, message_bits, rounds)."""
-    s = setting
-    return theory.predict(
-        name or cls.name,
-        d=s.d,
-        n=s.n,
-        m=s.m,
-        L=s.L,
-        L_f=s.L_f,
-        L_max=s.L_max,
-        L_avg=s.L_avg,
-        omega=s.omega,
-        zeta=s.zeta,
-        wire_bits=s.wire_bits,
-        batch_size=used.get("batch_size"),
-        clients=used.get("clients"),
-        dense_batch_size=used.get("dense_batch_size"),
-        ab=(s.ab_A, s.ab_B) if s.correlated else None,
-        L_pm=s.L_pm,
-        p=used.get("p"),
-        **kw,
-    )
-
-
 def successor_cost(
     cls: type[Method], setting: Setting, gamma: float, *, rounds: int | None = None, **kw: Any
 ) -> theory.Prediction:

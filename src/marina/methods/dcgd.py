@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting, TheoryRow, moved, table1_prediction
+from marina.methods.base import Method, Setting, TheoryRow, moved
 
 __all__ = ["QGD"]
 
@@ -30,7 +30,21 @@ class QGD(Method):
     takes = ()
     theory_rows = (TheoryRow("qgd", order=1),)  # guarantee: 2 e Delta_0/(gamma K) + L_f C gamma
     plot_order = 12
-    predict = classmethod(table1_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Corollary 1 of Khaled & Richtarik 2020 (:func:`marina.theory.qgd_rounds`; the stepsize
+        for that K, capped by eps^2/(2 L_f C)); per round one message and m oracle calls. ``used``
+        may hold ``delta_inf`` (f^inf - mean_i f_i^inf, default 0)."""
+        s, eps, delta0 = setting, kw["eps"], kw["delta0"]
+        A, B, C = theory.qgd_abc_constants(s.L_max, s.omega_eff, s.n, used.get("delta_inf", 0.0))
+        K = theory.qgd_rounds(delta0, s.L_f, A, B, C, eps)
+        K = K if kw.get("rounds") is None else int(kw["rounds"])
+        gamma = theory.qgd_stepsize(s.L_f, s.L_max, s.omega_eff, s.n, K)
+        if C > 0:
+            gamma = min(gamma, eps**2 / (2.0 * s.L_f * C))
+        bits, oracle = K * float(kw["message_bits"]), K * float(s.m)
+        return theory.Prediction(cls.name, K, float(bits), float(oracle), gamma)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from marina import theory
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, moved, table1_prediction
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, moved
 from marina.network.base import Network
 
 __all__ = ["DIANA", "VRDIANA", "DianaState", "VRDianaState", "default_batch_size"]
@@ -68,7 +68,22 @@ class DIANA(Method):
     guarantee_factor = 4.0
     theory_rows = (TheoryRow("diana", order=2),)
     plot_order = 10
-    predict = classmethod(table1_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 4 of Horvath et al. 2019 (M = 1); per round one message and m oracle calls."""
+        s = setting
+        gamma = theory.diana_stepsize(s.L_max, s.omega_eff, s.n)
+        return cls._cost(s, gamma, 0.0, float(s.m), **kw)
+
+    @classmethod
+    def _cost(cls, s: Setting, gamma: float, start: float, per_round: float, **kw: Any) -> theory.Prediction:
+        """The prediction for ``gamma``: one message a round, ``start`` + K ``per_round`` oracle calls."""
+        K = theory.rounds_to_reach(cls.guarantee_factor, kw["delta0"], gamma, kw["eps"], kw.get("rounds"))
+        bits, oracle = K * float(kw["message_bits"]), start + K * per_round
+        alpha = theory.diana_alpha(s.omega_eff)
+        return theory.Prediction(cls.name, K, float(bits), float(oracle), gamma, None, alpha)
+
     state: DianaState
 
     @classmethod
@@ -150,6 +165,17 @@ class VRDIANA(DIANA):
     guarantee_factor = 4.0  # as DIANA, with M = m/b
     theory_rows = (TheoryRow("vr-diana", order=3),)
     plot_order = 11
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Theorem 4 with M = m/b' (:func:`marina.theory.vr_diana_epoch_length`); per round one
+        message and 2 b' + m/M oracle calls, plus m at the start."""
+        s = setting
+        b = int(used.get("batch_size") or 1)
+        M = theory.vr_diana_epoch_length(s.m, b)
+        gamma = theory.diana_stepsize(max(s.L_max, s.L_avg), s.omega_eff, s.n, M)
+        return cls._cost(s, gamma, float(s.m), 2.0 * b + float(s.m) / M, **kw)
+
     state: VRDianaState
 
     @classmethod

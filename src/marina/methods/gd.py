@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting, TheoryRow, table1_prediction
+from marina.methods.base import Method, Setting, TheoryRow
 
 __all__ = ["GD"]
 
@@ -29,7 +29,15 @@ class GD(Method):
     guarantee_factor = 2.0  # descent lemma with gamma <= 1/L_f
     theory_rows = (TheoryRow("gd", order=0),)
     plot_order = 13
-    predict = classmethod(table1_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Per round d values and m oracle calls."""
+        s = setting
+        gamma = theory.gd_stepsize(s.L_f)
+        K = theory.rounds_to_reach(cls.guarantee_factor, kw["delta0"], gamma, kw["eps"], kw.get("rounds"))
+        bits, oracle = K * (float(s.d) * s.wire_bits), K * float(s.m)
+        return theory.Prediction(cls.name, K, float(bits), float(oracle), gamma)
 
     @classmethod
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:

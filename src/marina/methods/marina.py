@@ -21,7 +21,6 @@ from marina.methods.base import (
     added,
     cpu_field,
     lazy_field,
-    table1_prediction,
 )
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
@@ -90,6 +89,20 @@ def _given_p(given: dict[str, Any], default: float) -> float:
     return default
 
 
+def _prediction(
+    cls: type[Method], s: Setting, K: int, gamma: float, p: float, oracle: float, **kw: Any
+) -> theory.Prediction:
+    """A MARINA-family prediction: the dense g^0 plus K rounds of p d + (1 - p) message values
+    (``kw["share"]``, default 1, of the messages sent), ``oracle`` calls in all."""
+    dense, msg = float(s.d) * s.wire_bits, float(kw["message_bits"])
+    bits = dense + K * (p * dense + (1.0 - p) * kw.get("share", 1.0) * msg)
+    return theory.Prediction(kw.get("name", cls.name), K, float(bits), float(oracle), gamma, p)
+
+
+def _rounds(cls: type[Method], gamma: float, **kw: Any) -> int:
+    return theory.rounds_to_reach(cls.guarantee_factor, kw["delta0"], gamma, kw["eps"], kw.get("rounds"))
+
+
 class MARINA(Method):
     """MARINA (Algorithm 1 of the paper).
 
@@ -122,7 +135,20 @@ class MARINA(Method):
     guarantee_factor = 2.0
     theory_rows = (TheoryRow("marina", order=4), TheoryRow("marina bits", {"p": "bits"}, order=8))
     plot_order = 0
-    predict = classmethod(table1_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Corollary 2.1's p and Theorem 2.1's stepsize (Theorem 4 of Szlendak et al. for a
+        correlated compressor); per round m oracle calls."""
+        s, size = setting, theory.p_size(used.get("p"), setting.zeta, kw["message_bits"], setting.wire_bits)
+        p = theory.chosen_p(used.get("p"), theory.marina_p(size, s.d))
+        if s.correlated:
+            gamma = theory.marina_ab_stepsize(s.L_f, s.L, s.L_pm, s.ab_A, s.ab_B, p)
+        else:
+            gamma = theory.marina_stepsize(s.L, s.omega, s.n, p)
+        K = _rounds(cls, gamma, **kw)
+        return _prediction(cls, s, K, gamma, p, float(s.m) + K * float(s.m), **kw)
+
     state: MarinaState
 
     @classmethod
@@ -211,10 +237,21 @@ class VRMARINA(Method):
 
     @classmethod
     def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
-        """:func:`marina.theory.predict`; the online variant (Corollary 3.2) under its own name."""
-        return table1_prediction(
-            cls, setting, used, name=cls.name + "-online" if used.get("online") else None, **kw
-        )
+        """Corollary 3.1's p (3.2's, and the name NAME-online, for the online variant) and Theorem
+        3.1's stepsize; per round p m (p b online) + (1 - p) 2 b' oracle calls."""
+        s, size = setting, theory.p_size(used.get("p"), setting.zeta, kw["message_bits"], setting.wire_bits)
+        bp = int(used.get("batch_size") or 1)
+        if used.get("online"):
+            b = int(used.get("dense_batch_size") or s.m)
+            p = theory.chosen_p(used.get("p"), theory.vr_marina_online_p(size, s.d, b, bp))
+            dense_oracle, kw["name"] = float(b), cls.name + "-online"
+        else:
+            p = theory.chosen_p(used.get("p"), theory.vr_marina_p(size, s.d, s.m, bp))
+            dense_oracle = float(s.m)
+        gamma = theory.vr_marina_stepsize(s.L, s.L_avg, s.omega_eff, s.n, p, bp)
+        per_round = p * dense_oracle + (1.0 - p) * 2.0 * bp
+        K = _rounds(cls, gamma, **kw)
+        return _prediction(cls, s, K, gamma, p, dense_oracle + K * per_round, **kw)
 
     state: EstimatorState
 
@@ -329,7 +366,24 @@ class PPMARINA(Method):
     guarantee_factor = 2.0  # Theorem 4.1, same form
     theory_rows = (TheoryRow("pp-marina", order=7), TheoryRow("pp-marina bits", {"p": "bits"}, order=11))
     plot_order = 2
-    predict = classmethod(table1_prediction)
+
+    @classmethod
+    def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
+        """Corollary 4.1's p and Theorem 4.1's stepsize; r of n clients send a compressed round;
+        oracle calls as the method counts them (:func:`marina.theory.pp_marina_oracle_per_round`)."""
+        s, size = setting, theory.p_size(used.get("p"), setting.zeta, kw["message_bits"], setting.wire_bits)
+        if s.correlated:
+            raise ConfigError(
+                "pp-marina: no theorem for a correlated compressor (Theorem 4.1 assumes independence)"
+            )
+        r = int(used.get("clients") or s.n)
+        p = theory.chosen_p(used.get("p"), theory.pp_marina_p(size, s.d, s.n, r))
+        gamma = theory.pp_marina_stepsize(s.L, s.omega, p, r)
+        K = _rounds(cls, gamma, **kw)
+        # distinct clients pay m, plus m unless they hold the previous gradient
+        first, later = theory.pp_marina_oracle_per_round(float(s.m), s.n, r, p)
+        return _prediction(cls, s, K, gamma, p, float(s.m) + first + (K - 1) * later, share=r / s.n, **kw)
+
     state: PPMarinaState
 
     @classmethod
