@@ -386,11 +386,13 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
         self.problem.adopt_flat_storage()
         cls = methods.get(self.method_name)
-        self.compressor = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
-        setting = methods.Setting.build(self.problem, self.net, self.compressor, 1)
+        Q = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
         given = {"stepsize": float(lr), **{k: v for k, v in overrides.items() if v is not None}}
-        self.method_params = cls.resolve(setting, given)
-        self.method = cls(self.problem, self.net, self.compressor, self.method_params)
+        planned = methods.plan(
+            cls, self.problem, Q, iterations=1, overrides=given, network=self.net, check_memory=False
+        )
+        self.compressor, self.method_params = planned.compressor, planned.params
+        self.method = planned.build()
         self._params = flat
         self._agreed = self.net.n == 1  # the ranks compare their configurations at the first step
         self._first_loss: float | None = None
