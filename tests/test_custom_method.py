@@ -114,6 +114,8 @@ def test_a_registered_method_in_a_sweep_theory_and_plot(toy, tmp_path, seed, cap
     assert sorted(df["method"].unique()) == ["gd", "toy-cgd"]
     labels = [c.label for c in plotting.curves(df)]
     assert labels[0].startswith("Toy CGD") and labels[1].startswith("GD")  # its label, its plot_order
+    assert cli_main(["plot", str(tmp_path / "out"), "-o", str(tmp_path / "toy.png")]) == 0
+    assert (tmp_path / "toy.png").stat().st_size > 0
     # marina theory: the toy's row (p = 1 by default: GD's stepsize) predicts GD's rounds
     capsys.readouterr()
     argv = ["theory", "--problem", "phishing", "--workers", "3", "--compressor", "identity", "--eps", "0.01"]
@@ -144,3 +146,20 @@ def test_a_registered_method_on_two_gloo_ranks_equals_the_simulation(toy, tmp_pa
     assert dist["bits_up"].tolist() == sim["bits_up"].tolist()
     (record,) = json.loads((tmp_path / "dist" / "runs.json").read_text())
     assert set(dist["method"]) == {"toy-cgd"} and record["backend"] == "torch-distributed"
+
+
+def test_the_compressor_rule_is_one_method_answer_in_every_entry_point():
+    """marina.run, sweep validation and marina theory ask Method.accepts; the message is its answer."""
+    topk = compressors.get("topk:2")
+    reason = methods.MARINA.accepts(topk)
+    assert reason.startswith("'topk:2' is biased; marina needs an unbiased compressor")
+    assert methods.EF21.accepts(topk) is None and methods.DASHA.accepts(compressors.get("sign")) is not None
+    with pytest.raises(ConfigError) as run_err:
+        marina.run(method="marina", problem="phishing", compressor="topk:2", workers=3, iterations=2)
+    assert str(run_err.value) == f"compressor {reason}"
+    spec = experiments.parse_sweep(
+        {"problems": "phishing", "workers": 3, "iterations": 2, "methods": "marina", "compressors": "topk:2"}
+    )
+    with pytest.raises(ConfigError) as sweep_err:
+        experiments.validate(experiments.expand(spec))
+    assert str(sweep_err.value) == f"sweep: compressors = {reason}"  # where, key, the answer
