@@ -142,7 +142,7 @@ class EF21SGDM(MarinaOptimizer):
     works too) and g_i += C(v_i - g_i); eta = 1 is :class:`EF21SGD`. ``local_size`` = m defaults to b.
     """
 
-    method_name = "ef21-sgdm"
+    method_name = methods.EF21SGDM.name
     full_loss = False
 
     def __init__(
