@@ -22,15 +22,19 @@ Topology: all-gather of the compressed payloads (chosen over gather-to-a-server 
       to the W - 1 others at once, which waits for one hop instead of the ring's W - 1
       (``_all_gather``); larger chunks by the ring all-gather.
 
-One aggregation, as data flows (``aggregate``; each step is a collective of every rank)
+One aggregation, as data flows (``aggregate_mean`` / ``aggregate_with_local``: plan, encode,
+exchange, decode)
     A worker drawn c times by PP-MARINA sends c messages; copy j uses the randomness stream
     ``copy_stream(stream, j)`` (see :mod:`marina.network.base`). The multiplicities are known to
     every rank, so every rank knows how many messages m_r each rank sends (n_local without
     multiplicity) and in which order: copy 0 of its senders in worker order, then copy 1, ...
+    Every rank writes this down in the same :class:`marina.network.wire_plan.WirePlan` (senders,
+    slots, sizes where known, byte offsets, bytes per rank, bit-packing), built once per
+    (compressor, d) and cached where nothing else decides it (no multiplicity, sizes not drawn).
 
     1. Compress. Rank r compresses copy j of its workers drawn more than j times in one call
        per j, each row with its worker's keyed randomness, and packs every message
-       (``compressor.pack``: one uint8 tensor of ``ceil(bits / 8)`` bytes).
+       (``compressor.pack_compressed``: message i in the first ``ceil(bits / 8)`` bytes of row i).
     2. Sizes. Where every message's size follows from (compressor, d, worker id) alone
        (``compressor.message_bits``: identity, randk, randk seeded, permk, qsgd, natural,
        natural dithering, topk), every rank computes the (W, s) table of message bits itself,
@@ -45,7 +49,8 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        the exact bit size of each of its messages, then zeros (unused slots; a negative code if
        its compression failed, see "Errors"). Either way every rank knows every message's length
        (``ceil(bits/8)``) and the bits to account.
-    3. Payloads. Every rank all-gathers its messages concatenated in order, zero-padded to the
+    3. Payloads. Every rank all-gathers its messages concatenated in order (bit-packed where the
+       plan says, see below), zero-padded to the
        largest rank's total, as one uint8 tensor. A rank whose workers all send nothing
        (PP-MARINA's clients not drawn) contributes only padding, so nobody waits for it; if no
        rank sends a byte the payload collective is skipped (every rank knows it from step 2,
@@ -53,20 +58,22 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        nothing to send (its values are checked whether its coin says sent or not), so every
        rank contributes at least one byte, and the failure pattern (see "Errors") covers a
        rank's whole padded segment when it sends nothing.
-    4. For each copy j, every rank unpacks the j-th messages of all workers in global worker
-       order (blocks are contiguous, so rank order is worker order; ``compressor.unpack``),
-       sums them with the compressor's canonical ``sum_decompressed`` and reduces exactly like
+    4. For each copy j, every rank reads the j-th messages of all workers in global worker
+       order out of the gathered buffer at the plan's offsets (blocks are contiguous, so rank
+       order is worker order), sums them with the compressor's canonical ``sum_packed``
+       (``unpack_rows`` and ``sum_decompressed`` where the hosted rows are wanted too, bit for
+       bit the same sum) and reduces exactly like
        :class:`marina.network.SimulatedNetwork`: that sum divided by n without multiplicity,
        the per-copy sums added up and divided by sum(multiplicity) with it. Same reduction on
        the same messages, so the float64 trajectory equals the simulation's (bit for bit on the
        same machine).
 
-Fast path and bit-level packing (one message per worker, every message of the same known size)
+Uniform plans and bit-level packing (one message per worker, every message of the same known size)
     Without multiplicities and with every message of ``b`` bits known from (compressor, d)
-    (every fixed-size compressor; PermK where n divides d), steps 1-4 run on whole tensors:
-    rank r's segment is its n/W packed rows, the gathered buffer is every message in worker
-    order, and the compressor's row decoder reads it in place (no per-message lists). Where b
-    is not a whole number of bytes, b <= ``BITPACK_MAX_BITS`` (4096) and a rank hosts several
+    (every fixed-size compressor; PermK where n divides d), the plan is *uniform*: rank r's
+    segment is its n/W packed rows, the gathered buffer is every message in worker order, and
+    the compressor's row decoder reads it in place. Where b is not a whole number of bytes,
+    b <= ``wire_plan.BITPACK_MAX_BITS`` (4096) and a rank hosts several
     workers, its messages travel back to back at bit level (:func:`marina.compressors.wire.
     concat_bits`): ceil(n/W b / 8) bytes instead of n/W ceil(b / 8), so the wire carries at most
     7 bits per rank beyond the accounted bits (at one message per rank, ceil(b/8) bytes is the
