@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,16 +36,17 @@ def copy_slots(counts: Tensor, n_local: int, world: int) -> tuple[tuple[Tensor, 
 
     ``counts``: (n,) messages each worker sends. The senders of copy j are the workers drawn more
     than j times, in worker order; blocks are contiguous, so each rank's senders are too, and
-    they take the slots after the rank's copies 0 .. j-1.
+    they take the slots after the rank's copies 0 .. j-1. (numpy: these arrays are tiny.)
     """
-    filled = torch.zeros(world, dtype=torch.int64)
+    c = counts.numpy()
+    filled = np.zeros(world, dtype=np.int64)
     out = []
-    for j in range(int(counts.max())):
-        senders = torch.nonzero(counts > j).reshape(-1)
+    for j in range(int(c.max())):
+        senders = np.flatnonzero(c > j)
         owner = senders // n_local
-        per = torch.bincount(owner, minlength=world)
-        first = torch.cumsum(per, 0) - per
-        out.append((senders, owner, torch.arange(senders.numel()) - first[owner] + filled[owner]))
+        per = np.bincount(owner, minlength=world)
+        slot = np.arange(senders.size) - (np.cumsum(per) - per)[owner] + filled[owner]
+        out.append(tuple(torch.from_numpy(a) for a in (senders, owner, slot)))
         filled += per
     return tuple(out)
 
@@ -74,6 +76,8 @@ class WirePlan:
         bitpacked: uniform messages travel back to back at bit level.
         offsets, lengths: per copy j, the byte offset of each sender's message in the gathered
             buffer and its bytes (on the collectives' device).
+        gather: per copy j, the (m_j, max bytes) buffer positions of its messages' bytes and the
+            mask of real bytes (the rest is zero padding), for :meth:`rows`.
     """
 
     world: int
@@ -94,6 +98,7 @@ class WirePlan:
     bitpacked: bool = False
     offsets: tuple[Tensor, ...] = ()
     lengths: tuple[Tensor, ...] = ()
+    gather: tuple[tuple[Tensor, Tensor], ...] = ()
 
     @property
     def copies(self) -> int:
@@ -113,24 +118,22 @@ class WirePlan:
         """The plan for ``counts`` (n,) messages per worker, before any size is known (see
         :meth:`with_message_bits` and :meth:`with_sizes`); ``drawn``: as the attribute."""
         n_local = counts.numel() // world
-        block = counts.reshape(world, n_local)
+        block = counts.numpy().reshape(world, n_local)
         slots_of = copy_slots(counts, n_local, world)
-        mine = block[rank]
-        plan = cls(
+        return cls(
             world=world,
             n_local=n_local,
             weighted=weighted,
-            messages=int(counts.sum()),
-            slots=int(block.sum(dim=1).max()),
+            messages=int(block.sum()),
+            slots=int(block.sum(axis=1).max()),
             senders=tuple(s for s, _, _ in slots_of),
             places=tuple((o, s) for _, o, s in slots_of),
             local_rows=tuple(
-                torch.nonzero(mine > j).reshape(-1).to(row_device) for j in range(len(slots_of))
+                torch.from_numpy(np.flatnonzero(block[rank] > j)).to(row_device) for j in range(len(slots_of))
             ),
             known=False,
             drawn=drawn,
         )
-        return plan
 
     def with_message_bits(self, bits_of: list[Tensor], comm_device: torch.device) -> WirePlan:
         """This plan with sizes known in advance: ``bits_of[j]``, the bits of copy j's senders."""
@@ -141,25 +144,30 @@ class WirePlan:
 
     def with_sizes(self, bits: Tensor, comm_device: torch.device) -> WirePlan:
         """This plan with every slot's ``bits`` (W, slots) known: the segments' layout."""
-        lengths = (bits + 7) // 8
-        b = int(bits[0, 0]) if bits.numel() else 0
-        uniform = self.known and not self.weighted and not self.drawn and bool((bits == b).all())
+        table = bits.numpy()
+        lengths = (table + 7) // 8
+        b = int(table[0, 0]) if table.size else 0
+        uniform = self.known and not self.weighted and not self.drawn and bool((table == b).all())
         packed = uniform and self.n_local > 1 and b % 8 != 0 and b <= BITPACK_MAX_BITS
-        rank_bytes = [(self.n_local * b + 7) // 8] * self.world if packed else lengths.sum(dim=1).tolist()
+        rank_bytes = [(self.n_local * b + 7) // 8] * self.world if packed else lengths.sum(axis=1).tolist()
         width = max(rank_bytes)
         if self.known and self.drawn:
             width = max(width, 1)
-        excl = torch.cumsum(lengths, dim=1) - lengths  # byte offset of each slot within its segment
+        excl = np.cumsum(lengths, axis=1) - lengths  # byte offset of each slot within its segment
+        places = [(o.numpy(), s.numpy()) for o, s in self.places]
+        offsets = [o * width + excl[o, s] for o, s in places]
+        sizes = [lengths[o, s] for o, s in places]
         return dataclasses.replace(
             self,
             bits=bits,
-            sent_bits=int(bits.sum()),
+            sent_bits=int(table.sum()),
             rank_bytes=tuple(int(r) for r in rank_bytes),
             width=int(width),
             uniform_bits=b if uniform else None,
             bitpacked=packed,
-            offsets=tuple((o * width + excl[o, s]).to(comm_device) for o, s in self.places),
-            lengths=tuple(lengths[o, s].to(comm_device) for o, s in self.places),
+            offsets=tuple(torch.from_numpy(o).to(comm_device) for o in offsets),
+            lengths=tuple(torch.from_numpy(n).to(comm_device) for n in sizes),
+            gather=tuple(_gather(o, n, comm_device) for o, n in zip(offsets, sizes, strict=True)),
         )
 
     def segment(self, rows: Tensor, bits: Tensor) -> Tensor:
@@ -185,10 +193,13 @@ class WirePlan:
             if self.bitpacked:
                 return split_bits(buffer.view(self.world, self.width), self.n_local, b)
             return buffer.view(self.world * self.n_local, (b + 7) // 8)
-        offsets, lengths = self.offsets[j], self.lengths[j]
-        top = int(lengths.max()) if lengths.numel() else 0
-        if top == 0:
-            return torch.zeros((offsets.numel(), 0), dtype=torch.uint8, device=buffer.device)
-        cols = torch.arange(top, device=buffer.device)
-        at = (offsets[:, None] + cols).clamp_(max=buffer.numel() - 1)
-        return torch.where(cols < lengths[:, None], buffer[at], 0).to(torch.uint8)
+        at, keep = self.gather[j]
+        return torch.where(keep, buffer[at], 0).to(torch.uint8) if at.numel() else at.to(torch.uint8)
+
+
+def _gather(offsets: np.ndarray, lengths: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(m, max length) buffer positions of m messages' bytes and where they are bytes (not padding)."""
+    cols = np.arange(int(lengths.max()) if lengths.size else 0)
+    keep = cols < lengths[:, None]
+    at = np.where(keep, offsets[:, None] + cols, 0)
+    return torch.from_numpy(at).to(device), torch.from_numpy(keep).to(device)
