@@ -579,15 +579,16 @@ class TorchDistributedNetwork(Network):
                 self._raise_compress_failure(compressor, all_sizes, error)
             plan = plan.with_sizes(all_sizes, self.comm_device)
         self._bits_up += plan.sent_bits
-        buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
-        if plan.width > 0:
-            if error is not None:
-                mine = torch.full((plan.width,), _POISON, dtype=torch.uint8, device=self.comm_device)
-            elif mine.numel() < plan.width:
-                mine = torch.nn.functional.pad(mine, (0, plan.width - mine.numel()))
-            buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
-            if plan.known:
-                self._check_poison(compressor, buffer.view(W, plan.width), plan.poison_span(), error)
+        if plan.width == 0:  # nobody sends a byte (every rank knows it): no payload collective
+            self._count(round, stream, plan)
+            return plan, torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
+        if error is not None:
+            mine = torch.full((plan.width,), _POISON, dtype=torch.uint8, device=self.comm_device)
+        elif mine.numel() < plan.width:
+            mine = torch.nn.functional.pad(mine, (0, plan.width - mine.numel()))
+        buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
+        if plan.known:
+            self._check_poison(compressor, buffer.view(W, plan.width), plan.poison_span(), error)
         self._count(round, stream, plan)
         return plan, buffer
 
