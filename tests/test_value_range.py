@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from marina import compressors
+from marina.compressors.identity import Identity
 from marina.errors import ConfigError, ValueRangeError
 from marina.lazy_rows import DenseRows
 from marina.network.torch_distributed import (
@@ -74,15 +75,16 @@ def test_distributed_size_codes_follow_the_type_not_the_text():
     assert failure_code(RuntimeError("non-finite")) == _FAILED
 
 
-class _Refuses:
-    """A compressor stand-in whose compress raises ``error``."""
+class _Refuses(Identity):
+    """An identity whose compression raises ``error``, with sizes that vary (so they are exchanged)."""
 
-    spec = "refuses"
+    fixed_size = False
 
     def __init__(self, error: BaseException) -> None:
+        super().__init__()
         self.error = error
 
-    def compress(self, X, rng):  # noqa: ANN001, ANN201
+    def _compress(self, X, rng, amax):  # noqa: ANN001, ANN202
         raise self.error
 
 

@@ -427,8 +427,35 @@ class Compressor(ABC):
         rng: Randomness | None,
     ) -> Tensor:
         """(d,) ``sum_decompressed`` of the messages packed in ``rows`` (the arguments of
-        ``_unpack_rows``), bit for bit; subclasses may fuse."""
+        :meth:`unpack_rows`), bit for bit; subclasses may fuse."""
         return self.sum_decompressed(self._unpack_rows(rows, lengths, d, worker_ids, dtype, rng))
+
+    def unpack_rows(
+        self,
+        rows: Tensor,
+        lengths: Tensor,
+        d: int,
+        worker_ids: Tensor,
+        dtype: torch.dtype,
+        rng: Randomness | None,
+    ) -> Message:
+        """The messages packed in ``rows``, the batched inverse of :meth:`pack_compressed`.
+
+        Args:
+            rows: (m, width) uint8, message i in the first ``lengths[i]`` bytes of row i (zero
+                padded), as :meth:`pack_compressed` writes them.
+            lengths: (m,) int64 bytes of each message (``ceil(bits / 8)``).
+            d: dimension of the vectors.
+            worker_ids: (m,) int64 global ids of the senders, on the rows' device.
+            dtype: dtype of the decompressed vectors.
+            rng: as in :meth:`unpack` (the senders' Randomness where :attr:`regenerates`).
+        """
+        if rows.dtype != torch.uint8 or rows.dim() != 2 or lengths.shape != (rows.shape[0],):
+            raise ConfigError(
+                f"{self.spec}: rows must be (m, width) uint8 with (m,) lengths, got {rows.dtype} "
+                f"{tuple(rows.shape)} and {tuple(lengths.shape)}"
+            )
+        return self._unpack_rows(rows, lengths, self._check_d(d), worker_ids, dtype, rng)
 
     @staticmethod
     def sum_rows(X_hat: Tensor) -> Tensor:
@@ -511,7 +538,8 @@ class Compressor(ABC):
         worker_ids: Tensor,
         dtype: torch.dtype,
         rng: Randomness | None,
-    ) -> Message: ...
+    ) -> Message:
+        """:meth:`unpack_rows` after its checks (what each compressor implements)."""
 
     # -- convenience ----------------------------------------------------------------------------
     def roundtrip(

@@ -186,6 +186,33 @@ class Network(ABC):
                 (copy 0; zero rows for workers that sent nothing), e.g. for DIANA's h_i update.
         """
 
+    def aggregate_mean(
+        self,
+        compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`aggregate`'s mean alone (a backend may override it with a direct path)."""
+        return self.aggregate(compressor, X_local, round, stream=stream, multiplicity=multiplicity)  # type: ignore[return-value]
+
+    def aggregate_with_local(
+        self,
+        compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`aggregate` with ``return_local=True``: the mean and the hosted workers' own
+        decompressed messages (n_local, d)."""
+        return self.aggregate(  # type: ignore[return-value]
+            compressor, X_local, round, stream=stream, multiplicity=multiplicity, return_local=True
+        )
+
     def aggregate_dense(
         self,
         X_local: Tensor,

@@ -22,15 +22,19 @@ Topology: all-gather of the compressed payloads (chosen over gather-to-a-server 
       to the W - 1 others at once, which waits for one hop instead of the ring's W - 1
       (``_all_gather``); larger chunks by the ring all-gather.
 
-One aggregation, as data flows (``aggregate``; each step is a collective of every rank)
+One aggregation, as data flows (``aggregate_mean`` / ``aggregate_with_local``: plan, encode,
+exchange, decode)
     A worker drawn c times by PP-MARINA sends c messages; copy j uses the randomness stream
     ``copy_stream(stream, j)`` (see :mod:`marina.network.base`). The multiplicities are known to
     every rank, so every rank knows how many messages m_r each rank sends (n_local without
     multiplicity) and in which order: copy 0 of its senders in worker order, then copy 1, ...
+    Every rank writes this down in the same :class:`marina.network.wire_plan.WirePlan` (senders,
+    slots, sizes where known, byte offsets, bytes per rank, bit-packing), built once per
+    (compressor, d) and cached where nothing else decides it (no multiplicity, sizes not drawn).
 
     1. Compress. Rank r compresses copy j of its workers drawn more than j times in one call
        per j, each row with its worker's keyed randomness, and packs every message
-       (``compressor.pack``: one uint8 tensor of ``ceil(bits / 8)`` bytes).
+       (``compressor.pack_compressed``: message i in the first ``ceil(bits / 8)`` bytes of row i).
     2. Sizes. Where every message's size follows from (compressor, d, worker id) alone
        (``compressor.message_bits``: identity, randk, randk seeded, permk, qsgd, natural,
        natural dithering, topk), every rank computes the (W, s) table of message bits itself,
@@ -45,7 +49,8 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        the exact bit size of each of its messages, then zeros (unused slots; a negative code if
        its compression failed, see "Errors"). Either way every rank knows every message's length
        (``ceil(bits/8)``) and the bits to account.
-    3. Payloads. Every rank all-gathers its messages concatenated in order, zero-padded to the
+    3. Payloads. Every rank all-gathers its messages concatenated in order (bit-packed where the
+       plan says, see below), zero-padded to the
        largest rank's total, as one uint8 tensor. A rank whose workers all send nothing
        (PP-MARINA's clients not drawn) contributes only padding, so nobody waits for it; if no
        rank sends a byte the payload collective is skipped (every rank knows it from step 2,
@@ -53,20 +58,22 @@ One aggregation, as data flows (``aggregate``; each step is a collective of ever
        nothing to send (its values are checked whether its coin says sent or not), so every
        rank contributes at least one byte, and the failure pattern (see "Errors") covers a
        rank's whole padded segment when it sends nothing.
-    4. For each copy j, every rank unpacks the j-th messages of all workers in global worker
-       order (blocks are contiguous, so rank order is worker order; ``compressor.unpack``),
-       sums them with the compressor's canonical ``sum_decompressed`` and reduces exactly like
+    4. For each copy j, every rank reads the j-th messages of all workers in global worker
+       order out of the gathered buffer at the plan's offsets (blocks are contiguous, so rank
+       order is worker order), sums them with the compressor's canonical ``sum_packed``
+       (``unpack_rows`` and ``sum_decompressed`` where the hosted rows are wanted too, bit for
+       bit the same sum) and reduces exactly like
        :class:`marina.network.SimulatedNetwork`: that sum divided by n without multiplicity,
        the per-copy sums added up and divided by sum(multiplicity) with it. Same reduction on
        the same messages, so the float64 trajectory equals the simulation's (bit for bit on the
        same machine).
 
-Fast path and bit-level packing (one message per worker, every message of the same known size)
+Uniform plans and bit-level packing (one message per worker, every message of the same known size)
     Without multiplicities and with every message of ``b`` bits known from (compressor, d)
-    (every fixed-size compressor; PermK where n divides d), steps 1-4 run on whole tensors:
-    rank r's segment is its n/W packed rows, the gathered buffer is every message in worker
-    order, and the compressor's row decoder reads it in place (no per-message lists). Where b
-    is not a whole number of bytes, b <= ``BITPACK_MAX_BITS`` (4096) and a rank hosts several
+    (every fixed-size compressor; PermK where n divides d), the plan is *uniform*: rank r's
+    segment is its n/W packed rows, the gathered buffer is every message in worker order, and
+    the compressor's row decoder reads it in place. Where b is not a whole number of bytes,
+    b <= ``wire_plan.BITPACK_MAX_BITS`` (4096) and a rank hosts several
     workers, its messages travel back to back at bit level (:func:`marina.compressors.wire.
     concat_bits`): ceil(n/W b / 8) bytes instead of n/W ceil(b / 8), so the wire carries at most
     7 bits per rank beyond the accounted bits (at one message per rank, ceil(b/8) bytes is the
@@ -136,10 +143,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from marina.compressors.wire import concat_bits, split_bits
+from marina.compressors.base import Compressor
 from marina.errors import ConfigError, MarinaError, ValueRangeError
 from marina.network.base import Network, copy_stream
 from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
+from marina.network.wire_plan import WirePlan
 from marina.rng import Randomness
 
 __all__ = ["DistributedError", "TorchDistributedNetwork", "worker_block"]
@@ -278,7 +286,7 @@ class TorchDistributedNetwork(Network):
         self.store = store
         self.keep_log = bool(keep_log)
         self.exchange_sizes = bool(exchange_sizes)
-        self._size_cache: dict[tuple, Tensor] = {}
+        self._plans: dict[tuple, WirePlan] = {}
         self.exchanges: list[dict[str, Any]] = []
         self.wire_bytes = 0
         self.payload_bytes = 0
@@ -398,7 +406,7 @@ class TorchDistributedNetwork(Network):
     # -- aggregation --------------------------------------------------------------------------
     def aggregate(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -406,273 +414,235 @@ class TorchDistributedNetwork(Network):
         multiplicity: Tensor | None = None,
         return_local: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        self._round = int(round)
-        n, n_local, W = self.n, self.n_local, self.world_size
-        if X_local.dim() != 2 or X_local.shape[0] != n_local:
-            raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({n_local}, d)")
-        d = int(X_local.shape[1])
-        if multiplicity is None and not self.exchange_sizes:
-            plan = self._uniform_plan(compressor, d)
-            if plan is not None:
-                return self._aggregate_uniform(compressor, X_local, round, stream, return_local, plan)
-        if multiplicity is None:
-            counts = torch.ones(n, dtype=torch.int64)
-        else:
-            counts = multiplicity.to(device="cpu", dtype=torch.int64).reshape(-1)
-            if counts.numel() != n:
-                raise ValueError(f"multiplicity has {counts.numel()} entries, expected n = {n}")
-        total = int(counts.sum())
-        if total < 1:
-            raise ValueError("multiplicity sums to 0: nobody would send anything")
-        copies = int(counts.max())
-        block_counts = counts.reshape(W, n_local)
-        per_rank_msgs = block_counts.sum(dim=1)
-        slots = int(per_rank_msgs.max())
-
-        # sizes that follow from (compressor, d, worker ids) need no exchange (step 2 is skipped)
-        known = (
-            None
-            if self.exchange_sizes
-            else self._message_sizes(compressor, d, counts, multiplicity, slots, round, stream)
-        )
-
-        # 1. compress and pack this rank's messages: copy j of every hosted worker drawn more
-        #    than j times, in one call per j (as the simulation does), j-major order
-        sizes = torch.zeros(slots, dtype=SIZE_DTYPE)
-        payloads: list[Tensor] = []
-        error: BaseException | None = None
-        try:
-            filled = 0
-            for j in range(copies):
-                rows = torch.nonzero(block_counts[self.rank] > j).reshape(-1)
-                if rows.numel() == 0:
-                    continue
-                rows_dev = rows.to(X_local.device)
-                rng = Randomness(
-                    self.seed,
-                    copy_stream(stream, j),
-                    round,
-                    self.worker_ids.index_select(0, rows_dev),
-                    self.device,
-                )
-                sent = X_local if rows.numel() == n_local else X_local.index_select(0, rows_dev)
-                msg = compressor.compress(sent, rng)
-                payloads += compressor.pack(msg)
-                sizes[filled : filled + rows.numel()] = msg.bits.to("cpu", SIZE_DTYPE)
-                filled += rows.numel()
-            if known is not None and not torch.equal(sizes, known[self.rank]):
-                raise DistributedError(
-                    f"{compressor.spec}: message bits {sizes.tolist()} differ from message_bits() "
-                    f"{known[self.rank].tolist()} (a compressor declaring fixed sizes must keep them)"
-                )
-        except Exception as err:  # noqa: BLE001 - reported to every rank by the size exchange
-            error = err
-            sizes.fill_(failure_code(err))
-
-        # 2. size exchange (only when sizes vary): bits of every message slot of every rank
-        if known is None:
-            all_sizes = self._all_gather(sizes, f"size exchange of {compressor.spec}").cpu().reshape(W, slots)
-            if bool((all_sizes < 0).any()):
-                self._raise_compress_failure(compressor, all_sizes, error)
-        else:
-            all_sizes = known
-        self._bits_up += int(all_sizes.sum())
-        lengths = (all_sizes + 7) // 8  # bytes of each message (0 in unused slots)
-        per_rank = lengths.sum(dim=1)
-        width = int(per_rank.max())
-        # sizes from the draws: a rank may fail with nothing to send, so its segment is never
-        # empty (one byte when nobody sends) and the poison check reads its whole segment
-        drawn = known is not None and getattr(compressor, "sized_by_draws", False)
-        if drawn:
-            width = max(width, 1)
-
-        # 3. payloads, concatenated in order and padded to the largest rank's total; without a
-        #    size exchange a rank that failed to compress sends 0xFF bytes only (never a message)
-        if width > 0:
-            mine = torch.zeros(width, dtype=torch.uint8, device=self.comm_device)
-            if error is not None:
-                mine.fill_(_POISON)
-            elif payloads:
-                flat = torch.cat([p.reshape(-1) for p in payloads]).to(self.comm_device)
-                mine[: flat.numel()] = flat
-            buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
-            if known is not None:
-                checked = torch.where(per_rank > 0, per_rank, width) if drawn else per_rank
-                self._check_poison(compressor, buffer.view(W, width), checked, error)
-        else:
-            buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
-        self._count(round, stream, total, slots, per_rank, exchanged=known is None, width=width)
-
-        # 4. unpack, decompress and reduce copy by copy in global worker order, as the simulation
-        pieces: list[int] = []
-        for r in range(W):  # [messages of rank r..., padding of rank r]
-            pieces += lengths[r, : int(per_rank_msgs[r])].tolist() + [width - int(per_rank[r])]
-        parts = torch.split(buffer, pieces) if width else [buffer] * len(pieces)
-        by_copy: list[list[Tensor]] = [[] for _ in range(copies)]
-        at = 0
-        for r in range(W):  # rank r's messages are j-major: copy 0 of its senders, copy 1, ...
-            for j in range(copies):
-                k = int((block_counts[r] > j).sum())
-                by_copy[j] += parts[at : at + k]
-                at += k
-            at += 1  # rank r's padding
-        acc = torch.zeros(d, dtype=X_local.dtype, device=X_local.device)
-        local = None
+        """The :class:`Network` interface: :meth:`aggregate_mean`, or :meth:`aggregate_with_local`
+        when ``return_local``."""
         if return_local:
-            local = torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device)
-        for j in range(copies):
-            senders = torch.nonzero(counts > j).reshape(-1)
-            # receivers of PermK, seeded RandK and seeded Bernoulli regenerate the senders' draws
-            rx = (
-                Randomness(self.seed, copy_stream(stream, j), round, senders, self.comm_device)
-                if getattr(compressor, "regenerates", False)
-                else None
+            return self.aggregate_with_local(
+                compressor, X_local, round, stream=stream, multiplicity=multiplicity
             )
-            back = compressor.unpack(by_copy[j], d, worker_ids=senders, dtype=X_local.dtype, rng=rx)
-            part = compressor.sum_decompressed(back).to(X_local.device)
-            if multiplicity is None:
-                mean = part / n  # the simulation's reduction: the canonical sum, divided by n
-                if not return_local:
-                    return mean
-                X_hat = compressor.decompress(back).to(X_local.device)
-                return mean, X_hat[self._lo : self._lo + n_local]
-            acc += part
-            if local is not None and j == 0:
-                X_hat = compressor.decompress(back).to(X_local.device)
-                mine_rows = torch.nonzero((senders >= self._lo) & (senders < self._lo + n_local)).reshape(-1)
-                local.index_copy_(
-                    0,
-                    (senders[mine_rows] - self._lo).to(X_local.device),
-                    X_hat.index_select(0, mine_rows.to(X_local.device)),
-                )
-        mean = acc / total
-        return (mean, local) if local is not None else mean
+        return self.aggregate_mean(compressor, X_local, round, stream=stream, multiplicity=multiplicity)
 
-    BITPACK_MAX_BITS = 4096
-    """Messages of at most this many bits whose size is not a whole number of bytes are packed
-    back to back at bit level within a rank's segment (see "Bit-level packing")."""
-
-    def _uniform_plan(self, compressor, d: int) -> tuple | None:
-        """Where every worker sends one message of the same size, known from (compressor, d):
-        (bits, bytes L per message, bit-packed?, rank segment bytes, per-rank bytes (W,), byte
-        lengths (n,), sender ids (n,)), cached; else None."""
-        message_bits = getattr(compressor, "message_bits", None)
-        if message_bits is None:  # not a marina compressor: sizes are exchanged
-            return None
-        key = ("uniform", compressor.spec, compressor.value_dtype, compressor.workers, d)
-        if key not in self._size_cache:
-            bits = message_bits(d, torch.arange(self.n))
-            plan = None
-            if bits is not None and bool((bits == bits[0]).all()):
-                b, m = int(bits[0]), self.n_local
-                L = (b + 7) // 8
-                packed = m > 1 and b % 8 != 0 and b <= self.BITPACK_MAX_BITS
-                width = (m * b + 7) // 8 if packed else m * L
-                plan = (
-                    b,
-                    L,
-                    packed,
-                    width,
-                    torch.full((self.world_size,), width, dtype=torch.int64),
-                    torch.full((self.n,), L, dtype=torch.int64, device=self.comm_device),
-                    torch.arange(self.n, dtype=torch.int64),
-                )
-            self._size_cache[key] = plan  # type: ignore[assignment]
-        return self._size_cache[key]  # type: ignore[return-value]
-
-    def _aggregate_uniform(
-        self, compressor, X_local: Tensor, round: int, stream: str | int, return_local: bool, plan: tuple
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """:meth:`aggregate` when every worker sends one message of ``bits`` bits (every
-        fixed-size compressor without PP-MARINA's multiplicities): the same steps 1, 3 and 4 on
-        the same messages, without per-message lists. Rank r's segment holds its n/W messages in
-        worker order (byte aligned, or back to back at bit level), so the gathered buffer gives
-        every message in worker order."""
-        bits, L, packed, width, per_rank, lengths, senders = plan
-        n, W = self.n, self.world_size
-        error: BaseException | None = None
-        # 1. compress and pack this rank's messages (rows of L bytes, or bit-packed)
-        try:
-            rng = Randomness(self.seed, copy_stream(stream, 0), round, self.worker_ids, self.device)
-            rows, sent_bits = compressor.pack_compressed(X_local, rng)
-            if not _all_equal(sent_bits, bits):
-                raise DistributedError(
-                    f"{compressor.spec}: message bits {sent_bits.tolist()} differ from message_bits() "
-                    f"{bits} (a compressor declaring fixed sizes must keep them)"
-                )
-            mine = (concat_bits(rows, bits) if packed else rows[:, :L].reshape(-1)).to(self.comm_device)
-        except Exception as err:  # noqa: BLE001 - reported to every rank by the poison pattern
-            error = err
-            mine = torch.full((width,), _POISON, dtype=torch.uint8, device=self.comm_device)
-        # 3. payloads (no size exchange: sizes follow from (compressor, d))
-        if width > 0:
-            buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
-            self._check_poison(compressor, buffer.view(W, width), per_rank, error)
-        else:
-            buffer = torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
-        self._bits_up += n * bits
-        self._count(round, stream, n, self.n_local, per_rank, exchanged=False)
-        # 4. unpack, decompress and reduce in global worker order, as the simulation
-        rx = (
-            Randomness(self.seed, copy_stream(stream, 0), round, senders, self.comm_device)
-            if compressor.regenerates
-            else None
-        )
-        ids = senders.to(self.comm_device)
-        all_rows = split_bits(buffer.view(W, width), self.n_local, bits) if packed else buffer.view(n, L)
-        d = X_local.shape[1]
-        if not return_local:
-            return compressor.sum_packed(all_rows, lengths, d, ids, X_local.dtype, rx).to(X_local.device) / n
-        back = compressor._unpack_rows(all_rows, lengths, d=d, worker_ids=ids, dtype=X_local.dtype, rng=rx)
-        mean = compressor.sum_decompressed(back).to(X_local.device) / n
-        X_hat = compressor.decompress(back).to(X_local.device)
-        return mean, X_hat[self._lo : self._lo + self.n_local]
-
-    def _message_sizes(
+    def aggregate_mean(
         self,
-        compressor,
-        d: int,
-        counts: Tensor,
-        multiplicity: Tensor | None,
-        slots: int,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> Tensor:
+        """The mean of every worker's decompressed messages, on every rank (steps 1-4 above)."""
+        plan, buffer = self._send(compressor, X_local, round, stream, multiplicity)
+        return self._decode(compressor, plan, buffer, X_local, round, stream, keep_local=False)[0]
+
+    def aggregate_with_local(
+        self,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`aggregate_mean` and the hosted workers' own decompressed messages (n_local, d):
+        copy 0, zero rows for workers that sent nothing."""
+        plan, buffer = self._send(compressor, X_local, round, stream, multiplicity)
+        mean, local = self._decode(compressor, plan, buffer, X_local, round, stream, keep_local=True)
+        return mean, local  # type: ignore[return-value] - keep_local gives the rows
+
+    def _send(
+        self,
+        compressor: Compressor,
+        X_local: Tensor,
         round: int,
         stream: str | int,
-    ) -> Tensor | None:
-        """(W, slots) int64 bits of every message slot of every rank, j-major within a rank as in
-        step 1, from ``compressor.message_bits`` alone; None when sizes vary (Bernoulli). For a
-        compressor ``sized_by_draws`` (``bernoulli:q:seeded``), message_bits is given the
-        senders' Randomness of copy j (draws are keyed per worker, so one object over all of
-        copy j's senders draws what their ranks draw), and nothing is cached."""
-        message_bits = getattr(compressor, "message_bits", None)
-        if message_bits is None:  # not a marina compressor: sizes are exchanged
-            return None
-        drawn = getattr(compressor, "sized_by_draws", False)
+        multiplicity: Tensor | None,
+    ) -> tuple[WirePlan, Tensor]:
+        """Steps 1-3: the plan with every size known, and the gathered segments of all ranks."""
+        self._round = int(round)
+        if X_local.dim() != 2 or X_local.shape[0] != self.n_local:
+            raise ValueError(f"X_local has shape {tuple(X_local.shape)}, expected ({self.n_local}, d)")
+        plan = self._plan(compressor, int(X_local.shape[1]), multiplicity, round, stream)
+        mine, sizes, error = self._encode(compressor, plan, X_local, round, stream)
+        return self._exchange(compressor, plan, mine, sizes, error, round, stream)
+
+    def _plan(
+        self, compressor: Compressor, d: int, multiplicity: Tensor | None, round: int, stream: str | int
+    ) -> WirePlan:
+        """This aggregation's :class:`WirePlan`, cached per (compressor, d) where nothing else
+        decides it (no multiplicity, sizes not drawn)."""
+        drawn = compressor.sized_by_draws and not self.exchange_sizes
         key = (compressor.spec, compressor.value_dtype, compressor.workers, d)
-        if multiplicity is None and not drawn and key in self._size_cache:
-            return self._size_cache[key]
-        W, n_local = self.world_size, self.n_local
-        out = torch.zeros((W, slots), dtype=SIZE_DTYPE)
-        filled = torch.zeros(W, dtype=torch.int64)
-        for j in range(int(counts.max())):
-            senders = torch.nonzero(counts > j).reshape(-1)
-            if drawn:
-                rng = Randomness(self.seed, copy_stream(stream, j), round, senders)
-                bits = message_bits(d, senders, rng=rng)
+        cached = multiplicity is None and not drawn
+        if cached and key in self._plans:
+            return self._plans[key]
+        counts = self._counts(multiplicity)
+        plan = WirePlan.build(
+            counts,
+            self.world_size,
+            self.rank,
+            weighted=multiplicity is not None,
+            drawn=drawn,
+            row_device=self.device,
+        )
+        bits_of = None if self.exchange_sizes else self._known_bits(compressor, d, plan, round, stream)
+        if bits_of is not None:
+            plan = plan.with_message_bits(bits_of, self.comm_device)
+        if cached:
+            self._plans[key] = plan
+        return plan
+
+    def _counts(self, multiplicity: Tensor | None) -> Tensor:
+        """(n,) CPU int64 messages each worker sends (one each without a multiplicity)."""
+        if multiplicity is None:
+            return torch.ones(self.n, dtype=torch.int64)
+        counts = multiplicity.to(device="cpu", dtype=torch.int64).reshape(-1)
+        if counts.numel() != self.n:
+            raise ValueError(f"multiplicity has {counts.numel()} entries, expected n = {self.n}")
+        if int(counts.sum()) < 1:
+            raise ValueError("multiplicity sums to 0: nobody would send anything")
+        return counts
+
+    def _known_bits(
+        self, compressor: Compressor, d: int, plan: WirePlan, round: int, stream: str | int
+    ) -> list[Tensor] | None:
+        """Per copy j, the bits of its senders' messages from ``compressor.message_bits`` alone
+        (step 2 without a collective); None when sizes vary (Bernoulli). Where sizes follow from
+        the draws (:attr:`plan.drawn`), message_bits gets the senders' Randomness of copy j (draws
+        are keyed per worker, so one object over all of copy j's senders draws what their ranks
+        draw)."""
+        out = []
+        for j, senders in enumerate(plan.senders):
+            if plan.drawn:
+                bits = compressor.message_bits(
+                    d, senders, rng=Randomness(self.seed, copy_stream(stream, j), round, senders)
+                )
             else:
-                bits = message_bits(d, senders)
+                bits = compressor.message_bits(d, senders)
             if bits is None:
                 return None
-            owner = senders // n_local  # senders increase, so each rank's are contiguous
-            per = torch.bincount(owner, minlength=W)
-            first = torch.cumsum(per, 0) - per
-            pos = torch.arange(senders.numel()) - first[owner] + filled[owner]
-            out[owner, pos] = bits.to("cpu", SIZE_DTYPE)
-            filled += per
-        if multiplicity is None and not drawn:
-            self._size_cache[key] = out
+            out.append(bits)
         return out
 
-    def _check_poison(self, compressor, rows: Tensor, per_rank: Tensor, error: BaseException | None) -> None:
+    def _encode(
+        self, compressor: Compressor, plan: WirePlan, X_local: Tensor, round: int, stream: str | int
+    ) -> tuple[Tensor, Tensor, BaseException | None]:
+        """Step 1: this rank's messages (copy 0 of its senders, copy 1, ...; each copy in one
+        call) as one uint8 segment in the plan's layout, unpadded, and their (slots,) bits. If
+        compressing fails: no segment, a failure code in every slot, and the error."""
+        sizes = torch.zeros(plan.slots, dtype=SIZE_DTYPE)
+        pieces: list[Tensor] = []
+        filled = 0
+        try:
+            for j, rows in enumerate(plan.local_rows):
+                if rows.numel() == 0:
+                    continue
+                every = rows.numel() == self.n_local
+                ids = self.worker_ids if every else self.worker_ids.index_select(0, rows)
+                rng = Randomness(self.seed, copy_stream(stream, j), round, ids, self.device)
+                packed, bits = compressor.pack_compressed(
+                    X_local if every else X_local.index_select(0, rows), rng
+                )
+                pieces.append(plan.segment(packed, bits).to(self.comm_device))
+                sizes[filled : filled + rows.numel()] = bits.to("cpu", SIZE_DTYPE)
+                filled += rows.numel()
+            if plan.known and not torch.equal(sizes, plan.bits[self.rank]):  # type: ignore[index]
+                raise DistributedError(
+                    f"{compressor.spec}: message bits {sizes.tolist()} differ from message_bits() "
+                    f"{plan.bits[self.rank].tolist()} (a compressor declaring fixed sizes must keep them)"  # type: ignore[index]
+                )
+        except Exception as err:  # noqa: BLE001 - reported to every rank by the sizes or the poison bytes
+            return torch.zeros(0, dtype=torch.uint8), sizes.fill_(failure_code(err)), err
+        if len(pieces) == 1:
+            return pieces[0], sizes, None
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.uint8), sizes, None
+
+    def _exchange(
+        self,
+        compressor: Compressor,
+        plan: WirePlan,
+        mine: Tensor,
+        sizes: Tensor,
+        error: BaseException | None,
+        round: int,
+        stream: str | int,
+    ) -> tuple[WirePlan, Tensor]:
+        """Steps 2-3: the sizes where the plan does not know them (a failure raises here on every
+        rank), then every rank's segment padded to the plan's width (0xFF bytes from a rank that
+        failed to compress, seen by every rank in :meth:`_check_poison`)."""
+        W = self.world_size
+        if not plan.known:
+            all_sizes = (
+                self._all_gather(sizes, f"size exchange of {compressor.spec}").cpu().reshape(W, plan.slots)
+            )
+            if bool((all_sizes < 0).any()):
+                self._raise_compress_failure(compressor, all_sizes, error)
+            plan = plan.with_sizes(all_sizes, self.comm_device)
+        self._bits_up += plan.sent_bits
+        if plan.width == 0:  # nobody sends a byte (every rank knows it): no payload collective
+            self._count(round, stream, plan)
+            return plan, torch.zeros(0, dtype=torch.uint8, device=self.comm_device)
+        if error is not None:
+            mine = torch.full((plan.width,), _POISON, dtype=torch.uint8, device=self.comm_device)
+        elif mine.numel() < plan.width:
+            mine = torch.nn.functional.pad(mine, (0, plan.width - mine.numel()))
+        buffer = self._all_gather(mine, f"payload exchange of {compressor.spec}")
+        if plan.known:
+            self._check_poison(compressor, buffer.view(W, plan.width), plan.poison_span(), error)
+        self._count(round, stream, plan)
+        return plan, buffer
+
+    def _decode(
+        self,
+        compressor: Compressor,
+        plan: WirePlan,
+        buffer: Tensor,
+        X_local: Tensor,
+        round: int,
+        stream: str | int,
+        keep_local: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Step 4: copy by copy, every message in global worker order, summed in the compressor's
+        canonical order and reduced as the simulation: the sum over n, or the copies' sums added
+        and divided by the number of messages (weighted). With ``keep_local``, also this rank's
+        decompressed copy 0."""
+        d, dtype, device = int(X_local.shape[1]), X_local.dtype, X_local.device
+        parts: list[Tensor] = []
+        local = None
+        for j, senders in enumerate(plan.senders):
+            rows, lengths, ids = plan.rows(buffer, j), plan.lengths[j], senders.to(self.comm_device)
+            rx = (
+                Randomness(self.seed, copy_stream(stream, j), round, senders, self.comm_device)
+                if compressor.regenerates
+                else None
+            )
+            if keep_local and j == 0:
+                back = compressor.unpack_rows(rows, lengths, d, ids, dtype, rx)
+                parts.append(compressor.sum_decompressed(back).to(device))
+                local = self._own_rows(compressor.decompress(back).to(device), senders)
+            else:
+                parts.append(compressor.sum_packed(rows, lengths, d, ids, dtype, rx).to(device))
+        if not plan.weighted:
+            return parts[0] / self.n, local  # the simulation's reduction: the canonical sum over n
+        acc = torch.zeros_like(parts[0])
+        for part in parts:
+            acc += part
+        return acc / plan.messages, local
+
+    def _own_rows(self, X_hat: Tensor, senders: Tensor) -> Tensor:
+        """This rank's rows (n_local, d) of the decompressed messages ``X_hat`` of ``senders``
+        (zero rows for hosted workers that sent nothing)."""
+        lo, hi = self._lo, self._lo + self.n_local
+        if senders.numel() == self.n:
+            return X_hat[lo:hi]
+        mine = torch.nonzero((senders >= lo) & (senders < hi)).reshape(-1)
+        local = torch.zeros((self.n_local, X_hat.shape[1]), dtype=X_hat.dtype, device=X_hat.device)
+        rows = mine.to(X_hat.device)
+        return local.index_copy_(0, (senders[mine] - lo).to(X_hat.device), X_hat.index_select(0, rows))
+
+    def _check_poison(
+        self, compressor: Compressor, rows: Tensor, per_rank: list[int], error: BaseException | None
+    ) -> None:
         """Without a size exchange: find ranks whose bytes are all 0xFF (they failed to compress),
         then exchange one failure code per rank (only then) and raise alike on every rank."""
         if error is None and not _any_equal(rows[:, 0], _POISON):
@@ -689,43 +659,31 @@ class TorchDistributedNetwork(Network):
         )
         self._raise_compress_failure(compressor, codes, error)
 
-    def _count(
-        self,
-        round: int,
-        stream: str | int,
-        messages: int,
-        slots: int,
-        per_rank: Tensor,
-        exchanged: bool,
-        width: int | None = None,
-    ) -> None:
-        """Add one aggregation's bytes to the counters (see "Bytes on the wire"); ``width``: the
-        bytes each rank contributed (default the largest rank's)."""
-        W = self.world_size
-        per_rank_bytes = per_rank.tolist()
-        width = max(per_rank_bytes) if width is None else int(width)
-        payload = sum(per_rank_bytes)
+    def _count(self, round: int, stream: str | int, plan: WirePlan) -> None:
+        """Add one aggregation's bytes to the counters (see "Bytes on the wire")."""
+        W, width, exchanged = self.world_size, plan.width, not plan.known
+        payload = sum(plan.rank_bytes)
         padding = W * width - payload
-        size_bytes = W * slots * SIZE_BYTES if exchanged else 0
+        size_bytes = W * plan.slots * SIZE_BYTES if exchanged else 0
         wire = (W - 1) * (size_bytes + payload + padding)
         self.payload_bytes += payload
         self.padding_bytes += padding
         self.size_bytes += size_bytes
         self.wire_bytes += wire
-        self._model_link(W, width, slots if exchanged else 0)
+        self._model_link(W, width, plan.slots if exchanged else 0)
         if self.keep_log:
             self.exchanges.append(
                 {
                     "round": int(round),
                     "stream": str(stream),
-                    "messages": int(messages),
-                    "slots": int(slots),
-                    "size_exchange": bool(exchanged),
+                    "messages": plan.messages,
+                    "slots": plan.slots,
+                    "size_exchange": exchanged,
                     "payload_bytes": payload,
                     "padding_bytes": padding,
                     "size_bytes": size_bytes,
                     "wire_bytes": wire,
-                    "rank_bytes": per_rank_bytes,
+                    "rank_bytes": list(plan.rank_bytes),
                 }
             )
 

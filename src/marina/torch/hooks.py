@@ -381,11 +381,15 @@ class CompressionHookState:
                 )
             net = self._network
             before_bits, before_wire = net.bits_up, net.wire_bytes
-            got = net.aggregate(Q, X, round, stream=stream, return_local=want_local)
+            got = (
+                net.aggregate_with_local(Q, X, round, stream=stream)
+                if want_local
+                else (net.aggregate_mean(Q, X, round, stream=stream), None)
+            )
             self.bits_up_all_ranks += net.bits_up - before_bits
             self.wire_bytes += (net.wire_bytes - before_wire) // W
             done: torch.futures.Future = torch.futures.Future()
-            done.set_result(got if want_local else (got, None))
+            done.set_result(got)
             return done
         L = (bits + 7) // 8
         error: BaseException | None = None
@@ -417,7 +421,7 @@ class CompressionHookState:
             if not want_local:
                 return mean, None
             r = slice(self._rank, self._rank + 1)  # this rank's own message, decoded alone
-            back = Q._unpack_rows(
+            back = Q.unpack_rows(
                 rows[r], lengths[r], d=d, worker_ids=ids[r], dtype=X.dtype, rng=receiver(ids[r])
             )
             return mean, Q.decompress(back).to(X.device)
