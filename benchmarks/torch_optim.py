@@ -31,6 +31,8 @@ timed here (skipped with a note until it can be registered directly).
 
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
 or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30]``
+or ``python benchmarks/torch_optim.py --floors [--reps 30]`` (the parts that bound the own work:
+one pass over d, RandK's index draw, the RandK and TopK compressors alone, next to SGD-momentum)
 """
 
 from __future__ import annotations
@@ -234,6 +236,44 @@ def own_work(reps: int, batch: int) -> dict[str, list[float]]:
     return own
 
 
+def floors(reps: int) -> None:
+    """What bounds the optimizers' own work, each part alone on the model's d, interleaved
+    (``reps`` rounds), next to SGD-momentum's ``step()`` with the gradients given."""
+    from marina import compressors
+    from marina.rng import Randomness
+
+    torch.manual_seed(0)
+    model = own_work_model()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    d = sum(p.numel() for p in model.parameters())
+    k = max(1, round(d / 100))
+    x, buf = torch.randn(1, d), torch.empty(1, d)
+    randk, topk = compressors.get(f"randk:{k}"), compressors.get(f"topk:{k}")
+    parts = {
+        "sgd-momentum step()": lambda r: sgd.step(),
+        "one pass over d (copy)": lambda r: buf.copy_(x),
+        f"RandK index draw (K = {k})": lambda r: Randomness(0, "compress", r, [0]).sample_without_replacement(
+            d, k
+        ),
+        "randk compress_sum": lambda r: randk.compress_sum(x, Randomness(0, "compress", r, [0])),
+        "topk compress_sum": lambda r: topk.compress_sum(x, Randomness(0, "compress", r, [0])),
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for r in range(reps + 3):
+        for name, run in parts.items():
+            t0 = time.perf_counter()
+            run(r)
+            if r >= 3:
+                times[name].append(time.perf_counter() - t0)
+    floor = _percentile(times["sgd-momentum step()"], 0.5)
+    print(f"parts alone, d = {d}, interleaved ({reps} rounds): median ms, / SGD-momentum step()")
+    for name, values in times.items():
+        med = _percentile(values, 0.5)
+        print(f"{name:<28}{med * 1e3:>8.3f}{med / floor:>8.2f}")
+
+
 def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     d = sum(p.numel() for p in own_work_model().parameters())
     print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved")
@@ -301,9 +341,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10, help="blocks of every variant (default 10)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--own", action="store_true", help="the optimizers' own work against SGD-momentum")
+    ap.add_argument("--floors", action="store_true", help="the parts that bound the own work, alone")
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floors:
+        torch.set_num_threads(1)
+        floors(args.reps)
+        return
     if args.own:
         torch.set_num_threads(1)
         if args.rank_job:
