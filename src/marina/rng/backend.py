@@ -61,8 +61,8 @@ class Backend(ABC, Generic[K, A]):
         """The column indices that sort each row (stable: ties keep their order)."""
 
     @abstractmethod
-    def sort(self, x: A, cols: int) -> A:
-        """Each row sorted."""
+    def sort(self, x: A, cols: int, nearly_sorted: bool = False) -> A:
+        """Each row sorted (``nearly_sorted``: a hint that only a few entries are out of place)."""
 
     @abstractmethod
     def smallest(self, z: A, k: int, cols: int | A) -> A:
@@ -76,6 +76,11 @@ class Backend(ABC, Generic[K, A]):
     @abstractmethod
     def where(self, mask: A, a: A, b: A) -> A:
         """a where mask is true, else b (element-wise)."""
+
+    @abstractmethod
+    def redrawn(self, x: A, mask: A, keys: Any, cols: int, operand: Any) -> A:
+        """x with its masked entries replaced by the same entries of
+        ``uniform(keys, cols, float64, scaled, operand)`` (the index redraws)."""
 
     # -- subsets of rows -----------------------------------------------------------------------
     @abstractmethod

@@ -84,7 +84,7 @@ def _sparse(arrays: Backend, keys: Any, population: Any, k: int) -> Any:
     attempt = 0
     while (dup := arrays.duplicates(idx, k)) is not None:
         attempt += 1
-        fresh = draw(arrays.rekey(keys, mix_int(attempt * _REDRAW)))
-        # column j of the redraw replaces a duplicate in column j
-        idx = arrays.sort(arrays.where(dup, fresh, idx), k)
+        # column j of the redraw replaces a duplicate in column j (only those are drawn)
+        fresh = arrays.redrawn(idx, dup, arrays.rekey(keys, mix_int(attempt * _REDRAW)), k, pop)
+        idx = arrays.sort(fresh, k, nearly_sorted=True)
     return idx

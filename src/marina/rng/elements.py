@@ -80,6 +80,16 @@ class ElementDraws:
         torch.add(self.keys + signed(start * GOLDEN), weyl, out=x)
         mix64_into(x, t)
 
+    def uniform64_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """(m,) float64: entry i is ``uniform(0, c)[rows[i], cols[i]]`` (any c > cols[i]), computed
+        for those m elements only (the words are per element)."""
+        if rows.numel() == 0:
+            return torch.empty(0, dtype=torch.float64, device=self.device)
+        weyl = shared_arange(int(cols.max()) + 1, torch.int64, self.device)
+        x = self.keys.reshape(-1)[rows] + weyl[cols]
+        mix64_into(x, torch.empty_like(x))
+        return unit_function(torch.float64)(x, torch.empty(x.shape, dtype=torch.float64, device=self.device))
+
     def _pieces(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
         step = max(1, self.chunk // max(1, self.rows))
         for a in range(start, stop, step):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .backend import Backend
-from .bits import GOLDEN_U, hash32_reference, mix_int, unit_function
+from .bits import GOLDEN_U, hash32_reference, mix_int, scaled, unit_function
 from .keys import call_keys_int
 
 __all__ = ["SmallBackend", "SMALL"]
@@ -79,7 +79,7 @@ class SmallBackend(Backend[list[int], list]):
         # Python's sort is stable, like the tensor code's
         return [j - r for r in range(0, len(x), cols) for j in sorted(range(r, r + cols), key=x.__getitem__)]
 
-    def sort(self, x: list, cols: int) -> list:
+    def sort(self, x: list, cols: int, nearly_sorted: bool = False) -> list:
         return [v for r in range(0, len(x), cols) for v in sorted(x[r : r + cols])]
 
     def smallest(self, z: list[int], k: int, cols: list[int]) -> list[int]:
@@ -96,6 +96,9 @@ class SmallBackend(Backend[list[int], list]):
 
     def where(self, mask: list[bool], a: list, b: list) -> list:
         return [u if m else v for m, u, v in zip(mask, a, b)]
+
+    def redrawn(self, x: list, mask: list[bool], keys: list[int], cols: int, operand: Any) -> list:
+        return self.where(mask, self.uniform(keys, cols, torch.float64, scaled, operand), x)
 
     def which(self, mask: list[bool] | bool) -> bool | None:
         if mask is False or mask is True:

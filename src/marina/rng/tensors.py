@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .backend import Backend
-from .bits import MASK64
+from .bits import MASK64, scaled
 from .elements import ElementDraws, shared_arange
 from .keys import call_keys
 
@@ -58,7 +59,11 @@ class TensorBackend(Backend[Tensor, Tensor]):
             return torch.sort(x[0], stable=True).indices[None, :]
         return torch.sort(x, dim=1, stable=True).indices
 
-    def sort(self, x: Tensor, cols: int) -> Tensor:
+    def sort(self, x: Tensor, cols: int, nearly_sorted: bool = False) -> Tensor:
+        # random rows on the CPU: NumPy's sort is faster (sorted values are unique); torch's is
+        # faster on rows that are nearly sorted already (a redraw of a few entries)
+        if x.device.type == "cpu" and not nearly_sorted:
+            return torch.from_numpy(np.sort(x.numpy(), axis=1))
         return torch.sort(x, dim=1).values
 
     def smallest(self, z: Tensor, k: int, cols: int | Tensor) -> Tensor:
@@ -74,6 +79,18 @@ class TensorBackend(Backend[Tensor, Tensor]):
 
     def where(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return torch.where(mask, a, b)
+
+    def redrawn(self, x: Tensor, mask: Tensor, keys: Tensor, cols: int, operand: Tensor | float) -> Tensor:
+        """As :meth:`.backend.Backend.redrawn`, hashing only the masked entries."""
+        rows_at, cols_at = torch.nonzero(mask, as_tuple=True)
+        u = ElementDraws(keys, self.device).uniform64_at(rows_at, cols_at)
+        high = operand
+        if isinstance(operand, Tensor):  # one entry per row, or one for all
+            high = operand.reshape(-1)
+            high = high[rows_at] if high.numel() > 1 else high
+        out = x.clone()
+        out[rows_at, cols_at] = scaled(u, high)
+        return out
 
     def which(self, mask: Tensor | bool) -> bool | None:
         if not isinstance(mask, Tensor):
