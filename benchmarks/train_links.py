@@ -313,6 +313,14 @@ def how_run(contender: str, task: str, args: dict) -> str:
     return f"marina.torch optimizer {contender} {comp}{extra} (no DDP, no momentum)"
 
 
+DIVERGED_LOSS = 1e3
+"""A training loss above this (or not finite) ends a trajectory as diverged."""
+
+
+class Diverged(Exception):
+    """Raised on every rank together when a trajectory diverges."""
+
+
 class Trainer:
     """One contender at one lr on this rank: ``step()`` is one optimizer step (one round)."""
 
@@ -323,6 +331,7 @@ class Trainer:
         import marina.torch as mt
 
         self.task, self.contender, self.args = task, contender, args
+        self.guarded = False
         self.model = task.model(args["seed"])
         self.gen = torch.Generator().manual_seed(1000 * args["seed"] + dist.get_rank())
         self.opt: torch.optim.Optimizer
@@ -361,6 +370,19 @@ class Trainer:
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=0.9)
 
+    def guard(self, loss: Tensor) -> None:
+        """With ``self.guarded``: raise :class:`Diverged` on every rank together when any rank's
+        loss is not finite or above ``DIVERGED_LOSS`` (before backward: a non-finite gradient
+        would stop one rank in marina's compressor while the others wait in the exchange)."""
+        if not self.guarded:
+            return
+        import torch.distributed as dist
+
+        bad = torch.tensor([0.0 if math.isfinite(float(loss)) and float(loss) < DIVERGED_LOSS else 1.0])
+        dist.all_reduce(bad)
+        if float(bad):
+            raise Diverged
+
     def step(self) -> float:
         x, y = self.task.batch(self.gen, self.args["batch"])
         if family(self.contender) == "marina":
@@ -368,6 +390,7 @@ class Trainer:
             def closure() -> Tensor:
                 self.opt.zero_grad()
                 loss = self.task.loss(self.model, x, y)
+                self.guard(loss)
                 loss.backward()
                 return loss
 
@@ -375,6 +398,7 @@ class Trainer:
             return float(loss) if loss is not None else math.nan
         self.opt.zero_grad()
         loss = self.task.loss(self.net, x, y)
+        self.guard(loss)
         loss.backward()
         self.opt.step()
         return float(loss)
@@ -386,7 +410,8 @@ def trajectory(task: Task, contender: str, lr: float, args: dict) -> dict:
     import torch.distributed as dist
 
     trainer = Trainer(task, contender, lr, args)
-    curve, steps = [], None
+    trainer.guarded = True
+    curve, steps, t0 = [], None, time.perf_counter()
     for step in range(args["max_steps"] + 1):
         if step % args["eval_every"] == 0 or step == args["max_steps"]:
             q = torch.tensor(
@@ -401,11 +426,12 @@ def trajectory(task: Task, contender: str, lr: float, args: dict) -> dict:
                 break
         if step == args["max_steps"]:
             break
-        loss = trainer.step()
-        if not math.isfinite(loss):
+        try:
+            trainer.step()
+        except Diverged:
             curve.append((step + 1, math.nan))
             break
-    return {"steps": steps, "curve": curve}
+    return {"steps": steps, "curve": curve, "seconds": time.perf_counter() - t0}
 
 
 def timing(task: Task, contender: str, lr: float, args: dict) -> dict:
@@ -450,11 +476,12 @@ def rank_job(spec_file: str) -> None:
 
 def launch(mode: str, jobs: list, args: argparse.Namespace, tmp: Path, spaces: bool) -> list[dict]:
     """One process per rank running ``jobs``; in the namespaces when ``spaces``, else on loopback.
-    A stage whose ranks fail is started again on another port (twice at most)."""
+    A shaped stage whose ranks fail is started again on another port (twice at most)."""
     from marina.testing import free_port
     from marina.testing import rank_environ as loopback_environ
 
-    for attempt in range(3):
+    attempts = 3 if spaces else 1  # connection set-up through a freshly shaped link is occasionally refused
+    for attempt in range(attempts):
         port = free_port()
         tag = f"{mode}-{port}"
         spec = {"mode": mode, "jobs": jobs, "args": vars(args), "out": str(tmp / f"{tag}-rank{{rank}}.json")}
@@ -477,8 +504,8 @@ def launch(mode: str, jobs: list, args: argparse.Namespace, tmp: Path, spaces: b
         if not any(codes):
             return [json.loads((tmp / f"{tag}-rank{r}.json").read_text()) for r in range(args.ranks)]
         logs = "\n".join((tmp / f"{tag}-rank{r}.log").read_text()[-3000:] for r in range(args.ranks))
-        print(f"{mode} stage failed ({codes}), attempt {attempt + 1} of 3:\n{logs}", file=sys.stderr)
-    raise RuntimeError(f"the {mode} stage failed three times")
+        print(f"{mode} stage failed ({codes}), attempt {attempt + 1} of {attempts}:\n{logs}", file=sys.stderr)
+    raise RuntimeError(f"the {mode} stage failed ({attempts} attempts)")
 
 
 # -- the table and the figure --------------------------------------------------------------------
@@ -629,6 +656,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         t0 = time.perf_counter()
         traj = launch("trajectory", jobs, args, tmp, spaces=False)[0]
         print(f"steps to target on loopback: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for key, res in traj.items():
+            print(
+                f"  {key}: steps {res['steps']}, {res['seconds']:.1f} s, curve {res['curve']}",
+                file=sys.stderr,
+            )
         best: dict[tuple[str, str], float] = {}
         for task, c, lr in jobs:
             s = traj[f"{task} {c} {lr}"]["steps"]
