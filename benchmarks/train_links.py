@@ -694,7 +694,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             )
             for (t, c, rate), measured in stages.items():
                 per_step[(t, c, rate)] = statistics.median(m["s"] for m in measured)
-                sent.setdefault((t, c), statistics.median(m["bytes"] for m in measured))
+            for t, c, _ in timed:  # the bytes of a step do not depend on the rate: every stage counts
+                sent[(t, c)] = statistics.median(
+                    m["bytes"] for (t2, c2, _), ms in stages.items() if (t2, c2) == (t, c) for m in ms
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         netns.restore_signals(previous)
