@@ -21,11 +21,12 @@ Contenders (each with an lr grid, ``--lr-grid``):
   ``start_powerSGD_iter=2``, error feedback and warm start on) and ONE bucket
   (``bucket_cap_mb`` above the model's size: on gloo, two buckets crashed the hook with
   ``gloo::EnforceNotMet ... op.preamble.length <= op.nbytes``);
-- ``hook-qgd``, ``hook-ef21`` (``hook-ef21-sgdm`` where the hook has that method): DDP with
-  ``marina.torch.compression_hook`` (``--qgd-compressor``, ``--ef21-compressor``), default
-  buckets, the task's optimizer;
-- ``ef21-sgd``, ``vr-marina`` (``ef21-sgdm`` where marina.torch has it): marina's optimizers
-  (no DDP; the model on every rank, batch-norm statistics local to each rank).
+- ``hook-qgd``, ``hook-ef21``: DDP with ``marina.torch.compression_hook`` (``--qgd-compressor``,
+  ``--ef21-compressor``), default buckets, the task's optimizer; ``hook-ef21-sgdm`` (where the
+  hook has that method; eta = ``--sgdm-momentum``) with plain SGD, the hook holding the momentum;
+- ``ef21-sgd``, ``vr-marina``, ``ef21-sgdm`` (where marina.torch has it; eta =
+  ``--sgdm-momentum``): marina's optimizers (no DDP; the model on every rank, batch-norm
+  statistics local to each rank).
 
 Measurement (the issue's method): steps to target from runs on the loopback interface (the
 trajectory does not depend on the link): every ``--eval-every`` steps rank 0 evaluates; the first
@@ -290,8 +291,14 @@ def contenders(args: dict) -> tuple[list[str], list[str]]:
     return names, notes
 
 
+OPTIMIZERS = ("ef21-sgd", "vr-marina", "ef21-sgdm")
+"""The contenders that are marina.torch optimizers (no DDP)."""
+
+
 def family(contender: str) -> str:
-    return "marina" if contender in ("ef21-sgd", "vr-marina", "ef21-sgdm") else "ddp"
+    """The lr grid: "marina" for plain steps (marina's optimizers; the ef21-sgdm hook, whose
+    user optimizer is plain SGD since the hook holds the momentum), "ddp" for the task's optimizer."""
+    return "marina" if contender in (*OPTIMIZERS, "hook-ef21-sgdm") else "ddp"
 
 
 def how_run(contender: str, task: str, args: dict) -> str:
@@ -307,9 +314,13 @@ def how_run(contender: str, task: str, args: dict) -> str:
     if contender.startswith("hook-"):
         method = contender[5:]
         comp = args["qgd_compressor"] if method == "qgd" else args["ef21_compressor"]
+        if method == "ef21-sgdm":
+            comp, base = f"{comp} momentum={args['sgdm_momentum']}", "plain SGD"
         return f"DDP, default buckets, marina.torch.compression_hook method={method!r} {comp}; {base}"
     comp = args["vr_compressor"] if contender == "vr-marina" else args["ef21_compressor"]
     extra = f", batch_size=dense_batch_size={args['batch']}" if contender == "vr-marina" else ""
+    if contender == "ef21-sgdm":
+        extra = f", momentum={args['sgdm_momentum']}"
     return f"marina.torch optimizer {contender} {comp}{extra} (no DDP, no momentum)"
 
 
@@ -335,16 +346,19 @@ class Trainer:
         self.model = task.model(args["seed"])
         self.gen = torch.Generator().manual_seed(1000 * args["seed"] + dist.get_rank())
         self.opt: torch.optim.Optimizer
-        if family(contender) == "marina":
+        if contender in OPTIMIZERS:
             self.net = self.model
             common = {"lr": lr, "seed": args["seed"], "batch_size": args["batch"], "module": self.model}
             if contender == "vr-marina":
                 self.opt = mt.VRMARINA(
                     self.model.parameters(), args["vr_compressor"], dense_batch_size=args["batch"], **common
                 )
+            elif contender == "ef21-sgd":
+                self.opt = mt.EF21SGD(self.model.parameters(), args["ef21_compressor"], **common)
             else:
-                cls = mt.EF21SGD if contender == "ef21-sgd" else mt.EF21SGDM
-                self.opt = cls(self.model.parameters(), args["ef21_compressor"], **common)
+                self.opt = mt.EF21SGDM(
+                    self.model.parameters(), args["ef21_compressor"], momentum=args["sgdm_momentum"], **common
+                )
             return
         if contender.startswith("powersgd-r"):
             from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
@@ -363,9 +377,12 @@ class Trainer:
             if contender.startswith("hook-"):
                 method = contender[5:]
                 comp = args["qgd_compressor"] if method == "qgd" else args["ef21_compressor"]
-                state = mt.CompressionHookState(compressor=comp, method=method, seed=args["seed"])
+                extra = {"momentum": args["sgdm_momentum"]} if method == "ef21-sgdm" else {}
+                state = mt.CompressionHookState(compressor=comp, method=method, seed=args["seed"], **extra)
                 self.net.register_comm_hook(state, mt.compression_hook)
-        if task.name == "lm":
+        if contender == "hook-ef21-sgdm":  # the hook's direction already carries the momentum
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
+        elif task.name == "lm":
             self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr)
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=0.9)
@@ -385,7 +402,7 @@ class Trainer:
 
     def step(self) -> float:
         x, y = self.task.batch(self.gen, self.args["batch"])
-        if family(self.contender) == "marina":
+        if self.contender in OPTIMIZERS:
 
             def closure() -> Tensor:
                 self.opt.zero_grad()
@@ -604,6 +621,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--qgd-compressor", default="randk:10%")
     ap.add_argument("--ef21-compressor", default="topk:1%")
     ap.add_argument("--vr-compressor", default="randk:10%")
+    ap.add_argument("--sgdm-momentum", type=float, default=0.1, help="EF21-SGDM's eta (hook and optimizer)")
     ap.add_argument(
         "--lr-grid",
         nargs="+",
