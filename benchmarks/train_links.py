@@ -321,7 +321,8 @@ def how_run(contender: str, task: str, args: dict) -> str:
     extra = f", batch_size=dense_batch_size={args['batch']}" if contender == "vr-marina" else ""
     if contender == "ef21-sgdm":
         extra = f", momentum={args['sgdm_momentum']}"
-    return f"marina.torch optimizer {contender} {comp}{extra} (no DDP, no momentum)"
+    momentum = "" if contender == "ef21-sgdm" else ", no momentum"
+    return f"marina.torch optimizer {contender} {comp}{extra} (no DDP{momentum})"
 
 
 DIVERGED_LOSS = 1e3
