@@ -39,9 +39,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,101 +47,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from netns import Namespaces, exit_on_signals, rank_command, rank_environ, require_root, wait_ranks
 
 import marina
 from marina.experiments.loading import load_problem
 from marina.network.link import parse_link
 from marina.rng import Randomness
 
-PREFIX = f"mrn{os.getpid()}"
-BRIDGE_NS = f"{PREFIX}b"
-SUBNET = "10.77.0"
 PORT = 29555
 METHODS = ("gd", "diana", "marina", "pp-marina")
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=60)
-
-
-def rank_ns(r: int) -> str:
-    return f"{PREFIX}r{r}"
-
-
-class Namespaces:
-    """The bridge and the W rank namespaces; removed on exit whatever happens."""
-
-    def __init__(self, world: int) -> None:
-        self.world = world
-        self.made: list[str] = []
-
-    def __enter__(self) -> Namespaces:
-        try:
-            sh("ip", "netns", "add", BRIDGE_NS)
-            self.made.append(BRIDGE_NS)
-            sh("ip", "-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", BRIDGE_NS, "link", "set", "br0", "up")
-            for r in range(self.world):
-                ns = rank_ns(r)
-                sh("ip", "netns", "add", ns)
-                self.made.append(ns)
-                sh(
-                    "ip",
-                    "-n",
-                    BRIDGE_NS,
-                    "link",
-                    "add",
-                    f"h{r}",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    f"e{r}",
-                    "netns",
-                    ns,
-                )
-                sh("ip", "-n", BRIDGE_NS, "link", "set", f"h{r}", "master", "br0", "up")
-                sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{r + 1}/24", "dev", f"e{r}")
-                sh("ip", "-n", ns, "link", "set", f"e{r}", "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def shape(self, rate: str | None) -> None:
-        """tbf at ``rate`` on both ends of every veth (None: remove the shaping)."""
-        for r in range(self.world):
-            for ns, dev in ((rank_ns(r), f"e{r}"), (BRIDGE_NS, f"h{r}")):
-                if rate is None:
-                    sh("tc", "-n", ns, "qdisc", "del", "dev", dev, "root", check=False)
-                    continue
-                bps = parse_link(rate).rate_bps
-                # a small bucket: two full frames, or 1 ms of traffic (a larger burst lets the
-                # small compressed messages through at the veth's own speed, hiding the rate)
-                burst = max(2 * 1514, int(bps / 8 / 1000))
-                sh(
-                    "tc",
-                    "-n",
-                    ns,
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    dev,
-                    "root",
-                    "tbf",
-                    "rate",
-                    rate,
-                    "burst",
-                    str(burst),
-                    "latency",
-                    "200ms",
-                )
-
-    def __exit__(self, *exc: object) -> None:
-        for ns in reversed(self.made):
-            sh("ip", "netns", "del", ns, check=False)
-        self.made.clear()
 
 
 def write_problem(path: Path, workers: int, samples: int, dim: int, nnz: int, seed: int) -> None:
@@ -218,29 +130,14 @@ def _measure_once(args, data: Path, jobs: list[tuple[str, str, float, int]], tmp
     logs and set-up included)."""
     result = tmp / f"stage-{port}.json"
     spec = json.dumps({"configs": jobs, "data": str(data), "workers": args.ranks, "out": str(result)})
-    procs = []
-    for r in range(args.ranks):
-        env = {
-            **os.environ,
-            "RANK": str(r),
-            "WORLD_SIZE": str(args.ranks),
-            "LOCAL_RANK": "0",
-            "LOCAL_WORLD_SIZE": "1",
-            "MASTER_ADDR": f"{SUBNET}.1",
-            "MASTER_PORT": str(port),
-            "GLOO_SOCKET_IFNAME": f"e{r}",
-            "OMP_NUM_THREADS": "1",
-        }
-        log = open(tmp / f"rank{r}.log", "w")
-        cmd = ["ip", "netns", "exec", rank_ns(r), sys.executable, __file__, "--rank-job", spec]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=args.job_timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    commands = [
+        (
+            rank_command(r, [sys.executable, __file__, "--rank-job", spec]),
+            {**os.environ, **rank_environ(r, args.ranks, port)},
+        )
+        for r in range(args.ranks)
+    ]
+    codes = wait_ranks(commands, [tmp / f"rank{r}.log" for r in range(args.ranks)], args.job_timeout)
     if any(codes):
         logs = "\n".join((tmp / f"rank{r}.log").read_text()[-3000:] for r in range(args.ranks))
         raise RuntimeError(f"stage failed ({codes}):\n{logs}")
@@ -285,16 +182,8 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
-        raise SystemExit(
-            "benchmarks/link.py needs root and the ip and tc tools (iproute2): it creates "
-            "network namespaces and shapes their links; run it as root"
-        )
-
-    def stop(signum, frame):  # noqa: ANN001
-        raise SystemExit(f"stopped by signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
+    require_root("benchmarks/link.py")
+    exit_on_signals()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="marina-link-"))
     data = tmp / "sparse.libsvm"
