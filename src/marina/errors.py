@@ -9,6 +9,7 @@ __all__ = [
     "ValueRangeError",
     "MemoryBudgetError",
     "CheckpointError",
+    "LockTimeoutError",
     "MarinaWarning",
     "DamagedFileWarning",
 ]
@@ -47,6 +48,11 @@ class MemoryBudgetError(ConfigError):
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be resumed: unreadable, or written by another run."""
+
+
+class LockTimeoutError(MarinaError):
+    """A lock of a results directory (or of one run in it) stayed held by another process
+    longer than the timeout asked for; the message names the lock file."""
 
 
 class MarinaWarning(UserWarning):
