@@ -191,7 +191,8 @@ def schema_version(path: str | os.PathLike) -> int:
 
 def _lock_timeout_error(path: Path, timeout: float, holder: str) -> LockTimeoutError:
     return LockTimeoutError(
-        f"the lock of {holder} is still held by another process after {timeout:g} s (lock file {str(path)!r}): "
+        f"the lock of {holder} is still held by another process after {timeout:g} s "
+        f"(lock file {str(path)!r}): "
         "another marina run or sweep is writing there; wait for it to finish or stop it"
     )
 
