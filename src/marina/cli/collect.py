@@ -7,7 +7,6 @@ import json
 from collections import Counter
 
 from marina.cli import COMMANDS
-from marina.experiments import results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from marina.experiments import results
+
     df, records = results.collect(args.dir)
     statuses = dict(sorted(Counter(str(r.get("status")) for r in records).items()))
     if args.json:

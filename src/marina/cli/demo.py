@@ -12,13 +12,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from marina import experiments, plotting
 from marina.cli import COMMANDS
 from marina.errors import ConfigError
-from marina.experiments import results
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METHODS = ("marina", "diana")
 COMPRESSORS = ("randk:1", "randk:5", "randk:10")
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def summary_table(df: pd.DataFrame) -> str:
     """Final ||grad f||^2 (mean over seeds) and #bits/n spent, per method and compressor."""
+    from marina import plotting
+
     last = df.sort_values("iteration").groupby("run_id").tail(1)
     agg = last.groupby(["method", "compressor"], sort=False).agg(
         rounds=("iteration", "max"), grad_norm_sq=("grad_norm_sq", "mean"), bits_up=("bits_up", "mean")
@@ -76,6 +78,9 @@ def summary_table(df: pd.DataFrame) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from marina import experiments, plotting
+    from marina.experiments import results
+
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}, must be >= 1")
     if args.jobs < 0:

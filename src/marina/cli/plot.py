@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from marina import plotting
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, choices
 from marina.errors import ConfigError
-from marina.experiments import results
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--x",
         default="rounds",
-        choices=list(plotting.X_AXES),
+        choices=list(choices.X_AXES),
         help="rounds (communication rounds), bits (#bits/n sent per worker), epochs (oracle calls / m) "
         "or time (seconds); default rounds",
     )
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--band",
         default="minmax",
-        choices=list(plotting.BANDS),
+        choices=list(choices.BANDS),
         help="band over seeds: minmax (default), std (mean +- one standard deviation), ci95 "
         "(95%% confidence interval of the mean)",
     )
@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load(dirs: list[str]) -> pd.DataFrame:
     """The results of every directory, concatenated (a run in several directories counts once)."""
+    import pandas as pd
+
+    from marina.experiments import results
+
     frames = [results.load_results(d) for d in dirs]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if len(frames) > 1:
@@ -90,6 +94,8 @@ def _value(v: object) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from marina import plotting
+
     df = load(args.dirs)
     for column in ("problem", "method", "compressor"):
         df = select(df, column, getattr(args, column))

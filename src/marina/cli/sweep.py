@@ -8,10 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from marina import experiments, trackers
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices
 from marina.errors import ConfigError
-from marina.experiments import results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="checkpoint each run every N rounds (0: never; default: the file's checkpoint_every, "
-        f"else {experiments.DEFAULT_CHECKPOINT_EVERY})",
+        f"else {choices.CHECKPOINT_EVERY})",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the file's, else cpu)")
     p.add_argument(
@@ -92,6 +90,9 @@ def _dry_run(args, name: str, configs, done: set[str], out: Path, shard) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from marina import experiments, trackers
+    from marina.experiments import results
+
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs}, must be >= 0 (0: one per CPU core)")
     if args.threads is not None and args.threads < 1:

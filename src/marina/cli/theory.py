@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from marina import compressors, experiments, methods, theory
+from marina import theory
 from marina.cli import COMMANDS
 from marina.errors import ConfigError
-from marina.network.simulated import SimulatedNetwork
-from marina.rng import Randomness
+
+if TYPE_CHECKING:
+    import torch
 
 
 def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
@@ -85,6 +84,8 @@ def message_bits(comp: Any, problem: Any, x: torch.Tensor, seed: int = 0) -> tup
     """(expected bits of one compressed message, measured?): the compressor's exact
     ``expected_bits(d)`` when it knows it, else the mean size of its messages for the local
     gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""
+    from marina.rng import Randomness
+
     d = int(problem.dim)
     try:
         return float(comp.expected_bits(d)), False
@@ -138,6 +139,9 @@ def compute(
     f_low: float | None = None,
 ) -> dict[str, Any]:
     """Everything ``marina theory`` prints, as a JSON-ready dict."""
+    from marina import compressors, experiments, methods
+    from marina.network.simulated import SimulatedNetwork
+
     if not (eps > 0):
         raise ConfigError(f"--eps {eps}, must be > 0")
     (config,) = experiments.validate(
@@ -280,6 +284,8 @@ def _table(t: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from marina import experiments
+
     t = compute(args.problem, args.workers, args.compressor, args.eps, args.split, args.f_low)
     if args.json:
         print(experiments.results.dumps_json(t))
