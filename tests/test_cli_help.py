@@ -42,6 +42,7 @@ def test_help_choices_agree_with_their_owners():
     assert choices.CHECKPOINT_EVERY == DEFAULT_CHECKPOINT_EVERY
     assert choices.X_AXES == tuple(plotting.X_AXES)
     assert choices.BANDS == tuple(plotting.BANDS)
+    assert choices.COLOR_BY == plotting.COLOR_BY
     assert choices.SPLIT_KINDS == tuple(KINDS)
     assert choices.WIRE_DTYPES == tuple(WIRE_DTYPES.values())
     assert choices.BUNDLED_DATA == tuple(data.bundled_names())

@@ -13,6 +13,9 @@ X_AXES = ("rounds", "bits", "epochs", "time", "link_time")
 BANDS = ("minmax", "std", "ci95")
 """The keys of :data:`marina.plotting.BANDS`."""
 
+COLOR_BY = ("auto", "method", "compressor")
+""":data:`marina.plotting.COLOR_BY`."""
+
 SPLIT_KINDS = ("contiguous", "shuffled", "dirichlet")
 """:data:`marina.data.splits.KINDS`."""
 
