@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import warnings
+from types import ModuleType
 
 from marina import __version__
 from marina.errors import MarinaError, MarinaWarning
@@ -65,6 +66,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=help_text)
     return parser
+
+
+def load_module(module: str) -> ModuleType:
+    """``marina.<module>``, imported when a command first needs it: the parsers import neither
+    torch nor pandas, so every ``--help`` prints at once."""
+    return importlib.import_module(f"marina.{module}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from collections import Counter
 
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, load_module
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from marina.experiments import results
+    results = load_module("experiments").results
 
     df, records = results.collect(args.dir)
     statuses = dict(sorted(Counter(str(r.get("status")) for r in records).items()))

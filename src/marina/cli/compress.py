@@ -15,7 +15,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from marina.cli import COMMANDS, choices
+from marina.cli import COMMANDS, choices, load_module
 from marina.cli.syntax import cli_syntax
 from marina.errors import ConfigError
 
@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def list_compressors(as_json: bool = False) -> None:
     """Print the known compressors with their theory and wire encoding."""
-    from marina.compressors import get, known
+    compressors_module = load_module("compressors")
+    get, known = compressors_module.get, compressors_module.known
 
     rows = []
     for template in known():
@@ -91,7 +92,7 @@ def make_input(kind: str, n: int, d: int, seed: int, dtype: torch.dtype) -> torc
     """(n, d) vectors drawn from the keyed randomness (row i belongs to worker i)."""
     import torch
 
-    from marina.rng import Randomness
+    Randomness = load_module("rng").Randomness
 
     rng = Randomness(seed, "cli-input", 0, range(n))
     u1, u2 = rng.uniform(d), rng.uniform(d)
@@ -116,9 +117,10 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    from marina import memory
-    from marina.compressors import WIRE_DTYPES, get
-    from marina.rng import Randomness
+    memory = load_module("memory")
+    compressors_module = load_module("compressors")
+    WIRE_DTYPES, get = compressors_module.WIRE_DTYPES, compressors_module.get
+    Randomness = load_module("rng").Randomness
 
     if args.list or args.spec is None:
         list_compressors(args.json)

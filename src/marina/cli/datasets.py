@@ -12,7 +12,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from marina.cli import COMMANDS, choices
+from marina.cli import COMMANDS, choices, load_module
 from marina.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def summary(names: list[str]) -> pd.DataFrame:
     fraction of non-zero entries), bytes."""
     import pandas as pd
 
-    from marina import data
+    data = load_module("data")
 
     rows = []
     for name in names:
@@ -74,8 +74,9 @@ def summary(names: list[str]) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
-    from marina import data
-    from marina.data.splits import make_split, split_report
+    data = load_module("data")
+    splits_module = load_module("data.splits")
+    make_split, split_report = splits_module.make_split, splits_module.split_report
 
     names = args.names or data.bundled_names()
     if args.workers is None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, load_module
 from marina.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def summary_table(df: pd.DataFrame) -> str:
     """Final ||grad f||^2 (mean over seeds) and #bits/n spent, per method and compressor."""
-    from marina import plotting
+    plotting = load_module("plotting")
 
     last = df.sort_values("iteration").groupby("run_id").tail(1)
     agg = last.groupby(["method", "compressor"], sort=False).agg(
@@ -78,8 +78,8 @@ def summary_table(df: pd.DataFrame) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from marina import experiments, plotting
-    from marina.experiments import results
+    experiments, plotting = load_module("experiments"), load_module("plotting")
+    results = load_module("experiments").results
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}, must be >= 1")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from marina import parameters, trackers
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices, load_module
 from marina.cli.syntax import cli_syntax
 from marina.errors import ConfigError
 from marina.progress import ProgressDisplay, terminal_enabled
@@ -42,7 +42,8 @@ PROBLEM_HELP = (
 
 def _simulated(args: argparse.Namespace, config: RunConfig, cache: ProblemCache) -> dict[str, Any]:
     """All workers in this process (:class:`marina.network.simulated.SimulatedNetwork`)."""
-    from marina.experiments import execute, results
+    experiments_module = load_module("experiments")
+    execute, results = experiments_module.execute, experiments_module.results
 
     display = ProgressDisplay(enabled=False if args.quiet else None)
     loggers = trackers.names(args.log, option="--log") if args.log else None
@@ -68,7 +69,7 @@ def _torch_distributed(
     args: argparse.Namespace, config: RunConfig, cache: ProblemCache
 ) -> dict[str, Any] | None:
     """This process is one rank of a torchrun job (:func:`marina.experiments.execute_distributed`)."""
-    from marina.experiments import execute_distributed
+    execute_distributed = load_module("experiments").execute_distributed
 
     return execute_distributed(
         config,
@@ -188,7 +189,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, cache: ProblemCache | None = None) -> RunConfig:
     """The validated configuration the options describe (ConfigError names the option)."""
-    from marina.experiments import PARAM_KEYS, Raw, validate
+    experiments_module = load_module("experiments")
+    PARAM_KEYS, Raw, validate = (
+        experiments_module.PARAM_KEYS,
+        experiments_module.Raw,
+        experiments_module.validate,
+    )
 
     values: dict[str, Any] = {
         "problems": args.problem,
@@ -241,7 +247,7 @@ def _summary(record: dict[str, Any]) -> str:
 def _report(args: argparse.Namespace, record: dict[str, Any], skipped: bool = False) -> int:
     """Print the outcome of a run (text, or JSON with ``--json``) and return the exit status:
     0 finished, 3 diverged, 1 failed."""
-    from marina.experiments import results
+    results = load_module("experiments").results
 
     record = {**record, "message": cli_syntax(str(record.get("message", "")))}
     status = record.get("status")
@@ -275,7 +281,12 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    from marina.experiments import ProblemCache, results, torch_threads
+    experiments_module = load_module("experiments")
+    ProblemCache, results, torch_threads = (
+        experiments_module.ProblemCache,
+        experiments_module.results,
+        experiments_module.torch_threads,
+    )
 
     cache = ProblemCache()
     config = config_from_args(args, cache)

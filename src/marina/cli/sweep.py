@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices, load_module
 from marina.errors import ConfigError
 
 
@@ -90,8 +90,8 @@ def _dry_run(args, name: str, configs, done: set[str], out: Path, shard) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from marina import experiments, trackers
-    from marina.experiments import results
+    experiments, trackers = load_module("experiments"), load_module("trackers")
+    results = load_module("experiments").results
 
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs}, must be >= 0 (0: one per CPU core)")

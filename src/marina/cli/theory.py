@@ -15,7 +15,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from marina import theory
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, load_module
 from marina.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def message_bits(comp: Any, problem: Any, x: torch.Tensor, seed: int = 0) -> tup
     """(expected bits of one compressed message, measured?): the compressor's exact
     ``expected_bits(d)`` when it knows it, else the mean size of its messages for the local
     gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""
-    from marina.rng import Randomness
+    Randomness = load_module("rng").Randomness
 
     d = int(problem.dim)
     try:
@@ -139,8 +139,12 @@ def compute(
     f_low: float | None = None,
 ) -> dict[str, Any]:
     """Everything ``marina theory`` prints, as a JSON-ready dict."""
-    from marina import compressors, experiments, methods
-    from marina.network.simulated import SimulatedNetwork
+    compressors, experiments, methods = (
+        load_module("compressors"),
+        load_module("experiments"),
+        load_module("methods"),
+    )
+    SimulatedNetwork = load_module("network.simulated").SimulatedNetwork
 
     if not (eps > 0):
         raise ConfigError(f"--eps {eps}, must be > 0")
@@ -284,7 +288,7 @@ def _table(t: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from marina import experiments
+    experiments = load_module("experiments")
 
     t = compute(args.problem, args.workers, args.compressor, args.eps, args.split, args.f_low)
     if args.json:
