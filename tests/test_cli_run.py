@@ -332,8 +332,13 @@ def test_ctrl_c_says_round_checkpoint_and_the_command_that_resumes(tmp_path):
     out = tmp_path / "out dir"  # a space: the printed command must quote it
     argv = ["run", *TINY, "--iterations", "100000000", "--log-every", "10", "--checkpoint-every", "20"]
     argv += ["--threads", "1", "--out", str(out)]
+    # Ctrl-C raises KeyboardInterrupt even where this test runs with SIGINT ignored (a background job)
+    start = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); import marina.cli; "
+    )
+    start += "sys.exit(marina.cli.main())"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "marina", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", start, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
