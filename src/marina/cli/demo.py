@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from marina.cli import COMMANDS, load_module
 from marina.errors import ConfigError
+from marina.progress import terminal_enabled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,6 +79,8 @@ def summary_table(df: pd.DataFrame) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if terminal_enabled(sys.stderr, args.quiet):  # on screen at once, before torch and the data load
+        print(f"marina demo: loading {args.problem} ...", file=sys.stderr, flush=True)
     experiments, plotting = load_module("experiments"), load_module("plotting")
     results = load_module("experiments").results
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices, load_module
 from marina.errors import ConfigError
+from marina.progress import terminal_enabled
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +91,8 @@ def _dry_run(args, name: str, configs, done: set[str], out: Path, shard) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if terminal_enabled(sys.stderr, args.quiet or args.json):  # on screen at once, before torch loads
+        print(f"marina sweep: reading {args.config} ...", file=sys.stderr, flush=True)
     experiments, trackers = load_module("experiments"), load_module("trackers")
     results = load_module("experiments").results
 
