@@ -21,6 +21,8 @@ from marina.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from marina import methods
+
 
 def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
     """The rows of the table, (label, method class, overrides): every registered method's
@@ -28,6 +30,7 @@ def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
     twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits" (expected message bits / dense
     bits). EF21-SGD, EF21-SGDM and DASHA-MVR declare none: their guarantees depend on the unknown
     noise level."""
+    methods = load_module("methods")
     found = [
         (row.order, i, j, row.label, cls, row.overrides)
         for i, cls in enumerate(methods.METHODS.values())
