@@ -316,3 +316,71 @@ def test_bad_plot_requests(tmp_path, capsys):
     assert main(["plot", str(out), "--method", "marina"]) == 2
     assert "--method 'marina' is not in these results; available: gd" in capsys.readouterr().err
     assert math.isfinite(pd.read_parquet(out / "results.parquet").grad_norm_sq.iloc[-1])
+
+
+def test_ctrl_c_says_round_checkpoint_and_the_command_that_resumes(tmp_path):
+    """SIGINT to `marina run --out DIR` after its first checkpoint: exit 130 and a message with the
+    round reached, the round and path of the checkpoint on disk (read back from the file), and
+    the command line itself as the one that resumes."""
+    import os
+    import shlex
+    import signal
+    import time
+
+    import torch
+
+    out = tmp_path / "out dir"  # a space: the printed command must quote it
+    argv = ["run", *TINY, "--iterations", "100000000", "--log-every", "10", "--checkpoint-every", "20"]
+    argv += ["--threads", "1", "--out", str(out)]
+    # Ctrl-C raises KeyboardInterrupt even where this test runs with SIGINT ignored (a background job)
+    start = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); import marina.cli; "
+    )
+    start += "sys.exit(marina.cli.main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("runs/*/checkpoint.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    (ckpt,) = out.glob("runs/*/checkpoint.pt")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["method_state"]["k"]
+    last = err.strip().splitlines()[-2:]
+    head = "marina run: interrupted at round "
+    assert last[0].startswith(head) and "Traceback" not in err, err
+    reached = int(last[0][len(head) :].split()[0])
+    assert saved % 20 == 0 and 20 <= saved <= reached, err
+    assert last[0] == f"{head}{reached} of 100000000; checkpoint of round {saved} in {os.fspath(ckpt)}"
+    assert last[1] == "resume with the same command: " + shlex.join(["marina", *argv])
+    assert shlex.split(last[1].split(": ", 1)[1]) == ["marina", *argv]
+
+
+def test_the_first_line_comes_before_the_data_is_loaded(monkeypatch, capsys):
+    """`marina run` on a terminal names what it loads on stderr before it loads the problem (so
+    the screen is not blank while torch and the data set load); not in pipes and logs, where
+    errors stay one line."""
+    import marina.cli.run
+    from marina.experiments import loading
+
+    assert main(["run", *TINY, "--iterations", "5"]) == 0
+    assert "loading" not in capsys.readouterr().err  # stderr is no terminal here
+    monkeypatch.setattr(marina.cli.run, "terminal_enabled", lambda stream, quiet=False: not quiet)
+
+    seen: list[str] = []
+    original = loading.load_problem
+
+    def load_problem(*args, **kwargs):
+        seen.append(capsys.readouterr().err)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_problem", load_problem)
+    assert main(["run", *TINY, "--iterations", "5", "--method", "diana", "--compressor", "randk:2"]) == 0
+    assert seen and seen[0] == "marina run: loading synthetic (n = 3, diana, randk:2) ...\n"

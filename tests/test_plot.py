@@ -280,3 +280,86 @@ def test_best_keeps_the_highest_final_accuracy():
     }
     assert by_label["MARINA, randk:1"]["tried"][0.5] == float("-inf")
     assert by_label["MARINA, randk:1"]["final"] == pytest.approx(0.8)
+
+
+def curves_table(methods, compressors, problems, entries=None) -> pd.DataFrame:
+    """One seed of every method x compressor (the first ``entries`` pairs) on every problem,
+    grad_norm_sq = c / (1 + k)."""
+    frames = []
+    pairs = [(m, c) for m in methods for c in compressors][:entries]
+    for problem in problems:
+        for i, (method, comp) in enumerate(pairs):
+            it = np.arange(0, 51, 10)
+            h = pd.DataFrame(
+                {"iteration": it, "grad_norm_sq": (1.0 + i) / (1.0 + it), "loss": 1.0 / (1 + it)}
+            )
+            h = h.assign(bits_up=it * 32.0, bits_down=it * 64.0, oracle_calls=it * 5.0, time_s=it * 1e-3)
+            config = dict(problem=problem, workers=5, split="contiguous", method=method, compressor=comp)
+            config.update(seed=0, iterations=50, log_every=10, params={})
+            rec = {"run_id": f"{problem}-{method}-{comp}", "config": config, "m": 25.0}
+            frames.append(results.history_frame(rec, h))
+    return pd.concat(frames, ignore_index=True)
+
+
+METHODS_12 = ["marina", "vr-marina", "pp-marina", "ef21", "ef21-pp", "dasha"]
+
+
+@pytest.mark.parametrize("panels", [1, 2, 3])
+def test_the_legend_lies_inside_the_figure_for_1_to_12_entries(panels):
+    """Legend box (window extent after layout) inside the figure box, below the panels, for 1..12
+    entries of long labels and 1..3 panels."""
+    problems = ["a9a", "w8a", "mushrooms"][:panels]
+    for entries in range(1, 13):
+        methods = METHODS_12[: (entries + 1) // 2]
+        comps = ["randk:10+natural", "qsgd:4"][: 1 if entries == 1 else 2]
+        df = curves_table(methods, comps, problems, entries)
+        fig = plotting.plot(df, "bits", "grad_norm_sq", title="a long title of the figure")
+        if entries == 12:
+            fig.savefig(io.BytesIO(), format="png", dpi=150)  # laid out again, as saving does
+        else:
+            fig.draw_without_rendering()
+        (legend,) = fig.legends
+        assert len(legend.get_texts()) == entries
+        box, frame = legend.get_window_extent(), fig.bbox
+        inside = box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= frame.x1 + 0.5 and box.y1 <= frame.y1 + 0.5
+        assert inside, (entries, panels, box, frame)
+        top = legend.get_window_extent().y1
+        assert all(top <= ax.get_window_extent().y0 for ax in fig.axes if ax.get_visible())
+
+
+def test_color_by_method_or_compressor():
+    """One compressor, three methods: auto colors by method (MARINA, DASHA and DIANA differ);
+    --color-by compressor gives them one color and tells them apart by line style."""
+
+    def by_label(fig):
+        return {ln.get_label(): ln for ln in labelled_lines(fig.axes[0])}
+
+    df = curves_table(["marina", "dasha", "diana"], ["randk:1"], ["a9a"])
+    lines = by_label(plotting.plot(df))
+    assert len({ln.get_color() for ln in lines.values()}) == 3
+    assert by_label(plotting.plot(df, color_by="method")).keys() == lines.keys()
+    one = by_label(plotting.plot(df, color_by="compressor"))
+    assert len({ln.get_color() for ln in one.values()}) == 1
+    assert len({ln.get_linestyle() for ln in one.values()}) == 3
+    # two methods, two compressors: auto keeps one color per compressor
+    lines = by_label(plotting.plot(curves_table(["marina", "diana"], ["randk:1", "randk:5"], ["a9a"])))
+    assert lines["MARINA, randk:1"].get_color() == lines["DIANA, randk:1"].get_color()
+    assert lines["MARINA, randk:1"].get_color() != lines["MARINA, randk:5"].get_color()
+    by_method = by_label(
+        plotting.plot(curves_table(["marina", "diana"], ["randk:1", "randk:5"], ["a9a"]), color_by="method")
+    )
+    assert by_method["MARINA, randk:1"].get_color() == by_method["MARINA, randk:5"].get_color()
+    assert by_method["MARINA, randk:1"].get_color() != by_method["DIANA, randk:1"].get_color()
+    # each method with its own compressor (EF21 with TopK): auto colors by method
+    mixed = pd.concat(
+        [
+            curves_table(["marina", "dasha"], ["randk:10"], ["a9a"]),
+            curves_table(["ef21"], ["topk:10"], ["a9a"]),
+        ]
+    )
+    lines = by_label(plotting.plot(mixed))
+    assert len({ln.get_color() for ln in lines.values()}) == 3
+    with pytest.raises(
+        ConfigError, match="--color-by 'size' is not allowed; allowed: auto, method, compressor"
+    ):
+        plotting.plot(df, color_by="size")

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from marina.errors import ConfigError
+from marina.errors import ConfigError, LockTimeoutError, MarinaWarning
 from marina.experiments import results
 from marina.files import atomic_write
 
@@ -197,3 +197,40 @@ def test_rebuild_removes_temporaries_of_a_killed_rebuild(tmp_path):
     keep.write_bytes(b"other")
     results.rebuild(tmp_path)
     assert not any(p.exists() for p in junk) and keep.exists()
+
+
+def test_lock_timeout_names_the_lock_and_a_dead_holder_releases_it(tmp_path):
+    """While another process holds the directory lock and a run's lock, waiting with a timeout
+    ends in a LockTimeoutError naming the lock file; once that process is killed (SIGKILL, no
+    clean-up) both locks are free again (flock locks die with their holder)."""
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from marina.experiments import results
+        with results._locked(Path({str(tmp_path)!r})), results.run_lock({str(tmp_path)!r}, "r1"):
+            print("held", flush=True)
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeoutError) as info, results._locked(tmp_path, timeout=0.2):
+            pass
+        assert str(info.value) == (
+            f"the lock of the results directory {str(tmp_path)!r} is still held by another process after "
+            f"0.2 s (lock file {str(tmp_path / '.lock')!r}): another marina run or sweep is writing there; "
+            "wait for it to finish or stop it"
+        )
+        lock_file = results.run_dir(tmp_path, "r1") / ".lock"
+        with pytest.warns(MarinaWarning, match="run r1 is being computed by another process"):
+            with pytest.raises(LockTimeoutError, match=f"the lock of run r1 .* {str(lock_file)!r}"):
+                with results.run_lock(tmp_path, "r1", timeout=0.2):
+                    pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with results._locked(tmp_path, timeout=10), results.run_lock(tmp_path, "r1", timeout=10) as waited:
+        assert not waited
+    assert not lock_file.exists()  # removed on release, as before

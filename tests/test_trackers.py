@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -84,8 +85,22 @@ def test_sweep_log_tensorboard_writes_one_folder_per_run(tmp_path, capsys):
     assert (
         main(["sweep", str(tmp_path / "s.toml"), "--out", str(out), "--quiet", "--log", "tensorboard"]) == 0
     )
-    runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == runs
+    records = json.loads((out / "runs.json").read_text())
+    # named readably: problem, method, compressor without ':', seed, then the run id
+    expected = sorted(f"synthetic-marina-randk1-seed{r['config']['seed']}-{r['run_id']}" for r in records)
+    assert len(expected) == 2
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == expected
+
+
+def test_run_names_are_readable_and_safe_as_folder_names():
+    config = {"problem": "a9a", "method": "vr-marina", "compressor": "randk:5+natural", "seed": 3}
+    assert trackers.run_name(config) == "a9a-vr-marina-randk5+natural-seed3"
+    assert trackers.run_name(config, "0123abcd") == "a9a-vr-marina-randk5+natural-seed3-0123abcd"
+    for problem, shown in [
+        ("fashion-mnist:/data/fm", "fashion-mnist"),
+        ("/data/libsvm/my set.svm/", "myset.svm"),
+    ]:
+        assert trackers.run_name({**config, "problem": problem}).startswith(shown + "-vr-marina-")
 
 
 def test_custom_tracker_objects_and_name_errors(synth):

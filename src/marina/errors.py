@@ -9,6 +9,8 @@ __all__ = [
     "ValueRangeError",
     "MemoryBudgetError",
     "CheckpointError",
+    "LockTimeoutError",
+    "RunInterrupted",
     "MarinaWarning",
     "DamagedFileWarning",
 ]
@@ -47,6 +49,41 @@ class MemoryBudgetError(ConfigError):
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be resumed: unreadable, or written by another run."""
+
+
+class LockTimeoutError(MarinaError):
+    """A lock of a results directory (or of one run in it) stayed held by another process
+    longer than the timeout asked for; the message names the lock file."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) between or inside rounds: ``RunInterrupted(round,
+    iterations, checkpoint_round, checkpoint_path)``, the last two None when no checkpoint
+    was written. A :class:`KeyboardInterrupt`, so code that catches that still does."""
+
+    @property
+    def round(self) -> int:
+        """The round the run had reached."""
+        return self.args[0]
+
+    @property
+    def iterations(self) -> int:
+        return self.args[1]
+
+    @property
+    def checkpoint_round(self) -> int | None:
+        """The round of the checkpoint a rerun resumes from (None: no checkpoint)."""
+        return self.args[2]
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        return self.args[3] if self.args[2] is not None else None
+
+    def __str__(self) -> str:
+        text = f"interrupted at round {self.round} of {self.iterations}"
+        if self.checkpoint_round is None:
+            return text + "; no checkpoint written"
+        return text + f"; checkpoint of round {self.checkpoint_round} in {self.checkpoint_path}"
 
 
 class MarinaWarning(UserWarning):

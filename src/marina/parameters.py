@@ -19,7 +19,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from marina import methods
+import marina  # marina.methods loads on first use: the parsers' --help stays free of torch
 from marina.errors import ConfigError
 
 __all__ = ["PARAMETERS", "Parameter", "by_name", "names", "of_method"]
@@ -53,7 +53,9 @@ class Parameter:
     @property
     def methods(self) -> tuple[str, ...]:
         """The methods that take it (every known method's :meth:`~marina.methods.Method.parameter_names`)."""
-        return tuple(name for name, cls in methods.METHODS.items() if self.name in cls.parameter_names())
+        return tuple(
+            name for name, cls in marina.methods.METHODS.items() if self.name in cls.parameter_names()
+        )
 
     @property
     def flag(self) -> str:
@@ -249,4 +251,4 @@ def by_name(name: str) -> Parameter:
 
 def of_method(method: str) -> tuple[str, ...]:
     """Names of the parameters ``method`` takes, in table order (ConfigError for an unknown method)."""
-    return methods.get(method).parameter_names()
+    return marina.methods.get(method).parameter_names()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from scipy import stats
@@ -38,6 +39,7 @@ from marina.files import atomic_write
 
 __all__ = [
     "BANDS",
+    "COLOR_BY",
     "FIGURE_FORMATS",
     "X_AXES",
     "Curve",
@@ -313,15 +315,16 @@ def plot(
     ncols: int | None = None,
     band: str = "minmax",
     ax: Axes | None = None,
+    color_by: str = "auto",
 ) -> Figure:
     """Draw ``y`` against ``x`` for every configuration of ``df`` (see :func:`curves`).
 
     One panel per problem (titled with the problem and, when it is the same for every curve,
-    the number of workers n); mean over seeds as a line, ``band`` over seeds shaded; one color
-    per compressor (and varying parameters), one line style and marker per method (markers every
-    few points, offset per curve, so that coinciding curves stay apart), the same in every panel,
-    so that e.g. MARINA and DIANA with randk:1 share a color. One legend for the figure, below
-    the panels.
+    the number of workers n); mean over seeds as a line, ``band`` over seeds shaded. Colors follow
+    ``color_by``, line styles and markers the other of method and compressor (markers every few
+    points, offset per curve, so that coinciding curves stay apart), the same in every panel. One
+    legend for the figure, below the panels, in as many columns as fit the figure's width (the
+    figure grows when even one column does not fit): it never leaves the figure.
 
     Args:
         df: a results table (:func:`marina.results.load_results`).
@@ -332,6 +335,10 @@ def plot(
         xscale: ``linear`` or ``log``.
         band: ``minmax``, ``std`` or ``ci95`` (:data:`BANDS`).
         ax: draw into these axes (one problem only; legend inside them) instead of a new figure.
+        color_by: ``method`` (one color per method), ``compressor`` (one per compressor and
+            varying parameters, so that e.g. MARINA and DIANA with randk:1 share a color), or
+            ``auto`` (:data:`COLOR_BY`): by method when each method comes with one compressor
+            (e.g. MARINA, DASHA, DIANA with randk:10 and EF21 with topk:10), else by compressor.
     Returns:
         The :class:`matplotlib.figure.Figure` (save it with :func:`save`).
     """
@@ -341,6 +348,8 @@ def plot(
     for name, value, allowed in scales:
         if value not in allowed:
             raise ConfigError(f"{name} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    if color_by not in COLOR_BY:
+        raise ConfigError(f"--color-by {color_by!r} is not allowed; allowed: {', '.join(COLOR_BY)}")
     if df.empty:
         raise ConfigError("the results table is empty: no completed run to plot")
     cs = curves(df, x, y, band)
@@ -355,18 +364,20 @@ def plot(
         ncols = ncols or (len(problems) if len(problems) <= 3 else math.ceil(math.sqrt(len(problems))))
         nrows = math.ceil(len(problems) / ncols)
         fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.9), layout="constrained")
+        FigureCanvasAgg(fig)  # a renderer to measure the legend with
         panels = list(fig.subplots(nrows, ncols, squeeze=False).flat)
     scale = _auto_yscale(y, cs) if yscale == "auto" else yscale
+    color_of, style_of = _color_and_style_keys(cs, color_by)
     colors: dict[str, Any] = {}
     cycle = [f"C{i}" for i in range(10)]
-    methods = list(dict.fromkeys(c.key["method"] for c in cs))
+    styled = list(dict.fromkeys(style_of(c) for c in cs))
     styles = ["-", "--", "-.", ":"]
     handles: dict[str, Any] = {}
     for panel, problem in zip(panels, problems):
         pcs = [c for c in cs if c.problem == problem]
         for i, c in enumerate(pcs):
-            color = colors.setdefault(c.variant, cycle[len(colors) % len(cycle)])
-            m = methods.index(c.key["method"])
+            color = colors.setdefault(color_of(c), cycle[len(colors) % len(cycle)])
+            m = styled.index(style_of(c))
             (line,) = panel.plot(
                 c.x,
                 c.mean,
@@ -389,17 +400,54 @@ def plot(
         return fig
     for panel in panels[len(problems) :]:
         panel.set_visible(False)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncols=min(len(handles), 4),
-        fontsize="small",
-        frameon=False,
-    )
     if title:
         fig.suptitle(title)
+    _legend_below(fig, list(handles.values()), list(handles))
     return fig
+
+
+COLOR_BY = ("auto", "method", "compressor")
+"""What ``plot(color_by=...)`` and ``marina plot --color-by`` color the curves by."""
+
+
+def _color_and_style_keys(cs: list[Curve], color_by: str) -> tuple[Any, Any]:
+    """(color key, line style key) of a curve: method and variant (compressor and varying
+    parameters), one for colors and the other for line styles and markers, per ``color_by``."""
+    pairs = {(c.problem, c.key["method"]) for c in cs}
+    by_method = color_by == "method" or (  # auto: when each method comes with one variant only
+        color_by == "auto" and len({m for _, m in pairs}) > 1 and len(cs) == len(pairs)
+    )
+    method, variant = (lambda c: c.key["method"]), (lambda c: c.variant)
+    return (method, variant) if by_method else (variant, method)
+
+
+LEGEND_COLUMNS = 4
+"""Most columns of the figure legend (fewer when they do not fit the figure's width)."""
+
+
+def _legend_below(fig: Figure, handles: list[Any], labels: list[str]) -> None:
+    """The figure legend below the panels, in the most columns (up to :data:`LEGEND_COLUMNS`)
+    whose rows fit the figure's width; the figure widens (one column too wide) or grows taller
+    (too many rows for the panels' height) until the legend's box lies inside the figure's."""
+    renderer = fig.canvas.get_renderer()
+    ncols = max(1, min(len(labels), LEGEND_COLUMNS))
+    for _ in range(4 * LEGEND_COLUMNS):
+        legend = fig.legend(
+            handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False
+        )
+        width, height = fig.get_size_inches()
+        wide = legend.get_window_extent(renderer).width  # its size does not depend on the layout
+        if wide > 0.98 * fig.bbox.width and ncols > 1:
+            ncols -= 1
+        elif wide > 0.98 * fig.bbox.width:
+            fig.set_size_inches(width * wide / (0.95 * fig.bbox.width), height)
+        else:
+            fig.draw_without_rendering()  # runs the constrained layout: where the legend goes
+            box, frame = legend.get_window_extent(), fig.bbox
+            if not (box.y0 < 0 or box.y1 > frame.height or box.height > 0.6 * frame.height):
+                return
+            fig.set_size_inches(width, height + 1.25 * box.height / fig.dpi)
+        legend.remove()
 
 
 def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.DataFrame, list[dict[str, Any]]]:

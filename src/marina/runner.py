@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from marina import devices, methods, problems, trackers
-from marina.errors import CheckpointError, ConfigError, ValueRangeError
+from marina.errors import CheckpointError, ConfigError, RunInterrupted, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.link import parse_link
@@ -224,13 +224,18 @@ def _execute(setup: _Setup, history: History, checkpoint: Checkpoint) -> Result:
         setup.network.load_counters(state["counters"])
         history.load(state)
         clock.elapsed = float(state["elapsed"])
+        checkpoint.saved_round = setup.method.k
         if state["status"] != "running":
             return setup.result(history, state["status"], state["message"])
     else:
         with clock:
             setup.method.start(setup.x0)
         history.log(0, clock.elapsed)
-    status, message = _rounds(setup, history, checkpoint, clock)
+    try:
+        status, message = _rounds(setup, history, checkpoint, clock)
+    except KeyboardInterrupt as err:  # say how far it got and what a rerun resumes from
+        k, saved = setup.method.k, checkpoint.round_on_disk()
+        raise RunInterrupted(k, setup.iterations, saved, checkpoint.path) from err
     checkpoint.save(history, clock, status, message)
     return setup.result(history, status, message)
 
@@ -440,6 +445,9 @@ class Checkpoint:
         self.path = None if path is None else os.fspath(path)
         self.every = every
         self.setup = setup
+        self.saved_round: int | None = None
+        self._writing: int | None = None  # the round being written
+        """The round of the state in the file (written or resumed from), None before one."""
 
     def due(self, k: int) -> bool:
         return self.every is not None and k % self.every == 0 and k < self.setup.iterations
@@ -461,7 +469,20 @@ class Checkpoint:
             "status": status,
             "message": message,
         }
+        self._writing = int(algo.k)
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
+        self.saved_round, self._writing = self._writing, None
+
+    def round_on_disk(self) -> int | None:
+        """The round of the checkpoint in the file now: :attr:`saved_round`, or, when a write
+        was cut short (Ctrl-C during it), the round the file holds."""
+        if self._writing is not None and self.path is not None and os.path.exists(self.path):
+            try:
+                state = torch.load(self.path, map_location="cpu", weights_only=True)
+                return int(state["method_state"]["k"])
+            except Exception:  # unreadable: a rerun reports and redoes it
+                return None
+        return self.saved_round
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is no checkpoint (CheckpointError if it is

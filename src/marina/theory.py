@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from marina import methods
+import marina  # marina.methods loads on first use: the parsers' --help stays free of torch
 from marina.errors import ConfigError
 
 __all__ = [
@@ -67,11 +67,11 @@ def _guarantee_factor(method: str) -> float:
     """c of the guarantee c Delta_0/(gamma K) that ``method`` declares
     (:attr:`marina.methods.Method.guarantee_factor`); ConfigError when it declares none."""
     try:
-        cls = methods.get(method)
+        cls = marina.methods.get(method)
     except ConfigError:
         cls = None
     if cls is None:
-        known = [name for name, c in methods.METHODS.items() if c.guarantee_factor is not None]
+        known = [name for name, c in marina.methods.METHODS.items() if c.guarantee_factor is not None]
         raise ConfigError(f"no guarantee for method {method!r}; known: qgd, {', '.join(known)}")
     return cls.checked_guarantee_factor()
 
@@ -397,11 +397,11 @@ def predict(
     if isinstance(method, str) and method.endswith("-online"):
         name, online = method[: -len("-online")], True
     try:
-        cls = methods.get(name)
+        cls = marina.methods.get(name)
     except ConfigError:
-        known = [k for k, c in methods.METHODS.items() if c.theory_rows]
+        known = [k for k, c in marina.methods.METHODS.items() if c.theory_rows]
         raise ConfigError(f"unknown method {method!r}; known: {', '.join(known)}") from None
-    setting = methods.Setting(
+    setting = marina.methods.Setting(
         d=d,
         n=n,
         m=m,
@@ -672,4 +672,6 @@ def predict_successor(
     """
     _guarantee_factor(method)  # ConfigError naming why there is none
     used = {"batch_size": batch_size, "participation": participation}
-    return methods.get(method).predict(setting, used, eps=eps, delta0=delta0, message_bits=message_bits)
+    return marina.methods.get(method).predict(
+        setting, used, eps=eps, delta0=delta0, message_bits=message_bits
+    )

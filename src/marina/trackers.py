@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 
 from marina.errors import ConfigError
 
-__all__ = ["TRACKERS", "MLflow", "Session", "TensorBoard", "Tracker", "WandB", "make", "names"]
+__all__ = ["TRACKERS", "MLflow", "Session", "TensorBoard", "Tracker", "WandB", "make", "names", "run_name"]
 
 
 class Tracker:
@@ -74,14 +75,22 @@ def _flat(config: Mapping[str, Any]) -> dict[str, str | float | int | bool]:
     return flat
 
 
-def _default_name(config: Mapping[str, Any]) -> str:
-    parts = (
-        config.get("problem"),
+def run_name(config: Mapping[str, Any], run_id: str | None = None) -> str:
+    """A run's name in the trackers: problem, method, compressor and seed, then the run id when
+    given (runs that differ only in other parameters stay apart), e.g.
+    ``a9a-marina-randk5-seed0-3f1c9a0e5b7d2c48``. Safe as a folder name: ``fashion-mnist:DIR``
+    is named ``fashion-mnist``, a path by its last part; characters other than letters, digits
+    and ``._+=-`` go."""
+    problem = str(config.get("problem"))
+    problem = problem.split(":")[0] if re.match(r"[\w-]+:", problem) else problem.rstrip("/\\")
+    parts = [
+        re.split(r"[/\\]", problem)[-1],
         config.get("method"),
         config.get("compressor"),
         f"seed{config.get('seed')}",
-    )
-    return "-".join(str(p).replace(":", "") for p in parts)
+        *([run_id] if run_id else []),
+    ]
+    return "-".join(re.sub(r"[^\w.+=-]", "", str(p)) for p in parts)
 
 
 class TensorBoard(Tracker):
@@ -93,7 +102,7 @@ class TensorBoard(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(
-            log_dir=str(self.root / "tensorboard" / (self.run_name or _default_name(config)))
+            log_dir=str(self.root / "tensorboard" / (self.run_name or run_name(config)))
         )
         self.writer.add_text("config", "```\n" + json.dumps(_flat(config), indent=1, default=str) + "\n```")
 
@@ -121,7 +130,7 @@ class MLflow(Tracker):
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name("marina")
         experiment = found.experiment_id if found else self.client.create_experiment("marina")
-        name = self.run_name or _default_name(config)
+        name = self.run_name or run_name(config)
         self.run_id = self.client.create_run(experiment, run_name=name).info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in _flat(config).items()]
         self.client.log_batch(self.run_id, params=params)
@@ -150,7 +159,7 @@ class WandB(Tracker):
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "marina"),
             dir=str(self.root),
-            name=self.run_name or _default_name(config),
+            name=self.run_name or run_name(config),
             config=_flat(config),
             mode=os.environ.get("WANDB_MODE", "offline"),
             reinit="create_new",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 import warnings
+from types import ModuleType
 
 from marina import __version__
 from marina.errors import MarinaError, MarinaWarning
@@ -66,6 +68,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def load_module(module: str) -> ModuleType:
+    """``marina.<module>``, imported when a command first needs it: the parsers import neither
+    torch nor pandas, so every ``--help`` prints at once."""
+    return importlib.import_module(f"marina.{module}")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """marina's own warnings as one line on stderr; others as Python shows them."""
     if issubclass(category, MarinaWarning):
@@ -96,8 +104,8 @@ def _main(argv: list[str]) -> int:
     except MarinaError as err:
         print(f"marina {args.command}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"marina {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(interrupted_text(args.command, argv, err), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `marina ... | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -105,6 +113,21 @@ def _main(argv: list[str]) -> int:
     except OSError as err:  # read-only or full disk, permissions, ...: the path and the cause
         print(f"marina {args.command}: error: {one_line(os_error_text(err))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+RESUMABLE = ("run", "sweep", "demo")
+"""Commands that, started again the same way, go on where they stopped."""
+
+
+def interrupted_text(command: str, argv: list[str], err: KeyboardInterrupt) -> str:
+    """What Ctrl-C prints: the round reached and the checkpoint (a run's
+    :class:`marina.errors.RunInterrupted`), and the command that resumes."""
+    text = f"marina {command}: {err}" if str(err) else f"marina {command}: interrupted"
+    kept = command != "run" or getattr(err, "checkpoint_round", None) is not None
+    if command in RESUMABLE:
+        again = "resume with the same command" if kept else "nothing to resume from; start again with"
+        text += f"\n{again}: " + shlex.join(["marina", *argv])
+    return text
 
 
 def one_line(message: object) -> str:

@@ -6,8 +6,7 @@ import argparse
 import json
 from collections import Counter
 
-from marina.cli import COMMANDS
-from marina.experiments import results
+from marina.cli import COMMANDS, load_module
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    results = load_module("experiments").results
+
     df, records = results.collect(args.dir)
     statuses = dict(sorted(Counter(str(r.get("status")) for r in records).items()))
     if args.json:

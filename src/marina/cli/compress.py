@@ -13,18 +13,17 @@ import argparse
 import json
 import math
 import re
+from typing import TYPE_CHECKING
 
-import torch
-
-from marina import memory
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, choices, load_module
 from marina.cli.syntax import cli_syntax
-from marina.compressors import WIRE_DTYPES, get, known
 from marina.errors import ConfigError
-from marina.rng import Randomness
+
+if TYPE_CHECKING:
+    import torch
 
 INPUTS = ("gaussian", "uniform", "sparse", "constant")
-DTYPES = {name: dt for dt, name in WIRE_DTYPES.items()}
+DTYPES = choices.WIRE_DTYPES
 EXAMPLE = {"K": "5", "q": "0.1", "s": "4"}
 WIRE_HINTS = {f"value_dtype=torch.{name}": f"--wire {name}" for name in DTYPES}
 
@@ -60,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def list_compressors(as_json: bool = False) -> None:
     """Print the known compressors with their theory and wire encoding."""
+    compressors_module = load_module("compressors")
+    get, known = compressors_module.get, compressors_module.known
+
     rows = []
     for template in known():
         c = get(re.sub(r":([Kqs])\b", lambda m: ":" + EXAMPLE[m.group(1)], template))
@@ -88,6 +90,10 @@ def list_compressors(as_json: bool = False) -> None:
 
 def make_input(kind: str, n: int, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
     """(n, d) vectors drawn from the keyed randomness (row i belongs to worker i)."""
+    import torch
+
+    Randomness = load_module("rng").Randomness
+
     rng = Randomness(seed, "cli-input", 0, range(n))
     u1, u2 = rng.uniform(d), rng.uniform(d)
     if kind == "gaussian":
@@ -109,6 +115,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    import torch
+
+    memory = load_module("memory")
+    compressors_module = load_module("compressors")
+    WIRE_DTYPES, get = compressors_module.WIRE_DTYPES, compressors_module.get
+    Randomness = load_module("rng").Randomness
+
     if args.list or args.spec is None:
         list_compressors(args.json)
         return 0
@@ -119,7 +132,7 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dim == {d}, must be >= 1")
     # inputs, messages, unpacked and decompressed copies, errors: a few (n, d) arrays
     memory.check({"(n, d) arrays": memory.state_bytes(n, d)}, f"compress with --dim {d} --workers {n}")
-    c = get(args.spec, value_dtype=DTYPES[args.wire], workers=n)
+    c = get(args.spec, value_dtype={name: dt for dt, name in WIRE_DTYPES.items()}[args.wire], workers=n)
     X = make_input(args.input, n, d, args.seed, getattr(torch, args.dtype))
     ids = range(n)
     msg = c.compress(X, Randomness(args.seed, "compress", args.round, ids))

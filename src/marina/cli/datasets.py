@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from marina import data
-from marina.cli import COMMANDS
-from marina.data.splits import KINDS, make_split, split_report
+from marina.cli import COMMANDS, choices, load_module
 from marina.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "names",
         nargs="*",
         metavar="NAME",
-        help=f"bundled names ({', '.join(data.bundled_names())}) or LibSVM file paths; default all bundled",
+        help=f"bundled names ({', '.join(choices.BUNDLED_DATA)}) or LibSVM file paths; default all bundled",
     )
     p.add_argument("--workers", type=int, default=None, help="report how the rows split among N workers")
-    p.add_argument("--split", default="contiguous", choices=list(KINDS), help="default contiguous")
+    p.add_argument(
+        "--split", default="contiguous", choices=list(choices.SPLIT_KINDS), help="default contiguous"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of random splits (default 0)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default 0.5)")
     p.add_argument(
@@ -50,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def summary(names: list[str]) -> pd.DataFrame:
     """One row per data set: name, rows, features, labels (file values: count), density (the
     fraction of non-zero entries), bytes."""
+    import pandas as pd
+
+    data = load_module("data")
+
     rows = []
     for name in names:
         ds = data.load(name)
@@ -68,6 +74,10 @@ def summary(names: list[str]) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
+    data = load_module("data")
+    splits_module = load_module("data.splits")
+    make_split, split_report = splits_module.make_split, splits_module.split_report
+
     names = args.names or data.bundled_names()
     if args.workers is None:
         table = summary(names)

@@ -12,13 +12,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from marina import experiments, plotting
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, load_module
 from marina.errors import ConfigError
-from marina.experiments import results
+from marina.progress import terminal_enabled
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METHODS = ("marina", "diana")
 COMPRESSORS = ("randk:1", "randk:5", "randk:10")
@@ -55,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def summary_table(df: pd.DataFrame) -> str:
     """Final ||grad f||^2 (mean over seeds) and #bits/n spent, per method and compressor."""
+    plotting = load_module("plotting")
+
     last = df.sort_values("iteration").groupby("run_id").tail(1)
     agg = last.groupby(["method", "compressor"], sort=False).agg(
         rounds=("iteration", "max"), grad_norm_sq=("grad_norm_sq", "mean"), bits_up=("bits_up", "mean")
@@ -76,6 +79,11 @@ def summary_table(df: pd.DataFrame) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if terminal_enabled(sys.stderr, args.quiet):  # on screen at once, before torch and the data load
+        print(f"marina demo: loading {args.problem} ...", file=sys.stderr, flush=True)
+    experiments, plotting = load_module("experiments"), load_module("plotting")
+    results = load_module("experiments").results
+
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}, must be >= 1")
     if args.jobs < 0:

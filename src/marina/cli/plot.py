@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from marina import plotting
-from marina.cli import COMMANDS
+from marina.cli import COMMANDS, choices, load_module
 from marina.errors import ConfigError
-from marina.experiments import results
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--x",
         default="rounds",
-        choices=list(plotting.X_AXES),
+        choices=list(choices.X_AXES),
         help="rounds (communication rounds), bits (#bits/n sent per worker), epochs (oracle calls / m) "
         "or time (seconds); default rounds",
     )
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--band",
         default="minmax",
-        choices=list(plotting.BANDS),
+        choices=list(choices.BANDS),
         help="band over seeds: minmax (default), std (mean +- one standard deviation), ci95 "
         "(95%% confidence interval of the mean)",
     )
@@ -61,6 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "final y: the lowest, the highest for an accuracy (diverged runs count as the worst) "
         "and say which was kept",
     )
+    p.add_argument(
+        "--color-by",
+        default="auto",
+        choices=list(choices.COLOR_BY),
+        help="one color per method, or per compressor (and varying parameters), the other told apart by "
+        "line style and marker; auto (default): by method when each method comes with one compressor, "
+        "else by compressor",
+    )
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--dpi", type=int, default=150, help="resolution of PNG files (default 150)")
     p.set_defaults(func=main)
@@ -68,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load(dirs: list[str]) -> pd.DataFrame:
     """The results of every directory, concatenated (a run in several directories counts once)."""
+    import pandas as pd
+
+    results = load_module("experiments").results
+
     frames = [results.load_results(d) for d in dirs]
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if len(frames) > 1:
@@ -90,6 +102,8 @@ def _value(v: object) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    plotting = load_module("plotting")
+
     df = load(args.dirs)
     for column in ("problem", "method", "compressor"):
         df = select(df, column, getattr(args, column))
@@ -104,7 +118,14 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     fig = plotting.plot(
-        df, args.x, args.y, yscale=args.yscale, xscale=args.xscale, title=args.title, band=args.band
+        df,
+        args.x,
+        args.y,
+        yscale=args.yscale,
+        xscale=args.xscale,
+        title=args.title,
+        band=args.band,
+        color_by=args.color_by,
     )
     try:
         plotting.save(fig, output, dpi=args.dpi)

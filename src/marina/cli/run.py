@@ -7,25 +7,16 @@ import math
 import shutil
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from marina import data, parameters, trackers
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED
+from marina import parameters, trackers
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices, load_module
 from marina.cli.syntax import cli_syntax
 from marina.errors import ConfigError
-from marina.experiments import (
-    DEFAULT_CHECKPOINT_EVERY,
-    PARAM_KEYS,
-    ProblemCache,
-    Raw,
-    RunConfig,
-    execute,
-    execute_distributed,
-    results,
-    torch_threads,
-    validate,
-)
-from marina.progress import ProgressDisplay
+from marina.progress import ProgressDisplay, terminal_enabled
+
+if TYPE_CHECKING:
+    from marina.experiments import ProblemCache, RunConfig
 
 # How each configuration key is spelled on this command line (for error messages).
 OPTION_NAMES = {
@@ -43,7 +34,7 @@ OPTION_NAMES = {
 
 
 PROBLEM_HELP = (
-    f"a bundled LibSVM data set ({', '.join(data.bundled_names())}), a LibSVM file path, "
+    f"a bundled LibSVM data set ({', '.join(choices.BUNDLED_DATA)}), a LibSVM file path, "
     "fashion-mnist[:DIR] (small CNN), cifar100[:DIR] (ResNet-18; DIR holds the python-version "
     "archive), or synthetic (default a9a)"
 )
@@ -51,6 +42,9 @@ PROBLEM_HELP = (
 
 def _simulated(args: argparse.Namespace, config: RunConfig, cache: ProblemCache) -> dict[str, Any]:
     """All workers in this process (:class:`marina.network.simulated.SimulatedNetwork`)."""
+    experiments_module = load_module("experiments")
+    execute, results = experiments_module.execute, experiments_module.results
+
     display = ProgressDisplay(enabled=False if args.quiet else None)
     loggers = trackers.names(args.log, option="--log") if args.log else None
     display.add(config.run_id, config.describe(), config.iterations)
@@ -75,6 +69,8 @@ def _torch_distributed(
     args: argparse.Namespace, config: RunConfig, cache: ProblemCache
 ) -> dict[str, Any] | None:
     """This process is one rank of a torchrun job (:func:`marina.experiments.execute_distributed`)."""
+    execute_distributed = load_module("experiments").execute_distributed
+
     return execute_distributed(
         config,
         args.out,
@@ -164,9 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--checkpoint-every",
         type=int,
-        default=DEFAULT_CHECKPOINT_EVERY,
+        default=choices.CHECKPOINT_EVERY,
         metavar="N",
-        help=f"with --out, checkpoint every N rounds (0: never; default {DEFAULT_CHECKPOINT_EVERY})",
+        help=f"with --out, checkpoint every N rounds (0: never; default {choices.CHECKPOINT_EVERY})",
     )
     e.add_argument(
         "--threads",
@@ -193,6 +189,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, cache: ProblemCache | None = None) -> RunConfig:
     """The validated configuration the options describe (ConfigError names the option)."""
+    experiments_module = load_module("experiments")
+    PARAM_KEYS, Raw, validate = (
+        experiments_module.PARAM_KEYS,
+        experiments_module.Raw,
+        experiments_module.validate,
+    )
+
     values: dict[str, Any] = {
         "problems": args.problem,
         "workers": args.workers,
@@ -244,6 +247,8 @@ def _summary(record: dict[str, Any]) -> str:
 def _report(args: argparse.Namespace, record: dict[str, Any], skipped: bool = False) -> int:
     """Print the outcome of a run (text, or JSON with ``--json``) and return the exit status:
     0 finished, 3 diverged, 1 failed."""
+    results = load_module("experiments").results
+
     record = {**record, "message": cli_syntax(str(record.get("message", "")))}
     status = record.get("status")
     code = EXIT_DIVERGED if status == "diverged" else EXIT_FAILED if status == "failed" else 0
@@ -270,6 +275,19 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads}, must be >= 1")
     if args.log and args.backend != "simulated":
         raise ConfigError(f"--log {args.log}: trackers are for --backend simulated, not {args.backend}")
+    if terminal_enabled(sys.stderr, args.quiet):  # on screen at once, before torch and the data load
+        print(
+            f"marina run: loading {args.problem} (n = {args.workers}, {args.method}, {args.compressor}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    experiments_module = load_module("experiments")
+    ProblemCache, results, torch_threads = (
+        experiments_module.ProblemCache,
+        experiments_module.results,
+        experiments_module.torch_threads,
+    )
+
     cache = ProblemCache()
     config = config_from_args(args, cache)
     if args.out is not None:

@@ -8,10 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from marina import experiments, trackers
-from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED
+from marina.cli import COMMANDS, EXIT_DIVERGED, EXIT_FAILED, choices, load_module
 from marina.errors import ConfigError
-from marina.experiments import results
+from marina.progress import terminal_enabled
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="checkpoint each run every N rounds (0: never; default: the file's checkpoint_every, "
-        f"else {experiments.DEFAULT_CHECKPOINT_EVERY})",
+        f"else {choices.CHECKPOINT_EVERY})",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the file's, else cpu)")
     p.add_argument(
@@ -92,6 +91,11 @@ def _dry_run(args, name: str, configs, done: set[str], out: Path, shard) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if terminal_enabled(sys.stderr, args.quiet or args.json):  # on screen at once, before torch loads
+        print(f"marina sweep: reading {args.config} ...", file=sys.stderr, flush=True)
+    experiments, trackers = load_module("experiments"), load_module("trackers")
+    results = load_module("experiments").results
+
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs}, must be >= 0 (0: one per CPU core)")
     if args.threads is not None and args.threads < 1:

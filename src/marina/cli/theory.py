@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from marina import compressors, experiments, methods, theory
-from marina.cli import COMMANDS
+from marina import theory
+from marina.cli import COMMANDS, load_module
 from marina.errors import ConfigError
-from marina.network.simulated import SimulatedNetwork
-from marina.rng import Randomness
+
+if TYPE_CHECKING:
+    import torch
+
+    from marina import methods
 
 
 def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
@@ -29,6 +30,7 @@ def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
     twice: p = zeta_Q/d (non-zeros, the corollaries) and p = "bits" (expected message bits / dense
     bits). EF21-SGD, EF21-SGDM and DASHA-MVR declare none: their guarantees depend on the unknown
     noise level."""
+    methods = load_module("methods")
     found = [
         (row.order, i, j, row.label, cls, row.overrides)
         for i, cls in enumerate(methods.METHODS.values())
@@ -85,6 +87,8 @@ def message_bits(comp: Any, problem: Any, x: torch.Tensor, seed: int = 0) -> tup
     """(expected bits of one compressed message, measured?): the compressor's exact
     ``expected_bits(d)`` when it knows it, else the mean size of its messages for the local
     gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""
+    Randomness = load_module("rng").Randomness
+
     d = int(problem.dim)
     try:
         return float(comp.expected_bits(d)), False
@@ -138,6 +142,13 @@ def compute(
     f_low: float | None = None,
 ) -> dict[str, Any]:
     """Everything ``marina theory`` prints, as a JSON-ready dict."""
+    compressors, experiments, methods = (
+        load_module("compressors"),
+        load_module("experiments"),
+        load_module("methods"),
+    )
+    SimulatedNetwork = load_module("network.simulated").SimulatedNetwork
+
     if not (eps > 0):
         raise ConfigError(f"--eps {eps}, must be > 0")
     (config,) = experiments.validate(
@@ -280,6 +291,8 @@ def _table(t: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    experiments = load_module("experiments")
+
     t = compute(args.problem, args.workers, args.compressor, args.eps, args.split, args.f_low)
     if args.json:
         print(experiments.results.dumps_json(t))

@@ -146,7 +146,9 @@ def _execute(
     if progress is not None:
         kwargs["progress"] = progress
     if loggers and write:
-        kwargs["loggers"] = trackers.make(loggers, root=out_path, run_name=config.run_id)
+        kwargs["loggers"] = trackers.make(
+            loggers, root=out_path, run_name=trackers.run_name(config.to_dict(), config.run_id)
+        )
 
     def attempt():
         return run(

@@ -12,7 +12,8 @@ Every file is written atomically (temporary file in the same directory, ``fsync`
 ``os.replace``, then ``fsync`` of the directory), so a reader, or a process killed at any moment,
 never sees a half-written file. The per-run files are the source of truth; the combined
 ``results.parquet`` and ``runs.json`` are rebuilt from them (under an advisory lock, so two
-processes finishing runs in the same directory cannot lose each other's rows). A run whose
+processes finishing runs in the same directory cannot lose each other's rows; a
+:class:`filelock.FileLock`). A run whose
 ``run.json`` has a terminal status (``finished`` or ``diverged``) is complete and is never
 run again by a resumed sweep.
 
@@ -51,12 +52,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from marina import parameters
-from marina.errors import ConfigError, DamagedFileWarning, MarinaWarning
+from marina.errors import ConfigError, DamagedFileWarning, LockTimeoutError, MarinaWarning
 from marina.files import atomic_write
 from marina.runner import HISTORY_COLUMNS
 
@@ -187,51 +189,60 @@ def schema_version(path: str | os.PathLike) -> int:
     return int(meta.get(b"marina_schema", b"1"))
 
 
+def _lock_timeout_error(path: Path, timeout: float, holder: str) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"the lock of {holder} is still held by another process after {timeout:g} s "
+        f"(lock file {str(path)!r}): "
+        "another marina run or sweep is writing there; wait for it to finish or stop it"
+    )
+
+
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Advisory exclusive lock on ``out/.lock`` (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+def _locked(out: Path, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive lock on ``out/.lock`` (:class:`filelock.FileLock`: ``flock`` on POSIX, released
+    by the system when the holder dies). Waits at most ``timeout`` seconds (None: for ever),
+    then raises :class:`marina.errors.LockTimeoutError`."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    lock = filelock.FileLock(out / LOCK_FILE)
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except filelock.Timeout:
+        raise _lock_timeout_error(
+            out / LOCK_FILE, float(timeout or 0), f"the results directory {str(out)!r}"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
-def run_lock(out: str | os.PathLike, run_id: str) -> Iterator[bool]:
-    """Hold the advisory lock of one run (``runs/<run_id>/.lock``) while computing it, so two
-    processes never compute the same run at once. Yields whether another process held it (this
-    one waited: the run may be complete now). The lock file is removed on release, so a run's
-    folder holds only its own files. A no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield False
-        return
+def run_lock(out: str | os.PathLike, run_id: str, timeout: float | None = None) -> Iterator[bool]:
+    """Hold the lock of one run (``runs/<run_id>/.lock``, a :class:`filelock.FileLock`) while
+    computing it, so two processes never compute the same run at once. Yields whether another
+    process held it (this one waited, at most ``timeout`` seconds, None: for ever; then
+    :class:`marina.errors.LockTimeoutError`): the run may be complete now. The lock file is
+    removed on release, so a run's folder holds only its own files."""
     folder = run_dir(out, run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as fh:
+    lock = filelock.FileLock(folder / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+        waited = False
+    except filelock.Timeout:
+        busy = f"run {run_id} is being computed by another process; waiting for it"
+        warnings.warn(MarinaWarning(busy), stacklevel=3)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError:
-            busy = f"run {run_id} is being computed by another process; waiting for it"
-            warnings.warn(MarinaWarning(busy), stacklevel=3)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            waited = True
-        try:
-            yield waited
-        finally:  # the file goes while still locked: a waiter then finds the run's record
-            with contextlib.suppress(OSError):
-                os.unlink(folder / LOCK_FILE)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except filelock.Timeout:
+            raise _lock_timeout_error(folder / LOCK_FILE, float(timeout or 0), f"run {run_id}") from None
+        waited = True
+    try:
+        yield waited
+    finally:  # the file goes while still locked: a waiter then finds the run's record
+        with contextlib.suppress(OSError):
+            os.unlink(folder / LOCK_FILE)
+        lock.release()
 
 
 def completed_record(out: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
