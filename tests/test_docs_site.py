@@ -1,0 +1,52 @@
+"""The documentation site builds offline with ``mkdocs build --strict`` (any warning fails it), and
+its generated results-schema table is current."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from doc_blocks import DOCS, ROOT
+
+
+def test_results_schema_table_is_current():
+    """docs/experiments.md holds exactly the table docs/results_schema.py derives from the code."""
+    done = subprocess.run(
+        [sys.executable, str(DOCS / "results_schema.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_results_schema_lists_every_column():
+    """Every column a results directory has, in order (the code's own tables, independently read)."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import results_schema
+    finally:
+        sys.path.remove(str(DOCS))
+    from marina.experiments.results import CONFIG_COLUMNS
+    from marina.runner import HISTORY_COLUMNS
+
+    rows = results_schema.table().splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == [*CONFIG_COLUMNS, *HISTORY_COLUMNS]
+
+
+def test_strict_build(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    pytest.importorskip("material")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml")]
+        + ["-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert done.returncode == 0 and not warnings, done.stderr[-4000:]
+    assert (tmp_path / "index.html").is_file()
+    assert (tmp_path / "reference" / "torch" / "index.html").is_file()
