@@ -2,7 +2,8 @@
 
 A 738-parameter tanh MLP on 256 synthetic points (full batch, 200 steps); an lr counts when the
 final loss is finite and below the first for 3 compressor seeds; lrs on a x2 grid. Prints, per K,
-the ratio of QGD's largest lr to SGD's next to 1/(1 + omega) (README, "Your own model").
+the ratio of QGD's largest lr to SGD's next to 1/(1 + omega) (docs/training.md, "Learning rate per
+compressor"; the figures are in benchmarks/README.md).
 
 Run: ``python benchmarks/torch_unbiased_lr.py``
 """

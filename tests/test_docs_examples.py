@@ -32,8 +32,14 @@ def test_blocks_not_run_say_why():
 
 def test_every_page_with_python_is_checked_here():
     """A page whose Python blocks run must have its test below (so none is silently skipped)."""
-    checked = {"python.md", "training.md", "experiments.md"}
+    checked = {"getting-started.md", "python.md", "training.md", "experiments.md"}
     assert {p.name for p in PAGES if _runnable(p)} == checked
+
+
+def test_getting_started_page(tmp_path, monkeypatch):
+    res = _page("getting-started.md", tmp_path, monkeypatch)["res"]
+    assert res.status == "finished" and res.history["iteration"].iloc[-1] == 500
+    assert res.config["method"] == "marina" and res.config["workers"] == 5
 
 
 def test_python_page(tmp_path, monkeypatch):

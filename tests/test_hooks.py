@@ -189,8 +189,7 @@ def _readme_example(rank: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = text.split("**DDP hook.**", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = next(c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "register_comm_hook" in c)
     scope = {"marina": marina, "ddp": DDP(_model())}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own example
     ddp, state = scope["ddp"], scope["state"]

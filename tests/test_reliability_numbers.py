@@ -1,5 +1,5 @@
 """Issue 25, 4: numbers out of range are refused naming the value and the constraint (links,
-timeouts, Bernoulli's q, DASHA-PAGE's p), and the README's sweep keys are the code's."""
+timeouts, Bernoulli's q, DASHA-PAGE's p), and the documented sweep keys are the code's."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from marina.network.launch import MAX_TIMEOUT_S
 from marina.network.link import MAX_LATENCY_S, MAX_RATE_BPS, MIN_RATE_BPS, parse_link
 from test_reliability import cli, one_line_error, sweep_cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+EXPERIMENTS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "experiments.md"
 RUN = ["run", "--problem", "synthetic", "--workers", "2", "--iterations", "3"]
 
 
@@ -78,10 +78,10 @@ def test_dasha_page_p_bits_refused_clearly(tmp_path, capsys):
     assert rc == 0, err
 
 
-def test_readme_sweep_keys_are_the_codes():
-    """Every key the README's sweep-file table lists is one the parser accepts, and every key
-    the parser accepts is listed."""
-    text = README.read_text(encoding="utf-8")
+def test_documented_sweep_keys_are_the_codes():
+    """Every key the sweep-file table of docs/experiments.md lists is one the parser accepts, and
+    every key the parser accepts is listed."""
+    text = EXPERIMENTS_PAGE.read_text(encoding="utf-8")
     head = text.index("| key | values |")
     table = text[head : text.index("\n\n", head)]
     listed = set(re.findall(r"`([a-z_]+)`", table))

@@ -141,7 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="simulated",
         choices=list(BACKENDS),
         help="simulated: all workers in this process (default); torch-distributed: this process is "
-        "one rank of a torchrun job (README: multi-process / multi-node)",
+        "one rank of a torchrun job (docs/distributed.md: multi-process and multi-node runs)",
     )
     e.add_argument(
         "--timeout",

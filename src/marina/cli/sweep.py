@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sweep",
         help=COMMANDS["sweep"],
         description="Run every configuration of the grid declared in CONFIG (problems x methods x "
-        "compressors x parameters x seeds; schema in the README, section Experiments, and in "
+        "compressors x parameters x seeds; schema in docs/experiments.md, section Grids, and in "
         "examples/*.toml) and write results.parquet and runs.json into DIR. Started again with "
         "the same command, a sweep runs only the configurations DIR does not hold yet; runs "
         "cut short resume from their checkpoints. Every value is checked before any run starts.",
