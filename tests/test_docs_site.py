@@ -12,25 +12,26 @@ import pytest
 from doc_blocks import DOCS, ROOT
 
 
-def test_results_schema_table_is_current():
-    """docs/experiments.md holds exactly the table docs/results_schema.py derives from the code."""
-    done = subprocess.run(
-        [sys.executable, str(DOCS / "results_schema.py"), "--check"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def test_results_schema_lists_every_column():
-    """Every column a results directory has, in order (the code's own tables, independently read)."""
+def _results_schema():
     sys.path.insert(0, str(DOCS))
     try:
         import results_schema
     finally:
         sys.path.remove(str(DOCS))
+    return results_schema
+
+
+def test_results_schema_table_is_current():
+    """docs/experiments.md holds exactly the table docs/results_schema.py derives from the code."""
+    assert _results_schema().main(["--check"]) == 0, "python docs/results_schema.py"
+
+
+def test_results_schema_lists_every_column():
+    """Every column a results directory has, in order (the code's own tables, independently read)."""
     from marina.experiments.results import CONFIG_COLUMNS
     from marina.runner import HISTORY_COLUMNS
 
-    rows = results_schema.table().splitlines()[2:]
+    rows = _results_schema().table().splitlines()[2:]
     assert [row.split("`")[1] for row in rows] == [*CONFIG_COLUMNS, *HISTORY_COLUMNS]
 
 
