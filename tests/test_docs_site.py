@@ -51,3 +51,18 @@ def test_strict_build(tmp_path):
     assert done.returncode == 0 and not warnings, done.stderr[-4000:]
     assert (tmp_path / "index.html").is_file()
     assert (tmp_path / "reference" / "torch" / "index.html").is_file()
+
+
+def test_theory_page_names_real_functions_and_every_method():
+    """The theory page's defaults cite functions marina.theory has, and it covers every method."""
+    import re
+
+    import marina.methods
+    import marina.theory
+
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    cited = set(re.findall(r"`(?:theory\.)?([a-z0-9_]+_(?:stepsize|p|alpha|length|momentum|beta))`", text))
+    assert len(cited) >= 20, sorted(cited)
+    assert {name for name in cited if not hasattr(marina.theory, name)} == set()
+    rows = set(re.findall(r"^\| `([a-z0-9-]+)`", text, re.M))
+    assert set(marina.methods.METHODS) - rows == set()
