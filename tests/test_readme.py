@@ -2,7 +2,7 @@
 where .ci/run reads them.
 
 The demo line (`marina demo`) is run by the install command itself (CI runs it); the DDP hook
-lines run on 2 gloo ranks in tests/test_hooks.py."""
+lines run on 1 and 2 gloo ranks in tests/test_hooks.py."""
 
 from __future__ import annotations
 
