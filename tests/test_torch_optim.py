@@ -88,7 +88,7 @@ def test_lr_schedule_changes_the_steps_of_marina_by_hand():
 def test_param_groups_with_different_lrs_match_sgd():
     x, y = _data()
     m1, m2 = _mlp(), _mlp()
-    groups = lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}]  # noqa: E731
+    groups = lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}]
     o1 = mt.MARINA(groups(m1), compressor=F64_IDENTITY, lr=0.3, p=1.0)
     o2 = torch.optim.SGD(groups(m2), lr=0.3)
     for _ in range(5):

@@ -480,7 +480,7 @@ class Checkpoint:
             try:
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
                 return int(state["method_state"]["k"])
-            except Exception:  # unreadable: a rerun reports and redoes it
+            except Exception:  # noqa: BLE001 - unreadable: a rerun reports and redoes it
                 return None
         return self.saved_round
 
@@ -491,7 +491,7 @@ class Checkpoint:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        except Exception as err:  # any unreadable file is reported the same way
             raise CheckpointError(f"checkpoint {self.path!r} cannot be read ({err}); remove it") from err
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {self.path!r} is not a {CHECKPOINT_FORMAT} file; remove it")

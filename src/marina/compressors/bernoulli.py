@@ -148,7 +148,7 @@ class Bernoulli(Compressor):
             rows[idx, nv] = 1  # flag of a sent message: bit 0 of its last byte; unsent: byte 0 is 0
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nv = d * self.wire_bits_per_value // 8
         if self.seeded:  # the coins regenerated from the key; sent messages are the d values only
             sent = self._coins(self._check_receiver_rng(rng, worker_ids, "coins")).to(rows.device)

@@ -87,7 +87,7 @@ class Composed(Compressor):
         self.K = outer.K
         self.regenerates = outer.seeded
         self._header = [] if inner.name == "natural" else ["norm"]
-        at_k = lambda f: re.sub(r"\bd\b", "K", f)  # noqa: E731 - the quantiser's formula at dimension K
+        at_k = lambda f: re.sub(r"\bd\b", "K", f)  # the quantiser's formula at dimension K
         self.omega_formula = f"(d/K) (1 + {at_k(inner.omega_formula)}) - 1"
         self.density_formula = at_k(inner.density_formula)
         index = "" if outer.seeded else " + ceil(log2 d) index bits"
@@ -170,7 +170,7 @@ class Composed(Compressor):
         rows = torch.cat([*parts, pack_codes(codes, cw + ib)], dim=1)
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         self.outer._check_k(d)
         cw, ib = self.inner.code_width, self._ib(d)
         data: dict[str, Tensor] = {}

@@ -231,7 +231,7 @@ class _Dithering(Compressor):
         )
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nbytes = self.wire_bits_per_value // 8
         norm = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
         codes = unpack_codes(rows[:, nbytes:], d, self.code_width, self._code_dtype())

@@ -171,7 +171,7 @@ class PermK(Compressor):
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
         return values_to_bytes(msg.data["values"]), (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         if rng is None:
             raise ConfigError(
                 "permk: unpack needs rng, a Randomness(seed, stream, round, ...) at the senders' call "

@@ -139,7 +139,7 @@ class Sign(Compressor):
         )
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nb = self.wire_bits_per_value // 8
         scale = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
         signs = unpack_codes(rows[:, nb:], d, 1, torch.uint8)

@@ -185,12 +185,12 @@ class _Sparse(Compressor):
             return self._regenerate(rng, worker_ids, d), values
         return unpack_codes(rows[:, nv:], self.K, index_bits(d), torch.int64), values
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         idx, values = self._entries(rows, d, worker_ids, rng)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"values": values, "indices": idx})
 
-    def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:  # noqa: ANN001
+    def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:
         """:func:`sparse_sum` of the entries read from the rows (no Message)."""
         idx, values = self._entries(rows, d, worker_ids, rng)
         return sparse_sum(idx, values.to(dtype), d)

@@ -266,7 +266,7 @@ def _open_text(path: str) -> Iterator[bytes]:
         return gzip.open(path, "rb")
     if path.endswith(".bz2"):
         return bz2.open(path, "rb")
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 def _line_problem(line: bytes) -> str | None:

@@ -97,7 +97,7 @@ def _worker_main(
                 loggers=loggers,
             )
             messages.put(("done", run_id, record["status"], record.get("message", "")))
-        except Exception as exc:  # ConfigError re-raised by execute, or a failure to load
+        except Exception as exc:  # noqa: BLE001 - ConfigError re-raised by execute, or a failure to load
             messages.put(("done", run_id, "failed", f"{type(exc).__name__}: {exc}"))
 
 

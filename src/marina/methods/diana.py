@@ -131,7 +131,7 @@ class DIANA(Method):
         self._after_round(k, x_old)
         self.k = k + 1
 
-    def _after_round(self, k: int, x_old: Tensor) -> None:  # noqa: B027 - optional hook
+    def _after_round(self, k: int, x_old: Tensor) -> None:  # optional hook
         """Hook for VR-DIANA's reference-point refresh."""
 
 

@@ -182,7 +182,7 @@ def _unpickle(raw: bytes, what: str) -> dict:
         obj = SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except ConfigError as err:
         raise ConfigError(f"cifar100: {what}: {err}") from None
-    except Exception as err:  # corrupt or truncated file
+    except Exception as err:  # noqa: BLE001 - a corrupt or truncated file
         raise ConfigError(
             f"cifar100: {what} is not a readable pickle ({type(err).__name__}: {err})"
         ) from None

@@ -177,7 +177,7 @@ class _TorchLog:
 
     def __init__(self, rank: int, verbose: bool) -> None:
         self.rank, self.verbose = rank, verbose
-        self.file = tempfile.TemporaryFile()
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the capture
 
     def text(self) -> bytes:
         self.file.seek(0)

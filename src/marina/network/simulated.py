@@ -99,7 +99,7 @@ class SimulatedNetwork(Network):
         mean = acc / total
         return (mean, local) if return_local else mean
 
-    def _model(self, compressor, d: int, sent_bytes: Tensor, slots: int) -> None:  # noqa: ANN001
+    def _model(self, compressor, d: int, sent_bytes: Tensor, slots: int) -> None:
         """Link model, one worker per rank: chunks padded to the largest worker's bytes, and a
         size exchange of ``slots`` int64 per rank only where sizes vary."""
         known = getattr(compressor, "message_bits", None)
@@ -110,7 +110,7 @@ class SimulatedNetwork(Network):
         chunk = int(sent_bytes.max())
         self._model_link(self.n, max(chunk, 1) if drawn else chunk, slots if varies else 0)
 
-    def _reduce(self, compressor, X_local, rng: Randomness, return_local: bool):  # noqa: ANN001, ANN202
+    def _reduce(self, compressor, X_local, rng: Randomness, return_local: bool):
         """Every hosted worker sends one message: the mean (sum / n) and, if asked, the rows."""
         total, bits, X_hat = compressor.compress_sum(X_local, rng, keep_local=return_local)
         self._bits_up_dev += bits.sum()

@@ -337,7 +337,7 @@ class TorchDistributedNetwork(Network):
             else:
                 gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
                 gather(out, src, group=self.group)
-        except Exception as err:  # noqa: BLE001 - re-raised with context below
+        except Exception as err:  # re-raised with context below
             if not _is_collective_failure(err):
                 raise
             raise self._failure(what, err) from err

@@ -447,7 +447,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim.Optimizer's signature
+    def step(self, closure=None):  # torch.optim.Optimizer's signature
         """One communication round (see the module doc); returns the closure's loss, detached
         (None when this rank evaluated nothing, e.g. a PP-MARINA client not drawn, or without a
         closure). Without a closure (the methods that take one gradient per step at the current
@@ -709,7 +709,7 @@ class MARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
@@ -744,7 +744,7 @@ class VRMARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
@@ -791,7 +791,7 @@ class PPMARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
@@ -830,7 +830,7 @@ class DIANA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         alpha: float | None = None,
@@ -857,7 +857,7 @@ class QGD(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         seed: int = 0,

@@ -51,7 +51,7 @@ class EF21(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
@@ -76,7 +76,7 @@ class EF21PP(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "topk:1%",
         lr: float = 0.1,
         participation: float | None = None,
@@ -112,7 +112,7 @@ class EF21SGD(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
@@ -147,7 +147,7 @@ class EF21SGDM(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
@@ -182,7 +182,7 @@ class DASHA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         momentum: float | None = None,
@@ -215,7 +215,7 @@ class DASHAPAGE(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
@@ -255,7 +255,7 @@ class DASHAMVR(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
+        params,  # as torch.optim
         compressor: Any = "randk:1%",
         lr: float = 0.1,
         momentum: float | None = None,
