@@ -246,7 +246,9 @@ def test_equal_dropout_masks_give_a_zero_difference_at_equal_points():
     x, y = _data()
     model = _mlp(dropout=0.5)
     params = list(model.parameters())
-    prob = ClosureProblem(params, 24, 1, torch.zeros(1, dtype=torch.int64), module=model)
+    prob = ClosureProblem(
+        params, local_size=24, total_workers=1, worker_ids=torch.zeros(1, dtype=torch.int64), module=model
+    )
 
     def closure():
         model.zero_grad()

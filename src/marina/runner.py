@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marina import devices, methods, problems, trackers
+from marina import compressors, devices, methods, problems, trackers
 from marina.errors import CheckpointError, ConfigError, RunInterrupted, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
@@ -92,7 +92,9 @@ def _int_arg(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _build_problem(problem: Any, workers: int | None, device: Any, dtype: Any) -> problems.Problem:
+def _build_problem(
+    problem: problems.ProblemSpec, workers: int | None, device: Any, dtype: Any
+) -> problems.Problem:
     if device is not None:
         device = devices.check(device)
     if dtype is not None and dtype not in (torch.float32, torch.float64):
@@ -142,8 +144,8 @@ def _plain(value: Any) -> Any:
 def run(
     *,
     method: str,
-    problem: Any,
-    compressor: Any = "identity",
+    problem: problems.ProblemSpec,
+    compressor: compressors.CompressorSpec = "identity",
     workers: int | None = None,
     iterations: int = 1000,
     seed: int = 0,

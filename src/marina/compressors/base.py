@@ -69,6 +69,7 @@ from marina.rng import Randomness
 
 __all__ = [
     "Compressor",
+    "CompressorSpec",
     "Message",
     "WIRE_DTYPES",
     "register",
@@ -157,7 +158,7 @@ def known() -> list[str]:
     return out + list(_COMPOSITION["templates"])
 
 
-def get(spec: str | Compressor, **options: Any) -> Compressor:
+def get(spec: CompressorSpec, **options: Any) -> Compressor:
     """Build a compressor from a spec string ``"name"`` or ``"name:param"``.
 
     Args:
@@ -191,7 +192,7 @@ def get(spec: str | Compressor, **options: Any) -> Compressor:
     bad = set(options) - {"value_dtype", "workers"}
     if bad:
         raise ConfigError(f"unknown compressor option(s) {sorted(bad)}; known: value_dtype, workers")
-    return cls(arg.strip() if cls.param is not None else None, **options)
+    return cls(arg=arg.strip() if cls.param is not None else None, **options)
 
 
 def _parse_int(name: str, param: str, arg: str, low: int) -> int:
@@ -249,8 +250,8 @@ class Compressor(ABC):
 
     def __init__(
         self,
-        arg: str | None = None,
         *,
+        arg: str | None = None,
         value_dtype: torch.dtype = torch.float32,
         workers: int | None = None,
     ) -> None:
@@ -632,6 +633,11 @@ class Compressor(ABC):
 
     def _bits_tensor(self, n: int, bits_each: int, device: torch.device) -> Tensor:
         return torch.full((n,), int(bits_each), dtype=torch.int64, device=device)
+
+
+CompressorSpec = str | Compressor
+"""What a ``compressor`` argument takes: a spec string for :func:`get` (``"randk:5"``) or a
+:class:`Compressor` object (used as it is)."""
 
 
 def column_chunks(n: int, d: int, device: torch.device):

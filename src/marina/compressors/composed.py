@@ -64,7 +64,7 @@ def compose(spec: str, options: dict[str, Any]) -> Composed:
             f"compressor spec == {spec!r}: the second compressor is {inner.spec!r}, must be one of "
             f"{', '.join(INNER)} (unbiased quantisers of the kept values)"
         )
-    return Composed(outer, inner)
+    return Composed(outer=outer, inner=inner)
 
 
 class Composed(Compressor):
@@ -81,8 +81,8 @@ class Composed(Compressor):
     density_formula = "density_2(K)"
     wire_formula = "header of Q_2 + K x (code of Q_2 + ceil(log2 d) index bits)"
 
-    def __init__(self, outer: RandK, inner: Compressor) -> None:
-        super().__init__(None, value_dtype=outer.value_dtype, workers=outer.workers)
+    def __init__(self, *, outer: RandK, inner: Compressor) -> None:
+        super().__init__(value_dtype=outer.value_dtype, workers=outer.workers)
         self.outer, self.inner = outer, inner
         self.K = outer.K
         self.regenerates = outer.seeded

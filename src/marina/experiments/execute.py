@@ -21,6 +21,7 @@ from marina.experiments import results
 from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
 from marina.experiments.loading import load_problem
 from marina.network.torch_distributed import DistributedError
+from marina.problems.base import Problem
 from marina.rng import GENERATOR_VERSION
 from marina.runner import run
 
@@ -99,7 +100,7 @@ def _execute(
     *,
     checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
     progress: Callable[[Mapping[str, Any], int], None] | None = None,
-    problem: Any = None,
+    problem: Problem | None = None,
     backend: str = "simulated",
     write: bool = True,
     m: float | None = None,

@@ -69,6 +69,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from marina.compressors.base import Compressor
 from marina.network.link import Link
 from marina.reductions import fixed_mean
 from marina.rng import SHARED, Randomness, stream_id
@@ -164,7 +165,7 @@ class Network(ABC):
     @abstractmethod
     def aggregate(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -188,7 +189,7 @@ class Network(ABC):
 
     def aggregate_mean(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -200,7 +201,7 @@ class Network(ABC):
 
     def aggregate_with_local(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -217,7 +218,7 @@ class Network(ABC):
         self,
         X_local: Tensor,
         round: int,
-        dense_compressor,
+        dense_compressor: Compressor,
         *,
         multiplicity: Tensor | None = None,
         return_local: bool = False,

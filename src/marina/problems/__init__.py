@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from marina.errors import ConfigError
-from marina.problems.base import Problem
+from marina.problems.base import Problem, ProblemSpec
 from marina.problems.linear import LinearModelProblem
 from marina.problems.logistic import PHI2_MAX, LogisticProblem, libsvm
 from marina.problems.synthetic import SyntheticProblem, synthetic
@@ -30,6 +30,7 @@ __all__ = [
     "LinearModelProblem",
     "LogisticProblem",
     "Problem",
+    "ProblemSpec",
     "SyntheticProblem",
     "TorchModelProblem",
     "SPEC_BUILDERS",
@@ -41,7 +42,7 @@ __all__ = [
 
 
 def get(
-    spec: str | os.PathLike[str] | Problem,
+    spec: ProblemSpec,
     workers: int | None = None,
     seed: int = 0,
     **kwargs: Any,

@@ -8,6 +8,7 @@ and networks rely on nothing else.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 import torch
@@ -17,7 +18,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, LazyRows
 from marina.reductions import fixed_dot, fixed_mean
 
-__all__ = ["Problem"]
+__all__ = ["Problem", "ProblemSpec"]
 
 
 class Problem(ABC):
@@ -125,3 +126,9 @@ class Problem(ABC):
     def initial_point(self) -> Tensor:
         """The default x^0 (zeros unless the problem says otherwise)."""
         return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+
+
+ProblemSpec = str | os.PathLike[str] | Problem
+"""What a ``problem`` argument takes: a :class:`Problem` object (used as it is) or a spec for
+:func:`marina.problems.get`: a bundled data set name (``"a9a"``), a LibSVM file path,
+``"synthetic"`` or a registered name (``"fashion-mnist"``)."""

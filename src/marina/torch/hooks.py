@@ -72,6 +72,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from marina import compressors
+from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
 from marina.methods.ef21 import contraction_scale
 from marina.network.link import DIRECT_MAX_BYTES
@@ -115,7 +116,7 @@ class CompressionHookConfig:
             the other methods.
     """
 
-    compressor: Any = "identity"
+    compressor: CompressorSpec = "identity"
     method: str = "qgd"
     seed: int = 0
     alpha: float | None = None
@@ -217,11 +218,11 @@ class CompressionHookState:
 
     def __init__(
         self,
-        compressor: Any = "identity",
+        compressor: CompressorSpec = "identity",
         method: str = "qgd",
         seed: int = 0,
         alpha: float | None = None,
-        group: Any = None,
+        group: "dist.ProcessGroup | None" = None,
         momentum: float | None = None,
     ) -> None:
         self.config = CompressionHookConfig(compressor, method, seed, alpha, momentum)
