@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-__all__ = ["LazyRows", "DenseRows", "RowDifference", "materialize"]
+__all__ = ["LazyRows", "DenseRows", "materialize"]
 
 MATERIALISE = "materialise them first with marina.lazy_rows.materialize(rows) or rows.dense()"
 

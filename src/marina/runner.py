@@ -52,7 +52,7 @@ from marina.network.base import Network
 from marina.network.link import parse_link
 from marina.reductions import fixed_dot
 
-__all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
+__all__ = ["run", "Result", "HISTORY_COLUMNS"]
 
 HISTORY_COLUMNS = ("iteration", "grad_norm_sq", "loss", "bits_up", "bits_down", "oracle_calls", "time_s")
 CHECKPOINT_FORMAT = "marina-run-checkpoint/2"

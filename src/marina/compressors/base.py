@@ -76,7 +76,6 @@ __all__ = [
     "get",
     "known",
     "column_chunks",
-    "wire_ceiling",
 ]
 
 WIRE_DTYPES: dict[torch.dtype, str] = {

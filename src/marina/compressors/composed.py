@@ -37,7 +37,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["Composed", "compose", "TEMPLATES"]
+__all__ = ["Composed"]
 
 INNER = ("natural", "qsgd", "natural-dithering", "terngrad")
 """Names of the quantisers that may follow RandK."""

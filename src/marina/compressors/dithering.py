@@ -55,7 +55,7 @@ from marina.compressors.wire import bytes_to_values, code_bits, pack_codes, unpa
 from marina.errors import ConfigError, ValueRangeError
 from marina.rng import Randomness
 
-__all__ = ["QSGD", "NaturalDithering", "row_norms", "round_up_representable"]
+__all__ = ["QSGD", "NaturalDithering", "round_up_representable"]
 
 # dtype -> (integer view, mantissa bits, exponent bias, exponent field mask)
 _IEEE = {

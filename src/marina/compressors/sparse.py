@@ -40,7 +40,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["RandK", "TopK", "largest_by_threshold", "sparse_rows", "sparse_sum"]
+__all__ = ["RandK", "TopK", "sparse_rows", "sparse_sum"]
 
 
 def sparse_rows(idx: Tensor, values: Tensor, d: int) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from marina.rng import Randomness, stream_id
 
-__all__ = ["dirichlet", "log_gamma", "normal"]
+__all__ = ["dirichlet", "normal"]
 
 
 def normal(rng: Randomness, cols: int) -> Tensor:

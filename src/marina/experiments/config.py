@@ -18,7 +18,7 @@ from typing import Any
 from marina import parameters
 from marina.rng import GENERATOR_VERSION
 
-__all__ = ["DEFAULT_CHECKPOINT_EVERY", "IDENTITY_VERSION", "RunConfig", "default_log_every"]
+__all__ = ["DEFAULT_CHECKPOINT_EVERY", "RunConfig", "default_log_every"]
 
 IDENTITY_VERSION = 2
 """Bumped only if the meaning of a configuration field changes (it is hashed into run ids).

@@ -57,18 +57,11 @@ else:  # pragma: no cover
 
 __all__ = [
     "GRID_KEYS",
-    "MAX_RUNS",
-    "MAX_RUNS_ENV",
-    "MAX_SWEEP_BYTES",
     "PARAM_KEYS",
-    "REQUIRED_KEYS",
-    "TOP_ONLY_KEYS",
     "Raw",
     "SweepSpec",
     "expand",
-    "grid_size",
     "load_sweep",
-    "max_runs",
     "parse_shard",
     "parse_sweep",
     "shard",

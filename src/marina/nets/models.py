@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from marina.errors import ConfigError
 
-__all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18", "small_cnn", "NORMS"]
+__all__ = ["ResNet", "SmallCNN", "resnet18", "small_cnn", "NORMS"]
 
 NORMS = ("batch", "group", "none")
 """Normalisation layers :func:`resnet18` can use (see :func:`_norm_factory`)."""

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from marina.errors import ConfigError
 from marina.network.torch_distributed import TorchDistributedNetwork, first_line, worker_block
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "MAX_TIMEOUT_S", "LaunchEnv", "Session", "init", "launch_env"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "LaunchEnv", "Session", "init", "launch_env"]
 
 ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets in every process and :func:`launch_env` requires."""

@@ -29,7 +29,7 @@ from torch import nn
 from marina.errors import ConfigError
 from marina.rng import SHARED, Randomness
 
-__all__ = ["keyed_init_", "keyed_uniform"]
+__all__ = ["keyed_init_"]
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

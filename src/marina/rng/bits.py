@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "MASK32",
     "MASK64",
     "GOLDEN_U",
     "GOLDEN",
@@ -26,8 +25,6 @@ __all__ = [
     "hash32_reference",
     "lowbias32_into",
     "split32",
-    "unit64",
-    "unit32",
     "unit_function",
     "scaled",
     "key63",
