@@ -73,6 +73,20 @@ def run(
     Every rank must start from the same x^0 (``x0``, else ``problem.initial_point()``: a
     :class:`marina.problems.TorchModelProblem` keeps its model's weights, which each process drew
     itself unless seeded): a ConfigError on every rank otherwise.
+
+    Args:
+        method: the method's name, as in :func:`marina.run`.
+        problem: a spec string (only the hosted shards are built) or a Problem object hosting
+            this rank's workers.
+        workers: n, the total number of workers (a multiple of the world size).
+        compressor: spec string or compressor object, as in :func:`marina.run`.
+        iterations: number of communication rounds K.
+        seed: keys every random draw; the same on every rank.
+        device: where this rank computes (``"cuda"`` picks the GPU of ``LOCAL_RANK``).
+        timeout_s: the collectives' timeout in seconds.
+        keep_log: record every exchange in ``result.config["exchanges"]``.
+        split: how a spec string's rows are split among the workers.
+        **kwargs: further :func:`marina.run` arguments (``x0``, ``log_every``, ``stepsize``, ...).
     """
     session = init(device, timeout_s=timeout_s)
     try:

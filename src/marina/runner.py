@@ -176,12 +176,15 @@ def run(
         seed: keys every random draw (coins, compressors, minibatches, clients).
         log_every: log every this many rounds (default max(1, K // 200)); round 0 and the last
             round are always logged.
-        device, dtype: where and in what precision the problem computes (spec strings; a problem
-            object must already match).
+        device: where the problem computes (for a spec string; a problem object must already
+            live there or move with its ``to``).
+        dtype: the problem's precision, float32 or float64 (for a spec string; a problem object
+            must already match).
         x0: starting point (default ``problem.initial_point()``).
         progress: called as ``progress(row, iterations)`` at every log point.
-        checkpoint_path, checkpoint_every: write the run state every ``checkpoint_every`` rounds
-            (and at the end) and resume from it when the same call is made again.
+        checkpoint_path: file of the run state, written every ``checkpoint_every`` rounds (and
+            at the end); the same call made again resumes from it.
+        checkpoint_every: rounds between checkpoints (with ``checkpoint_path``).
         network: a :class:`marina.network.Network` to run on (default: a simulated network
             hosting all workers, on the problem's device).
         loggers: trackers that also get every history row: ``"tensorboard"``, ``"mlflow"``,

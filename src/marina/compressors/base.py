@@ -227,6 +227,16 @@ class Compressor(ABC):
 
     Subclasses define ``name``, ``param`` (spec parameter name or None), ``_compress``,
     ``_decompress``, ``_pack_rows``/``_unpack_rows`` and the theory (``omega``, ``density``).
+    Build compressors with :func:`get`, which passes the spec's parameter as ``arg``.
+
+    Args:
+        arg: the spec parameter after the name (``"5"`` of ``"randk:5"``, with its mode:
+            ``"5:seeded"``), None for compressors without one.
+        value_dtype: wire precision of message values (a key of :data:`WIRE_DTYPES`).
+        workers: total number of workers n of the run (PermK needs it; the others ignore it).
+
+    Raises:
+        ConfigError: an unknown ``value_dtype``, ``workers`` < 1, or a bad parameter.
     """
 
     name: ClassVar[str]

@@ -40,6 +40,12 @@ class Bernoulli(Compressor):
     """Lazy compression with probability q (see the module docstring).
 
     Message fields: ``sent`` (n,) bool, ``values`` (number sent, d) at the wire dtype.
+
+    Args:
+        arg: q in (0, 1], the probability of sending (``"0.1"``), or ``"0.1:seeded"``: the
+            receiver regenerates the coins from the key and no flag travels.
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "bernoulli"

@@ -72,6 +72,12 @@ class Composed(Compressor):
 
     Message fields: the quantiser's fields for the (n, K) kept values (``norm`` for the
     norm-scaled ones, ``codes``), then ``indices`` (n, K) int64 sorted.
+    Built by :func:`marina.compressors.get` from ``"randk:K+Q"``.
+
+    Args:
+        outer: the RandK that keeps K coordinates (its value_dtype and workers are the composition's).
+        inner: the unbiased quantiser of the K kept values (natural, qsgd:s, natural-dithering:s,
+            terngrad).
     """
 
     name = "composed"

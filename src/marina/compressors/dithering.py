@@ -244,6 +244,11 @@ class QSGD(_Dithering):
     """QSGD / l2 random dithering with s uniform levels (see the module docstring).
 
     Message fields: ``norm`` (n,) at the wire dtype, ``codes`` (n, d) = 2 level + sign bit.
+
+    Args:
+        arg: s >= 1, the number of levels (``"4"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "qsgd"
@@ -277,6 +282,11 @@ class NaturalDithering(_Dithering):
     """Natural dithering with levels 0, 2^{1-s}, ..., 1 (see the module docstring).
 
     Message fields: ``norm`` (n,) at the wire dtype, ``codes`` (n, d) = 2 level + sign bit.
+
+    Args:
+        arg: s >= 1, the number of levels 2^{1-s}, ..., 1 besides 0 (``"8"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "natural-dithering"

@@ -21,6 +21,11 @@ class Identity(Compressor):
     """Q(x) = x (rounded to the wire precision). Makes no random draws.
 
     Message fields: ``values`` (n, d) at the wire dtype.
+
+    Args:
+        arg: None (``"identity"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "identity"

@@ -48,6 +48,11 @@ class Natural(Compressor):
     """Natural compression (see the module docstring).
 
     Message fields: ``codes`` (n, d) int32 = 2 * biased exponent + sign bit.
+
+    Args:
+        arg: None (``"natural"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "natural"

@@ -57,6 +57,12 @@ class PermK(Compressor):
     Message fields: ``values`` (n, ceil(d/n)) at the wire dtype (zero padded past the piece),
     ``indices`` (n, ceil(d/n)) int64 coordinates (padding repeats a valid index with value 0),
     ``sizes`` (n,) int64 piece sizes.
+
+    Args:
+        arg: None (``"permk"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n: the permutation is cut into n pieces, one per
+            worker (required before compressing; :func:`get` passes the run's n).
     """
 
     name = "permk"

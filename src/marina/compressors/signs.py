@@ -50,6 +50,11 @@ class TernGrad(QSGD):
     """TernGrad: s sign(x_j) Bernoulli(|x_j|/s), s = ||x||_inf (see the module docstring).
 
     Message fields: ``norm`` (n,) the scale s at the wire dtype, ``codes`` (n, d) = 2 b + sign bit.
+
+    Args:
+        arg: None (``"terngrad"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "terngrad"
@@ -89,6 +94,11 @@ class Sign(Compressor):
     """Scaled sign (||x||_1/d) sign(x): biased, contractive with alpha(d) = 1/d. No draws.
 
     Message fields: ``scale`` (n,) at the wire dtype, ``signs`` (n, d) uint8 (1 for negative).
+
+    Args:
+        arg: None (``"sign"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "sign"

@@ -198,7 +198,14 @@ class _Sparse(Compressor):
 
 @register
 class RandK(_Sparse):
-    """Random sparsification with K coordinates, unbiased (scaled by d/K). One drawing call."""
+    """Random sparsification with K coordinates, unbiased (scaled by d/K). One drawing call.
+
+    Args:
+        arg: K, the kept coordinates (``"5"``), or ``"5:seeded"``: the receiver regenerates the
+            indices from the key and none travel.
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
+    """
 
     name = "randk"
     omega_formula = "d/K - 1"
@@ -234,7 +241,13 @@ class RandK(_Sparse):
 
 @register
 class TopK(_Sparse):
-    """The K largest magnitudes, unscaled: biased, contractive with alpha = K/d. No draws."""
+    """The K largest magnitudes, unscaled: biased, contractive with alpha = K/d. No draws.
+
+    Args:
+        arg: K, the kept coordinates (``"5"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
+    """
 
     name = "topk"
     unbiased = False

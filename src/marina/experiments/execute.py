@@ -32,7 +32,11 @@ __all__ = ["execute", "torch_threads"]
 def torch_threads(threads: int | None):
     """Run the block with ``threads`` torch intra-op threads (None: unchanged), then restore.
 
-    Small problems run fastest on one thread, and far slower with several on a busy machine."""
+    Small problems run fastest on one thread, and far slower with several on a busy machine.
+
+    Args:
+        threads: torch intra-op threads inside the block (None or 0: unchanged).
+    """
     if not threads:
         yield
         return
@@ -80,6 +84,11 @@ def execute(config: RunConfig, out: str | os.PathLike | None, **options: Any):
     simulated run written into ``out`` holds the run's lock (:func:`results.run_lock`)
     meanwhile: a second process asked for the same run waits, then returns the record the first
     one wrote instead of computing it again.
+
+    Args:
+        config: the run.
+        out: the results directory (None: write nothing).
+        **options: the options above.
 
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`

@@ -78,7 +78,12 @@ __all__ = ["Network", "copy_stream"]
 
 
 def copy_stream(stream: str | int, copy: int) -> str | int:
-    """Stream of the ``copy``-th independent message of a worker drawn several times."""
+    """Stream of the ``copy``-th independent message of a worker drawn several times.
+
+    Args:
+        stream: the stream of copy 0.
+        copy: j >= 0, the index of the copy (copy 0 is ``stream`` itself).
+    """
     if copy == 0:
         return stream
     return f"{stream}#{copy}" if isinstance(stream, str) else stream_id(f"{stream}#{copy}")

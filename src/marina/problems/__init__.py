@@ -95,7 +95,12 @@ imported when first used (the image tasks of :mod:`marina.nets` build on this pa
 
 
 def register_spec(name: str, build: str | Callable[..., Problem]) -> None:
-    """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``."""
+    """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``.
+
+    Args:
+        name: the spec name (no ``:``).
+        build: the builder, a callable or ``"module:function"`` imported when first used.
+    """
     SPEC_BUILDERS[name] = build
 
 

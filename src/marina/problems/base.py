@@ -29,7 +29,8 @@ class Problem(ABC):
         worker_ids: global ids of the hosted workers (int64 tensor of length n_workers).
         dim: d, the number of parameters.
         sizes: m_i, number of local samples of each hosted worker (int64 tensor, (n_workers,)).
-        dtype, device: of every tensor this problem returns.
+        dtype: of every tensor this problem returns.
+        device: where every tensor this problem returns lives.
         total_workers: n of the whole problem (theory defaults use it); equals n_workers
             unless this object hosts a subset of the workers (a torch.distributed rank).
 

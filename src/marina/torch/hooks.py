@@ -526,7 +526,21 @@ def compression_hook(
     state: CompressionHookState, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: the bucket's compressed average (QGD), DIANA's shifted estimate, or EF21's
-    (EF21-SGDM's) error-feedback estimate (see the module doc), returned as the exchange's future."""
+    (EF21-SGDM's) error-feedback estimate (see the module doc), returned as the exchange's future.
+
+    Register it as ``ddp.register_comm_hook(state, compression_hook)``; DDP then calls it once per
+    bucket of every backward pass.
+
+    Args:
+        state: the :class:`CompressionHookState` of this DDP model (configuration, memory, counters).
+        bucket: the gradient bucket DDP hands over (its flat buffer is the d entries compressed).
+
+    Returns:
+        A future of the bucket's new gradient, the same on every rank.
+
+    Raises:
+        ConfigError: ``state`` is not a :class:`CompressionHookState`.
+    """
     if not isinstance(state, CompressionHookState):
         raise ConfigError(
             f"compression_hook's state is a {type(state).__name__}, not a CompressionHookState: "

@@ -100,8 +100,17 @@ def compressor_for(
     (also in ``"randk:1%+natural"``). The optimizers and the DDP hook (a bucket of d entries)
     resolve their specs here.
 
-    Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
-    contractive ones (``topk:K``) too. ``user`` names who needs it in the errors."""
+    Args:
+        spec: a compressor spec (``"randk:1%"``, ``"qsgd:4"``, ...) or a compressor object.
+        d: the number of entries compressed (parameters, or a DDP bucket's entries).
+        n: the total number of workers (PermK needs it), None when unknown.
+        contractive: also accept biased contractive compressors (``topk:K``), as the
+            error-feedback methods do; otherwise unbiased ones only.
+        user: who needs the compressor, as the errors name it.
+
+    Raises:
+        ConfigError: a bad spec or percentage, or a biased compressor where it is refused.
+    """
     head, plus, tail = spec.partition("+") if isinstance(spec, str) else ("", "", "")
     if head.strip().endswith("%"):  # also the RandK of a composition, "randk:1%+natural"
         name, _, arg = head.strip().partition(":")
@@ -347,6 +356,20 @@ class MarinaOptimizer(torch.optim.Optimizer):
     Counters (equal on every rank): :attr:`bits_up` (the paper's #bits/n, the ``bits_up``
     history column of ``marina.run``), :attr:`bits_down`, :attr:`rounds`, :attr:`oracle_calls`,
     :attr:`wire_bytes` (0 without torch.distributed). ``method_params`` are the parameters used.
+
+    Subclasses name their method (``method_name``) and pass their own arguments as ``overrides``.
+
+    Args:
+        params: iterable of parameters, or of param-group dicts (keys ``params`` and ``lr``).
+        compressor: a marina compressor spec or object (see :func:`compressor_for`).
+        lr: the stepsize gamma of every group without its own ``lr``.
+        seed: the key of every random draw; the same on every rank.
+        process_group: the torch.distributed group of the workers (None: the default group when
+            initialised, else this process alone).
+        module: the model, whose buffers then advance once per step (None: not protected).
+        local_size: m_i, the samples of this worker (None: 1).
+        overrides: the method's own parameters (:mod:`marina.parameters`); None values take the
+            theory defaults.
     """
 
     method_name: ClassVar[str]
