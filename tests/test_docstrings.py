@@ -26,9 +26,14 @@ PUBLIC_MODULES = (
     "marina.nets",
     "marina.parameters",
     "marina.trackers",
+    "marina.errors",
+    "marina.rng",
+    "marina.data",
+    "marina.plotting",
 )
-"""The package and its public subpackages (``marina.__all__``) with marina.torch; marina.methods and
-marina.theory are left to their own conventions (a method's parameters are documented in
+"""The package, its public subpackages (``marina.__all__``), marina.torch and the modules users
+import directly (errors, keyed randomness, data sets, plotting); marina.methods and marina.theory
+are left to their own conventions (a method's parameters are documented in
 :mod:`marina.parameters`' table)."""
 
 _SECTION = re.compile(r"^(\w[\w ]*):\s*$")
