@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import pydoc
 import re
 
 import pytest
+
+import marina.torch
 
 PUBLIC_MODULES = (
     "marina",
@@ -112,6 +115,13 @@ def problems_of(obj: object) -> list[str]:
 @pytest.mark.parametrize("name, obj", public_callables(), ids=lambda v: v if isinstance(v, str) else "")
 def test_arguments_documented(name: str, obj: object):
     assert problems_of(obj) == [], name
+
+
+def test_help_of_an_optimizer_shows_its_arguments():
+    text = pydoc.render_doc(marina.torch.MARINA, renderer=pydoc.plaintext)
+    args = text[text.index("Args:") :]
+    for name in ("params", "compressor", "lr", "p", "seed", "process_group", "local_size", "module"):
+        assert f"{name}: " in args, name
 
 
 def test_the_parser_reads_google_sections():
