@@ -60,7 +60,7 @@ def _measure(d: int, world: int, repeats: int) -> dict[str, float]:
         gather(size_out, size)
         gather(msg_out, msg)
 
-    def direct(out: torch.Tensor, chunk: torch.Tensor):  # noqa: ANN202
+    def direct(out: torch.Tensor, chunk: torch.Tensor):
         outs = list(out.view(world, *chunk.shape).unbind(0))
         return lambda: dist.all_to_all(outs, [chunk] * world)
 

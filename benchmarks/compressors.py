@@ -30,10 +30,10 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 
-import torch  # noqa: E402
+import torch
 
-from marina.compressors import get  # noqa: E402
-from marina.rng import Randomness  # noqa: E402
+from marina.compressors import get
+from marina.rng import Randomness
 
 DEFAULT_SPECS = [
     "identity",

@@ -511,8 +511,8 @@ def launch(argv: list[str], world: int, limit: float, workdir: Path, grace_s: fl
     the others ``grace_s`` seconds before they are killed. CheckFailed with the last line of the stderr of the
     first rank that failed (the whole of it goes to our stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    outs = [open(workdir / f"rank{r}.out", "w+") for r in range(world)]
-    errs = [open(workdir / f"rank{r}.err", "w+") for r in range(world)]
+    outs = [open(workdir / f"rank{r}.out", "w+") for r in range(world)]  # noqa: SIM115 - closed after the ranks exit
+    errs = [open(workdir / f"rank{r}.err", "w+") for r in range(world)]  # noqa: SIM115 - closed after the ranks exit
     procs = local_launch(argv, world, env=env, stdout=lambda r: outs[r], stderr=lambda r: errs[r])
     deadline, failed = time.monotonic() + limit, None
     try:
@@ -632,7 +632,7 @@ def ddp_hook_rank(out: str, device: str) -> None:
     except Exception as err:  # noqa: BLE001 - reported as the check's FAIL line
         report["registration"] = f"{type(err).__name__}: {first_line(err)}"
 
-        def hook(state, bucket):  # noqa: ANN001, ANN202 - unannotated, so DDP accepts it
+        def hook(state, bucket):  # unannotated, so DDP accepts it
             return mt.compression_hook(state, bucket)
 
     del probe

@@ -79,7 +79,7 @@ def run_one(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(src) / "src"), env.get("PYTHONPATH", "")])
-    logs = [open(out.parent / f"{out.name}.rank{r}.log", "w") for r in range(args.ranks)]
+    logs = [open(out.parent / f"{out.name}.rank{r}.log", "w") for r in range(args.ranks)]  # noqa: SIM115 - closed after the ranks exit
     procs = local_launch(argv, args.ranks, env=env, stdout=lambda r: logs[r], stderr=subprocess.STDOUT)
     codes = [p.wait(timeout=args.timeout) for p in procs]
     for log in logs:

@@ -116,11 +116,11 @@ def measure(method: str, spec: str, args: argparse.Namespace, x: torch.Tensor, y
     state = mt.CompressionHookState(spec, method, seed=0)
     events: list[tuple[str, float]] = []  # ("launched" | "decoded", time) of the hooked passes
 
-    def timed(state, bucket):  # noqa: ANN001, ANN202 - the hook, its events noted
+    def timed(state, bucket):  # the hook, its events noted
         fut = mt.compression_hook(state, bucket)
         events.append(("launched", time.perf_counter()))
 
-        def decoded(f):  # noqa: ANN001, ANN202
+        def decoded(f):
             events.append(("decoded", time.perf_counter()))
             return f.value()
 
@@ -129,7 +129,7 @@ def measure(method: str, spec: str, args: argparse.Namespace, x: torch.Tensor, y
     models["backward + hook"].register_comm_hook(state, timed)
     recorded: dict[int, _RecordedBucket] = {}  # the last backward pass's buckets, by index
 
-    def waited(state, bucket):  # noqa: ANN001, ANN202 - the hook, made synchronous
+    def waited(state, bucket):  # the hook, made synchronous
         recorded[int(bucket.index())] = _RecordedBucket(bucket)
         fut = mt.compression_hook(state, bucket)
         fut.wait()

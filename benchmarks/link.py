@@ -196,7 +196,7 @@ def main() -> None:
     rows = []
     port = PORT
 
-    def jobs_at(link) -> list[tuple[str, str, float, int]]:  # noqa: ANN001
+    def jobs_at(link) -> list[tuple[str, str, float, int]]:
         jobs = []
         for method, comp, mult in cfgs:
             if mult != args.multipliers[0]:

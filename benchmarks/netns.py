@@ -53,7 +53,7 @@ def exit_on_signals() -> dict:
     """SIGTERM, SIGHUP and SIGINT raise SystemExit, so ``finally`` blocks remove the namespaces;
     returns the previous handlers (for :func:`restore_signals`)."""
 
-    def stop(signum, frame):  # noqa: ANN001
+    def stop(signum, frame):
         raise SystemExit(f"stopped by signal {signum}")
 
     return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}

@@ -63,7 +63,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def timed_closure(net, opt, x, y, inside: list[float]):  # noqa: ANN001, ANN201
+def timed_closure(net, opt, x, y, inside: list[float]):
     """The closure of a step on (x, y); adds its seconds to ``inside[0]``."""
 
     def closure():

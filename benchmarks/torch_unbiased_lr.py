@@ -24,7 +24,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 2))
 
 
-def largest_lr(make, X: torch.Tensor, Y: torch.Tensor, steps: int = 200) -> float | None:  # noqa: ANN001
+def largest_lr(make, X: torch.Tensor, Y: torch.Tensor, steps: int = 200) -> float | None:
     best = None
     for e in range(-8, 8):
         lr = 2.0**e

@@ -37,7 +37,7 @@ _SEED = pytest.StashKey[int]()
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     value = item.stash.get(_SEED, None)
     if value is not None and report.failed:

@@ -407,13 +407,13 @@ def test_randk_masks_of_two_workers_are_independent(seed):
 def test_same_seed_same_output_different_seed_differs(seed, spec):
     c = get(spec, workers=4)
     X = torch.stack([_vector("gaussian", 40, seed + i) for i in range(4)])
-    out = lambda seed, rnd=0: c.compress_decompress(X, Randomness(seed, "compress", rnd, range(4)))[0]  # noqa: E731
+    out = lambda seed, rnd=0: c.compress_decompress(X, Randomness(seed, "compress", rnd, range(4)))[0]
     a = out(seed)
     assert torch.equal(a, out(seed))
     if spec not in ("identity", "topk:2", "sign"):
         # eight rounds at once: a Bernoulli flag pattern of 4 workers repeats with probability 1/16,
         # all eight rounds' patterns with 2^-32
-        rounds = lambda seed: torch.cat([out(seed, r) for r in range(8)])  # noqa: E731
+        rounds = lambda seed: torch.cat([out(seed, r) for r in range(8)])
         assert not torch.equal(rounds(seed), rounds(seed + 1))
         assert not torch.equal(torch.cat([out(seed, r) for r in range(0, 16, 2)]), rounds(seed))
 

@@ -98,7 +98,7 @@ def test_round_trip_exact_and_lengths(seed, spec, wire):
                 X = _x(len(ids), d, dtype, seed + d)
                 if wire == torch.float16:
                     X = X.clamp(-100, 100)  # stay inside float16's range after scaling
-                rng = lambda ids=ids: Randomness(seed, "compress", 7, ids)  # noqa: E731
+                rng = lambda ids=ids: Randomness(seed, "compress", 7, ids)
                 msg = c.compress(X, rng())
                 assert msg.bits.tolist() == _expected_bits(c, d, msg)
                 payloads = c.pack(msg)

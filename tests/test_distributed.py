@@ -75,7 +75,7 @@ def _context():
 
 def _rank_main(rank: int, world: int, port: int, job: str, params: dict, out: str) -> None:
     """Entry of one rank: torchrun's environment, output into ``out/rank<r>.log``, run ``job``."""
-    log = open(os.path.join(out, f"rank{rank}.log"), "w", buffering=1)
+    log = open(os.path.join(out, f"rank{rank}.log"), "w", buffering=1)  # noqa: SIM115 - the rank writes into it until it exits
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log

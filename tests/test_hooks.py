@@ -34,7 +34,7 @@ REBUILD_CASES = (("qgd", "randk:10%"), ("diana", "randk:1%"), ("ef21", "topk:1%"
 REBUILD_LR = 0.0005  # plain SGD on the 28 k-parameter regression below (EF21 topk:1% diverges at 0.002)
 
 
-def _state(spec: str, method: str, seed: int = 0, **kwargs) -> CompressionHookState:  # noqa: ANN003
+def _state(spec: str, method: str, seed: int = 0, **kwargs) -> CompressionHookState:
     """The hook state of ``method`` (EF21-SGDM with momentum ETA unless given)."""
     if method == "ef21-sgdm":
         kwargs.setdefault("momentum", ETA)
@@ -68,7 +68,7 @@ class _Rebuilt(torch.nn.Module):
         return self.deep(x) + self.skip(x)
 
 
-def _ddp_train(state, hook, rank: int, slow_rank: bool = False):  # noqa: ANN001, ANN202
+def _ddp_train(state, hook, rank: int, slow_rank: bool = False):
     """STEPS SGD steps of DDP with ``hook`` registered as users do; the final parameters."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -91,12 +91,12 @@ def _recorded(state: CompressionHookState, rank: int, slow_rank: bool = False) -
     parameters) of every call."""
     calls = []
 
-    def recording(state, bucket):  # noqa: ANN001, ANN202
+    def recording(state, bucket):
         inp = bucket.buffer().clone()
         fut = compression_hook(state, bucket)
         done = fut.done()
 
-        def keep(f):  # noqa: ANN001, ANN202
+        def keep(f):
             calls.append((int(bucket.index()), inp, f.value().clone(), done, bucket.parameters()))
             return f.value()
 
@@ -304,7 +304,7 @@ def _disagreements(seed: int, rank: int) -> dict:
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1rank", "2ranks"])
-def main_reports(request, tmp_path_factory) -> tuple[int, int, list[dict]]:  # noqa: ANN001
+def main_reports(request, tmp_path_factory) -> tuple[int, int, list[dict]]:
     """Every rank's report of one launch of _main_job on 1 or 2 gloo ranks (the seed as the
     ``seed`` fixture draws it, shared by the module's tests, printed in their failures)."""
     seed = int(os.environ.get("MARINA_TEST_SEED") or random.SystemRandom().randrange(2**31))

@@ -108,7 +108,7 @@ def test_compressors_read_lazy_rows_as_they_read_dense_ones(seed, spec):
     lazy = prob.lazy_local_grads(_point(prob.dim, seed)) - prob.lazy_local_grads(_point(prob.dim, seed + 1))
     dense = materialize(lazy)
     c = compressors.get(spec)
-    rng = lambda: Randomness(seed, "compress", 3, range(prob.n_workers))  # noqa: E731
+    rng = lambda: Randomness(seed, "compress", 3, range(prob.n_workers))
     s_lazy, b_lazy, l_lazy = c.compress_sum(lazy, rng(), keep_local=True)
     s_dense, b_dense, l_dense = c.compress_sum(dense, rng(), keep_local=True)
     assert torch.equal(s_lazy, s_dense) and torch.equal(b_lazy, b_dense) and torch.equal(l_lazy, l_dense)

@@ -235,7 +235,7 @@ def multiplier_grid(adjust, stopped: str) -> pd.DataFrame:
 
 
 def test_best_keeps_the_multiplier_with_the_lowest_final_value():
-    def adjust(f, mult):  # noqa: ANN001, ANN202
+    def adjust(f, mult):
         # MARINA is best at 2, DIANA at 1; DIANA at 0.5 would be best but diverged (stopped early)
         f.loc[f.method == "marina", "grad_norm_sq"] *= {0.5: 0.9, 1.0: 1.0, 2.0: 0.5}[mult]
         f.loc[f.method == "diana", "grad_norm_sq"] *= {0.5: 0.1, 1.0: 1.0, 2.0: 3.0}[mult]
@@ -264,7 +264,7 @@ def test_best_keeps_the_multiplier_with_the_lowest_final_value():
 
 def test_best_keeps_the_highest_final_accuracy():
     # an accuracy column: the largest final value wins, a run stopped early counts as -inf
-    def adjust(f, mult):  # noqa: ANN001, ANN202
+    def adjust(f, mult):
         f["test_acc"] = {0.5: 0.9, 1.0: 0.7, 2.0: 0.8}[mult] * f["iteration"] / f["iteration"].max()
 
     # 0.5 has the best accuracy, but MARINA's runs there stopped early

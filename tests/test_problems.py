@@ -228,7 +228,7 @@ def test_average_smoothness_by_brute_force_on_a_small_data_set():
         for a in A:  # one sample at a time
             M += float(a @ a) * np.outer(a, a) / m
         w, V = np.linalg.eigh(M)
-        ratio = lambda h, A=A: float(np.mean(np.sum(A**2, axis=1) * (A @ h) ** 2) / (h @ h))  # noqa: E731
+        ratio = lambda h, A=A: float(np.mean(np.sum(A**2, axis=1) * (A @ h) ** 2) / (h @ h))
         assert ratio(V[:, -1]) == pytest.approx(w[-1], rel=1e-12)
         g = np.random.default_rng(i)
         assert max(ratio(g.standard_normal(d)) for _ in range(200)) <= w[-1] * (1 + 1e-12)

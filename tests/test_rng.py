@@ -215,7 +215,7 @@ _MODES = {
 _FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _in_mode(monkeypatch, mode: str, draw, *args):  # noqa: ANN001, ANN202
+def _in_mode(monkeypatch, mode: str, draw, *args):
     """draw(*args) (which makes its Randomness objects) with the thresholds of ``mode``."""
     key_rows, small_elements = _MODES[mode]
     monkeypatch.setattr(randomness, "SMALL_ROWS", key_rows)
@@ -235,7 +235,7 @@ def _assert_same(results: dict[str, list]) -> None:
                 assert a == b, (mode, i)
 
 
-def _every_method(key: tuple, ids, pops: torch.Tensor) -> list:  # noqa: ANN001
+def _every_method(key: tuple, ids, pops: torch.Tensor) -> list:
     """Every drawing method at column counts around the small-draw threshold."""
     rng = Randomness(*key, ids)
     out: list = [rng._next_keys()]
@@ -269,7 +269,7 @@ def test_small_draw_path_equals_tensor_code(monkeypatch, seed, rows):
         _assert_same(results)
 
 
-def _swr_with_initial(key: tuple, ids, pop: int | torch.Tensor, k: int) -> list[torch.Tensor]:  # noqa: ANN001
+def _swr_with_initial(key: tuple, ids, pop: int | torch.Tensor, k: int) -> list[torch.Tensor]:
     """sample_without_replacement after one call and, from a twin at the same counter, its first
     draw with replacement (the sparse method's first attempt is floor(u population) of the call)."""
     rng, twin = Randomness(*key, ids), Randomness(*key, ids)

@@ -88,7 +88,7 @@ def test_lr_schedule_changes_the_steps_of_marina_by_hand():
 def test_param_groups_with_different_lrs_match_sgd():
     x, y = _data()
     m1, m2 = _mlp(), _mlp()
-    groups = lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}]  # noqa: E731
+    groups = lambda m: [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.05}]
     o1 = mt.MARINA(groups(m1), compressor=F64_IDENTITY, lr=0.3, p=1.0)
     o2 = torch.optim.SGD(groups(m2), lr=0.3)
     for _ in range(5):
@@ -246,7 +246,9 @@ def test_equal_dropout_masks_give_a_zero_difference_at_equal_points():
     x, y = _data()
     model = _mlp(dropout=0.5)
     params = list(model.parameters())
-    prob = ClosureProblem(params, 24, 1, torch.zeros(1, dtype=torch.int64), module=model)
+    prob = ClosureProblem(
+        params, local_size=24, total_workers=1, worker_ids=torch.zeros(1, dtype=torch.int64), module=model
+    )
 
     def closure():
         model.zero_grad()

@@ -257,7 +257,7 @@ def test_ef21_pp_counts_and_calls_the_closure_only_when_drawn():
 def test_dasha_page_and_mvr_counters_equal_hand_counts():
     x, y = _data()
     seed, steps, p = 4, 20, 0.3
-    sparse = lambda d: 7 * (32 + math.ceil(math.log2(d)))  # noqa: E731 - RandK: values and indices
+    sparse = lambda d: 7 * (32 + math.ceil(math.log2(d)))  # RandK: values and indices
     m1, d = _small()
     page = mt.DASHAPAGE(m1.parameters(), "randk:7", 0.05, p=p, seed=seed, batch_size=4, local_size=M)
     m2, _ = _small()

@@ -84,7 +84,7 @@ class _Refuses(Identity):
         super().__init__()
         self.error = error
 
-    def _compress(self, X, rng, amax):  # noqa: ANN001, ANN202
+    def _compress(self, X, rng, amax):
         raise self.error
 
 

@@ -23,7 +23,7 @@ from marina.rng import Randomness
 from marina.testing import close_group
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_torch_optim import _closure, _data, _flat, _mlp  # noqa: E402
+from test_torch_optim import _closure, _data, _flat, _mlp
 
 M, STEPS, SEED, LR = 10, 10, 5, 0.2
 CASES = {

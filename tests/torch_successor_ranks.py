@@ -17,8 +17,8 @@ import torch.distributed as dist
 from marina.testing import close_group
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_torch_optim import _closure, _data, _flat, _mlp  # noqa: E402
-from test_torch_successors import CASES, M, _simulation, feed  # noqa: E402
+from test_torch_optim import _closure, _data, _flat, _mlp
+from test_torch_successors import CASES, M, _simulation, feed
 
 STEPS, SEED, LR = 10, 5, 0.2
 

@@ -24,11 +24,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
+from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError
 from marina.experiments.loading import load_problem
 from marina.network.launch import DEFAULT_TIMEOUT_S, ENV_VARS, LaunchEnv, Session, init, launch_env
 from marina.network.torch_distributed import DistributedError
+from marina.problems.base import Problem, ProblemSpec
 from marina.runner import Result
 from marina.runner import run as run_on_network
 
@@ -47,9 +50,9 @@ __all__ = [
 def run(
     *,
     method: str,
-    problem: Any,
+    problem: ProblemSpec,
     workers: int,
-    compressor: Any = "identity",
+    compressor: CompressorSpec = "identity",
     iterations: int = 1000,
     seed: int = 0,
     device: torch.device | str | None = "cpu",
@@ -70,6 +73,20 @@ def run(
     Every rank must start from the same x^0 (``x0``, else ``problem.initial_point()``: a
     :class:`marina.problems.TorchModelProblem` keeps its model's weights, which each process drew
     itself unless seeded): a ConfigError on every rank otherwise.
+
+    Args:
+        method: the method's name, as in :func:`marina.run`.
+        problem: a spec string (only the hosted shards are built) or a Problem object hosting
+            this rank's workers.
+        workers: n, the total number of workers (a multiple of the world size).
+        compressor: spec string or compressor object, as in :func:`marina.run`.
+        iterations: number of communication rounds K.
+        seed: keys every random draw; the same on every rank.
+        device: where this rank computes (``"cuda"`` picks the GPU of ``LOCAL_RANK``).
+        timeout_s: the collectives' timeout in seconds.
+        keep_log: record every exchange in ``result.config["exchanges"]``.
+        split: how a spec string's rows are split among the workers.
+        **kwargs: further :func:`marina.run` arguments (``x0``, ``log_every``, ``stepsize``, ...).
     """
     session = init(device, timeout_s=timeout_s)
     try:
@@ -98,7 +115,7 @@ def run(
         session.close()
 
 
-def _check_same_start(x0: Any, problem: Any, device: torch.device) -> None:
+def _check_same_start(x0: Tensor | None, problem: Problem, device: torch.device) -> None:
     """All ranks agree on x^0: the min and max over ranks of a 63-bit digest of its bytes are equal."""
     point = torch.as_tensor(x0 if x0 is not None else problem.initial_point())
     data = point.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy().tobytes()

@@ -34,8 +34,11 @@ class ValueRangeError(ConfigError):
     in the middle of a run it means the run diverged, and :func:`marina.run` catches it by this
     type to end the run with status ``"diverged"``.
 
-    ``non_finite`` tells the two cases apart (True: a NaN or infinite entry) without reading
-    the message."""
+    Args:
+        message: what left the range, with the value and the limit.
+        non_finite: True for a NaN or infinite entry, False for a finite value beyond the range
+            (tells the two cases apart without reading the message).
+    """
 
     def __init__(self, message: str, *, non_finite: bool = False) -> None:
         super().__init__(message)

@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-__all__ = ["LazyRows", "DenseRows", "RowDifference", "materialize"]
+__all__ = ["LazyRows", "DenseRows", "materialize"]
 
 MATERIALISE = "materialise them first with marina.lazy_rows.materialize(rows) or rows.dense()"
 
@@ -42,7 +42,7 @@ def _refusal(cls: type, operation: str) -> str:
     )
 
 
-def _refused(operation: str):  # noqa: ANN202 - an operator slot of LazyRows
+def _refused(operation: str):  # an operator slot of LazyRows
     def refuse(self: LazyRows, *args: object) -> None:
         raise TypeError(_refusal(type(self), operation))
 
@@ -97,13 +97,13 @@ class LazyRows(ABC):
         return RowDifference(self, other)
 
     # -- everything else is refused, with the way out --------------------------------------------
-    def __getattr__(self, name: str):  # noqa: ANN204 - only reached for unknown attributes
+    def __getattr__(self, name: str):  # only reached for unknown attributes
         if name.startswith("__") or name in ("shape", "dtype", "device"):
             raise AttributeError(name)  # protocols probed by copy, pickle, ...; unset attributes
         raise AttributeError(_refusal(type(self), f"the tensor attribute .{name}"))
 
     @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
         raise TypeError(_refusal(cls, torch.overrides.resolve_name(func) or repr(func)))
 
     __add__ = __radd__ = __iadd__ = _refused("the operator +")

@@ -17,21 +17,21 @@ import os
 import re
 import resource
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marina.errors import ConfigError, MemoryBudgetError
+
+if TYPE_CHECKING:
+    from marina.problems.base import Problem
 
 __all__ = [
     "DEFAULT_FRACTION",
     "ENV_VAR",
-    "MINIBATCH_POINTS",
-    "STATE_ROWS",
     "WORKSPACE",
     "available",
     "budget",
     "check",
     "format_bytes",
-    "parse_size",
     "check_run",
     "run_estimate",
     "state_bytes",
@@ -152,7 +152,7 @@ def state_bytes(n: int, d: int, item: int = 8) -> int:
     return STATE_ROWS * n * d * item + n * d * 8
 
 
-def run_estimate(problem: Any, params: Mapping[str, Any]) -> dict[str, int]:
+def run_estimate(problem: Problem, params: Mapping[str, Any]) -> dict[str, int]:
     """Peak bytes one :func:`marina.run` allocates beyond the built problem, in named parts.
 
     - method state: :data:`STATE_ROWS` (n_hosted, d) arrays of the problem's dtype, with an int64
@@ -176,7 +176,7 @@ def run_estimate(problem: Any, params: Mapping[str, Any]) -> dict[str, int]:
     return parts
 
 
-def _minibatch_bytes(problem: Any, b: int, points: int) -> int:
+def _minibatch_bytes(problem: Problem, b: int, points: int) -> int:
     own = getattr(problem, "minibatch_bytes", None)
     if own is not None:
         return int(own(b, points))
@@ -184,7 +184,7 @@ def _minibatch_bytes(problem: Any, b: int, points: int) -> int:
     return n * b * 8 + (points + 1) * n * d * 8
 
 
-def check_run(problem: Any, method: str, params: Mapping[str, Any]) -> int:
+def check_run(problem: Problem, method: str, params: Mapping[str, Any]) -> int:
     """:func:`check` of :func:`run_estimate` for ``method`` with its resolved ``params``."""
     what = (
         f"{method} on {getattr(problem, 'name', type(problem).__name__)} "

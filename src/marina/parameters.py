@@ -242,7 +242,11 @@ def names() -> tuple[str, ...]:
 
 
 def by_name(name: str) -> Parameter:
-    """The parameter called ``name`` (ConfigError naming the known ones otherwise)."""
+    """The parameter called ``name`` (ConfigError naming the known ones otherwise).
+
+    Args:
+        name: a name of :data:`PARAMETERS` (``"p"``, ``"stepsize"``, ...).
+    """
     try:
         return _BY_NAME[name]
     except KeyError:
@@ -250,5 +254,9 @@ def by_name(name: str) -> Parameter:
 
 
 def of_method(method: str) -> tuple[str, ...]:
-    """Names of the parameters ``method`` takes, in table order (ConfigError for an unknown method)."""
+    """Names of the parameters ``method`` takes, in table order (ConfigError for an unknown method).
+
+    Args:
+        method: the method's name (``"marina"``, ...).
+    """
     return marina.methods.get(method).parameter_names()

@@ -103,7 +103,11 @@ def _method_class(method: str):
 
 
 def method_label(method: str) -> str:
-    """Display name of a method (its declared ``label``; ``vr-marina`` -> ``VR-MARINA``)."""
+    """Display name of a method (its declared ``label``; ``vr-marina`` -> ``VR-MARINA``).
+
+    Args:
+        method: the method's name (an unknown one is shown upper-cased).
+    """
     cls = _method_class(method)
     return cls.display_name() if cls is not None else str(method).upper()
 
@@ -115,7 +119,15 @@ def _method_order(method: str) -> int:
 
 
 def x_values(df: pd.DataFrame, x: str) -> pd.Series:
-    """The x coordinate of every row for axis ``x`` (see :data:`X_AXES`)."""
+    """The x coordinate of every row for axis ``x`` (see :data:`X_AXES`).
+
+    Args:
+        df: a results table.
+        x: the axis, a key of :data:`X_AXES`.
+
+    Raises:
+        ConfigError: an unknown axis, or one whose columns the results lack.
+    """
     if x == "rounds":
         return df["iteration"].astype("float64")
     if x == "bits":
@@ -138,7 +150,11 @@ def x_values(df: pd.DataFrame, x: str) -> pd.Series:
 
 
 def available_y(df: pd.DataFrame) -> list[str]:
-    """Numeric history columns that ``--y`` accepts (everything but configuration columns)."""
+    """Numeric history columns that ``--y`` accepts (everything but configuration columns).
+
+    Args:
+        df: a results table.
+    """
     return [
         c
         for c in df.columns
@@ -148,7 +164,19 @@ def available_y(df: pd.DataFrame) -> list[str]:
 
 @dataclass
 class Curve:
-    """One configuration's curve: mean over seeds and its band (``lo``, ``hi``), on a common x grid."""
+    """One configuration's curve: mean over seeds and its band (``lo``, ``hi``), on a common x grid.
+
+    Attributes:
+        problem: the problem of its panel.
+        key: the configuration (the values of the configuration columns).
+        label: the legend's text (method, compressor, varying parameters).
+        x: the common x grid.
+        mean: the mean over seeds at each x.
+        lo: the band's lower edge at each x.
+        hi: the band's upper edge at each x.
+        seeds: the seeds averaged.
+        variant: the label without the method (compressor and varying parameters).
+    """
 
     problem: str
     key: dict[str, Any]
@@ -218,6 +246,12 @@ def curves(df: pd.DataFrame, x: str = "rounds", y: str = "grad_norm_sq", band: s
 
     Labels name the method and the compressor, plus every configuration column that varies
     among the curves of the same problem (e.g. ``n=10``, ``γ × 2``, ``b'=65``).
+
+    Args:
+        df: a results table (:func:`marina.experiments.results.load_results`).
+        x: the x axis, a key of :data:`X_AXES`.
+        y: a numeric history column (:func:`available_y`).
+        band: the band over seeds, a key of :data:`BANDS`.
     """
     if y not in df.columns or y not in available_y(df):
         raise ConfigError(
@@ -327,18 +361,21 @@ def plot(
     figure grows when even one column does not fit): it never leaves the figure.
 
     Args:
-        df: a results table (:func:`marina.results.load_results`).
+        df: a results table (:func:`marina.experiments.results.load_results`).
         x: ``rounds``, ``bits`` (#bits/n), ``epochs`` (oracle calls / m), ``time`` or
             ``link_time`` (the modelled ``link_time_s``).
         y: any numeric history column (``grad_norm_sq``, ``loss``, ``train_acc``, ...).
         yscale: ``log``, ``linear`` or ``auto`` (log unless y is an accuracy or not positive).
         xscale: ``linear`` or ``log``.
+        title: the figure's title (None: none).
+        ncols: panels per row (default: all problems in one row up to 3, else a square grid).
         band: ``minmax``, ``std`` or ``ci95`` (:data:`BANDS`).
         ax: draw into these axes (one problem only; legend inside them) instead of a new figure.
         color_by: ``method`` (one color per method), ``compressor`` (one per compressor and
             varying parameters, so that e.g. MARINA and DIANA with randk:1 share a color), or
             ``auto`` (:data:`COLOR_BY`): by method when each method comes with one compressor
             (e.g. MARINA, DASHA, DIANA with randk:10 and EF21 with topk:10), else by compressor.
+
     Returns:
         The :class:`matplotlib.figure.Figure` (save it with :func:`save`).
     """
@@ -457,6 +494,11 @@ def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.Dat
     (+inf, or -inf for an accuracy). This is how tuned-stepsize figures are drawn from a grid
     of ``stepsize_multiplier`` values.
 
+    Args:
+        df: a results table.
+        column: the configuration column tuned (``stepsize_multiplier``, ``p``, ...).
+        y: the history column whose final value decides.
+
     Returns:
         (the kept rows of ``df``, one dict per curve: ``problem``, ``label`` (method,
         compressor), ``kept``, ``final`` and ``tried`` (value -> final)).
@@ -489,7 +531,11 @@ def best(df: pd.DataFrame, column: str, y: str = "grad_norm_sq") -> tuple[pd.Dat
 
 
 def figure_path(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, checked to end in a known figure format (:data:`FIGURE_FORMATS`)."""
+    """``path`` as a Path, checked to end in a known figure format (:data:`FIGURE_FORMATS`).
+
+    Args:
+        path: the figure's file.
+    """
     path = Path(path)
     if path.suffix.lower() not in FIGURE_FORMATS:
         raise ConfigError(
@@ -506,7 +552,16 @@ MAX_PIXELS_A_SIDE = 2**16 - 1
 def save(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     """Save ``fig`` as PNG (``dpi`` dots per inch), PDF or SVG, chosen by the file suffix
     (atomically). A PNG's sides must stay within :data:`MAX_PIXELS_A_SIDE` and its pixels (4
-    bytes each) within the memory budget (:mod:`marina.memory`)."""
+    bytes each) within the memory budget (:mod:`marina.memory`).
+
+    Args:
+        fig: the figure.
+        path: the file; its suffix picks the format.
+        dpi: dots per inch of a PNG.
+
+    Returns:
+        The path written.
+    """
     path = figure_path(path)
     if not dpi > 0:
         raise ConfigError(f"dpi == {dpi}, must be > 0")

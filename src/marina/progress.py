@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["MODES", "Bar", "ProgressDisplay", "auto_mode", "terminal_enabled"]
+__all__ = ["MODES", "ProgressDisplay", "terminal_enabled"]
 
 MODES = ("bars", "lines", "tqdm", "off")
 

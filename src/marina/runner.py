@@ -45,14 +45,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from marina import devices, methods, problems, trackers
+from marina import compressors, devices, methods, problems, trackers
 from marina.errors import CheckpointError, ConfigError, RunInterrupted, ValueRangeError
 from marina.files import atomic_write
 from marina.network.base import Network
 from marina.network.link import parse_link
 from marina.reductions import fixed_dot
 
-__all__ = ["run", "Result", "HISTORY_COLUMNS", "CHECKPOINT_FORMAT"]
+__all__ = ["run", "Result", "HISTORY_COLUMNS"]
 
 HISTORY_COLUMNS = ("iteration", "grad_norm_sq", "loss", "bits_up", "bits_down", "oracle_calls", "time_s")
 CHECKPOINT_FORMAT = "marina-run-checkpoint/2"
@@ -92,7 +92,9 @@ def _int_arg(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _build_problem(problem: Any, workers: int | None, device: Any, dtype: Any) -> problems.Problem:
+def _build_problem(
+    problem: problems.ProblemSpec, workers: int | None, device: Any, dtype: Any
+) -> problems.Problem:
     if device is not None:
         device = devices.check(device)
     if dtype is not None and dtype not in (torch.float32, torch.float64):
@@ -142,8 +144,8 @@ def _plain(value: Any) -> Any:
 def run(
     *,
     method: str,
-    problem: Any,
-    compressor: Any = "identity",
+    problem: problems.ProblemSpec,
+    compressor: compressors.CompressorSpec = "identity",
     workers: int | None = None,
     iterations: int = 1000,
     seed: int = 0,
@@ -174,12 +176,15 @@ def run(
         seed: keys every random draw (coins, compressors, minibatches, clients).
         log_every: log every this many rounds (default max(1, K // 200)); round 0 and the last
             round are always logged.
-        device, dtype: where and in what precision the problem computes (spec strings; a problem
-            object must already match).
+        device: where the problem computes (for a spec string; a problem object must already
+            live there or move with its ``to``).
+        dtype: the problem's precision, float32 or float64 (for a spec string; a problem object
+            must already match).
         x0: starting point (default ``problem.initial_point()``).
         progress: called as ``progress(row, iterations)`` at every log point.
-        checkpoint_path, checkpoint_every: write the run state every ``checkpoint_every`` rounds
-            (and at the end) and resume from it when the same call is made again.
+        checkpoint_path: file of the run state, written every ``checkpoint_every`` rounds (and
+            at the end); the same call made again resumes from it.
+        checkpoint_every: rounds between checkpoints (with ``checkpoint_path``).
         network: a :class:`marina.network.Network` to run on (default: a simulated network
             hosting all workers, on the problem's device).
         loggers: trackers that also get every history row: ``"tensorboard"``, ``"mlflow"``,
@@ -480,7 +485,7 @@ class Checkpoint:
             try:
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
                 return int(state["method_state"]["k"])
-            except Exception:  # unreadable: a rerun reports and redoes it
+            except Exception:  # noqa: BLE001 - unreadable: a rerun reports and redoes it
                 return None
         return self.saved_round
 
@@ -491,7 +496,7 @@ class Checkpoint:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        except Exception as err:  # any unreadable file is reported the same way
             raise CheckpointError(f"checkpoint {self.path!r} cannot be read ({err}); remove it") from err
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"checkpoint {self.path!r} is not a {CHECKPOINT_FORMAT} file; remove it")

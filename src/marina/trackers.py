@@ -38,7 +38,12 @@ __all__ = ["TRACKERS", "MLflow", "Session", "TensorBoard", "Tracker", "WandB", "
 
 
 class Tracker:
-    """Base of the built-in trackers: ``root`` (folder of its files), ``run_name``."""
+    """Base of the built-in trackers: ``root`` (folder of its files), ``run_name``.
+
+    Args:
+        root: the folder its files go under (default: the working directory).
+        run_name: the run's name in the tracker (default: :func:`run_name` of the configuration).
+    """
 
     name = ""
     module = ""
@@ -80,7 +85,12 @@ def run_name(config: Mapping[str, Any], run_id: str | None = None) -> str:
     given (runs that differ only in other parameters stay apart), e.g.
     ``a9a-marina-randk5-seed0-3f1c9a0e5b7d2c48``. Safe as a folder name: ``fashion-mnist:DIR``
     is named ``fashion-mnist``, a path by its last part; characters other than letters, digits
-    and ``._+=-`` go."""
+    and ``._+=-`` go.
+
+    Args:
+        config: the run's configuration (``problem``, ``method``, ``compressor``, ``seed``).
+        run_id: the run's id, appended when given.
+    """
     problem = str(config.get("problem"))
     problem = problem.split(":")[0] if re.match(r"[\w-]+:", problem) else problem.rstrip("/\\")
     parts = [
@@ -94,7 +104,12 @@ def run_name(config: Mapping[str, Any], run_id: str | None = None) -> str:
 
 
 class TensorBoard(Tracker):
-    """Event files in ``root/tensorboard/<run_name>`` (scalars ``marina/<column>``, config as text)."""
+    """Event files in ``root/tensorboard/<run_name>`` (scalars ``marina/<column>``, config as text).
+
+    Args:
+        root: the folder of ``tensorboard/`` (default: the working directory).
+        run_name: the run's folder name (default: :func:`run_name` of the configuration).
+    """
 
     name, module = "tensorboard", "tensorboard"
 
@@ -117,7 +132,12 @@ class TensorBoard(Tracker):
 
 class MLflow(Tracker):
     """A run of experiment ``marina`` in ``root/mlruns`` (or ``$MLFLOW_TRACKING_URI``): the
-    configuration as parameters, every row as metrics, ``marina.status`` as a tag."""
+    configuration as parameters, every row as metrics, ``marina.status`` as a tag.
+
+    Args:
+        root: the folder of ``mlruns/`` (default: the working directory).
+        run_name: the MLflow run's name (default: :func:`run_name` of the configuration).
+    """
 
     name, module = "mlflow", "mlflow"
 
@@ -149,7 +169,12 @@ class MLflow(Tracker):
 
 class WandB(Tracker):
     """A Weights & Biases run of project ``marina`` under ``root/wandb``, offline unless
-    ``$WANDB_MODE`` says otherwise (``wandb sync`` uploads it later)."""
+    ``$WANDB_MODE`` says otherwise (``wandb sync`` uploads it later).
+
+    Args:
+        root: the folder of ``wandb/`` (default: the working directory).
+        run_name: the W&B run's name (default: :func:`run_name` of the configuration).
+    """
 
     name, module = "wandb", "wandb"
 
@@ -179,7 +204,12 @@ TRACKERS: dict[str, type[Tracker]] = {t.name: t for t in (TensorBoard, MLflow, W
 
 def names(spec: str | Iterable[Any] | None, option: str = "loggers") -> list[str]:
     """The tracker names of ``spec`` (``"tensorboard,mlflow"`` or a list), each checked to be
-    known and its library installed (ConfigError naming the value otherwise)."""
+    known and its library installed (ConfigError naming the value otherwise).
+
+    Args:
+        spec: comma-separated names, a list of names, or None (no trackers).
+        option: how the errors name the option (``loggers``, ``--log``).
+    """
     if spec is None:
         return []
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -202,7 +232,13 @@ def make(
     loggers: str | Iterable[Any] | None, root: str | os.PathLike | None = None, run_name: str | None = None
 ) -> list[Any]:
     """Tracker objects for ``loggers``: names (see :func:`names`) become built-in trackers
-    writing under ``root``; other objects are kept as they are."""
+    writing under ``root``; other objects are kept as they are.
+
+    Args:
+        loggers: tracker names (comma-separated or a list), tracker objects, or None.
+        root: the folder the built-in trackers write under (default: the working directory).
+        run_name: the run's name in every built-in tracker (default: from its configuration).
+    """
     if loggers is None:
         return []
     items = loggers.split(",") if isinstance(loggers, str) else list(loggers)
@@ -216,7 +252,12 @@ def make(
 
 
 class Session:
-    """The trackers of one run: started with its configuration, fed through :meth:`wrap`."""
+    """The trackers of one run: started with its configuration, fed through :meth:`wrap`.
+
+    Args:
+        loggers: as :func:`make` takes them.
+        config: the run's configuration, handed to every tracker's ``start``.
+    """
 
     def __init__(self, loggers: Any, config: Mapping[str, Any]) -> None:
         self.trackers = make(loggers)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from marina import methods
+    from marina.compressors import Compressor
+    from marina.problems import Problem
 
 
 def rows() -> list[tuple[str, type[methods.Method], dict[str, Any]]]:
@@ -71,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def lower_bound(problem: Any) -> float:
+def lower_bound(problem: Problem) -> float:
     """A lower bound of f: ``problem.lower_bound`` if given; -c d for the synthetic family
     (squares >= 0 and c cos >= -c per coordinate); 0 otherwise (the logistic loss phi >= 0,
     cross-entropy >= 0, l2 terms >= 0)."""
@@ -83,7 +85,7 @@ def lower_bound(problem: Any) -> float:
     return 0.0
 
 
-def message_bits(comp: Any, problem: Any, x: torch.Tensor, seed: int = 0) -> tuple[float, bool]:
+def message_bits(comp: Compressor, problem: Problem, x: torch.Tensor, seed: int = 0) -> tuple[float, bool]:
     """(expected bits of one compressed message, measured?): the compressor's exact
     ``expected_bits(d)`` when it knows it, else the mean size of its messages for the local
     gradients at x over ``MEASURE_ROUNDS`` rounds of keyed randomness."""

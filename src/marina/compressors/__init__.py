@@ -62,7 +62,7 @@ compositions: Beznosikov et al. 2020, Lemma 1.
 
 from __future__ import annotations
 
-from marina.compressors.base import WIRE_DTYPES, Compressor, Message, get, known, register
+from marina.compressors.base import WIRE_DTYPES, Compressor, CompressorSpec, Message, get, known, register
 from marina.compressors.bernoulli import Bernoulli
 from marina.compressors.composed import Composed
 from marina.compressors.dithering import QSGD, NaturalDithering
@@ -74,6 +74,7 @@ from marina.compressors.sparse import RandK, TopK
 
 __all__ = [
     "Compressor",
+    "CompressorSpec",
     "Message",
     "WIRE_DTYPES",
     "get",

@@ -69,13 +69,13 @@ from marina.rng import Randomness
 
 __all__ = [
     "Compressor",
+    "CompressorSpec",
     "Message",
     "WIRE_DTYPES",
     "register",
     "get",
     "known",
     "column_chunks",
-    "wire_ceiling",
 ]
 
 WIRE_DTYPES: dict[torch.dtype, str] = {
@@ -157,7 +157,7 @@ def known() -> list[str]:
     return out + list(_COMPOSITION["templates"])
 
 
-def get(spec: str | Compressor, **options: Any) -> Compressor:
+def get(spec: CompressorSpec, **options: Any) -> Compressor:
     """Build a compressor from a spec string ``"name"`` or ``"name:param"``.
 
     Args:
@@ -191,7 +191,7 @@ def get(spec: str | Compressor, **options: Any) -> Compressor:
     bad = set(options) - {"value_dtype", "workers"}
     if bad:
         raise ConfigError(f"unknown compressor option(s) {sorted(bad)}; known: value_dtype, workers")
-    return cls(arg.strip() if cls.param is not None else None, **options)
+    return cls(arg=arg.strip() if cls.param is not None else None, **options)
 
 
 def _parse_int(name: str, param: str, arg: str, low: int) -> int:
@@ -227,6 +227,16 @@ class Compressor(ABC):
 
     Subclasses define ``name``, ``param`` (spec parameter name or None), ``_compress``,
     ``_decompress``, ``_pack_rows``/``_unpack_rows`` and the theory (``omega``, ``density``).
+    Build compressors with :func:`get`, which passes the spec's parameter as ``arg``.
+
+    Args:
+        arg: the spec parameter after the name (``"5"`` of ``"randk:5"``, with its mode:
+            ``"5:seeded"``), None for compressors without one.
+        value_dtype: wire precision of message values (a key of :data:`WIRE_DTYPES`).
+        workers: total number of workers n of the run (PermK needs it; the others ignore it).
+
+    Raises:
+        ConfigError: an unknown ``value_dtype``, ``workers`` < 1, or a bad parameter.
     """
 
     name: ClassVar[str]
@@ -249,8 +259,8 @@ class Compressor(ABC):
 
     def __init__(
         self,
-        arg: str | None = None,
         *,
+        arg: str | None = None,
         value_dtype: torch.dtype = torch.float32,
         workers: int | None = None,
     ) -> None:
@@ -632,6 +642,11 @@ class Compressor(ABC):
 
     def _bits_tensor(self, n: int, bits_each: int, device: torch.device) -> Tensor:
         return torch.full((n,), int(bits_each), dtype=torch.int64, device=device)
+
+
+CompressorSpec = str | Compressor
+"""What a ``compressor`` argument takes: a spec string for :func:`get` (``"randk:5"``) or a
+:class:`Compressor` object (used as it is)."""
 
 
 def column_chunks(n: int, d: int, device: torch.device):

@@ -40,6 +40,12 @@ class Bernoulli(Compressor):
     """Lazy compression with probability q (see the module docstring).
 
     Message fields: ``sent`` (n,) bool, ``values`` (number sent, d) at the wire dtype.
+
+    Args:
+        arg: q in (0, 1], the probability of sending (``"0.1"``), or ``"0.1:seeded"``: the
+            receiver regenerates the coins from the key and no flag travels.
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "bernoulli"
@@ -148,7 +154,7 @@ class Bernoulli(Compressor):
             rows[idx, nv] = 1  # flag of a sent message: bit 0 of its last byte; unsent: byte 0 is 0
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nv = d * self.wire_bits_per_value // 8
         if self.seeded:  # the coins regenerated from the key; sent messages are the d values only
             sent = self._coins(self._check_receiver_rng(rng, worker_ids, "coins")).to(rows.device)

@@ -37,7 +37,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["Composed", "compose", "TEMPLATES"]
+__all__ = ["Composed"]
 
 INNER = ("natural", "qsgd", "natural-dithering", "terngrad")
 """Names of the quantisers that may follow RandK."""
@@ -64,7 +64,7 @@ def compose(spec: str, options: dict[str, Any]) -> Composed:
             f"compressor spec == {spec!r}: the second compressor is {inner.spec!r}, must be one of "
             f"{', '.join(INNER)} (unbiased quantisers of the kept values)"
         )
-    return Composed(outer, inner)
+    return Composed(outer=outer, inner=inner)
 
 
 class Composed(Compressor):
@@ -72,6 +72,12 @@ class Composed(Compressor):
 
     Message fields: the quantiser's fields for the (n, K) kept values (``norm`` for the
     norm-scaled ones, ``codes``), then ``indices`` (n, K) int64 sorted.
+    Built by :func:`marina.compressors.get` from ``"randk:K+Q"``.
+
+    Args:
+        outer: the RandK that keeps K coordinates (its value_dtype and workers are the composition's).
+        inner: the unbiased quantiser of the K kept values (natural, qsgd:s, natural-dithering:s,
+            terngrad).
     """
 
     name = "composed"
@@ -81,13 +87,13 @@ class Composed(Compressor):
     density_formula = "density_2(K)"
     wire_formula = "header of Q_2 + K x (code of Q_2 + ceil(log2 d) index bits)"
 
-    def __init__(self, outer: RandK, inner: Compressor) -> None:
-        super().__init__(None, value_dtype=outer.value_dtype, workers=outer.workers)
+    def __init__(self, *, outer: RandK, inner: Compressor) -> None:
+        super().__init__(value_dtype=outer.value_dtype, workers=outer.workers)
         self.outer, self.inner = outer, inner
         self.K = outer.K
         self.regenerates = outer.seeded
         self._header = [] if inner.name == "natural" else ["norm"]
-        at_k = lambda f: re.sub(r"\bd\b", "K", f)  # noqa: E731 - the quantiser's formula at dimension K
+        at_k = lambda f: re.sub(r"\bd\b", "K", f)  # the quantiser's formula at dimension K
         self.omega_formula = f"(d/K) (1 + {at_k(inner.omega_formula)}) - 1"
         self.density_formula = at_k(inner.density_formula)
         index = "" if outer.seeded else " + ceil(log2 d) index bits"
@@ -170,7 +176,7 @@ class Composed(Compressor):
         rows = torch.cat([*parts, pack_codes(codes, cw + ib)], dim=1)
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         self.outer._check_k(d)
         cw, ib = self.inner.code_width, self._ib(d)
         data: dict[str, Tensor] = {}

@@ -55,7 +55,7 @@ from marina.compressors.wire import bytes_to_values, code_bits, pack_codes, unpa
 from marina.errors import ConfigError, ValueRangeError
 from marina.rng import Randomness
 
-__all__ = ["QSGD", "NaturalDithering", "row_norms", "round_up_representable"]
+__all__ = ["QSGD", "NaturalDithering", "round_up_representable"]
 
 # dtype -> (integer view, mantissa bits, exponent bias, exponent field mask)
 _IEEE = {
@@ -231,7 +231,7 @@ class _Dithering(Compressor):
         )
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nbytes = self.wire_bits_per_value // 8
         norm = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
         codes = unpack_codes(rows[:, nbytes:], d, self.code_width, self._code_dtype())
@@ -244,6 +244,11 @@ class QSGD(_Dithering):
     """QSGD / l2 random dithering with s uniform levels (see the module docstring).
 
     Message fields: ``norm`` (n,) at the wire dtype, ``codes`` (n, d) = 2 level + sign bit.
+
+    Args:
+        arg: s >= 1, the number of levels (``"4"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "qsgd"
@@ -277,6 +282,11 @@ class NaturalDithering(_Dithering):
     """Natural dithering with levels 0, 2^{1-s}, ..., 1 (see the module docstring).
 
     Message fields: ``norm`` (n,) at the wire dtype, ``codes`` (n, d) = 2 level + sign bit.
+
+    Args:
+        arg: s >= 1, the number of levels 2^{1-s}, ..., 1 besides 0 (``"8"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "natural-dithering"

@@ -21,6 +21,11 @@ class Identity(Compressor):
     """Q(x) = x (rounded to the wire precision). Makes no random draws.
 
     Message fields: ``values`` (n, d) at the wire dtype.
+
+    Args:
+        arg: None (``"identity"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "identity"
@@ -77,7 +82,7 @@ class Identity(Compressor):
         rows = values_to_bytes(msg.data["values"])
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         n = rows.shape[0]
         values = bytes_to_values(rows, d, self.value_dtype)
         bits = self._bits_tensor(n, self.bits_per_message(d), rows.device)

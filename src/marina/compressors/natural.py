@@ -48,6 +48,11 @@ class Natural(Compressor):
     """Natural compression (see the module docstring).
 
     Message fields: ``codes`` (n, d) int32 = 2 * biased exponent + sign bit.
+
+    Args:
+        arg: None (``"natural"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "natural"
@@ -180,7 +185,7 @@ class Natural(Compressor):
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
         return pack_codes(msg.data["codes"], 1 + self.exponent_bits), (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         codes = unpack_codes(rows, d, 1 + self.exponent_bits, torch.int32)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"codes": codes})

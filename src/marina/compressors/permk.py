@@ -57,6 +57,12 @@ class PermK(Compressor):
     Message fields: ``values`` (n, ceil(d/n)) at the wire dtype (zero padded past the piece),
     ``indices`` (n, ceil(d/n)) int64 coordinates (padding repeats a valid index with value 0),
     ``sizes`` (n,) int64 piece sizes.
+
+    Args:
+        arg: None (``"permk"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n: the permutation is cut into n pieces, one per
+            worker (required before compressing; :func:`get` passes the run's n).
     """
 
     name = "permk"
@@ -171,7 +177,7 @@ class PermK(Compressor):
     def _pack_rows(self, msg: Message) -> tuple[Tensor, Tensor]:
         return values_to_bytes(msg.data["values"]), (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         if rng is None:
             raise ConfigError(
                 "permk: unpack needs rng, a Randomness(seed, stream, round, ...) at the senders' call "

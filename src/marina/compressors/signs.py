@@ -50,6 +50,11 @@ class TernGrad(QSGD):
     """TernGrad: s sign(x_j) Bernoulli(|x_j|/s), s = ||x||_inf (see the module docstring).
 
     Message fields: ``norm`` (n,) the scale s at the wire dtype, ``codes`` (n, d) = 2 b + sign bit.
+
+    Args:
+        arg: None (``"terngrad"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "terngrad"
@@ -89,6 +94,11 @@ class Sign(Compressor):
     """Scaled sign (||x||_1/d) sign(x): biased, contractive with alpha(d) = 1/d. No draws.
 
     Message fields: ``scale`` (n,) at the wire dtype, ``signs`` (n, d) uint8 (1 for negative).
+
+    Args:
+        arg: None (``"sign"`` takes no parameter).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
     """
 
     name = "sign"
@@ -139,7 +149,7 @@ class Sign(Compressor):
         )
         return rows, (msg.bits + 7) // 8
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         nb = self.wire_bits_per_value // 8
         scale = bytes_to_values(rows, 1, self.value_dtype).reshape(-1)
         signs = unpack_codes(rows[:, nb:], d, 1, torch.uint8)

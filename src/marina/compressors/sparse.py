@@ -40,7 +40,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.rng import Randomness
 
-__all__ = ["RandK", "TopK", "largest_by_threshold", "sparse_rows", "sparse_sum"]
+__all__ = ["RandK", "TopK", "sparse_rows", "sparse_sum"]
 
 
 def sparse_rows(idx: Tensor, values: Tensor, d: int) -> Tensor:
@@ -185,12 +185,12 @@ class _Sparse(Compressor):
             return self._regenerate(rng, worker_ids, d), values
         return unpack_codes(rows[:, nv:], self.K, index_bits(d), torch.int64), values
 
-    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:  # noqa: ANN001
+    def _unpack_rows(self, rows, lengths, d, worker_ids, dtype, rng) -> Message:
         idx, values = self._entries(rows, d, worker_ids, rng)
         bits = self._bits_tensor(rows.shape[0], self.bits_per_message(d), rows.device)
         return Message(self.spec, d, dtype, worker_ids, bits, {"values": values, "indices": idx})
 
-    def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:  # noqa: ANN001
+    def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:
         """:func:`sparse_sum` of the entries read from the rows (no Message)."""
         idx, values = self._entries(rows, d, worker_ids, rng)
         return sparse_sum(idx, values.to(dtype), d)
@@ -198,7 +198,14 @@ class _Sparse(Compressor):
 
 @register
 class RandK(_Sparse):
-    """Random sparsification with K coordinates, unbiased (scaled by d/K). One drawing call."""
+    """Random sparsification with K coordinates, unbiased (scaled by d/K). One drawing call.
+
+    Args:
+        arg: K, the kept coordinates (``"5"``), or ``"5:seeded"``: the receiver regenerates the
+            indices from the key and none travel.
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
+    """
 
     name = "randk"
     omega_formula = "d/K - 1"
@@ -234,7 +241,13 @@ class RandK(_Sparse):
 
 @register
 class TopK(_Sparse):
-    """The K largest magnitudes, unscaled: biased, contractive with alpha = K/d. No draws."""
+    """The K largest magnitudes, unscaled: biased, contractive with alpha = K/d. No draws.
+
+    Args:
+        arg: K, the kept coordinates (``"5"``).
+        value_dtype: wire precision of the values (see :class:`Compressor`).
+        workers: total number of workers n (ignored).
+    """
 
     name = "topk"
     unbiased = False

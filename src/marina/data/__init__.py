@@ -120,7 +120,11 @@ def bundled_names() -> list[str]:
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled data set's (gzip-compressed) file."""
+    """Path of a bundled data set's (gzip-compressed) file.
+
+    Args:
+        name: a bundled data set's name (a key of :data:`BUNDLED`).
+    """
     if name not in BUNDLED:
         raise ConfigError(
             f"data set {name!r} is not bundled; bundled data sets (in {bundled_dir()}): {', '.join(BUNDLED)}"
@@ -133,6 +137,9 @@ def resolve(name_or_path: str | os.PathLike[str]) -> tuple[str, Path, int | None
 
     A string that names a bundled data set wins over a file of the same name in the current
     folder. Anything else must be an existing file.
+
+    Args:
+        name_or_path: a bundled data set's name or a LibSVM file's path.
     """
     text = os.fspath(name_or_path)
     if text in BUNDLED:
@@ -266,7 +273,7 @@ def _open_text(path: str) -> Iterator[bytes]:
         return gzip.open(path, "rb")
     if path.endswith(".bz2"):
         return bz2.open(path, "rb")
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 def _line_problem(line: bytes) -> str | None:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from marina.rng import Randomness, stream_id
 
-__all__ = ["dirichlet", "log_gamma", "normal"]
+__all__ = ["dirichlet", "normal"]
 
 
 def normal(rng: Randomness, cols: int) -> Tensor:
@@ -47,7 +47,7 @@ def log_gamma(rng: Randomness, shape: float | Tensor, cols: int) -> Tensor:
     c = 1.0 / torch.sqrt(9.0 * d)
     stream = f"{stream_id(rng.stream)}/gamma/{rng.calls}"
     rng.advance(1)
-    attempt = lambda k: Randomness(rng.seed, stream, k, rng.worker_ids, rng.device)  # noqa: E731
+    attempt = lambda k: Randomness(rng.seed, stream, k, rng.worker_ids, rng.device)
     out = torch.full((rng.n_rows, cols), float("nan"), dtype=torch.float64, device=rng.device)
     todo = torch.ones_like(out, dtype=torch.bool)
     k = 0

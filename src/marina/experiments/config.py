@@ -18,7 +18,7 @@ from typing import Any
 from marina import parameters
 from marina.rng import GENERATOR_VERSION
 
-__all__ = ["DEFAULT_CHECKPOINT_EVERY", "IDENTITY_VERSION", "RunConfig", "default_log_every"]
+__all__ = ["DEFAULT_CHECKPOINT_EVERY", "RunConfig", "default_log_every"]
 
 IDENTITY_VERSION = 2
 """Bumped only if the meaning of a configuration field changes (it is hashed into run ids).
@@ -28,7 +28,11 @@ DEFAULT_CHECKPOINT_EVERY = 1000
 
 
 def default_log_every(iterations: int) -> int:
-    """History rows every ``iterations // 200`` rounds (at least 1): ~200 points per curve."""
+    """History rows every ``iterations // 200`` rounds (at least 1): ~200 points per curve.
+
+    Args:
+        iterations: the run's number of rounds K.
+    """
     return max(1, int(iterations) // 200)
 
 
@@ -40,6 +44,19 @@ class RunConfig:
     :data:`marina.parameters.PARAMETERS`), in their canonical types
     (:meth:`marina.parameters.Parameter.canonical`: ``p = 1`` and ``p = 1.0`` are one
     configuration); a missing key means the theory default.
+
+    Attributes:
+        problem: the problem spec (bundled name, file path, ``synthetic``, ``fashion-mnist``, ...).
+        workers: n, the number of workers.
+        method: the method's name (``marina``, ``vr-marina``, ...).
+        compressor: the compressor spec (``randk:5``, ...).
+        seed: keys every random draw.
+        iterations: number of communication rounds K.
+        log_every: a history row every this many rounds.
+        split: how the data is split among the workers (``contiguous``, ``shuffled``, ...).
+        params: the method overrides given (see above).
+        device: where the run computes (not part of the run's identity).
+        link: a link model (``"100mbit"``), or None.
     """
 
     problem: str

@@ -75,8 +75,16 @@ def execute_distributed(
     Rank 0 writes ``out`` (when given) and returns the run's record, the other ranks return
     None. Every rank must pass the same configuration and options (checked). A failed run
     raises on every rank that knows, except that rank 0 returns the failed record (with its
-    traceback) when the failure is its own and not a peer's. ``verbose``: torch's own log lines
-    of the rendezvous on stderr (:func:`marina.network.launch.init`).
+    traceback) when the failure is its own and not a peer's.
+
+    Args:
+        config: the run; the same on every rank.
+        out: the results directory written by rank 0 (None: write nothing).
+        checkpoint_every: checkpoint every this many rounds (0: never).
+        timeout_s: the collectives' timeout in seconds (default: the launch default).
+        quiet: no progress bar (rank 0 shows one on a terminal otherwise).
+        verbose: torch's own log lines of the rendezvous on stderr
+            (:func:`marina.network.launch.init`).
     """
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     session = init(config.device, timeout_s=timeout_s, verbose=verbose)

@@ -21,6 +21,7 @@ from marina.experiments import results
 from marina.experiments.config import DEFAULT_CHECKPOINT_EVERY, RunConfig
 from marina.experiments.loading import load_problem
 from marina.network.torch_distributed import DistributedError
+from marina.problems.base import Problem
 from marina.rng import GENERATOR_VERSION
 from marina.runner import run
 
@@ -31,7 +32,11 @@ __all__ = ["execute", "torch_threads"]
 def torch_threads(threads: int | None):
     """Run the block with ``threads`` torch intra-op threads (None: unchanged), then restore.
 
-    Small problems run fastest on one thread, and far slower with several on a busy machine."""
+    Small problems run fastest on one thread, and far slower with several on a busy machine.
+
+    Args:
+        threads: torch intra-op threads inside the block (None or 0: unchanged).
+    """
     if not threads:
         yield
         return
@@ -80,6 +85,11 @@ def execute(config: RunConfig, out: str | os.PathLike | None, **options: Any):
     meanwhile: a second process asked for the same run waits, then returns the record the first
     one wrote instead of computing it again.
 
+    Args:
+        config: the run.
+        out: the results directory (None: write nothing).
+        **options: the options above.
+
     Returns:
         (record, result): the run's record (as in ``runs.json``) and the :class:`marina.Result`
         (None if it failed, or if another process computed it meanwhile).
@@ -99,7 +109,7 @@ def _execute(
     *,
     checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
     progress: Callable[[Mapping[str, Any], int], None] | None = None,
-    problem: Any = None,
+    problem: Problem | None = None,
     backend: str = "simulated",
     write: bool = True,
     m: float | None = None,

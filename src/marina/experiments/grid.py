@@ -57,18 +57,11 @@ else:  # pragma: no cover
 
 __all__ = [
     "GRID_KEYS",
-    "MAX_RUNS",
-    "MAX_RUNS_ENV",
-    "MAX_SWEEP_BYTES",
     "PARAM_KEYS",
-    "REQUIRED_KEYS",
-    "TOP_ONLY_KEYS",
     "Raw",
     "SweepSpec",
     "expand",
-    "grid_size",
     "load_sweep",
-    "max_runs",
     "parse_shard",
     "parse_sweep",
     "shard",
@@ -106,7 +99,16 @@ MAX_SWEEP_BYTES = 4 * 2**20
 # -- sweep files --------------------------------------------------------------------------------------
 @dataclass
 class SweepSpec:
-    """A parsed sweep file: the raw grids and the execution options."""
+    """A parsed sweep file: the raw grids and the execution options.
+
+    Attributes:
+        grids: each grid's keys (``problems``, ``methods``, ...) with their lists of values.
+        sources: where each grid was declared (the file, or its ``[[grid]]`` table).
+        checkpoint_every: the file's ``checkpoint_every`` (None: not given; 0: never).
+        device: the file's ``device`` (None: not given).
+        name: the file's ``name``, for results and plots (None: not given).
+        description: the file's ``description`` (None: not given).
+    """
 
     grids: list[dict[str, list[Any]]]
     sources: list[str]
@@ -127,7 +129,15 @@ def _as_list(where: str, key: str, value: Any) -> list[Any]:
 
 
 def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
-    """Check the keys of a parsed sweep file and collect its grids (values unchecked yet)."""
+    """Check the keys of a parsed sweep file and collect its grids (values unchecked yet).
+
+    Args:
+        data: the parsed TOML (a mapping of keys to values and ``grid`` tables).
+        source: how the errors name the file.
+
+    Raises:
+        ConfigError: an unknown or missing key, or a bad option value.
+    """
     allowed_top = (*GRID_KEYS, *TOP_ONLY_KEYS, "grid")
     for key in data:
         if key not in allowed_top:
@@ -162,7 +172,14 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep") -> SweepSpec:
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
-    """Read and check a sweep TOML file (see the module docstring for the schema)."""
+    """Read and check a sweep TOML file (see the module docstring for the schema).
+
+    Args:
+        path: the TOML file.
+
+    Raises:
+        ConfigError: a missing, oversized, unreadable or invalid file (see :func:`parse_sweep`).
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -191,7 +208,12 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
 
 @dataclass
 class Raw:
-    """An expanded, not yet validated configuration and where it was declared."""
+    """An expanded, not yet validated configuration and where it was declared.
+
+    Attributes:
+        values: one value per grid key.
+        where: where it was declared, for error messages.
+    """
 
     values: dict[str, Any]
     where: str
@@ -219,6 +241,9 @@ def grid_size(spec: SweepSpec) -> int:
 
 def expand(spec: SweepSpec) -> list[Raw]:
     """The Cartesian product of every grid, in declaration order.
+
+    Args:
+        spec: the parsed sweep file.
 
     Raises:
         ConfigError: when the grids declare more than :func:`max_runs` runs (counted first).
@@ -271,8 +296,13 @@ def validate(
     which overrides a method takes); then each distinct problem is built once and every
     configuration's parameters are resolved exactly as :func:`marina.run` will resolve them
     (:meth:`marina.methods.Method.resolve`: K <= d, p in (0, 1], b' <= m_i, r <= n, ...), so
-    no run can fail on its configuration after the sweep has started. ``names`` maps a key to
-    how the user wrote it (e.g. ``methods`` -> ``--method``).
+    no run can fail on its configuration after the sweep has started.
+
+    Args:
+        raws: the expanded configurations (:func:`expand`).
+        names: maps a key to how the user wrote it (e.g. ``methods`` -> ``--method``).
+        device: where the runs will compute (the problems are built there).
+        cache: problems already built, shared with the caller (default: a new cache).
 
     Raises:
         ConfigError: naming where the value was declared, the key, the value and what is allowed.
@@ -370,7 +400,15 @@ def validate(
 
 # -- shards -------------------------------------------------------------------------------------------
 def parse_shard(text: str, name: str = "--shard") -> tuple[int, int]:
-    """``"I/N"`` (1-based, as ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) -> ``(I, N)``."""
+    """``"I/N"`` (1-based, as ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) -> ``(I, N)``.
+
+    Args:
+        text: the shard, ``"I/N"``.
+        name: how the errors name the option.
+
+    Raises:
+        ConfigError: not two integers with 1 <= I <= N.
+    """
     index, sep, count = str(text).partition("/")
     try:
         i, n = int(index), int(count)
@@ -388,6 +426,11 @@ def shard(configs: Sequence[RunConfig], index: int, count: int) -> list[RunConfi
     The assignment depends on the grid alone, not on what a results directory holds, so shards
     started at different times, or started again after a kill, own disjoint sets covering the
     grid; each then runs the configurations of its set not yet complete.
+
+    Args:
+        configs: the whole grid's configurations.
+        index: I, the shard (1-based).
+        count: N, the number of shards.
     """
     ordered = sorted(configs, key=lambda c: c.run_id)
     return ordered[index - 1 :: count]

@@ -22,8 +22,17 @@ def load_problem(
 ) -> problems.Problem:
     """The problem of a configuration (:func:`marina.problems.get`): a bundled data set or a
     LibSVM file split among ``workers`` (random splits keyed by seed 0, so every run seed sees
-    the same data), or ``synthetic``. ``hosted``: only these workers' shards, with the
-    constants of the whole problem (a torch.distributed rank)."""
+    the same data), or ``synthetic``.
+
+    Args:
+        problem: the problem spec.
+        workers: n, the number of workers.
+        split: how the rows are split (``contiguous``, ``shuffled``, ``dirichlet``).
+        device: where the problem computes.
+        hosted: only these workers' shards, with the constants of the whole problem (a
+            torch.distributed rank); None: all of them.
+        **options: further options of :func:`marina.problems.get`.
+    """
     if split != "contiguous":
         options["split"] = split
     if hosted is not None:
@@ -32,7 +41,11 @@ def load_problem(
 
 
 class ProblemCache:
-    """Problems built once per (problem, workers, split, device), newest ``size`` kept."""
+    """Problems built once per (problem, workers, split, device), newest ``size`` kept.
+
+    Args:
+        size: how many problems are kept (the oldest is dropped first).
+    """
 
     def __init__(self, size: int = 4) -> None:
         self.size = size

@@ -26,7 +26,16 @@ __all__ = ["SweepSummary", "run_sweep"]
 
 @dataclass
 class SweepSummary:
-    """What a sweep did: run ids by outcome."""
+    """What a sweep did: run ids by outcome.
+
+    Attributes:
+        total: the configurations of the sweep.
+        skipped: run ids already complete in the results directory (not run again).
+        finished: run ids that ran to the end.
+        diverged: run ids that stopped on a non-finite or exploding loss.
+        failed: run id -> error message of the runs that raised.
+        interrupted: the sweep was stopped (Ctrl-C) before every run completed.
+    """
 
     total: int
     skipped: list[str] = field(default_factory=list)
@@ -97,7 +106,7 @@ def _worker_main(
                 loggers=loggers,
             )
             messages.put(("done", run_id, record["status"], record.get("message", "")))
-        except Exception as exc:  # ConfigError re-raised by execute, or a failure to load
+        except Exception as exc:  # noqa: BLE001 - ConfigError re-raised by execute, or a failure to load
             messages.put(("done", run_id, "failed", f"{type(exc).__name__}: {exc}"))
 
 
@@ -120,10 +129,22 @@ def run_sweep(
     torch thread each unless cores are left over). The combined ``results.parquet`` and
     ``runs.json`` are rebuilt every ``rebuild_every`` seconds while runs complete, and at the
     end, also when interrupted (Ctrl-C): rerunning the same sweep then finishes the rest.
-    ``cache`` (e.g. the one :func:`validate` filled) serves the problems of in-process runs.
-    ``threads``: torch threads per worker process (default: the cores divided among the jobs)
-    and, if given, for in-process runs. ``loggers``: tracker names (:mod:`marina.trackers`)
-    every run also logs to, under ``out``.
+
+    Args:
+        configs: the validated configurations (:func:`validate`).
+        out: the results directory (created if needed).
+        jobs: runs at a time (1: in this process; more: that many worker processes).
+        checkpoint_every: each run checkpoints every this many rounds (None or 0: never).
+        quiet: show no progress bars.
+        display: the progress display to use (default: a new one, on a terminal only).
+        rebuild_every: seconds between rebuilds of ``results.parquet`` and ``runs.json``.
+        cache: problems already built (e.g. the one :func:`validate` filled), for in-process runs.
+        threads: torch threads per worker process (default: the cores divided among the jobs)
+            and, if given, for in-process runs.
+        loggers: tracker names (:mod:`marina.trackers`) every run also logs to, under ``out``.
+
+    Returns:
+        The :class:`SweepSummary`.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,6 @@ __all__ = [
     "PARAM_COLUMNS",
     "TERMINAL_STATUSES",
     "TIME_COLUMNS",
-    "atomic_write_json",
-    "atomic_write_parquet",
     "checkpoint_path",
     "collect",
     "completed_record",

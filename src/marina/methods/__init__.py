@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from marina import compressors, memory, parameters
+from marina.compressors.base import Compressor, CompressorSpec
 from marina.errors import ConfigError
 from marina.methods.base import Method, Setting, TheoryRow
 from marina.methods.dasha import DASHA, DASHAMVR, DASHAPAGE
@@ -46,6 +47,7 @@ from marina.methods.gd import GD
 from marina.methods.marina import MARINA, PPMARINA, VRMARINA
 from marina.network.base import Network
 from marina.network.simulated import SimulatedNetwork
+from marina.problems.base import Problem
 
 __all__ = [
     "Method",
@@ -180,8 +182,8 @@ class Plan:
     """
 
     method: type[Method]
-    problem: Any
-    compressor: Any
+    problem: Problem
+    compressor: Compressor
     network: Network
     setting: Setting
     params: dict[str, Any]
@@ -193,8 +195,8 @@ class Plan:
 
 def plan(
     method: str | type[Method],
-    problem: Any,
-    compressor: Any,
+    problem: Problem,
+    compressor: CompressorSpec,
     *,
     iterations: int,
     overrides: dict[str, Any] | None = None,

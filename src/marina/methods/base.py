@@ -40,9 +40,11 @@ import torch
 from torch import Tensor
 
 from marina import compressors, parameters, theory
+from marina.compressors.base import Compressor
 from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, materialize
 from marina.network.base import Network
+from marina.problems.base import Problem
 
 __all__ = [
     "Setting",
@@ -120,7 +122,7 @@ class Setting:
         return theory.effective_omega(self.omega, self.n, self.ab_A)
 
     @classmethod
-    def build(cls, problem, network: Network, compressor, iterations: int) -> Setting:
+    def build(cls, problem: Problem, network: Network, compressor: Compressor, iterations: int) -> Setting:
         sizes = network.gather(problem.sizes.reshape(-1, 1)).reshape(-1)
         d = int(problem.dim)
         try:
@@ -171,7 +173,7 @@ def successor_cost(
     return theory.successor_cost(cls.name, setting, cls.checked_guarantee_factor(), gamma, **kw)
 
 
-def _expected_bits(compressor, d: int) -> float:
+def _expected_bits(compressor: Compressor, d: int) -> float:
     """Expected bits of one message (NaN when the compressor does not know it)."""
     try:
         return float(compressor.expected_bits(d))
@@ -215,7 +217,7 @@ def added(a: Tensor, fresh: Tensor) -> Tensor:
     return torch.add(a, fresh, out=fresh)
 
 
-def dense_compressor(compressor) -> compressors.Compressor:
+def dense_compressor(compressor: Compressor) -> Compressor:
     """The identity at the wire precision of ``compressor``: how dense rounds travel and count."""
     return compressors.get("identity", value_dtype=getattr(compressor, "value_dtype", torch.float32))
 
@@ -253,7 +255,9 @@ class Method(ABC):
     state: Any
     """An instance of ``State`` after :meth:`start` or :meth:`load_state_dict`, else None."""
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         self.problem = problem
         self.net = network
         self.Q = compressor
@@ -345,7 +349,7 @@ class Method(ABC):
         return tuple(name for name in parameters.names() if name in own)
 
     @classmethod
-    def accepts(cls, compressor) -> str | None:
+    def accepts(cls, compressor: Compressor) -> str | None:
         """Why ``compressor`` cannot be used by this method, or None when it can: an unbiased
         compressor always, a biased contractive one (TopK) only if ``takes_contractive``."""
         if getattr(compressor, "unbiased", False):

@@ -13,10 +13,12 @@ from typing import Any
 from torch import Tensor
 
 from marina import theory
+from marina.compressors.base import Compressor
 from marina.errors import ConfigError
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
+from marina.problems.base import Problem
 
 __all__ = ["DASHA", "DASHAPAGE", "DASHAMVR", "DashaState"]
 
@@ -77,7 +79,9 @@ class DASHA(Method):
             "momentum": given.get("momentum", theory.dasha_momentum(s.omega)),
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.a = float(self.params["momentum"])
 
@@ -171,7 +175,9 @@ class DASHAPAGE(DASHA):
             "L_avg": s.L_avg,
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
         self.B = int(self.params["batch_size"])
@@ -223,7 +229,9 @@ class DASHAMVR(DASHA):
             "L_avg": s.L_avg,
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.b = float(self.params["mvr_momentum"])
         self.B = int(self.params["batch_size"])

@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from marina import theory
+from marina.compressors.base import Compressor
 from marina.lazy_rows import LazyRows
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, moved
 from marina.network.base import Network
+from marina.problems.base import Problem
 
 __all__ = ["DIANA", "VRDIANA", "DianaState", "VRDianaState", "default_batch_size"]
 
@@ -93,7 +95,9 @@ class DIANA(Method):
             "alpha": given.get("alpha", theory.diana_alpha(s.omega_eff)),
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.alpha = float(self.params["alpha"])
 
@@ -131,7 +135,7 @@ class DIANA(Method):
         self._after_round(k, x_old)
         self.k = k + 1
 
-    def _after_round(self, k: int, x_old: Tensor) -> None:  # noqa: B027 - optional hook
+    def _after_round(self, k: int, x_old: Tensor) -> None:  # optional hook
         """Hook for VR-DIANA's reference-point refresh."""
 
 
@@ -189,7 +193,9 @@ class VRDIANA(DIANA):
             "refresh_p": given.get("refresh_p", 1.0 / M),
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.b = int(self.params["batch_size"])
         self.refresh_p = float(self.params["refresh_p"])

@@ -22,15 +22,17 @@ import torch
 from torch import Tensor
 
 from marina import parameters, theory
+from marina.compressors.base import Compressor
 from marina.lazy_rows import LazyRows
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
+from marina.problems.base import Problem
 
 __all__ = ["EF21", "EF21PP", "EF21SGD", "EF21SGDM", "EF21State", "EF21SGDMState", "contraction_scale"]
 
 
-def contraction_scale(compressor, d: int) -> float:
+def contraction_scale(compressor: Compressor, d: int) -> float:
     """1 for a contractive compressor, 1/(1 + omega) for an unbiased one (C = Q/(1 + omega))."""
     if compressor.contractive:
         return 1.0
@@ -87,7 +89,9 @@ class EF21(Method):
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         return {"stepsize": theory.ef21_stepsize(s.L_f, s.L, s.alpha), "contraction": s.alpha}
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.scale = contraction_scale(compressor, self.d)
 
@@ -172,7 +176,9 @@ class EF21PP(EF21):
             "participation": q,
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.q = float(self.params["participation"])
 
@@ -210,7 +216,9 @@ class EF21SGD(EF21):
             "batch_size": given.get("batch_size", default_batch_size(s)),
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.b = int(self.params["batch_size"])
 
@@ -274,7 +282,9 @@ class EF21SGDM(EF21SGD):
             "momentum": eta,
         }
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.eta = float(self.params["momentum"])
 

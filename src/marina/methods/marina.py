@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from marina import theory
+from marina.compressors.base import Compressor
 from marina.errors import ConfigError
 from marina.lazy_rows import LazyRows
 from marina.methods.base import (
@@ -24,6 +25,7 @@ from marina.methods.base import (
 )
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
+from marina.problems.base import Problem
 
 __all__ = ["MARINA", "VRMARINA", "PPMARINA", "EstimatorState", "MarinaState", "PPMarinaState"]
 
@@ -165,7 +167,9 @@ class MARINA(Method):
             out["stepsize"] = theory.marina_stepsize(s.L, s.omega, s.n, p)
         return out
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
 
@@ -286,7 +290,9 @@ class VRMARINA(Method):
         out["L_avg"] = s.L_avg
         return out
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
         self.b_prime = int(self.params["batch_size"])  # b', the minibatch of compressed rounds
@@ -398,7 +404,9 @@ class PPMARINA(Method):
         p = _given_p(given, theory.pp_marina_p(_p_size(s, given), s.d, s.n, r))
         return {"clients": r, "p": p, "stepsize": theory.pp_marina_stepsize(s.L, s.omega, p, r)}
 
-    def __init__(self, problem, network: Network, compressor, params: dict[str, Any]) -> None:
+    def __init__(
+        self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
+    ) -> None:
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
         self.r = int(self.params["clients"])  # clients drawn on compressed rounds

@@ -87,7 +87,12 @@ _FASHION_FILES = {
 
 
 class Normalize:
-    """uint8 images -> float32 ``(x / 255 - mean) / std`` per channel (mean, std of the train set)."""
+    """uint8 images -> float32 ``(x / 255 - mean) / std`` per channel (mean, std of the train set).
+
+    Args:
+        mean: (C,) per-channel mean of the images scaled to [0, 1].
+        std: (C,) per-channel standard deviation of the images scaled to [0, 1].
+    """
 
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         self.mean = mean.to(torch.float32).reshape(-1, 1, 1)
@@ -104,7 +109,18 @@ class Normalize:
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Train and test images (uint8, (N, C, H, W)) with int64 labels, as read from disk."""
+    """Train and test images (uint8, (N, C, H, W)) with int64 labels, as read from disk.
+
+    Attributes:
+        name: the data set's name (``"cifar100"``, ``"fashion-mnist"``).
+        train_images: (N, C, H, W) uint8 training images.
+        train_labels: (N,) int64 training labels.
+        test_images: (N_test, C, H, W) uint8 test images.
+        test_labels: (N_test,) int64 test labels.
+        classes: the class names, by label.
+        source: where the files were read from (path and kind), printed with the results.
+        extra: further details about the files, free form.
+    """
 
     name: str
     train_images: Tensor
@@ -182,7 +198,7 @@ def _unpickle(raw: bytes, what: str) -> dict:
         obj = SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except ConfigError as err:
         raise ConfigError(f"cifar100: {what}: {err}") from None
-    except Exception as err:  # corrupt or truncated file
+    except Exception as err:  # noqa: BLE001 - a corrupt or truncated file
         raise ConfigError(
             f"cifar100: {what} is not a readable pickle ({type(err).__name__}: {err})"
         ) from None
@@ -225,6 +241,12 @@ def load_cifar100(data_dir: str | Path | None) -> ImageDataset:
     ``data_dir`` itself (holding ``train``, ``test``, ``meta``); ``data_dir`` may also be the
     archive's path. The archive's md5 is compared with the official one and the result stated
     in :attr:`ImageDataset.source`. Images (N, 3, 32, 32) uint8, fine labels (100 classes).
+
+    Args:
+        data_dir: where the files are (None: an error saying where to get them).
+
+    Raises:
+        ConfigError: the files are missing, damaged or not CIFAR-100's.
     """
     if data_dir is None:
         raise _missing_cifar("no data directory given")
@@ -368,6 +390,9 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> ImageDataset:
        lacks them is an error, not a silent fallback);
     2. ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu: ``apt-get install dataset-fashion-mnist``);
     3. the bundled subset (2,000 train / 500 test images, 200 / 50 per class).
+
+    Args:
+        data_dir: a directory holding the four IDX files (plain or ``.gz``), or None.
     """
     names = ", ".join(f"{stem}[.gz]" for stem in _FASHION_FILES.values())
     if data_dir is not None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from marina.errors import ConfigError
 
-__all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18", "small_cnn", "NORMS"]
+__all__ = ["ResNet", "SmallCNN", "resnet18", "small_cnn", "NORMS"]
 
 NORMS = ("batch", "group", "none")
 """Normalisation layers :func:`resnet18` can use (see :func:`_norm_factory`)."""
@@ -66,7 +66,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages, average pool, linear head."""
+    """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages, average pool, linear head.
+
+    Args:
+        blocks: basic blocks in each of the four stages ((2, 2, 2, 2): ResNet-18).
+        num_classes: outputs of the linear head.
+        in_channels: channels of the input images.
+        norm: the normalisation layers, one of :data:`NORMS`.
+    """
 
     def __init__(
         self,
@@ -103,16 +110,28 @@ class ResNet(nn.Module):
 
 
 def resnet18(num_classes: int = 100, in_channels: int = 3, norm: str = "batch") -> ResNet:
-    """ResNet-18, CIFAR variant (3x3 stem, no max-pool); ``norm`` in ``NORMS``.
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool).
 
     PyTorch's default initialisation; use :func:`marina.nets.keyed_init_` (or the problem's
     ``init_seed``) for a reproducible start without the global generator.
+
+    Args:
+        num_classes: outputs of the linear head.
+        in_channels: channels of the input images.
+        norm: the normalisation layers, one of :data:`NORMS` (``"batch"``, ``"group"``, ``"none"``).
     """
     return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, norm=norm)
 
 
 class SmallCNN(nn.Module):
-    """conv5x5(c1) - ReLU - maxpool2 - conv5x5(c2) - ReLU - maxpool2 - linear, for 28x28 images."""
+    """conv5x5(c1) - ReLU - maxpool2 - conv5x5(c2) - ReLU - maxpool2 - linear, for 28x28 images.
+
+    Args:
+        num_classes: outputs of the linear layer.
+        in_channels: channels of the input images.
+        channels: (c1, c2), the channels of the two convolutions.
+        size: height and width of the (square) input images, a multiple of 4.
+    """
 
     def __init__(
         self,
@@ -138,5 +157,11 @@ class SmallCNN(nn.Module):
 
 
 def small_cnn(num_classes: int = 10, in_channels: int = 1, channels: tuple[int, int] = (16, 32)) -> SmallCNN:
-    """The small CNN for 28x28 grayscale images (Fashion-MNIST)."""
+    """The small CNN for 28x28 grayscale images (Fashion-MNIST).
+
+    Args:
+        num_classes: outputs of the linear layer.
+        in_channels: channels of the input images.
+        channels: (c1, c2), the channels of the two convolutions.
+    """
     return SmallCNN(num_classes=num_classes, in_channels=in_channels, channels=channels)

@@ -11,6 +11,7 @@ The models built here start from PyTorch's default initialisation keyed by ``ini
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -29,7 +30,7 @@ def image_problem(
     *,
     train_samples: int | None = None,
     name: str | None = None,
-    **options,
+    **options: Any,
 ) -> TorchModelProblem:
     """A classification problem on ``data`` (its first ``train_samples`` training images if given)."""
     x, y = data.train_images, data.train_labels
@@ -56,12 +57,17 @@ def fashion_mnist(
     data_dir: str | Path | None = None,
     model: nn.Module | None = None,
     chunk_size: int = 500,
-    **options,
+    **options: Any,
 ) -> TorchModelProblem:
     """Fashion-MNIST (found as :func:`marina.nets.load_fashion_mnist` says) with the small CNN.
 
-    ``options``: ``train_samples`` and those of :class:`TorchModelProblem` (split, seed,
-    hosted_workers, init_seed, device, worker_batching, smoothness, ...).
+    Args:
+        workers: n, the number of workers.
+        data_dir: where the files are (see :func:`marina.nets.load_fashion_mnist`).
+        model: the model (default: :func:`marina.nets.small_cnn`, initialised with seed 0).
+        chunk_size: samples per worker per chunk in full local passes.
+        **options: ``train_samples`` and those of :class:`marina.problems.TorchModelProblem`
+            (split, seed, hosted_workers, init_seed, device, worker_batching, smoothness, ...).
     """
     data = load_fashion_mnist(data_dir)
     if model is None:
@@ -77,12 +83,17 @@ def cifar100(
     norm: str = "batch",
     model: nn.Module | None = None,
     chunk_size: int = 128,
-    **options,
+    **options: Any,
 ) -> TorchModelProblem:
     """The paper's setting: CIFAR-100 from ``data_dir`` and ResNet-18 (100-class head kept).
 
-    ``norm``: the ResNet's normalisation ("batch", "group", "none"); ``options`` as for
-    :func:`fashion_mnist`.
+    Args:
+        workers: n, the number of workers.
+        data_dir: where the files are (see :func:`marina.nets.load_cifar100`).
+        norm: the ResNet's normalisation (``"batch"``, ``"group"``, ``"none"``).
+        model: the model (default: :func:`marina.nets.resnet18`, initialised with seed 0).
+        chunk_size: samples per worker per chunk in full local passes.
+        **options: as for :func:`fashion_mnist`.
     """
     data = load_cifar100(data_dir)
     if model is None:

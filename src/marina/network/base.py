@@ -69,6 +69,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from marina.compressors.base import Compressor
 from marina.network.link import Link
 from marina.reductions import fixed_mean
 from marina.rng import SHARED, Randomness, stream_id
@@ -77,7 +78,12 @@ __all__ = ["Network", "copy_stream"]
 
 
 def copy_stream(stream: str | int, copy: int) -> str | int:
-    """Stream of the ``copy``-th independent message of a worker drawn several times."""
+    """Stream of the ``copy``-th independent message of a worker drawn several times.
+
+    Args:
+        stream: the stream of copy 0.
+        copy: j >= 0, the index of the copy (copy 0 is ``stream`` itself).
+    """
     if copy == 0:
         return stream
     return f"{stream}#{copy}" if isinstance(stream, str) else stream_id(f"{stream}#{copy}")
@@ -164,7 +170,7 @@ class Network(ABC):
     @abstractmethod
     def aggregate(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -188,7 +194,7 @@ class Network(ABC):
 
     def aggregate_mean(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -200,7 +206,7 @@ class Network(ABC):
 
     def aggregate_with_local(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor,
         round: int,
         *,
@@ -217,7 +223,7 @@ class Network(ABC):
         self,
         X_local: Tensor,
         round: int,
-        dense_compressor,
+        dense_compressor: Compressor,
         *,
         multiplicity: Tensor | None = None,
         return_local: bool = False,

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from marina.errors import ConfigError
 from marina.network.torch_distributed import TorchDistributedNetwork, first_line, worker_block
 
-__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "MAX_TIMEOUT_S", "LaunchEnv", "Session", "init", "launch_env"]
+__all__ = ["DEFAULT_TIMEOUT_S", "ENV_VARS", "LaunchEnv", "Session", "init", "launch_env"]
 
 ENV_VARS: tuple[str, ...] = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """What torchrun sets in every process and :func:`launch_env` requires."""
@@ -60,7 +60,17 @@ _LAUNCH_HINT = (
 
 @dataclass(frozen=True)
 class LaunchEnv:
-    """This process's place in the job, read from torchrun's environment variables."""
+    """This process's place in the job, read from torchrun's environment variables.
+
+    Attributes:
+        rank: this process's rank (``RANK``).
+        world_size: the number of processes (``WORLD_SIZE``).
+        local_rank: this process's rank on its machine (``LOCAL_RANK``; picks its GPU).
+        master_addr: the rendezvous host (``MASTER_ADDR``).
+        master_port: the rendezvous port (``MASTER_PORT``).
+        restart: how many times torchrun restarted the job (``TORCHELASTIC_RESTART_COUNT``).
+        agent_store: torchrun's agent hosts the rendezvous store (``TORCHELASTIC_USE_AGENT_STORE``).
+    """
 
     rank: int
     world_size: int
@@ -73,6 +83,9 @@ class LaunchEnv:
 
 def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read and check :data:`ENV_VARS` (default: ``os.environ``).
+
+    Args:
+        environ: the environment to read (default: ``os.environ``).
 
     Raises:
         ConfigError: missing variables (all named at once), non-integers, RANK >= WORLD_SIZE,
@@ -122,7 +135,16 @@ def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
 
 @dataclass
 class Session:
-    """An initialised process group and what a network needs from it (see :func:`init`)."""
+    """An initialised process group and what a network needs from it (see :func:`init`).
+
+    Attributes:
+        env: this process's :class:`LaunchEnv`.
+        backend: the process group's backend (``gloo`` or ``nccl``).
+        device: where this rank's tensors live.
+        timeout_s: the collectives' timeout in seconds.
+        store: the rendezvous store (shared by the networks for their checks).
+        owns_group: this session created the process group (and :meth:`close` destroys it).
+    """
 
     env: LaunchEnv
     backend: str
@@ -177,7 +199,7 @@ class _TorchLog:
 
     def __init__(self, rank: int, verbose: bool) -> None:
         self.rank, self.verbose = rank, verbose
-        self.file = tempfile.TemporaryFile()
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the capture
 
     def text(self) -> bytes:
         self.file.seek(0)

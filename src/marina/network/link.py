@@ -40,9 +40,6 @@ __all__ = [
     "parse_link",
     "DIRECT_MAX_BYTES",
     "FRAME_HEADER_BYTES",
-    "MAX_LATENCY_S",
-    "MAX_RATE_BPS",
-    "MIN_RATE_BPS",
     "MSS_BYTES",
 ]
 

@@ -337,7 +337,7 @@ class TorchDistributedNetwork(Network):
             else:
                 gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
                 gather(out, src, group=self.group)
-        except Exception as err:  # noqa: BLE001 - re-raised with context below
+        except Exception as err:  # re-raised with context below
             if not _is_collective_failure(err):
                 raise
             raise self._failure(what, err) from err
@@ -687,7 +687,9 @@ class TorchDistributedNetwork(Network):
                 }
             )
 
-    def _raise_compress_failure(self, compressor, all_sizes: Tensor, error: BaseException | None) -> None:
+    def _raise_compress_failure(
+        self, compressor: Compressor, all_sizes: Tensor, error: BaseException | None
+    ) -> None:
         """Every rank raises the same kind of error when some rank could not compress."""
         codes = all_sizes.reshape(self.world_size, -1).min(dim=1).values.tolist()
         bad = [r for r, c in enumerate(codes) if c < 0]

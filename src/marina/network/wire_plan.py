@@ -24,7 +24,7 @@ from torch import Tensor
 
 from marina.compressors.wire import concat_bits, split_bits
 
-__all__ = ["BITPACK_MAX_BITS", "WirePlan", "copy_slots"]
+__all__ = ["BITPACK_MAX_BITS", "WirePlan"]
 
 BITPACK_MAX_BITS = 4096
 """Uniform messages of at most this many bits whose size is not a whole number of bytes are

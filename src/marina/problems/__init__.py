@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from marina.errors import ConfigError
-from marina.problems.base import Problem
+from marina.problems.base import Problem, ProblemSpec
 from marina.problems.linear import LinearModelProblem
 from marina.problems.logistic import PHI2_MAX, LogisticProblem, libsvm
 from marina.problems.synthetic import SyntheticProblem, synthetic
@@ -30,6 +30,7 @@ __all__ = [
     "LinearModelProblem",
     "LogisticProblem",
     "Problem",
+    "ProblemSpec",
     "SyntheticProblem",
     "TorchModelProblem",
     "SPEC_BUILDERS",
@@ -41,7 +42,7 @@ __all__ = [
 
 
 def get(
-    spec: str | os.PathLike[str] | Problem,
+    spec: ProblemSpec,
     workers: int | None = None,
     seed: int = 0,
     **kwargs: Any,
@@ -94,7 +95,12 @@ imported when first used (the image tasks of :mod:`marina.nets` build on this pa
 
 
 def register_spec(name: str, build: str | Callable[..., Problem]) -> None:
-    """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``."""
+    """Make ``get(name)`` (and ``get("name:DIR")``) return ``build(workers, seed=..., **options)``.
+
+    Args:
+        name: the spec name (no ``:``).
+        build: the builder, a callable or ``"module:function"`` imported when first used.
+    """
     SPEC_BUILDERS[name] = build
 
 

@@ -8,6 +8,7 @@ and networks rely on nothing else.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 
 import torch
@@ -17,7 +18,7 @@ from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, LazyRows
 from marina.reductions import fixed_dot, fixed_mean
 
-__all__ = ["Problem"]
+__all__ = ["Problem", "ProblemSpec"]
 
 
 class Problem(ABC):
@@ -28,7 +29,8 @@ class Problem(ABC):
         worker_ids: global ids of the hosted workers (int64 tensor of length n_workers).
         dim: d, the number of parameters.
         sizes: m_i, number of local samples of each hosted worker (int64 tensor, (n_workers,)).
-        dtype, device: of every tensor this problem returns.
+        dtype: of every tensor this problem returns.
+        device: where every tensor this problem returns lives.
         total_workers: n of the whole problem (theory defaults use it); equals n_workers
             unless this object hosts a subset of the workers (a torch.distributed rank).
 
@@ -125,3 +127,9 @@ class Problem(ABC):
     def initial_point(self) -> Tensor:
         """The default x^0 (zeros unless the problem says otherwise)."""
         return torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+
+
+ProblemSpec = str | os.PathLike[str] | Problem
+"""What a ``problem`` argument takes: a :class:`Problem` object (used as it is) or a spec for
+:func:`marina.problems.get`: a bundled data set name (``"a9a"``), a LibSVM file path,
+``"synthetic"`` or a registered name (``"fashion-mnist"``)."""

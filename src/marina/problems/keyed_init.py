@@ -29,7 +29,7 @@ from torch import nn
 from marina.errors import ConfigError
 from marina.rng import SHARED, Randomness
 
-__all__ = ["keyed_init_", "keyed_uniform"]
+__all__ = ["keyed_init_"]
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -46,9 +46,14 @@ def keyed_uniform(seed: int, name: str, shape: torch.Size, bound: float) -> torc
 def keyed_init_(module: nn.Module, seed: int) -> nn.Module:
     """Re-initialise ``module`` in place with PyTorch's default distributions, keyed by ``seed``.
 
-    Raises :class:`ConfigError` for a module that holds parameters of its own and whose default
-    initialisation is not listed above (initialise such a model yourself and build the problem
-    with ``init_seed=None``).
+    Args:
+        module: the model (changed in place, and returned).
+        seed: keys every draw (the same seed gives the same weights in every process).
+
+    Raises:
+        ConfigError: a module holds parameters of its own and its default initialisation is not
+            listed above (initialise such a model yourself and build the problem with
+            ``init_seed=None``).
     """
     for prefix, sub in module.named_modules():
         own = dict(sub.named_parameters(recurse=False))

@@ -140,7 +140,8 @@ class LinearModelProblem(Problem):
         kappa: sup_t |psi''(t, b)| over t and b.
         rho: ||Hess r(x)|| <= rho for all x.
         hosted_workers: global ids of the workers this object hosts (default: all).
-        dtype, device: of every tensor it returns.
+        dtype: of every tensor it returns (float64 by default).
+        device: where every tensor it returns lives (default: the CPU).
         name: short description for logs.
         script_L: optional (n,) script-L_i of every worker (else the bound above).
         hessian_variance: optional exact L_pm (else the bound above).

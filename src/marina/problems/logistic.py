@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,10 +76,18 @@ class LogisticProblem(LinearModelProblem):
 
     Build it with :func:`libsvm`. Extra attributes: ``l2``, ``data`` (the
     :class:`marina.data.Dataset`), ``bias``, ``normalize``.
+
+    Args:
+        X: (N, d) CSR features of the whole data set.
+        labels: (N,) labels in {-1, +1}.
+        split: which rows belong to which worker.
+        l2: weight of (l2/2)||x||^2 in every f_ij (>= 0).
+        **kwargs: the options of :class:`marina.problems.LinearModelProblem` (``hosted_workers``,
+            ``dtype``, ``device``, ``name``, ``deterministic``, ...).
     """
 
     def __init__(
-        self, X: sp.csr_matrix, labels: np.ndarray, split: Split, *, l2: float = 0.0, **kwargs
+        self, X: sp.csr_matrix, labels: np.ndarray, split: Split, *, l2: float = 0.0, **kwargs: Any
     ) -> None:
         if not l2 >= 0:
             raise ConfigError(f"l2 == {l2}, must be >= 0")
@@ -141,11 +150,15 @@ def libsvm(
         l2: weight of (l2/2)||x||^2 in every f_ij (>= 0; the paper used 0).
         bias: append a constant-1 feature (d + 1 columns).
         normalize: scale every non-zero row to unit l2 norm (before adding the bias).
-        alpha, balanced: Dirichlet split parameters.
+        alpha: concentration of the Dirichlet label-skewed split (smaller: more skewed).
+        balanced: the Dirichlet split gives every worker the same number of rows.
+        drop_remainder: drop the N mod n rows left over by an even split (as the paper did)
+            instead of giving the first workers one extra row.
         hosted_workers: keep only these global workers' shards (the split is made on the whole
             file first); L, L_avg and L_f still describe the whole problem, L_i the hosted ones.
         n_features: override the number of feature columns.
-        dtype, device: of every returned tensor (float64 by default).
+        dtype: of every returned tensor (float64 by default).
+        device: where every returned tensor lives (default: the CPU).
         deterministic: CPU kernels whose results do not depend on the hosted subset (default;
             see :mod:`marina.problems.linear`); False uses torch's multi-threaded MKL kernels.
     """

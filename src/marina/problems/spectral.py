@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-__all__ = ["DENSE_LIMIT", "SNAP_BITS", "block_lambda_max", "lambda_max", "snap_up"]
+__all__ = ["block_lambda_max", "lambda_max", "snap_up"]
 
 DENSE_LIMIT = 1500
 """Largest Gram side solved densely (a 1500 x 1500 float64 matrix is 18 MB)."""

@@ -32,6 +32,7 @@ larger h makes the local minimisers and the L_i differ more.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,9 +59,18 @@ class SyntheticProblem(LinearModelProblem):
 
     Extra attributes: ``nonconvexity`` (c), ``heterogeneity`` (h), ``noise``, ``features``
     ((n m, d) float64 array of all workers' rows, worker-major) and ``targets`` ((n m,)).
+
+    Args:
+        A: (n m, d) rows of all workers, worker-major (m rows each).
+        b: (n m,) targets of the rows.
+        workers: n, the number of workers (the rows split into n equal contiguous shards).
+        nonconvexity: c >= 0, weight of the cos term.
+        **kwargs: the options of :class:`marina.problems.LinearModelProblem`.
     """
 
-    def __init__(self, A: np.ndarray, b: np.ndarray, workers: int, *, nonconvexity: float, **kwargs) -> None:
+    def __init__(
+        self, A: np.ndarray, b: np.ndarray, workers: int, *, nonconvexity: float, **kwargs: Any
+    ) -> None:
         self.nonconvexity = float(nonconvexity)
         m = A.shape[0] // workers
         blocks = A.reshape(workers, m, -1)
@@ -120,7 +130,8 @@ def synthetic(
         nonconvexity: c >= 0, weight of the cos term (c = 0 gives a convex least-squares problem).
         noise: standard deviation of the target noise (>= 0).
         hosted_workers: keep only these global workers (same data as in the full problem).
-        dtype, device: of every returned tensor.
+        dtype: of every returned tensor (float64 by default).
+        device: where every returned tensor lives (default: the CPU).
         deterministic: hosting-independent CPU kernels (see :mod:`marina.problems.linear`).
     """
     for label, value in (("workers", workers), ("dim", dim), ("samples", samples)):

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from marina.errors import ConfigError
 
-__all__ = ["available_memory", "data_labels", "data_size", "estimate_bytes", "take_rows"]
+__all__ = ["data_labels", "data_size", "take_rows"]
 
 
 def available_memory(device: torch.device) -> int | None:

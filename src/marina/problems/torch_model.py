@@ -122,10 +122,11 @@ class TorchModelProblem(Problem):
             ``F.cross_entropy``).
         transform: applied to every gathered batch of inputs before the model (e.g. uint8 images
             -> normalised float32, :class:`marina.nets.Normalize`); the data stays stored as given.
-        split, seed, split_options: how samples are assigned to workers:
-            :func:`marina.data.splits.make_split` (``contiguous``, ``shuffled``, ``dirichlet``
-            label skew with ``split_options={"alpha": 0.1}``, or explicit rows), always with
-            ``drop_remainder=True``; every shard must have the same size m.
+        split: how samples are assigned to workers: :func:`marina.data.splits.make_split`
+            (``contiguous``, ``shuffled``, ``dirichlet`` label skew, or explicit rows), always
+            with ``drop_remainder=True``; every shard must have the same size m.
+        seed: keys the random splits.
+        split_options: further options of the split (``{"alpha": 0.1}`` for ``dirichlet``).
         hosted_workers: global ids of the workers whose data this object keeps (default all).
         init_seed: ``None`` (default) keeps the model's weights; an int redraws them with
             PyTorch's default initialisation keyed by it (the same x^0 in every process).

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "MASK32",
     "MASK64",
     "GOLDEN_U",
     "GOLDEN",
@@ -26,8 +25,6 @@ __all__ = [
     "hash32_reference",
     "lowbias32_into",
     "split32",
-    "unit64",
-    "unit32",
     "unit_function",
     "scaled",
     "key63",
@@ -68,7 +65,11 @@ def _shr(z: Tensor, s: int) -> Tensor:
 
 
 def mix64(z: Tensor) -> Tensor:
-    """SplitMix64 finaliser on an int64 tensor (returns a new tensor)."""
+    """SplitMix64 finaliser on an int64 tensor (returns a new tensor).
+
+    Args:
+        z: int64 tensor of 64-bit words (two's complement).
+    """
     z = z ^ _shr(z, 30)
     z = z * _M1
     z ^= _shr(z, 27)
@@ -89,7 +90,13 @@ def mix64_into(x: Tensor, t: Tensor) -> None:
 
 # -- lowbias32 with the key's high half between the rounds: 32-bit words -------------------------
 def hash32_reference(j: int, k1: int, k2: int) -> int:
-    """The element hash on Python ints (the specification the tensor code must match)."""
+    """The element hash on Python ints (the specification the tensor code must match).
+
+    Args:
+        j: the element's index.
+        k1: the key's low 32 bits, added to the index.
+        k2: the key's high 32 bits, mixed in between the two rounds.
+    """
     x = (j + k1) & MASK32
     x ^= x >> 16
     x = (x * _H1) & MASK32

@@ -16,7 +16,6 @@ from .backend import Backend
 from .bits import key63, mix_int, scaled
 
 __all__ = [
-    "DENSE_POPULATION",
     "uniform",
     "integers",
     "bernoulli",

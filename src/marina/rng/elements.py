@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .bits import GOLDEN, lowbias32_into, mix64_into, signed, split32, unit_function
 
-__all__ = ["ElementDraws", "CPU_CHUNK", "CUDA_CHUNK", "shared_arange"]
+__all__ = ["ElementDraws", "shared_arange"]
 
 # Elements generated per in-cache chunk on CPU (int32: 512 KiB scratch, fits L2).
 CPU_CHUNK = 1 << 17

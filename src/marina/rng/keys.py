@@ -29,7 +29,11 @@ SHARED = -1
 
 
 def stream_id(stream: str | int) -> int:
-    """A stable integer for a stream name (CRC32, identical in every process and run)."""
+    """A stable integer for a stream name (CRC32, identical in every process and run).
+
+    Args:
+        stream: a stream name (``"compress"``), or an integer, returned as it is.
+    """
     if isinstance(stream, int):
         return stream
     return zlib.crc32(stream.encode("utf-8"))

@@ -20,7 +20,7 @@ from .keys import SHARED, base_key, call_keys, call_keys_int, call_salt, row_key
 from .small import SMALL
 from .tensors import tensor_backend
 
-__all__ = ["Randomness", "SMALL_ROWS", "SMALL_ELEMENTS", "SMALL_OPERAND"]
+__all__ = ["Randomness"]
 
 _CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ from .backend import Backend
 from .bits import GOLDEN_U, hash32_reference, mix_int, scaled, unit_function
 from .keys import call_keys_int
 
-__all__ = ["SmallBackend", "SMALL"]
+__all__ = ["SMALL"]
 
 # array typecodes of the dtypes that small draws build from a buffer (same item size only)
 _TYPECODES = {

@@ -14,7 +14,7 @@ from .bits import MASK64, scaled
 from .elements import ElementDraws, shared_arange
 from .keys import call_keys
 
-__all__ = ["TensorBackend", "tensor_backend"]
+__all__ = ["tensor_backend"]
 
 
 class TensorBackend(Backend[Tensor, Tensor]):

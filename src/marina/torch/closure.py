@@ -76,6 +76,7 @@ class ClosureProblem(Problem):
     def __init__(
         self,
         params: Sequence[Tensor],
+        *,
         local_size: int,
         total_workers: int,
         worker_ids: Tensor,

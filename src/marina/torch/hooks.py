@@ -72,6 +72,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from marina import compressors
+from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
 from marina.methods.ef21 import contraction_scale
 from marina.network.link import DIRECT_MAX_BYTES
@@ -115,7 +116,7 @@ class CompressionHookConfig:
             the other methods.
     """
 
-    compressor: Any = "identity"
+    compressor: CompressorSpec = "identity"
     method: str = "qgd"
     seed: int = 0
     alpha: float | None = None
@@ -217,11 +218,11 @@ class CompressionHookState:
 
     def __init__(
         self,
-        compressor: Any = "identity",
+        compressor: CompressorSpec = "identity",
         method: str = "qgd",
         seed: int = 0,
         alpha: float | None = None,
-        group: Any = None,
+        group: "dist.ProcessGroup | None" = None,
         momentum: float | None = None,
     ) -> None:
         self.config = CompressionHookConfig(compressor, method, seed, alpha, momentum)
@@ -525,7 +526,21 @@ def compression_hook(
     state: CompressionHookState, bucket: dist.GradBucket
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP comm hook: the bucket's compressed average (QGD), DIANA's shifted estimate, or EF21's
-    (EF21-SGDM's) error-feedback estimate (see the module doc), returned as the exchange's future."""
+    (EF21-SGDM's) error-feedback estimate (see the module doc), returned as the exchange's future.
+
+    Register it as ``ddp.register_comm_hook(state, compression_hook)``; DDP then calls it once per
+    bucket of every backward pass.
+
+    Args:
+        state: the :class:`CompressionHookState` of this DDP model (configuration, memory, counters).
+        bucket: the gradient bucket DDP hands over (its flat buffer is the d entries compressed).
+
+    Returns:
+        A future of the bucket's new gradient, the same on every rank.
+
+    Raises:
+        ConfigError: ``state`` is not a :class:`CompressionHookState`.
+    """
     if not isinstance(state, CompressionHookState):
         raise ConfigError(
             f"compression_hook's state is a {type(state).__name__}, not a CompressionHookState: "

@@ -74,6 +74,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from marina import compressors, memory, methods
+from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
 from marina.lazy_rows import materialize
 from marina.methods.base import moved
@@ -89,14 +90,27 @@ APPLIED_LR = "applied_lr"
 
 
 def compressor_for(
-    spec: Any, d: int, n: int | None, contractive: bool = False, user: str = "the marina.torch optimizers"
+    spec: CompressorSpec,
+    d: int,
+    n: int | None,
+    contractive: bool = False,
+    user: str = "the marina.torch optimizers",
 ) -> compressors.Compressor:
     """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))
     (also in ``"randk:1%+natural"``). The optimizers and the DDP hook (a bucket of d entries)
     resolve their specs here.
 
-    Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
-    contractive ones (``topk:K``) too. ``user`` names who needs it in the errors."""
+    Args:
+        spec: a compressor spec (``"randk:1%"``, ``"qsgd:4"``, ...) or a compressor object.
+        d: the number of entries compressed (parameters, or a DDP bucket's entries).
+        n: the total number of workers (PermK needs it), None when unknown.
+        contractive: also accept biased contractive compressors (``topk:K``), as the
+            error-feedback methods do; otherwise unbiased ones only.
+        user: who needs the compressor, as the errors name it.
+
+    Raises:
+        ConfigError: a bad spec or percentage, or a biased compressor where it is refused.
+    """
     head, plus, tail = spec.partition("+") if isinstance(spec, str) else ("", "", "")
     if head.strip().endswith("%"):  # also the RandK of a composition, "randk:1%+natural"
         name, _, arg = head.strip().partition(":")
@@ -134,6 +148,9 @@ def _network(seed: int, device: torch.device, process_group: Any) -> Network:
         )
     return SimulatedNetwork(1, seed, device=device)
 
+
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]
+"""What ``params`` takes, as in ``torch.optim``: tensors, or param-group dicts."""
 
 DIVERGENCE_FACTOR = 1e6
 """A step whose loss exceeds this factor times max(1, |first loss|) (or is not finite) raises."""
@@ -339,6 +356,20 @@ class MarinaOptimizer(torch.optim.Optimizer):
     Counters (equal on every rank): :attr:`bits_up` (the paper's #bits/n, the ``bits_up``
     history column of ``marina.run``), :attr:`bits_down`, :attr:`rounds`, :attr:`oracle_calls`,
     :attr:`wire_bytes` (0 without torch.distributed). ``method_params`` are the parameters used.
+
+    Subclasses name their method (``method_name``) and pass their own arguments as ``overrides``.
+
+    Args:
+        params: iterable of parameters, or of param-group dicts (keys ``params`` and ``lr``).
+        compressor: a marina compressor spec or object (see :func:`compressor_for`).
+        lr: the stepsize gamma of every group without its own ``lr``.
+        seed: the key of every random draw; the same on every rank.
+        process_group: the torch.distributed group of the workers (None: the default group when
+            initialised, else this process alone).
+        module: the model, whose buffers then advance once per step (None: not protected).
+        local_size: m_i, the samples of this worker (None: 1).
+        overrides: the method's own parameters (:mod:`marina.parameters`); None values take the
+            theory defaults.
     """
 
     method_name: ClassVar[str]
@@ -359,11 +390,12 @@ class MarinaOptimizer(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        compressor: Any,
+        params: Params,
+        *,
+        compressor: CompressorSpec,
         lr: float,
         seed: int,
-        process_group: Any,
+        process_group: dist.ProcessGroup | None,
         module: nn.Module | None,
         local_size: int | None,
         overrides: dict[str, Any],
@@ -379,11 +411,19 @@ class MarinaOptimizer(torch.optim.Optimizer):
         _check_module(module)
         groups = _param_groups(params, type(self).__name__)
         flat = [p for group in groups for p in group["params"]]
-        probe = ClosureProblem(flat, 1, 1, torch.zeros(1, dtype=torch.int64))  # checks dtype/device
+        probe = ClosureProblem(
+            flat, local_size=1, total_workers=1, worker_ids=torch.zeros(1, dtype=torch.int64)
+        )  # checks dtype/device
         _check_memory(type(self).__name__, probe.dim, probe.dtype)
         super().__init__(groups, {"lr": lr})
         self.net = _network(seed, probe.device, process_group)
-        self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
+        self.problem = ClosureProblem(
+            flat,
+            local_size=local_size or 1,
+            total_workers=self.net.n,
+            worker_ids=self.net.worker_ids,
+            module=module,
+        )
         self.problem.adopt_flat_storage()
         cls = methods.get(self.method_name)
         Q = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
@@ -447,7 +487,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim.Optimizer's signature
+    def step(self, closure=None):  # torch.optim.Optimizer's signature
         """One communication round (see the module doc); returns the closure's loss, detached
         (None when this rank evaluated nothing, e.g. a PP-MARINA client not drawn, or without a
         closure). Without a closure (the methods that take one gradient per step at the current
@@ -709,17 +749,26 @@ class MARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, {"p": p})
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides={"p": p},
+        )
 
 
 @documented()
@@ -744,12 +793,12 @@ class VRMARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         batch_size: int,
         dense_batch_size: int | None = None,
@@ -771,7 +820,16 @@ class VRMARINA(MarinaOptimizer):
             overrides["dense_batch_size"] = dense_batch_size
         elif dense_batch_size is not None:
             raise ConfigError(f"dense_batch_size == {dense_batch_size!r} is used only with online=True")
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
 
 @documented()
@@ -791,19 +849,26 @@ class PPMARINA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         clients: int | None = None,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
         super().__init__(
-            params, compressor, lr, seed, process_group, module, local_size, {"p": p, "clients": clients}
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides={"p": p, "clients": clients},
         )
 
     @property
@@ -830,17 +895,26 @@ class DIANA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         alpha: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, {"alpha": alpha})
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides={"alpha": alpha},
+        )
 
 
 @documented()
@@ -857,13 +931,22 @@ class QGD(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, {})
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides={},
+        )

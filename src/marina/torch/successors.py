@@ -28,13 +28,13 @@ ones (used as Q/(1 + omega)); DASHA takes unbiased ones. Sample indices drawn by
 
 from __future__ import annotations
 
-from typing import Any
-
+import torch.distributed as dist
 from torch import nn
 
 from marina import methods
+from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError
-from marina.torch.optim import MarinaOptimizer, default_local_size, documented
+from marina.torch.optim import MarinaOptimizer, Params, default_local_size, documented
 
 __all__ = ["EF21", "EF21PP", "EF21SGD", "EF21SGDM", "DASHA", "DASHAPAGE", "DASHAMVR"]
 
@@ -51,16 +51,25 @@ class EF21(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "topk:1%",
+        params: Params,
+        compressor: CompressorSpec = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, {})
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides={},
+        )
 
 
 @documented()
@@ -76,18 +85,27 @@ class EF21PP(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "topk:1%",
+        params: Params,
+        compressor: CompressorSpec = "topk:1%",
         lr: float = 0.1,
         participation: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
         overrides = {"participation": participation}
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
     @property
     def participates(self) -> bool:
@@ -112,11 +130,11 @@ class EF21SGD(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "topk:1%",
+        params: Params,
+        compressor: CompressorSpec = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         batch_size: int,
         local_size: int | None = None,
@@ -125,7 +143,16 @@ class EF21SGD(MarinaOptimizer):
         if local_size is None:  # m >= b is all the theory needs of m here
             local_size = default_local_size(batch_size, batch_size)
         overrides = {"batch_size": batch_size}
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
 
 @documented(
@@ -147,11 +174,11 @@ class EF21SGDM(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "topk:1%",
+        params: Params,
+        compressor: CompressorSpec = "topk:1%",
         lr: float = 0.1,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         momentum: float,
         batch_size: int,
@@ -166,7 +193,16 @@ class EF21SGDM(MarinaOptimizer):
         if local_size is None:  # m >= b is all the theory needs of m here
             local_size = default_local_size(batch_size, batch_size)
         overrides = {"momentum": momentum, "batch_size": batch_size}
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
 
 @documented()
@@ -182,18 +218,27 @@ class DASHA(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         momentum: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
         overrides = {"momentum": momentum}
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
 
 @documented(
@@ -215,13 +260,13 @@ class DASHAPAGE(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         p: float | None = None,
         momentum: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         batch_size: int,
         local_size: int | None = None,
@@ -233,7 +278,16 @@ class DASHAPAGE(MarinaOptimizer):
                 "local passes and the default p = B/(m + B)"
             )
         overrides = {"p": p, "momentum": momentum, "batch_size": batch_size}
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
 
 
 @documented(
@@ -255,13 +309,13 @@ class DASHAMVR(MarinaOptimizer):
 
     def __init__(
         self,
-        params,  # noqa: ANN001 - as torch.optim
-        compressor: Any = "randk:1%",
+        params: Params,
+        compressor: CompressorSpec = "randk:1%",
         lr: float = 0.1,
         momentum: float | None = None,
         mvr_momentum: float | None = None,
         seed: int = 0,
-        process_group: Any = None,
+        process_group: dist.ProcessGroup | None = None,
         *,
         batch_size: int,
         dense_batch_size: int | None = None,
@@ -276,4 +330,13 @@ class DASHAMVR(MarinaOptimizer):
             "batch_size": batch_size,
             "dense_batch_size": dense_batch_size,
         }
-        super().__init__(params, compressor, lr, seed, process_group, module, local_size, overrides)
+        super().__init__(
+            params,
+            compressor=compressor,
+            lr=lr,
+            seed=seed,
+            process_group=process_group,
+            module=module,
+            local_size=local_size,
+            overrides=overrides,
+        )
