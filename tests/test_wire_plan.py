@@ -118,7 +118,7 @@ def test_the_two_aggregations_equal_the_simulation(one_rank, spec, seed):
     for multiplicity in (None, counts):
         net, sim = td.TorchDistributedNetwork(n, seed), SimulatedNetwork(n, seed)
         mean, local = net.aggregate_with_local(Q, X, 5, multiplicity=multiplicity)
-        sim_mean, sim_local = sim.aggregate(Q, X, 5, multiplicity=multiplicity, return_local=True)
+        sim_mean, sim_local = sim.aggregate_with_local(Q, X, 5, multiplicity=multiplicity)
         assert torch.equal(mean, sim_mean) and torch.equal(local, sim_local)
         assert torch.equal(
             net.aggregate_mean(Q, X, 6, multiplicity=multiplicity),

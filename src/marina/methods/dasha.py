@@ -108,9 +108,7 @@ class DASHA(Method):
         h_new = self._next_local_estimates(k, x_old)
         h = state.local_estimates
         # 9.+11. m_i^{k+1} = Q_i(h_i^{k+1} - h_i^k - a (g_i^k - h_i^k)), sent
-        mean, local = self.net.aggregate(
-            self.Q, h_new - h - self.a * (state.estimates - h), k, return_local=True
-        )
+        mean, local = self.net.aggregate_with_local(self.Q, h_new - h - self.a * (state.estimates - h), k)
         # 10. g_i^{k+1} = g_i^k + m_i^{k+1}
         state.estimates.add_(local)
         state.local_estimates = h_new

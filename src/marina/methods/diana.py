@@ -118,7 +118,7 @@ class DIANA(Method):
         # 2. local estimates g_i^k
         estimates = self._local_estimates(k)
         # 3. Delta_i^k = Q_i(g_i^k - h_i^k), sent; the server gets their mean
-        delta_mean, delta_local = self.net.aggregate(self.Q, estimates - state.shifts, k, return_local=True)
+        delta_mean, delta_local = self.net.aggregate_with_local(self.Q, estimates - state.shifts, k)
         # 4. h_i^{k+1} = h_i^k + alpha Delta_i^k
         state.shifts.add_(delta_local, alpha=self.alpha)
         # 5. g^k = h^k + Delta^k

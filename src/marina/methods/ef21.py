@@ -121,9 +121,7 @@ class EF21(Method):
         # 3. local gradients at x^{k+1}
         new_grads = self._new_local_grads(k, mult)
         # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
-        mean, local = self.net.aggregate(
-            self.Q, new_grads - state.estimates, k, multiplicity=mult, return_local=True
-        )
+        mean, local = self.net.aggregate_with_local(self.Q, new_grads - state.estimates, k, multiplicity=mult)
         # the network averages over the messages sent; EF21's step 6 sums over all n workers
         weight = self.scale if mult is None else self.scale * float(mult.sum()) / self.net.n
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)

@@ -190,7 +190,8 @@ class MARINA(Method):
             state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            state.g = added(state.g, self.net.aggregate(self.Q, lazy_new_grads - state.lazy_local_grads, k))
+            fresh = self.net.aggregate_mean(self.Q, lazy_new_grads - state.lazy_local_grads, k)
+            state.g = added(state.g, fresh)
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
 
@@ -323,7 +324,7 @@ class VRMARINA(Method):
             idx = self._minibatch(self.b_prime, k, replace=self.online)
             diff = self.problem.minibatch_grad_diffs(state.x, x_old, idx)
             self.oracle_calls += 2.0 * self.b_prime
-            state.g = state.g + self.net.aggregate(self.Q, diff, k)
+            state.g = state.g + self.net.aggregate_mean(self.Q, diff, k)
         self.k = k + 1
 
 
@@ -344,7 +345,7 @@ class PPMARINA(Method):
 
     A client drawn c > 1 times sends c independent compressions of its difference (copy j uses
     the randomness stream "compress" for j = 0, so it draws what MARINA's worker draws, and
-    "compress#j" after; see :meth:`marina.network.Network.aggregate`): each draw of the
+    "compress#j" after; see :meth:`marina.network.Network.aggregate_mean`): each draw of the
     theorem's i.i.d. sample is an independent message, and each message is counted in bits.
     Clients not drawn send nothing.
 
@@ -432,7 +433,7 @@ class PPMARINA(Method):
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - state.fresh.double()))
             diffs = lazy_new_grads - state.lazy_local_grads
-            state.g = added(state.g, self.net.aggregate(self.Q, diffs, k, multiplicity=counts))
+            state.g = added(state.g, self.net.aggregate_mean(self.Q, diffs, k, multiplicity=counts))
             state.fresh = part
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
