@@ -403,6 +403,33 @@ class Method(ABC):
     def step(self) -> None:
         """One communication round: x^k -> x^{k+1}; increments ``k``."""
 
+    # -- the public round schedule -------------------------------------------------------------
+    # Round k is the step() that runs while the counter ``k`` is k (x^k -> x^{k+1}, k >= 0);
+    # start(x0), the round-0 work, is not a round. Each answer is a pure function of (seed, k):
+    # drawn from a shared stream keyed by round (see _shared_uniforms), the same in every process
+    # and after a resume, known before the round runs; asking draws nothing and changes no state.
+    # step() reads its schedule through these methods, so they say what the run does.
+    def round_coin(self, k: int) -> bool | None:
+        """The shared coin c_k ~ Be(p) of round k, or None when the method draws none.
+
+        True means round k computes full local gradients: the MARINA family's dense round
+        (stream "coin"), DASHA-PAGE's h_i^{k+1} = grad f_i(x^{k+1}) (stream "coin"), VR-DIANA's
+        move of the reference point (u^k, stream "refresh")."""
+        return None
+
+    def is_dense_round(self, k: int) -> bool:
+        """Whether every worker sends its vector uncompressed in round k (the identity at the
+        wire precision): GD always, the MARINA family when c_k = 1, the others never."""
+        return False
+
+    def participants(self, k: int) -> Tensor | None:
+        """Who sends in round k: None when every worker sends one message, else a length-n int64
+        tensor (CPU) over all workers of how many independent messages each sends (the
+        ``multiplicity`` of :meth:`marina.network.Network.aggregate_mean`; 0: the worker computes
+        and sends nothing). PP-MARINA's r clients drawn with replacement on its compressed rounds,
+        EF21-PP's clients taking part with probability q."""
+        return None
+
     # -- helpers for subclasses ---------------------------------------------------------------------
     def _next_iterate(self, x: Tensor, g: Tensor) -> Tensor:
         """x - gamma g (:func:`moved`), or :attr:`next_x` when the caller computed it (taken once)."""

@@ -174,9 +174,13 @@ class DASHAPAGE(DASHA):
         self.p = float(self.params["p"])
         self.B = int(self.params["batch_size"])
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (step 5; shared stream "coin"): h_i^{k+1} = grad f_i(x^{k+1}) when True."""
+        return self._coin("coin", self.p, k)
+
     def _next_local_estimates(self, k: int, x_old: Tensor) -> Tensor:
         # 5. c_k ~ Be(p), shared
-        if self._coin("coin", self.p, k):
+        if self.round_coin(k):
             return super()._next_local_estimates(k, x_old)
         # 8. c_k = 0: h_i^k + minibatch difference on the same B samples at x^{k+1} and x^k
         idx = self._minibatch(self.B, k)

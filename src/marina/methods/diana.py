@@ -194,6 +194,10 @@ class VRDIANA(DIANA):
         self.b = int(self.params["batch_size"])
         self.refresh_p = float(self.params["refresh_p"])
 
+    def round_coin(self, k: int) -> bool:
+        """u^k ~ Be(refresh_p) (shared stream "refresh"): the reference point moves to x^k."""
+        return self._coin("refresh", self.refresh_p, k)
+
     def _initial_state(self, x0: Tensor) -> VRDianaState:
         # w^0 = x^0, mu_i^0 = grad f_i(w^0)
         ref_point = x0.clone()
@@ -211,7 +215,7 @@ class VRDIANA(DIANA):
 
     def _after_round(self, k: int, x_old: Tensor) -> None:
         # 1./8. u^k ~ Be(refresh_p), shared; on u^k = 1 the reference point moves to x^k
-        if self._coin("refresh", self.refresh_p, k):
+        if self.round_coin(k):
             self.state.ref_point = x_old
             self.state.ref_grads = self.problem.local_grads(x_old)
             self._charge_full()

@@ -100,13 +100,9 @@ class EF21(Method):
 
     def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor | LazyRows:
         """Step 3: grad f_i(x^{k+1}) of the hosted workers (lazy rows), oracle calls charged to
-        the clients sending (``mult``, see :meth:`_participants`)."""
+        the clients sending (``mult``, see :meth:`participants`)."""
         self._charge_full(None if mult is None else mult.double())
         return self.problem.lazy_local_grads(self.state.x)
-
-    def _participants(self, k: int) -> Tensor | None:
-        """The clients sending in round k as a length-n multiplicity, or None for all of them."""
-        return None
 
     def step(self) -> None:
         k, state = self.k, self.state
@@ -114,7 +110,7 @@ class EF21(Method):
         state.x = self._next_iterate(state.x, state.g)
         # 2. broadcast x^{k+1}
         self._broadcast()
-        mult = self._participants(k)
+        mult = self.participants(k)
         if mult is not None and not bool(mult.any()):
             self.k = k + 1  # no client takes part: nothing is computed or sent
             return
@@ -174,8 +170,9 @@ class EF21PP(EF21):
         super().__init__(problem, network, compressor, params)
         self.q = float(self.params["participation"])
 
-    def _participants(self, k: int) -> Tensor:
-        # each client takes part with probability q, from the shared stream
+    def participants(self, k: int) -> Tensor:
+        """1 for each client taking part in round k (probability q, shared stream
+        "participation"), 0 for the others."""
         return (self._shared_uniforms("participation", k, self.net.n) < self.q).to(torch.int64)
 
 

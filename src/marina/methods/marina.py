@@ -169,6 +169,13 @@ class MARINA(Method):
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
     def _initial_state(self, x0: Tensor) -> MarinaState:
         g, lazy_local_grads = _first_dense_round(self, x0)
         return MarinaState(x=x0, g=g, lazy_local_grads=lazy_local_grads)
@@ -176,7 +183,7 @@ class MARINA(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -294,6 +301,13 @@ class VRMARINA(Method):
         self.online = bool(self.params["online"])
         self.b = int(self.params["dense_batch_size"]) if self.online else None  # online dense rounds
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
     def _dense_estimate(self, x: Tensor, round: int) -> Tensor:
         """Local gradients of the dense rounds, dense: full (finite sum) or a b-minibatch (online)."""
         if self.online:
@@ -310,7 +324,7 @@ class VRMARINA(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -404,6 +418,21 @@ class PPMARINA(Method):
         self.p = float(self.params["p"])
         self.r = int(self.params["clients"])  # clients drawn on compressed rounds
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
+    def participants(self, k: int) -> Tensor | None:
+        """None on a dense round (every client), else the counts of the r clients drawn i.i.d.
+        uniformly with replacement (line 8; shared stream "clients")."""
+        if self.is_dense_round(k):
+            return None
+        draws = self._shared_choices("clients", k, self.net.n, self.r)
+        return torch.bincount(draws, minlength=self.net.n)
+
     def _initial_state(self, x0: Tensor) -> PPMarinaState:
         g, lazy_local_grads = _first_dense_round(self, x0)  # with every client: all are fresh
         fresh = torch.ones(self.net.n, dtype=torch.bool)
@@ -413,7 +442,7 @@ class PPMARINA(Method):
         k, state = self.k, self.state
         n = self.net.n
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -427,8 +456,7 @@ class PPMARINA(Method):
             state.fresh = torch.ones(n, dtype=torch.bool)
         else:
             # 8. r clients i.i.d. uniform with replacement, from the shared stream
-            draws = self._shared_choices("clients", k, n, self.r)
-            counts = torch.bincount(draws, minlength=n)
+            counts = self.participants(k)
             part = counts > 0
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - state.fresh.double()))

@@ -89,14 +89,22 @@ APPLIED_LR = "applied_lr"
 
 
 def compressor_for(
-    spec: Any, d: int, n: int | None, contractive: bool = False, user: str = "the marina.torch optimizers"
+    spec: Any,
+    d: int,
+    n: int | None,
+    contractive: bool = False,
+    user: str = "the marina.torch optimizers",
+    *,
+    method: str | type[methods.Method] | None = None,
 ) -> compressors.Compressor:
     """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))
     (also in ``"randk:1%+natural"``). The optimizers and the DDP hook (a bucket of d entries)
     resolve their specs here.
 
-    Unbiased ones only, unless ``contractive`` (the error-feedback methods): then biased
-    contractive ones (``topk:K``) too. ``user`` names who needs it in the errors."""
+    The compressor must pass ``method``'s rule (:meth:`marina.methods.Method.accepts`: unbiased
+    ones, and biased contractive ones for the error-feedback methods); without ``method``, the
+    rule of MARINA (unbiased only) or, with ``contractive``, of EF21. ``user`` starts the error
+    message (who needs the compressor)."""
     head, plus, tail = spec.partition("+") if isinstance(spec, str) else ("", "", "")
     if head.strip().endswith("%"):  # also the RandK of a composition, "randk:1%+natural"
         name, _, arg = head.strip().partition(":")
@@ -110,11 +118,11 @@ def compressor_for(
             raise ConfigError(f"compressor {spec!r}: only randk and topk take K as a fraction of d")
         spec = f"{name}:{max(1, round(frac * d))}" + plus + tail
     Q = compressors.get(spec, workers=n) if isinstance(spec, str) else compressors.get(spec)
-    if not getattr(Q, "unbiased", False) and not (contractive and Q.contractive):
-        raise ConfigError(
-            f"compressor {Q.spec!r} is biased; {user} need an unbiased one"
-            + (" or a contractive one (topk:K)" if contractive else " (EF21 takes topk:K)")
-        )
+    if method is None:
+        method = methods.EF21 if contractive else methods.MARINA
+    reason = (methods.get(method) if isinstance(method, str) else method).accepts(Q)
+    if reason is not None:
+        raise ConfigError(f"{user}: compressor {reason}")
     return Q
 
 
@@ -386,7 +394,9 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self.problem = ClosureProblem(flat, local_size or 1, self.net.n, self.net.worker_ids, module)
         self.problem.adopt_flat_storage()
         cls = methods.get(self.method_name)
-        Q = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
+        Q = compressor_for(
+            compressor, self.problem.dim, self.net.n, user=f"marina.torch.{type(self).__name__}", method=cls
+        )
         given = {"stepsize": float(lr), **{k: v for k, v in overrides.items() if v is not None}}
         planned = methods.plan(
             cls, self.problem, Q, iterations=1, overrides=given, network=self.net, check_memory=False
@@ -439,11 +449,10 @@ class MarinaOptimizer(torch.optim.Optimizer):
         """c_k ~ Be(p) of the next round, shared by all ranks (True on step 0, the dense start):
         the MARINA family's dense round, DASHA-PAGE's full-gradient round; None for methods
         without a coin."""
-        if "p" not in self.method_params or not hasattr(self.method, "p"):
+        coin = self.method.round_coin(self.method.k)
+        if coin is None:
             return None
-        if not self.started:
-            return True  # line 2: g^0 is dense
-        return self.method._coin("coin", self.method.p, self.method.k)
+        return True if not self.started else coin  # line 2: g^0 is dense
 
     # -- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -811,9 +820,8 @@ class PPMARINA(MarinaOptimizer):
         """Whether this rank computes in the next step (dense round, or drawn among the r clients)."""
         if self.round_coin:
             return True
-        m = self.method
-        draws = m._shared_choices("clients", m.k, self.net.n, m.r)
-        return bool((draws == int(self.net.worker_ids[0])).any())
+        mult = self.method.participants(self.method.k)
+        return mult is None or bool(mult[int(self.net.worker_ids[0])] > 0)
 
 
 @documented()
