@@ -3,6 +3,7 @@ predicted counters of every method against long runs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,11 +61,15 @@ def test_permk_breaks_the_independent_bound_and_meets_the_ab_inequality(seed):
     assert c.ab_constants(d, n) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("spec,n,d", [("permk", 5, 4), ("permk", 5, 23), ("permk", 3, 9), ("randk:3", 4, 9)])
+@pytest.mark.parametrize(
+    "spec,n,d",
+    [("permk", 5, 4), ("permk", 7, 3), ("permk", 5, 23), ("permk", 3, 9), ("randk:3", 4, 9)],
+)
 def test_ab_inequality_measured(seed, spec, n, d):
-    """E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2, with
-    equality for PermK with d >= n (the blocks partition the coordinates) and for independent
-    RandK (A = omega/n, B = 0: each worker's error has variance exactly omega ||a_i||^2)."""
+    """E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2 over the
+    compressor's own draws, with equality for PermK (any d, n: the mean of a_ij over a random
+    subset of its holders) and for independent RandK (A = omega/n, B = 0: each worker's error has
+    variance exactly omega ||a_i||^2)."""
     c = compressors.get(spec, workers=n, value_dtype=torch.float64)
     A_, B_ = c.ab_constants(d, n)
     if spec.startswith("randk"):
@@ -75,15 +80,77 @@ def test_ab_inequality_measured(seed, spec, n, d):
     abar = a.mean(0)
     bound = A_ * float((a**2).sum(1).mean()) - B_ * float(abar @ abar)
     assert mean <= bound + Z * se + 1e-12
-    if spec.startswith("randk") or d >= n:
-        # RandK: (1/n^2) sum_i (d/K - 1) ||a_i||^2 exactly (so B = omega/n would fail);
-        # PermK d >= n: (1/n) sum_i ||a_i||^2 - ||abar||^2 exactly
-        exact = (
-            (d / c.K - 1) / n**2 * float((a**2).sum())
-            if spec.startswith("randk")
-            else float((a**2).sum(1).mean()) - float(abar @ abar)
-        )
-        assert abs(mean - exact) <= Z * se + 1e-12 * exact
+    # RandK: (1/n^2) sum_i (d/K - 1) ||a_i||^2 exactly (so B = omega/n would fail);
+    # PermK: A ((1/n) sum_i ||a_i||^2 - ||abar||^2) exactly
+    exact = (
+        (d / c.K - 1) / n**2 * float((a**2).sum())
+        if spec.startswith("randk")
+        else A_ * (float((a**2).sum(1).mean()) - float(abar @ abar))
+    )
+    assert abs(mean - exact) <= Z * se + 1e-12 * exact
+
+
+def _permk_enumerated(a: torch.Tensor, d: int) -> float:
+    """E||(1/n) sum_i Q_i(a_i) - abar||^2 over every pair of permutations (pi of the d coordinates,
+    sigma of the n workers), PermK's assignment for d < n written out: worker i takes slot
+    s = sigma[i] mod d, coordinate pi[s], held by c_s = q + 1 workers if s < r else q
+    (n = q d + r), and sends (n/c_s) a_i[pi[s]]."""
+    n = a.shape[0]
+    q, r = divmod(n, d)
+    rows, abar = a.tolist(), a.mean(0).tolist()
+    total, count = 0.0, 0
+    for pi in itertools.permutations(range(d)):
+        for sigma in itertools.permutations(range(n)):
+            est = [0.0] * d
+            for i in range(n):
+                slot = sigma[i] % d
+                holders = q + 1 if slot < r else q
+                est[pi[slot]] += rows[i][pi[slot]] / holders
+            total += sum((e - b) ** 2 for e, b in zip(est, abar))
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n,d", [(5, 2), (6, 3), (7, 3), (4, 1), (6, 4)])
+def test_permk_ab_constant_below_n_is_exact_by_enumeration(seed, n, d):
+    """For d < n, A = B = omega/(n - 1): equal to the exact expectation over all n! d! draws for
+    any a_i (random here), (d - 1)/(n - 1) when d divides n and larger otherwise (so the d | n
+    formula alone would be wrong for 7 workers and 3 coordinates); below PermK's A = B = 1 of
+    d >= n, which d < n used before."""
+    c = compressors.get("permk", workers=n, value_dtype=torch.float64)
+    A_, B_ = c.ab_constants(d, n)
+    q, r = divmod(n, d)
+    by_hand = ((r / d) * (n - q - 1) / (q + 1) + ((d - r) / d) * (n - q) / q) / (n - 1)
+    assert A_ == B_ == pytest.approx(by_hand, rel=1e-14) and A_ < 1
+    if r == 0:
+        assert A_ == pytest.approx((d - 1) / (n - 1), rel=1e-14)
+    else:
+        assert A_ > (d - 1) / (n - 1)
+    u = Randomness(seed, "ab-exact", 0, range(n)).uniform(d)
+    a = (u - 0.5) * torch.arange(1, n + 1, dtype=torch.float64)[:, None] + 0.2
+    abar = a.mean(0)
+    spread = float((a**2).sum(1).mean()) - float(abar @ abar)
+    assert _permk_enumerated(a, d) == pytest.approx(A_ * spread, rel=1e-12)
+
+
+def test_marina_stepsize_with_permk_below_n_uses_the_exact_constant(seed):
+    """synthetic, n = 6 workers, d = 3 < n: p = zeta_Q/d = 1/3 and gamma = 1/(L_f + sqrt((1-p)/p
+    A) L_pm) with A = B = (d - 1)/(n - 1) = 2/5, larger than with A = B = 1; omega_eff = n A = 12/5
+    for the methods proved for independent compressors."""
+    prob = problems.synthetic(workers=6, dim=3, samples=8, heterogeneity=1.0, seed=seed % 1000)
+    s = _setting(prob, "permk", n=6)
+    assert (s.ab_A, s.ab_B) == (pytest.approx(0.4), pytest.approx(0.4)) and s.omega == 2
+    used = methods.get("marina").resolve(s, {})
+    p = 1 / 3
+    assert used["p"] == pytest.approx(p, rel=1e-15)
+    hand = 1.0 / (prob.L_f + math.sqrt((1 - p) / p * 0.4) * prob.L_pm)
+    assert used["stepsize"] == pytest.approx(hand, rel=1e-14)
+    assert used["stepsize"] > 1.0 / (prob.L_f + math.sqrt((1 - p) / p) * prob.L_pm)
+    assert s.omega_eff == pytest.approx(6 * 0.4)
+    vr = methods.get("vr-marina").resolve(s, {})
+    assert vr["stepsize"] == pytest.approx(
+        theory.vr_marina_stepsize(s.L, s.L_avg, 2.4, 6, vr["p"], vr["batch_size"]), rel=1e-14
+    )
 
 
 def test_synthetic_hessian_variance_matches_brute_force(seed, synth):

@@ -12,7 +12,8 @@ with Compression", ICML 2021; "the paper" below):
 - ``A``, ``B`` the constants of the AB inequality (Szlendak, Tyurin, Richtarik, "Permutation
   compressors for provably faster distributed nonconvex optimization", ICLR 2022, arXiv:2110.03300,
   Definition 1): E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2;
-  A = omega/n, B = 0 for independent unbiased Q_i, A = B = 1 for PermK (correlated);
+  A = omega/n, B = 0 for independent unbiased Q_i; for PermK (correlated) A = B = 1 when d >= n
+  and A = B = omega/(n - 1) < 1 when d < n (:meth:`marina.compressors.permk.PermK.ab_constants`);
 - ``L_pm`` (L_±) the Hessian variance of the same paper: (1/n) sum_i ||grad f_i(x) - grad f_i(y)||^2
   - ||grad f(x) - grad f(y)||^2 <= L_pm^2 ||x - y||^2 (L_pm <= L always);
 - ``b_prime`` (b') the minibatch of VR-MARINA's compressed rounds, ``b`` the minibatch of its
@@ -164,7 +165,7 @@ def effective_omega(omega: float, n: int, A: float) -> float:
     E||Q_i(x) - x||^2 <= omega ||x||^2 per worker, and E||(1/n) sum_i Q_i(a_i) - abar||^2 <=
     (omega/n^2) sum_i ||a_i||^2 for the average; the AB inequality gives the second with omega/n
     replaced by A, so omega_eff satisfies both (conservative; independent Q_i: A = omega/n, so
-    omega_eff = omega; PermK: omega_eff = n)."""
+    omega_eff = omega; PermK: omega_eff = n for d >= n, n omega/(n - 1) for d < n)."""
     return max(_nonnegative("omega", omega), int(n) * _nonnegative("A", A))
 
 
@@ -191,8 +192,9 @@ def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p:
     """gamma = 1/(L_- + sqrt((1-p)/p ((A - B) L_+^2 + B L_pm^2))) with L_- = L_f, L_+ = L: MARINA
     with compressors satisfying the AB inequality, correlated ones included (Szlendak, Tyurin,
     Richtarik 2022, Theorem 4; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
-    (A = B = 1): 1/(L_f + sqrt((1-p)/p) L_pm); for independent Q_i (A = omega/n, B = 0) it is
-    Theorem 2.1's stepsize with L_f in place of the first L."""
+    (A = B = kappa, 1 for d >= n, omega/(n - 1) for d < n): 1/(L_f + sqrt((1-p)/p kappa) L_pm);
+    for independent Q_i (A = omega/n, B = 0) it is Theorem 2.1's stepsize with L_f in place of
+    the first L."""
     p = _probability("p", p)
     A, B = _nonnegative("A", A), _nonnegative("B", B)
     if B > A:
