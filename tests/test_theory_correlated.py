@@ -355,9 +355,37 @@ def test_p_bits_refuses_other_words_and_the_online_batches_are_ordered(synth):
     with pytest.warns(
         UserWarning, match=r"dense_batch_size == 2 is smaller than batch_size == 3 \(the default"
     ):
-        assert (
-            methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2})["batch_size"] == 3
-        )
+        used = methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2, "p": 0.3})
+        assert (used["batch_size"], used["p"]) == (3, 0.3)
+    # without p, Corollary 3.2's p would be needed outside its domain b' <= b
+    with pytest.raises(ConfigError, match=r"dense_batch_size == 2 is smaller than batch_size == 3 .*give"):
+        methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2})
+
+
+def test_vr_marina_theory_functions_check_the_minibatch_sizes():
+    """b' <= m (finite sum: b' of the m local samples without replacement, Corollary 3.1) and
+    b' <= b (online, Corollary 3.2): p by hand at the boundary, ConfigError naming both values past
+    it, also through theory.predict; b' >= 1 everywhere."""
+    assert theory.vr_marina_p(5, 100, 20, 20) == pytest.approx(min(5 / 100, 20 / 40))
+    assert theory.vr_marina_online_p(50, 100, 8, 8) == pytest.approx(min(50 / 100, 8 / 16))
+    with pytest.raises(ConfigError, match=r"batch_size b' == 21 exceeds m .* == 20"):
+        theory.vr_marina_p(5, 100, 20, 21)
+    with pytest.raises(ConfigError, match=r"batch_size b' == 9 exceeds dense_batch_size b .* == 8"):
+        theory.vr_marina_online_p(5, 100, 8, 9)
+    for bad in (
+        lambda: theory.vr_marina_p(5, 100, 20, 0),
+        lambda: theory.vr_marina_online_p(5, 100, 8, 0),
+        lambda: theory.vr_marina_stepsize(1.0, 1.0, 1.0, 4, 0.5, 0),
+    ):
+        with pytest.raises(ConfigError, match=r"batch_size b' == 0, must be >= 1"):
+            bad()
+    kw = dict(eps=0.1, delta0=1.0, d=100, n=4, m=20, L=1.0, L_f=1.0, L_max=1.0, L_avg=1.0, omega=9.0)
+    kw |= dict(zeta=10.0, message_bits=390.0)
+    with pytest.raises(ConfigError, match=r"b' == 9 exceeds dense_batch_size b"):
+        theory.predict("vr-marina-online", batch_size=9, dense_batch_size=8, **kw)
+    with pytest.raises(ConfigError, match=r"b' == 21 exceeds m"):
+        theory.predict("vr-marina", batch_size=21, **kw)
+    assert theory.predict("vr-marina-online", batch_size=8, dense_batch_size=8, **kw).p == pytest.approx(0.1)
 
 
 def test_pp_marina_predicted_oracle_calls_match_the_issue_example():

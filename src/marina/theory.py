@@ -214,13 +214,27 @@ def marina_pl_stepsize(L: float, omega: float, n: int, p: float, mu: float) -> f
 
 
 # -- VR-MARINA ------------------------------------------------------------------------------------
+def _batch_at_most(b_prime: int, bound: int, what: str) -> int:
+    """b' as an int in [1, ``bound``], else a ConfigError naming both (``what``: the bound and why)."""
+    b_prime, bound = int(b_prime), int(bound)
+    if b_prime < 1:
+        raise ConfigError(f"batch_size b' == {b_prime}, must be >= 1")
+    if b_prime > bound:
+        raise ConfigError(f"batch_size b' == {b_prime} exceeds {what} == {bound}, must be b' <= it")
+    return b_prime
+
+
 def vr_marina_p(zeta: float, d: int, m: int, b_prime: int) -> float:
-    """p = min(zeta_Q/d, b'/(m + b')) (Corollary 3.1, finite-sum case)."""
+    """p = min(zeta_Q/d, b'/(m + b')) (Corollary 3.1, finite-sum case), for b' <= m (the b' samples
+    are drawn without replacement from the m local ones; ConfigError otherwise)."""
+    b_prime = _batch_at_most(b_prime, m, "m (finite sum: b' of the m local samples, without replacement)")
     return min(marina_p(zeta, d), b_prime / (m + b_prime))
 
 
 def vr_marina_online_p(zeta: float, d: int, b: int, b_prime: int) -> float:
-    """p = min(zeta_Q/d, b'/(b + b')) (Corollary 3.2, online case)."""
+    """p = min(zeta_Q/d, b'/(b + b')) (Corollary 3.2, online case), for b' <= b (the corollary's
+    b' is at most the dense rounds' batch b; ConfigError otherwise)."""
+    b_prime = _batch_at_most(b_prime, b, "dense_batch_size b (online: Corollary 3.2 takes b' <= b)")
     return min(marina_p(zeta, d), b_prime / (b + b_prime))
 
 
@@ -229,7 +243,8 @@ def vr_marina_stepsize(L: float, L_avg: float, omega: float, n: int, p: float, b
     p = _probability("p", p)
     L = _positive("L", L)
     omega = _nonnegative("omega", omega)
-    var = omega * L**2 + (1.0 + omega) * _nonnegative("L_avg", L_avg) ** 2 / int(b_prime)
+    b_prime = _batch_at_most(b_prime, b_prime, "itself")  # an integer >= 1
+    var = omega * L**2 + (1.0 + omega) * _nonnegative("L_avg", L_avg) ** 2 / b_prime
     return 1.0 / (L + math.sqrt((1.0 - p) / (p * n) * var))
 
 

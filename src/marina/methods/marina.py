@@ -270,17 +270,26 @@ class VRMARINA(Method):
         out: dict[str, Any] = {"batch_size": bp, "online": online}
         if online:
             b = given.get("dense_batch_size", min(s.m, 10 * bp))
+            p_theory = given.get("p", "theory") in ("theory", "bits")
             if b < bp:  # Corollary 3.2 takes b' <= b (the dense rounds' minibatch is the larger)
                 what = f"dense_batch_size == {b} is smaller than batch_size == {bp}"
                 if "batch_size" in given:
                     raise ConfigError(f"vr-marina: {what}, must be b >= b' (Corollary 3.2)")
-                warnings.warn(  # the default b' = m/100: kept (recorded runs), but outside Cor. 3.2
+                if p_theory:  # Corollary 3.2's p is not defined there
+                    raise ConfigError(
+                        f"vr-marina: {what} (the default b' = m/100), must be b >= b' for the theory p "
+                        "(Corollary 3.2); give batch_size <= dense_batch_size, or p"
+                    )
+                warnings.warn(  # the default b' = m/100 with a given p: kept (recorded runs)
                     f"vr-marina: {what} (the default b' = m/100), outside Corollary 3.2 (b' <= b); "
                     "give batch_size <= dense_batch_size",
                     stacklevel=4,
                 )
             out["dense_batch_size"] = b
-            p = _given_p(given, theory.vr_marina_online_p(_p_size(s, given), s.d, b, bp))
+            if p_theory:
+                p = _given_p(given, theory.vr_marina_online_p(_p_size(s, given), s.d, b, bp))
+            else:
+                p = given["p"]
         else:
             if "dense_batch_size" in given:
                 raise ConfigError(
