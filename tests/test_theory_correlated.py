@@ -248,6 +248,24 @@ def test_logistic_hessian_variance_bound_against_brute_force(seed):
     assert local <= prob.L_pm and math.sqrt(pairs) <= prob.L_pm * (1 + 1e-9)
 
 
+def test_minibatch_noise_is_bounded_as_ef21_sgd_assumes(seed):
+    """EF21-SGD's neighbourhood assumes E||g_hat_i(x) - grad f_i(x)||^2 <= sigma^2/b; on the
+    logistic problems the one-sample variance is at most (8/27)^2 mean_j ||a_ij||^2 at every x,
+    since |psi'| <= 8/27 (max of 2 s^2 (1 - s) at s = 2/3; checked on a grid)."""
+    from marina.problems.logistic import phi_prime
+
+    t = torch.linspace(-30.0, 30.0, 600001, dtype=torch.float64)
+    assert float(phi_prime(t).abs().max()) == pytest.approx(8 / 27, rel=1e-9)
+    prob, blocks = _small_logistic()
+    n, per, d = len(blocks), blocks[0].shape[0], blocks[0].shape[1]
+    bound = (8 / 27) ** 2 * np.array([np.mean((B**2).sum(1)) for B in blocks])
+    for k in range(5):
+        x = (Randomness(seed, "points", k, [0]).uniform(d)[0] - 0.5) * 20
+        G = torch.stack([prob.minibatch_grads(x, torch.full((n, 1), j)) for j in range(per)], 1)  # (n, m, d)
+        variance = ((G - G.mean(1, keepdim=True)) ** 2).sum(2).mean(1)
+        assert (variance.numpy() <= bound * (1 + 1e-12)).all()
+
+
 def test_hessian_variance_bound_by_hand():
     """hessian_variance_bound: a symmetric curvature range gives the former bound sqrt(mean_i
     (kappa lam_i)^2) bit for bit; a convex loss with equal lam_i gives kappa lam/2 (Popoviciu);
@@ -280,7 +298,7 @@ def test_marina_default_stepsize_with_permk_is_the_ab_formula(synth, name):
     d, n = prob.dim, 5
     p = (d / n) / d  # zeta_Q/d with zeta_Q = d/n
     L_pm = prob.L_pm
-    # Szlendak, Tyurin, Richtarik 2022, Theorem 4 with A = B = 1: 1/(L_- + sqrt((1-p)/p) L_pm)
+    # Szlendak et al. 2022 (cited as Theorem 4, unverified), A = B = 1: 1/(L_- + sqrt((1-p)/p) L_pm)
     hand = 1.0 / (prob.L_f + math.sqrt((1 - p) / p) * L_pm)
     assert used["p"] == pytest.approx(p, rel=1e-15)
     assert used["stepsize"] == pytest.approx(hand, rel=1e-14)

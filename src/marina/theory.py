@@ -16,6 +16,12 @@ with Compression", ICML 2021; "the paper" below):
   and A = B = omega/(n - 1) < 1 when d < n (:meth:`marina.compressors.permk.PermK.ab_constants`);
 - ``L_pm`` (L_±) the Hessian variance of the same paper: (1/n) sum_i ||grad f_i(x) - grad f_i(y)||^2
   - ||grad f(x) - grad f(y)||^2 <= L_pm^2 ||x - y||^2 (L_pm <= L always);
+  the numbers cited from that paper (Definitions 1-3, "Theorem 4" for MARINA under the AB
+  inequality) are unverified: only its abstract could be reached, not its text. What was checked:
+  the stepsize formula of :func:`marina_ab_stepsize` is the authors' code's (mysteryresearcher/dasha,
+  algorithm.py: MarinaPermutationMasterAlgorithm._estimate_permutation_gamma for d >= n, with
+  A = (omega + 1)/n and B = 1, and MarinaNodesPermutationMasterAlgorithm for n a multiple of d,
+  A = B = omega/(n - 1)), and PermK's constants are derived and tested here;
 - ``b_prime`` (b') the minibatch of VR-MARINA's compressed rounds, ``b`` the minibatch of its
   online dense rounds, ``r`` the number of clients of PP-MARINA's compressed rounds.
 
@@ -191,7 +197,8 @@ def marina_stepsize(L: float, omega: float, n: int, p: float) -> float:
 def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p: float) -> float:
     """gamma = 1/(L_- + sqrt((1-p)/p ((A - B) L_+^2 + B L_pm^2))) with L_- = L_f, L_+ = L: MARINA
     with compressors satisfying the AB inequality, correlated ones included (Szlendak, Tyurin,
-    Richtarik 2022, Theorem 4; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
+    Richtarik 2022, their MARINA theorem, cited as Theorem 4: numbering unverified, formula as the
+    authors' code, see the module docstring; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
     (A = B = kappa, 1 for d >= n, omega/(n - 1) for d < n): 1/(L_f + sqrt((1-p)/p kappa) L_pm);
     for independent Q_i (A = omega/n, B = 0) it is Theorem 2.1's stepsize with L_f in place of
     the first L."""
@@ -498,9 +505,13 @@ def ef21_pp_stepsize(L_f: float, L: float, alpha: float, participation: float) -
 def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
     """gamma = 1/(L_f + L sqrt(beta_1/theta)) with beta_1 = 2 beta (EF21-SGD, the extensions
     paper: the estimator's error splits by Young's inequality into the compression part and the
-    minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). The noise adds a
-    neighbourhood to the guarantee, not a smaller stepsize. The factor 2 is our reading,
-    unverified (see the comment above :func:`ef21_theta_beta`)."""
+    minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). That the noise only
+    adds a neighbourhood to the guarantee (of order sigma^2/b, not a smaller stepsize) assumes
+    bounded variance: E||g_hat_i(x) - grad f_i(x)||^2 <= sigma^2/b for every x and i, g_hat_i a
+    b-sample minibatch gradient. The LibSVM (logistic) problems satisfy it: |psi'| <= 8/27, so
+    sigma^2 <= (8/27)^2 max_i mean_j ||a_ij||^2. The synthetic least-squares family does only on
+    bounded sets (its per-sample gradients grow with ||x||), and a network's gradients need not.
+    The factor 2 is our reading, unverified (see the comment above :func:`ef21_theta_beta`)."""
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(2.0 * beta / theta))
 

@@ -1,7 +1,8 @@
 """PermK: workers keep disjoint blocks of one shared random permutation (correlated).
 
 Szlendak, Tyurin, Richtarik 2022, "Permutation compressors for provably faster distributed
-nonconvex optimization" (ICLR 2022), Definition 2 (d >= n) and Definition 3 (d <= n), made
+nonconvex optimization" (ICLR 2022), Definition 2 (d >= n) and Definition 3 (d <= n) (numbers
+unverified: only the paper's abstract was reachable; see :mod:`marina.theory`), made
 exact for every d and n by assigning the pieces to workers with a second shared permutation.
 
 Each call draws, from the SHARED key, a permutation pi of the d coordinates and a permutation

@@ -186,7 +186,9 @@ class EF21SGD(EF21):
     allows any g_i^0; the full gradient makes G^0 = 0).
 
     Defaults: b = max(1, m/100); gamma = 1/(L_f + L sqrt(2 beta/theta))
-    (:func:`marina.theory.ef21_sgd_stepsize`); the minibatch noise leaves a neighbourhood of
+    (:func:`marina.theory.ef21_sgd_stepsize`). Under bounded variance, E||g_hat_i(x) -
+    grad f_i(x)||^2 <= sigma^2/b for every x and i (true of the logistic problems; the synthetic
+    least squares and networks need not meet it), the minibatch noise leaves a neighbourhood of
     size O(sigma^2/b) in the guarantee.
     """
 

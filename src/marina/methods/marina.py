@@ -123,8 +123,9 @@ class MARINA(Method):
     gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1); with ``mu`` (a PL constant)
     gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) (Theorem 2.2). A correlated
     compressor (PermK) gets gamma = 1/(L_f + sqrt((1-p)/p ((A-B) L^2 + B L_pm^2))) from the AB
-    inequality (Szlendak, Tyurin, Richtarik 2022, Theorem 4; :func:`marina.theory.marina_ab_stepsize`),
-    and omega_eff = n A in Theorem 2.2. ``p="bits"``: p = expected message bits / dense bits.
+    inequality (Szlendak, Tyurin, Richtarik 2022, cited as Theorem 4, numbering unverified;
+    :func:`marina.theory.marina_ab_stepsize`), and omega_eff = n A in Theorem 2.2.
+    ``p="bits"``: p = expected message bits / dense bits.
     State: :class:`MarinaState` (x^k, g^k, the lazy grad f_i(x^k)).
     """
 
@@ -138,8 +139,8 @@ class MARINA(Method):
 
     @classmethod
     def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
-        """Corollary 2.1's p and Theorem 2.1's stepsize (Theorem 4 of Szlendak et al. for a
-        correlated compressor); per round m oracle calls."""
+        """Corollary 2.1's p and Theorem 2.1's stepsize (Szlendak et al.'s for a correlated
+        compressor, numbering unverified); per round m oracle calls."""
         s, size = setting, theory.p_size(used.get("p"), setting.zeta, kw["message_bits"], setting.wire_bits)
         p = theory.chosen_p(used.get("p"), theory.marina_p(size, s.d))
         if s.correlated:
