@@ -361,6 +361,26 @@ def test_compressor_rule_is_the_methods_accepts():
     assert mt.compressor_for("topk:10%", 10, 1, contractive=True).spec == "topk:1"
 
 
+def test_base_constructor_is_keyword_only_and_every_optimizer_passes_its_arguments():
+    """MarinaOptimizer's constructor takes only ``params`` by position; every optimizer's own
+    signature has the base's keyword arguments, which it passes by name; and they arrive: a seed and
+    lr given to each optimizer are the ones its method uses."""
+    import inspect
+
+    from marina.torch.optim import _BASE_ARGUMENTS
+
+    base = inspect.signature(mt.MarinaOptimizer.__init__).parameters
+    assert [n for n, p in base.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY] == ["self", "params"]
+    assert set(base) == {"self", "params", "overrides", *_BASE_ARGUMENTS}
+    ps = list(_mlp().parameters())
+    for name in ("MARINA", "VRMARINA", "PPMARINA", "DIANA", "QGD", "EF21", "EF21PP", "EF21SGD"):
+        cls = getattr(mt, name)
+        assert set(_BASE_ARGUMENTS) <= set(inspect.signature(cls.__init__).parameters), name
+        kw = {"batch_size": 4, "local_size": 24} if name in ("VRMARINA", "EF21SGD") else {}
+        opt = cls(ps, compressor="randk:10%" if "EF21" not in name else "topk:10%", lr=0.0125, seed=11, **kw)
+        assert (opt.method.gamma, opt.net.seed, opt.compressor.K) == (0.0125, 11, 8), name  # K: 10% of 83
+
+
 def test_torch_layer_uses_only_public_members_of_methods():
     """No attribute starting with '_' is read from a method object (``self.method``, ``m``, ...) in
     src/marina/torch: the layer goes through the public round schedule and state."""
