@@ -231,6 +231,13 @@ class Method(ABC):
     ``theory_rows`` (what ``marina theory`` shows), ``plot_order``. They read their
     hyperparameters in ``__init__`` and implement :meth:`defaults`, :meth:`_initial_state` and
     :meth:`step`. :func:`marina.methods.register` makes a subclass known by its name.
+
+    Round schedule: :meth:`round_coin`, :meth:`is_dense_round` and :meth:`participants` answer,
+    for round k (the :meth:`step` that runs while the counter ``k`` is k: x^k -> x^{k+1}, k >= 0;
+    :meth:`start` is round-0 work, not a round), what that round draws and who sends. Each is a
+    pure function of (seed, k) from a shared stream keyed by round (:meth:`_shared_uniforms`):
+    the same in every process and after a resume, known before the round runs, and asking draws
+    nothing. :meth:`step` reads its schedule through them.
     """
 
     name: ClassVar[str]
@@ -403,12 +410,7 @@ class Method(ABC):
     def step(self) -> None:
         """One communication round: x^k -> x^{k+1}; increments ``k``."""
 
-    # -- the public round schedule -------------------------------------------------------------
-    # Round k is the step() that runs while the counter ``k`` is k (x^k -> x^{k+1}, k >= 0);
-    # start(x0), the round-0 work, is not a round. Each answer is a pure function of (seed, k):
-    # drawn from a shared stream keyed by round (see _shared_uniforms), the same in every process
-    # and after a resume, known before the round runs; asking draws nothing and changes no state.
-    # step() reads its schedule through these methods, so they say what the run does.
+    # -- the public round schedule (see the class docstring) -------------------------------------
     def round_coin(self, k: int) -> bool | None:
         """The shared coin c_k ~ Be(p) of round k, or None when the method draws none.
 
