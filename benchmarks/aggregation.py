@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-# name: (compressor, d, workers on the rank, multiplicity, return_local, exchange sizes)
+# name: (compressor, d, workers on the rank, multiplicity, with local rows, exchange sizes)
 CASES = {
     "randk:1, 1 worker (uniform)": ("randk:1", 10**5, 1, None, False, False),
     "randk:3, 8 workers (bit-packed)": ("randk:3", 10**5, 8, None, False, False),
@@ -48,11 +48,12 @@ def child(name: str, calls: int) -> None:
     Q = compressors.get(spec, workers=n)
     X = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     m = None if mult is None else torch.tensor(mult)
+    aggregate = net.aggregate_with_local if local else net.aggregate_mean
     for k in range(10):  # warm-up (plans cached, allocator warm)
-        net.aggregate(Q, X, k, multiplicity=m, return_local=local)
+        aggregate(Q, X, k, multiplicity=m)
     t0 = time.perf_counter()
     for k in range(calls):
-        net.aggregate(Q, X, 10 + k, multiplicity=m, return_local=local)
+        aggregate(Q, X, 10 + k, multiplicity=m)
     print(json.dumps((time.perf_counter() - t0) / calls * 1e6))
     dist.destroy_process_group()
 

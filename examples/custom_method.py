@@ -88,7 +88,7 @@ class EF14(Method):
         # 2. p_i = e_i + gamma grad f_i(x^k)
         p = state.errors + self.gamma * grads
         # 3. c_i = C(p_i), sent (the network returns the mean and every hosted worker's message)
-        mean, local = self.net.aggregate(self.Q, p, k, return_local=True)
+        mean, local = self.net.aggregate_with_local(self.Q, p, k)
         # 4. e_i = p_i - c_i
         state.errors = p - self.scale * local
         # 5. x^{k+1} = x^k - (1/n) sum_i c_i

@@ -251,11 +251,11 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
         Q = compressors.get(spec, workers=n)
         counts = None if mult is None else torch.tensor(mult, dtype=torch.int64)
         before, calls = net.counters(), len(collectives)
-        mean, local = net.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
+        mean, local = net.aggregate_with_local(Q, X_local, 100 + k, multiplicity=counts)
         after, calls = net.counters(), len(collectives) - calls
-        two_mean, two_local = two.aggregate(Q, X_local, 100 + k, multiplicity=counts, return_local=True)
+        two_mean, two_local = two.aggregate_with_local(Q, X_local, 100 + k, multiplicity=counts)
         sim = SimulatedNetwork(n, seed)
-        sim_mean, sim_local = sim.aggregate(Q, X_all, 100 + k, multiplicity=counts, return_local=True)
+        sim_mean, sim_local = sim.aggregate_with_local(Q, X_all, 100 + k, multiplicity=counts)
         # independent prediction: every message of every worker compressed and packed here
         c = torch.ones(n, dtype=torch.int64) if counts is None else counts
         per_rank, rank_bits = [0] * W, [0] * W

@@ -265,6 +265,77 @@ def test_shared_draws_cross_block_boundaries(seed, synth):
     )
 
 
+SCHEDULE_CASES = [
+    ("gd", {}),
+    ("marina", {"p": 0.3}),
+    ("vr-marina", {"p": 0.3, "batch_size": 5}),
+    ("pp-marina", {"p": 0.2, "clients": 4}),
+    ("ef21-pp", {"participation": 0.4}),
+    ("dasha", {}),
+]
+
+
+@pytest.mark.parametrize("method, params", SCHEDULE_CASES)
+def test_public_schedule_is_what_a_run_does(seed, method, params):
+    """is_dense_round(k) and participants(k), asked of a method that never runs, against the
+    per-round bits_up (per worker) that a run with the same seed records, on mushrooms split in 5
+    with randk:2 (fixed-size messages): a dense round d w = 3584 bits per worker, otherwise
+    78 bits per message sent, one per worker when participants(k) is None."""
+    prob = _mushrooms5()
+    K = 40
+    res = _run(prob, method, "randk:2", iterations=K, seed=seed, **params)
+    schedule = marina.methods.plan(method, prob, "randk:2", iterations=K, overrides=params, seed=seed).build()
+    per_round = torch.diff(torch.as_tensor(res.history["bits_up"].to_numpy())).tolist()
+    expected = []
+    for k in range(K):
+        mult = schedule.participants(k)
+        if schedule.is_dense_round(k):
+            assert mult is None, k
+            expected.append(3584.0)
+        else:
+            expected.append(78.0 if mult is None else 78.0 * int(mult.sum()) / 5)
+    assert per_round == pytest.approx(expected, rel=1e-12)
+    assert schedule.k == 0 and schedule.state is None  # asking ran nothing
+
+
+def test_dense_rounds_and_clients_follow_the_documented_draws(seed):
+    """MARINA's dense rounds are the shared coins c_k ~ Be(p) (stream "coin", block-keyed):
+    the documented keying, round by round over several blocks, and a frequency within 6 standard
+    deviations of p; PP-MARINA's participants are the counts of its r i.i.d. draws (stream
+    "clients") and None on its dense rounds; EF21-PP's are Be(q) per client (stream
+    "participation"); methods without such draws answer None / False."""
+    prob = _mushrooms5()
+    n, K, p = 5, 3 * SHARED_BLOCK + 17, 0.3
+    m = marina.methods.plan("marina", prob, "randk:2", iterations=1, overrides={"p": p}, seed=seed).build()
+    dense = [m.is_dense_round(k) for k in range(K)]
+    assert dense == _coins(seed, "coin", p, K) and [m.round_coin(k) for k in range(5)] == dense[:5]
+    assert abs(sum(dense) - p * K) <= 6 * math.sqrt(K * p * (1 - p))
+    pp = marina.methods.plan(
+        "pp-marina", prob, "randk:2", iterations=1, overrides={"p": p, "clients": 4}, seed=seed
+    ).build()
+    for k in list(range(20)) + [SHARED_BLOCK + 3]:
+        mult = pp.participants(k)
+        if _coins(seed, "coin", p, k + 1)[k]:
+            assert mult is None and pp.is_dense_round(k)
+        else:
+            draws = torch.floor(_shared_uniforms(seed, "clients", k, 4) * n).long()
+            assert mult.tolist() == torch.bincount(draws, minlength=n).tolist()
+    ef = marina.methods.plan(
+        "ef21-pp", prob, "randk:2", iterations=1, overrides={"participation": 0.4}, seed=seed
+    )
+    ef = ef.build()
+    for k in (0, 1, SHARED_BLOCK + 1):
+        assert (
+            ef.participants(k).tolist()
+            == (_shared_uniforms(seed, "participation", k, n) < 0.4).long().tolist()
+        )
+    for name in ("qgd", "diana", "ef21", "dasha"):
+        other = marina.methods.plan(name, prob, "randk:2", iterations=1, seed=seed).build()
+        assert (other.round_coin(3), other.is_dense_round(3), other.participants(3)) == (None, False, None)
+    gd = marina.methods.plan("gd", prob, "identity", iterations=1, seed=seed).build()
+    assert gd.is_dense_round(0) and gd.round_coin(0) is None
+
+
 # -- state -----------------------------------------------------------------------------------------
 STATE_FIELDS = {
     "gd": ["x"],

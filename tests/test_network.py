@@ -25,7 +25,7 @@ def test_aggregate_equals_wire_path(seed, spec):
     X = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     c = compressors.get(spec)
     net = SimulatedNetwork(n, seed)
-    mean, local = net.aggregate(c, X, 4, return_local=True)
+    mean, local = net.aggregate_with_local(c, X, 4)
     ref, bits = _wire_mean(c, X, seed, "compress", 4, range(n))
     assert torch.equal(local, ref)
     # the receiver's reduction: the compressor's canonical sum of the unpacked messages, over n
@@ -45,7 +45,7 @@ def test_multiplicity_sends_independent_copies(seed):
     counts = torch.tensor([0, 2, 1, 0, 3])
     c = compressors.get("randk:2")
     net = SimulatedNetwork(n, seed)
-    mean, local = net.aggregate(c, X, 7, multiplicity=counts, return_local=True)
+    mean, local = net.aggregate_with_local(c, X, 7, multiplicity=counts)
     total = torch.zeros(d, dtype=torch.float64)
     first = torch.zeros(n, d, dtype=torch.float64)
     bits = 0
@@ -64,6 +64,31 @@ def test_multiplicity_sends_independent_copies(seed):
     u0 = Randomness(seed, copy_stream("compress", 0), 7, [4]).uniform(3)
     u1 = Randomness(seed, copy_stream("compress", 1), 7, [4]).uniform(3)
     assert not torch.equal(u0, u1)
+
+
+@pytest.mark.parametrize("counts", [None, [0, 2, 1, 0, 3]])
+def test_mean_alone_is_the_mean_with_local_rows_same_bits(seed, counts):
+    """aggregate_mean and aggregate_with_local send the same messages: the same mean, bit for
+    bit, and the same bits; ``aggregate`` (the older name) is aggregate_mean; no method of the
+    interface takes a flag that changes its return type."""
+    import inspect
+
+    from marina.network import Network
+    from marina.network.torch_distributed import TorchDistributedNetwork
+
+    n, d = 5, 12
+    X = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    mult = None if counts is None else torch.tensor(counts)
+    c = compressors.get("randk:2")
+    nets = [SimulatedNetwork(n, seed) for _ in range(3)]
+    with_local, _ = nets[0].aggregate_with_local(c, X, 3, multiplicity=mult)
+    alone = nets[1].aggregate_mean(c, X, 3, multiplicity=mult)
+    older = nets[2].aggregate(c, X, 3, multiplicity=mult)
+    assert torch.equal(with_local, alone) and torch.equal(alone, older)
+    assert nets[0].bits_up == nets[1].bits_up == nets[2].bits_up > 0
+    for cls in (Network, SimulatedNetwork, TorchDistributedNetwork):
+        for name in ("aggregate", "aggregate_mean", "aggregate_with_local", "aggregate_dense"):
+            assert "return_local" not in inspect.signature(getattr(cls, name)).parameters, (cls, name)
 
 
 def test_dense_aggregation_counts_identity_at_wire_precision():

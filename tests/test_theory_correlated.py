@@ -3,6 +3,7 @@ predicted counters of every method against long runs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,11 +61,15 @@ def test_permk_breaks_the_independent_bound_and_meets_the_ab_inequality(seed):
     assert c.ab_constants(d, n) == (1.0, 1.0)
 
 
-@pytest.mark.parametrize("spec,n,d", [("permk", 5, 4), ("permk", 5, 23), ("permk", 3, 9), ("randk:3", 4, 9)])
+@pytest.mark.parametrize(
+    "spec,n,d",
+    [("permk", 5, 4), ("permk", 7, 3), ("permk", 5, 23), ("permk", 3, 9), ("randk:3", 4, 9)],
+)
 def test_ab_inequality_measured(seed, spec, n, d):
-    """E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2, with
-    equality for PermK with d >= n (the blocks partition the coordinates) and for independent
-    RandK (A = omega/n, B = 0: each worker's error has variance exactly omega ||a_i||^2)."""
+    """E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2 over the
+    compressor's own draws, with equality for PermK (any d, n: the mean of a_ij over a random
+    subset of its holders) and for independent RandK (A = omega/n, B = 0: each worker's error has
+    variance exactly omega ||a_i||^2)."""
     c = compressors.get(spec, workers=n, value_dtype=torch.float64)
     A_, B_ = c.ab_constants(d, n)
     if spec.startswith("randk"):
@@ -75,15 +80,77 @@ def test_ab_inequality_measured(seed, spec, n, d):
     abar = a.mean(0)
     bound = A_ * float((a**2).sum(1).mean()) - B_ * float(abar @ abar)
     assert mean <= bound + Z * se + 1e-12
-    if spec.startswith("randk") or d >= n:
-        # RandK: (1/n^2) sum_i (d/K - 1) ||a_i||^2 exactly (so B = omega/n would fail);
-        # PermK d >= n: (1/n) sum_i ||a_i||^2 - ||abar||^2 exactly
-        exact = (
-            (d / c.K - 1) / n**2 * float((a**2).sum())
-            if spec.startswith("randk")
-            else float((a**2).sum(1).mean()) - float(abar @ abar)
-        )
-        assert abs(mean - exact) <= Z * se + 1e-12 * exact
+    # RandK: (1/n^2) sum_i (d/K - 1) ||a_i||^2 exactly (so B = omega/n would fail);
+    # PermK: A ((1/n) sum_i ||a_i||^2 - ||abar||^2) exactly
+    exact = (
+        (d / c.K - 1) / n**2 * float((a**2).sum())
+        if spec.startswith("randk")
+        else A_ * (float((a**2).sum(1).mean()) - float(abar @ abar))
+    )
+    assert abs(mean - exact) <= Z * se + 1e-12 * exact
+
+
+def _permk_enumerated(a: torch.Tensor, d: int) -> float:
+    """E||(1/n) sum_i Q_i(a_i) - abar||^2 over every pair of permutations (pi of the d coordinates,
+    sigma of the n workers), PermK's assignment for d < n written out: worker i takes slot
+    s = sigma[i] mod d, coordinate pi[s], held by c_s = q + 1 workers if s < r else q
+    (n = q d + r), and sends (n/c_s) a_i[pi[s]]."""
+    n = a.shape[0]
+    q, r = divmod(n, d)
+    rows, abar = a.tolist(), a.mean(0).tolist()
+    total, count = 0.0, 0
+    for pi in itertools.permutations(range(d)):
+        for sigma in itertools.permutations(range(n)):
+            est = [0.0] * d
+            for i in range(n):
+                slot = sigma[i] % d
+                holders = q + 1 if slot < r else q
+                est[pi[slot]] += rows[i][pi[slot]] / holders
+            total += sum((e - b) ** 2 for e, b in zip(est, abar))
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n,d", [(5, 2), (6, 3), (7, 3), (4, 1), (6, 4)])
+def test_permk_ab_constant_below_n_is_exact_by_enumeration(seed, n, d):
+    """For d < n, A = B = omega/(n - 1): equal to the exact expectation over all n! d! draws for
+    any a_i (random here), (d - 1)/(n - 1) when d divides n and larger otherwise (so the d | n
+    formula alone would be wrong for 7 workers and 3 coordinates); below PermK's A = B = 1 of
+    d >= n, which d < n used before."""
+    c = compressors.get("permk", workers=n, value_dtype=torch.float64)
+    A_, B_ = c.ab_constants(d, n)
+    q, r = divmod(n, d)
+    by_hand = ((r / d) * (n - q - 1) / (q + 1) + ((d - r) / d) * (n - q) / q) / (n - 1)
+    assert A_ == B_ == pytest.approx(by_hand, rel=1e-14) and A_ < 1
+    if r == 0:
+        assert A_ == pytest.approx((d - 1) / (n - 1), rel=1e-14)
+    else:
+        assert A_ > (d - 1) / (n - 1)
+    u = Randomness(seed, "ab-exact", 0, range(n)).uniform(d)
+    a = (u - 0.5) * torch.arange(1, n + 1, dtype=torch.float64)[:, None] + 0.2
+    abar = a.mean(0)
+    spread = float((a**2).sum(1).mean()) - float(abar @ abar)
+    assert _permk_enumerated(a, d) == pytest.approx(A_ * spread, rel=1e-12)
+
+
+def test_marina_stepsize_with_permk_below_n_uses_the_exact_constant(seed):
+    """synthetic, n = 6 workers, d = 3 < n: p = zeta_Q/d = 1/3 and gamma = 1/(L_f + sqrt((1-p)/p
+    A) L_pm) with A = B = (d - 1)/(n - 1) = 2/5, larger than with A = B = 1; omega_eff = n A = 12/5
+    for the methods proved for independent compressors."""
+    prob = problems.synthetic(workers=6, dim=3, samples=8, heterogeneity=1.0, seed=seed % 1000)
+    s = _setting(prob, "permk", n=6)
+    assert (s.ab_A, s.ab_B) == (pytest.approx(0.4), pytest.approx(0.4)) and s.omega == 2
+    used = methods.get("marina").resolve(s, {})
+    p = 1 / 3
+    assert used["p"] == pytest.approx(p, rel=1e-15)
+    hand = 1.0 / (prob.L_f + math.sqrt((1 - p) / p * 0.4) * prob.L_pm)
+    assert used["stepsize"] == pytest.approx(hand, rel=1e-14)
+    assert used["stepsize"] > 1.0 / (prob.L_f + math.sqrt((1 - p) / p) * prob.L_pm)
+    assert s.omega_eff == pytest.approx(6 * 0.4)
+    vr = methods.get("vr-marina").resolve(s, {})
+    assert vr["stepsize"] == pytest.approx(
+        theory.vr_marina_stepsize(s.L, s.L_avg, 2.4, 6, vr["p"], vr["batch_size"]), rel=1e-14
+    )
 
 
 def test_synthetic_hessian_variance_matches_brute_force(seed, synth):
@@ -123,6 +190,100 @@ def test_logistic_hessian_variance_is_a_valid_bound(seed):
         assert var <= prob.L_pm**2 * float((x - y) @ (x - y)) * (1 + 1e-9)
 
 
+def _small_logistic():
+    """3 workers, 4 samples each, d = 2, no regulariser: small enough for brute force."""
+    import scipy.sparse as sp
+
+    from marina.data.splits import make_split
+    from marina.problems.logistic import LogisticProblem
+
+    g = np.random.default_rng(1)
+    n, per, d = 3, 4, 2
+    X = g.normal(size=(n * per, d)) * np.array([1.0, 0.5]) + 0.3
+    labels = np.where(g.random(n * per) < 0.5, -1.0, 1.0)
+    split = make_split(labels, n)
+    prob = LogisticProblem(sp.csr_matrix(X), labels, split)
+    rows = (-labels[:, None] * X)[split.order]  # f_ij = phi(y a^T x) = psi(a~^T x), a~ = -y a
+    return prob, [rows[split.offsets[i] : split.offsets[i + 1]] for i in range(n)]
+
+
+def test_logistic_hessian_variance_bound_against_brute_force(seed):
+    """L_pm of the non-convex logistic loss without a regulariser, on data small enough to search:
+    above the true constant (sup over x of the Hessians' variance on a grid, and over random pairs
+    x, y through the problem's gradients), above the worst case over every vertex of the box of
+    curvatures the proof allows (psi'' in [PHI2_MIN, PHI2_MAX], all 2^12 choices), which comes
+    within 2% of it (the proof's relaxation is nearly attained), and below L = sqrt(mean L_i^2),
+    the bound used before (equal to L without a regulariser)."""
+    from marina.problems.logistic import PHI2_MAX, PHI2_MIN, phi_second
+
+    prob, blocks = _small_logistic()
+    n, per, d = len(blocks), blocks[0].shape[0], blocks[0].shape[1]
+    assert prob.L_pm < 0.95 * prob.L and prob.L == pytest.approx(
+        math.sqrt(np.mean([(PHI2_MAX * np.linalg.eigvalsh(B.T @ B)[-1] / per) ** 2 for B in blocks])),
+        rel=1e-9,
+    )
+    outer = np.stack([np.einsum("mk,ml->mkl", B, B) / per for B in blocks])  # (n, m, d, d)
+
+    def sup_variance(curv):  # curv (P, n, m): the Hessians' variance's top eigenvalue, max over P
+        H = np.einsum("pim,imkl->pikl", curv, outer)
+        Hbar = H.mean(1)
+        return float(np.linalg.eigvalsh(np.mean(H @ H, axis=1) - Hbar @ Hbar)[:, -1].max())
+
+    vertices = np.array(list(itertools.product([PHI2_MIN, PHI2_MAX], repeat=n * per))).reshape(-1, n, per)
+    box = math.sqrt(sup_variance(vertices))
+    assert 0.98 * prob.L_pm <= box <= prob.L_pm
+    grid = np.linspace(-10.0, 10.0, 161)
+    xs = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, d)
+    curv = np.stack([phi_second(torch.as_tensor(-(xs @ B.T))).numpy() for B in blocks], 1)
+    local = math.sqrt(sup_variance(curv))
+    pairs = 0.0
+    for k in range(200):
+        u = Randomness(seed, "pairs", k, [0, 1]).uniform(d)
+        x, h = (u[0] - 0.5) * 12, (u[1] - 0.5) * 10.0 ** (-3 + 4 * float(u[1, 0]))
+        D = prob.local_grads(x + h) - prob.local_grads(x)
+        pairs = max(pairs, float((D**2).sum(1).mean() - (D.mean(0) ** 2).sum()) / float(h @ h))
+    print(
+        f"L_pm bound {prob.L_pm:.5g}, box {box:.5g}, Hessian grid {local:.5g}, pairs {math.sqrt(pairs):.5g}"
+    )
+    assert local <= prob.L_pm and math.sqrt(pairs) <= prob.L_pm * (1 + 1e-9)
+
+
+def test_minibatch_noise_is_bounded_as_ef21_sgd_assumes(seed):
+    """EF21-SGD's neighbourhood assumes E||g_hat_i(x) - grad f_i(x)||^2 <= sigma^2/b; on the
+    logistic problems the one-sample variance is at most (8/27)^2 mean_j ||a_ij||^2 at every x,
+    since |psi'| <= 8/27 (max of 2 s^2 (1 - s) at s = 2/3; checked on a grid)."""
+    from marina.problems.logistic import phi_prime
+
+    t = torch.linspace(-30.0, 30.0, 600001, dtype=torch.float64)
+    assert float(phi_prime(t).abs().max()) == pytest.approx(8 / 27, rel=1e-9)
+    prob, blocks = _small_logistic()
+    n, per, d = len(blocks), blocks[0].shape[0], blocks[0].shape[1]
+    bound = (8 / 27) ** 2 * np.array([np.mean((B**2).sum(1)) for B in blocks])
+    for k in range(5):
+        x = (Randomness(seed, "points", k, [0]).uniform(d)[0] - 0.5) * 20
+        G = torch.stack([prob.minibatch_grads(x, torch.full((n, 1), j)) for j in range(per)], 1)  # (n, m, d)
+        variance = ((G - G.mean(1, keepdim=True)) ** 2).sum(2).mean(1)
+        assert (variance.numpy() <= bound * (1 + 1e-12)).all()
+
+
+def test_hessian_variance_bound_by_hand():
+    """hessian_variance_bound: a symmetric curvature range gives the former bound sqrt(mean_i
+    (kappa lam_i)^2) bit for bit; a convex loss with equal lam_i gives kappa lam/2 (Popoviciu);
+    the minimum over c matches a fine grid over c and is never above c = 0's value."""
+    from marina.problems.linear import hessian_variance_bound
+
+    lam = np.array([0.3, 1.7, 0.9, 1.1])
+    assert hessian_variance_bound(lam, (-0.25, 0.25)) == float(np.sqrt(np.mean((0.25 * lam) ** 2)))
+    assert hessian_variance_bound(np.full(3, 2.0), (0.0, 0.25)) == pytest.approx(0.25, rel=1e-12)
+    lo, hi = -0.12, 0.154
+    mid, half = (lo + hi) / 2 * lam, (hi - lo) / 2 * lam
+    cs = np.linspace(-0.5, 0.5, 200001)
+    grid = np.sqrt(np.mean((np.abs(cs[:, None] - mid) + half) ** 2, axis=1)).min()
+    got = hessian_variance_bound(lam, (lo, hi))
+    assert grid * (1 - 1e-9) <= got <= grid * (1 + 1e-9)
+    assert got < float(np.sqrt(np.mean((hi * lam) ** 2)))
+
+
 def _setting(problem, spec, n=5, iterations=10):
     return methods.Setting.build(
         problem, SimulatedNetwork(n, 0), compressors.get(spec, workers=n), iterations
@@ -137,7 +298,7 @@ def test_marina_default_stepsize_with_permk_is_the_ab_formula(synth, name):
     d, n = prob.dim, 5
     p = (d / n) / d  # zeta_Q/d with zeta_Q = d/n
     L_pm = prob.L_pm
-    # Szlendak, Tyurin, Richtarik 2022, Theorem 4 with A = B = 1: 1/(L_- + sqrt((1-p)/p) L_pm)
+    # Szlendak et al. 2022 (cited as Theorem 4, unverified), A = B = 1: 1/(L_- + sqrt((1-p)/p) L_pm)
     hand = 1.0 / (prob.L_f + math.sqrt((1 - p) / p) * L_pm)
     assert used["p"] == pytest.approx(p, rel=1e-15)
     assert used["stepsize"] == pytest.approx(hand, rel=1e-14)
@@ -212,9 +373,37 @@ def test_p_bits_refuses_other_words_and_the_online_batches_are_ordered(synth):
     with pytest.warns(
         UserWarning, match=r"dense_batch_size == 2 is smaller than batch_size == 3 \(the default"
     ):
-        assert (
-            methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2})["batch_size"] == 3
-        )
+        used = methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2, "p": 0.3})
+        assert (used["batch_size"], used["p"]) == (3, 0.3)
+    # without p, Corollary 3.2's p would be needed outside its domain b' <= b
+    with pytest.raises(ConfigError, match=r"dense_batch_size == 2 is smaller than batch_size == 3 .*give"):
+        methods.get("vr-marina").resolve(sb, {"online": True, "dense_batch_size": 2})
+
+
+def test_vr_marina_theory_functions_check_the_minibatch_sizes():
+    """b' <= m (finite sum: b' of the m local samples without replacement, Corollary 3.1) and
+    b' <= b (online, Corollary 3.2): p by hand at the boundary, ConfigError naming both values past
+    it, also through theory.predict; b' >= 1 everywhere."""
+    assert theory.vr_marina_p(5, 100, 20, 20) == pytest.approx(min(5 / 100, 20 / 40))
+    assert theory.vr_marina_online_p(50, 100, 8, 8) == pytest.approx(min(50 / 100, 8 / 16))
+    with pytest.raises(ConfigError, match=r"batch_size b' == 21 exceeds m .* == 20"):
+        theory.vr_marina_p(5, 100, 20, 21)
+    with pytest.raises(ConfigError, match=r"batch_size b' == 9 exceeds dense_batch_size b .* == 8"):
+        theory.vr_marina_online_p(5, 100, 8, 9)
+    for bad in (
+        lambda: theory.vr_marina_p(5, 100, 20, 0),
+        lambda: theory.vr_marina_online_p(5, 100, 8, 0),
+        lambda: theory.vr_marina_stepsize(1.0, 1.0, 1.0, 4, 0.5, 0),
+    ):
+        with pytest.raises(ConfigError, match=r"batch_size b' == 0, must be >= 1"):
+            bad()
+    kw = dict(eps=0.1, delta0=1.0, d=100, n=4, m=20, L=1.0, L_f=1.0, L_max=1.0, L_avg=1.0, omega=9.0)
+    kw |= dict(zeta=10.0, message_bits=390.0)
+    with pytest.raises(ConfigError, match=r"b' == 9 exceeds dense_batch_size b"):
+        theory.predict("vr-marina-online", batch_size=9, dense_batch_size=8, **kw)
+    with pytest.raises(ConfigError, match=r"b' == 21 exceeds m"):
+        theory.predict("vr-marina", batch_size=21, **kw)
+    assert theory.predict("vr-marina-online", batch_size=8, dense_batch_size=8, **kw).p == pytest.approx(0.1)
 
 
 def test_pp_marina_predicted_oracle_calls_match_the_issue_example():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -324,6 +325,83 @@ def test_theory_defaults_of_p():
     composed = mt.MARINA(ps, compressor="randk:20%+natural")
     assert composed.method_params["p"] == pytest.approx(K / d)
     assert mt.optim.compressor_for("randk:20%+qsgd:2", d, 1).spec == f"randk:{K}+qsgd:2"
+
+
+def test_compressor_rule_is_the_methods_accepts():
+    """compressor_for refuses with the method's own reason (Method.accepts), also for a method
+    whose rule is its own; without a method, MARINA's rule (or EF21's with contractive)."""
+    from marina import methods
+
+    cases = [
+        ("marina", "topk:3"),
+        ("qgd", "topk:3"),
+        ("ef21", "topk:3"),
+        ("dasha", "sign"),
+        ("ef21", "randk:2"),
+    ]
+    for name, spec in cases:
+        reason = methods.get(name).accepts(compressors.get(spec))
+        if reason is None:
+            assert mt.compressor_for(spec, 10, 1, method=name).spec == spec
+        else:
+            with pytest.raises(ConfigError) as err:
+                mt.compressor_for(spec, 10, 1, user="who", method=name)
+            assert str(err.value) == f"who: compressor {reason}"
+
+    class NoIdentity(methods.MARINA):
+        name = "marina-no-identity"
+
+        @classmethod
+        def accepts(cls, compressor):
+            return "identity sends everything" if compressor.name == "identity" else None
+
+    with pytest.raises(ConfigError, match="identity sends everything"):
+        mt.compressor_for("identity", 10, 1, method=NoIdentity)
+    assert mt.compressor_for("randk:10%", 10, 1, method=NoIdentity).spec == "randk:1"
+    with pytest.raises(ConfigError, match=re.escape(methods.MARINA.accepts(compressors.get("topk:1")))):
+        mt.compressor_for("topk:10%", 10, 1)
+    assert mt.compressor_for("topk:10%", 10, 1, contractive=True).spec == "topk:1"
+
+
+def test_base_constructor_is_keyword_only_and_every_optimizer_passes_its_arguments():
+    """MarinaOptimizer's constructor takes only ``params`` by position; every optimizer's own
+    signature has the base's keyword arguments, which it passes by name; and they arrive: a seed and
+    lr given to each optimizer are the ones its method uses."""
+    import inspect
+
+    _BASE_ARGUMENTS = ("compressor", "lr", "seed", "process_group", "module", "local_size")
+
+    base = inspect.signature(mt.MarinaOptimizer.__init__).parameters
+    assert [n for n, p in base.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY] == ["self", "params"]
+    assert set(base) == {"self", "params", "overrides", *_BASE_ARGUMENTS}
+    ps = list(_mlp().parameters())
+    for name in ("MARINA", "VRMARINA", "PPMARINA", "DIANA", "QGD", "EF21", "EF21PP", "EF21SGD"):
+        cls = getattr(mt, name)
+        assert set(_BASE_ARGUMENTS) <= set(inspect.signature(cls.__init__).parameters), name
+        kw = {"batch_size": 4, "local_size": 24} if name in ("VRMARINA", "EF21SGD") else {}
+        opt = cls(ps, compressor="randk:10%" if "EF21" not in name else "topk:10%", lr=0.0125, seed=11, **kw)
+        assert (opt.method.gamma, opt.net.seed, opt.compressor.K) == (0.0125, 11, 8), name  # K: 10% of 83
+
+
+def test_torch_layer_uses_only_public_members_of_methods():
+    """No attribute starting with '_' is read from a method object (``self.method``, ``m``, ...) in
+    src/marina/torch: the layer goes through the public round schedule and state."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(mt.__file__).parent
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                owner = ast.unparse(node.value)
+                if owner in ("m", "method", "self.method", "opt.method") or owner.endswith(".method"):
+                    found.append(f"{path.name}:{node.lineno}: {owner}.{node.attr}")
+    assert found == []
 
 
 # -- torch.distributed: each gloo rank one worker ----------------------------------------------------

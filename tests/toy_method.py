@@ -40,7 +40,7 @@ class ToyCGD(Method):
         self._broadcast()
         grads = self.problem.lazy_local_grads(state.x)
         self._charge_full()
-        g = self.net.aggregate(self.Q, grads, k)
+        g = self.net.aggregate_mean(self.Q, grads, k)
         state.x = state.x - self.gamma * g
         self.k = k + 1
 

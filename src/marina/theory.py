@@ -12,9 +12,16 @@ with Compression", ICML 2021; "the paper" below):
 - ``A``, ``B`` the constants of the AB inequality (Szlendak, Tyurin, Richtarik, "Permutation
   compressors for provably faster distributed nonconvex optimization", ICLR 2022, arXiv:2110.03300,
   Definition 1): E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2;
-  A = omega/n, B = 0 for independent unbiased Q_i, A = B = 1 for PermK (correlated);
+  A = omega/n, B = 0 for independent unbiased Q_i; for PermK (correlated) A = B = 1 when d >= n
+  and A = B = omega/(n - 1) < 1 when d < n (:meth:`marina.compressors.permk.PermK.ab_constants`);
 - ``L_pm`` (L_±) the Hessian variance of the same paper: (1/n) sum_i ||grad f_i(x) - grad f_i(y)||^2
   - ||grad f(x) - grad f(y)||^2 <= L_pm^2 ||x - y||^2 (L_pm <= L always);
+  the numbers cited from that paper (Definitions 1-3, "Theorem 4" for MARINA under the AB
+  inequality) are unverified: only its abstract could be reached, not its text. What was checked:
+  the stepsize formula of :func:`marina_ab_stepsize` is the authors' code's (mysteryresearcher/dasha,
+  algorithm.py: MarinaPermutationMasterAlgorithm._estimate_permutation_gamma for d >= n, with
+  A = (omega + 1)/n and B = 1, and MarinaNodesPermutationMasterAlgorithm for n a multiple of d,
+  A = B = omega/(n - 1)), and PermK's constants are derived and tested here;
 - ``b_prime`` (b') the minibatch of VR-MARINA's compressed rounds, ``b`` the minibatch of its
   online dense rounds, ``r`` the number of clients of PP-MARINA's compressed rounds.
 
@@ -164,7 +171,7 @@ def effective_omega(omega: float, n: int, A: float) -> float:
     E||Q_i(x) - x||^2 <= omega ||x||^2 per worker, and E||(1/n) sum_i Q_i(a_i) - abar||^2 <=
     (omega/n^2) sum_i ||a_i||^2 for the average; the AB inequality gives the second with omega/n
     replaced by A, so omega_eff satisfies both (conservative; independent Q_i: A = omega/n, so
-    omega_eff = omega; PermK: omega_eff = n)."""
+    omega_eff = omega; PermK: omega_eff = n for d >= n, n omega/(n - 1) for d < n)."""
     return max(_nonnegative("omega", omega), int(n) * _nonnegative("A", A))
 
 
@@ -190,9 +197,11 @@ def marina_stepsize(L: float, omega: float, n: int, p: float) -> float:
 def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p: float) -> float:
     """gamma = 1/(L_- + sqrt((1-p)/p ((A - B) L_+^2 + B L_pm^2))) with L_- = L_f, L_+ = L: MARINA
     with compressors satisfying the AB inequality, correlated ones included (Szlendak, Tyurin,
-    Richtarik 2022, Theorem 4; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
-    (A = B = 1): 1/(L_f + sqrt((1-p)/p) L_pm); for independent Q_i (A = omega/n, B = 0) it is
-    Theorem 2.1's stepsize with L_f in place of the first L."""
+    Richtarik 2022, their MARINA theorem, cited as Theorem 4: numbering unverified, formula as the
+    authors' code, see the module docstring; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
+    (A = B = kappa, 1 for d >= n, omega/(n - 1) for d < n): 1/(L_f + sqrt((1-p)/p kappa) L_pm);
+    for independent Q_i (A = omega/n, B = 0) it is Theorem 2.1's stepsize with L_f in place of
+    the first L."""
     p = _probability("p", p)
     A, B = _nonnegative("A", A), _nonnegative("B", B)
     if B > A:
@@ -212,13 +221,27 @@ def marina_pl_stepsize(L: float, omega: float, n: int, p: float, mu: float) -> f
 
 
 # -- VR-MARINA ------------------------------------------------------------------------------------
+def _batch_at_most(b_prime: int, bound: int, what: str) -> int:
+    """b' as an int in [1, ``bound``], else a ConfigError naming both (``what``: the bound and why)."""
+    b_prime, bound = int(b_prime), int(bound)
+    if b_prime < 1:
+        raise ConfigError(f"batch_size b' == {b_prime}, must be >= 1")
+    if b_prime > bound:
+        raise ConfigError(f"batch_size b' == {b_prime} exceeds {what} == {bound}, must be b' <= it")
+    return b_prime
+
+
 def vr_marina_p(zeta: float, d: int, m: int, b_prime: int) -> float:
-    """p = min(zeta_Q/d, b'/(m + b')) (Corollary 3.1, finite-sum case)."""
+    """p = min(zeta_Q/d, b'/(m + b')) (Corollary 3.1, finite-sum case), for b' <= m (the b' samples
+    are drawn without replacement from the m local ones; ConfigError otherwise)."""
+    b_prime = _batch_at_most(b_prime, m, "m (finite sum: b' of the m local samples, without replacement)")
     return min(marina_p(zeta, d), b_prime / (m + b_prime))
 
 
 def vr_marina_online_p(zeta: float, d: int, b: int, b_prime: int) -> float:
-    """p = min(zeta_Q/d, b'/(b + b')) (Corollary 3.2, online case)."""
+    """p = min(zeta_Q/d, b'/(b + b')) (Corollary 3.2, online case), for b' <= b (the corollary's
+    b' is at most the dense rounds' batch b; ConfigError otherwise)."""
+    b_prime = _batch_at_most(b_prime, b, "dense_batch_size b (online: Corollary 3.2 takes b' <= b)")
     return min(marina_p(zeta, d), b_prime / (b + b_prime))
 
 
@@ -227,7 +250,8 @@ def vr_marina_stepsize(L: float, L_avg: float, omega: float, n: int, p: float, b
     p = _probability("p", p)
     L = _positive("L", L)
     omega = _nonnegative("omega", omega)
-    var = omega * L**2 + (1.0 + omega) * _nonnegative("L_avg", L_avg) ** 2 / int(b_prime)
+    b_prime = _batch_at_most(b_prime, b_prime, "itself")  # an integer >= 1
+    var = omega * L**2 + (1.0 + omega) * _nonnegative("L_avg", L_avg) ** 2 / b_prime
     return 1.0 / (L + math.sqrt((1.0 - p) / (p * n) * var))
 
 
@@ -481,9 +505,13 @@ def ef21_pp_stepsize(L_f: float, L: float, alpha: float, participation: float) -
 def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
     """gamma = 1/(L_f + L sqrt(beta_1/theta)) with beta_1 = 2 beta (EF21-SGD, the extensions
     paper: the estimator's error splits by Young's inequality into the compression part and the
-    minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). The noise adds a
-    neighbourhood to the guarantee, not a smaller stepsize. The factor 2 is our reading,
-    unverified (see the comment above :func:`ef21_theta_beta`)."""
+    minibatch noise, doubling beta; theta, beta as :func:`ef21_theta_beta`). That the noise only
+    adds a neighbourhood to the guarantee (of order sigma^2/b, not a smaller stepsize) assumes
+    bounded variance: E||g_hat_i(x) - grad f_i(x)||^2 <= sigma^2/b for every x and i, g_hat_i a
+    b-sample minibatch gradient. The LibSVM (logistic) problems satisfy it: |psi'| <= 8/27, so
+    sigma^2 <= (8/27)^2 max_i mean_j ||a_ij||^2. The synthetic least-squares family does only on
+    bounded sets (its per-sample gradients grow with ||x||), and a network's gradients need not.
+    The factor 2 is our reading, unverified (see the comment above :func:`ef21_theta_beta`)."""
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(2.0 * beta / theta))
 

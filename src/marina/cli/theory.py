@@ -257,7 +257,8 @@ def _table(t: dict[str, Any]) -> str:
         *(
             [
                 f"correlated  AB inequality A = {t['ab'][0]:.6g}, B = {t['ab'][1]:.6g} (MARINA: Szlendak "
-                f"et al. 2022, Theorem 4, Hessian variance L_pm = {t['L_pm']:.6g}); "
+                f"et al. 2022, Theorem 4 (number unverified), Hessian variance L_pm = {t['L_pm']:.6g} = "
+                f"{t['L_pm'] / t['L']:.3g} L); "
                 f"omega_eff = {t['omega_eff']:.6g} for the other methods"
             ]
             if t["correlated"]

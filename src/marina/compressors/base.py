@@ -320,8 +320,9 @@ class Compressor(ABC):
         )
 
     def ab_constants(self, d: int, n: int) -> tuple[float, float]:
-        """(A, B) of the AB inequality of Szlendak, Tyurin, Richtarik 2022 (ICLR, Definition 1):
-        E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2 - B ||abar||^2 for any a_i.
+        """(A, B) of the AB inequality of Szlendak, Tyurin, Richtarik 2022 (ICLR, Definition 1;
+        number unverified): E||(1/n) sum_i Q_i(a_i) - abar||^2 <= A (1/n) sum_i ||a_i||^2
+        - B ||abar||^2 for any a_i.
         Independent unbiased compressors: A = omega/n, B = 0, since the errors of different
         workers are uncorrelated: E||(1/n) sum_i (Q_i(a_i) - a_i)||^2 = (1/n^2) sum_i
         E||Q_i(a_i) - a_i||^2 <= (omega/n) (1/n) sum_i ||a_i||^2, with equality for RandK (so

@@ -1,7 +1,8 @@
 """PermK: workers keep disjoint blocks of one shared random permutation (correlated).
 
 Szlendak, Tyurin, Richtarik 2022, "Permutation compressors for provably faster distributed
-nonconvex optimization" (ICLR 2022), Definition 2 (d >= n) and Definition 3 (d <= n), made
+nonconvex optimization" (ICLR 2022), Definition 2 (d >= n) and Definition 3 (d <= n) (numbers
+unverified: only the paper's abstract was reachable; see :mod:`marina.theory`), made
 exact for every d and n by assigning the pieces to workers with a second shared permutation.
 
 Each call draws, from the SHARED key, a permutation pi of the d coordinates and a permutation
@@ -19,9 +20,17 @@ sigma of the n workers; worker i takes piece t = sigma[i].
   E||Q_i(x)||^2 = (n/d) (r/(q+1) + (d-r)/q) ||x||^2: omega = (n/d)(r/(q+1) + (d-r)/q) - 1
   (= d - 1 when d divides n, the paper's Definition 3).
 
-In both cases the AB inequality of Szlendak et al. (Definition 1) holds with A = B = 1:
-E||(1/n) sum_i Q_i(a_i) - abar||^2 <= (1/n) sum_i ||a_i||^2 - ||abar||^2 (see
-:func:`marina.theory.ab_constants`). ``density(d)`` = max(1, d/n), the expected block size.
+The AB inequality of Szlendak et al. (Definition 1), E||(1/n) sum_i Q_i(a_i) - abar||^2 <=
+A (1/n) sum_i ||a_i||^2 - B ||abar||^2, holds with equality and A = B = kappa, where kappa is
+derived as follows. Coordinate j of (1/n) sum_i Q_i(a_i) is the mean of a_ij over the c workers
+holding j: a uniformly random c-subset of the n workers (sigma uniform), with c = 1 for d >= n,
+and for d < n c = q + 1 with probability r/d, else q (pi uniform). Sampling c of n without
+replacement, that mean has variance s_j^2 (n - c)/(c (n - 1)), s_j^2 = (1/n) sum_i (a_ij -
+abar_j)^2, and sum_j s_j^2 = (1/n) sum_i ||a_i||^2 - ||abar||^2. So kappa = E_c[(n - c)/(c (n -
+1))] = omega/(n - 1): 1 for d >= n, (d - 1)/(n - 1) when d divides n, and in general
+((r/d)(n - q - 1)/(q + 1) + ((d - r)/d)(n - q)/q)/(n - 1) (``ab_constants``; tested against an
+exact enumeration of every (pi, sigma) and the compressor's own draws). No smaller A holds (take
+abar = 0), nor B > A (take a_i all equal). ``density(d)`` = max(1, d/n), the expected block size.
 
 It needs the total number of workers n: ``get("permk", workers=n)``. Worker ids must lie in
 0..n-1; any subset of them can be hosted (rows keep the pieces of their global ids).
@@ -114,12 +123,15 @@ class PermK(Compressor):
         return max(1.0, d / self._n())
 
     def ab_constants(self, d: int, n: int) -> tuple[float, float]:
-        """A = B = 1 (Szlendak et al. 2022, Theorem 3 for d >= n, n | d; module docstring for the
-        general assignment): E||(1/n) sum_i Q_i(a_i)||^2 <= (1/n) sum_i ||a_i||^2."""
+        """A = B = omega/(n - 1), exact (module docstring): 1 for d >= n, (d - 1)/(n - 1) when d
+        divides n, E_c[(n - c)/(c (n - 1))] for any d < n (n = 1: A = B = 1, any value holds)."""
         if n != self._n():
             raise ConfigError(f"permk: n == {n} but the compressor was built for workers == {self._n()}")
-        self._check_d(d)
-        return 1.0, 1.0
+        d = self._check_d(d)
+        if d >= n:
+            return 1.0, 1.0
+        kappa = self.omega(d) / (n - 1)
+        return kappa, kappa
 
     def expected_bits(self, d: int) -> float:
         """w times the expected piece size, max(1, d/n) (every piece size is equally likely)."""

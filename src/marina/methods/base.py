@@ -233,6 +233,13 @@ class Method(ABC):
     ``theory_rows`` (what ``marina theory`` shows), ``plot_order``. They read their
     hyperparameters in ``__init__`` and implement :meth:`defaults`, :meth:`_initial_state` and
     :meth:`step`. :func:`marina.methods.register` makes a subclass known by its name.
+
+    Round schedule: :meth:`round_coin`, :meth:`is_dense_round` and :meth:`participants` answer,
+    for round k (the :meth:`step` that runs while the counter ``k`` is k: x^k -> x^{k+1}, k >= 0;
+    :meth:`start` is round-0 work, not a round), what that round draws and who sends. Each is a
+    pure function of (seed, k) from a shared stream keyed by round (:meth:`_shared_uniforms`):
+    the same in every process and after a resume, known before the round runs, and asking draws
+    nothing. :meth:`step` reads its schedule through them.
     """
 
     name: ClassVar[str]
@@ -406,6 +413,28 @@ class Method(ABC):
     @abstractmethod
     def step(self) -> None:
         """One communication round: x^k -> x^{k+1}; increments ``k``."""
+
+    # -- the public round schedule (see the class docstring) -------------------------------------
+    def round_coin(self, k: int) -> bool | None:
+        """The shared coin c_k ~ Be(p) of round k, or None when the method draws none.
+
+        True means round k computes full local gradients: the MARINA family's dense round
+        (stream "coin"), DASHA-PAGE's h_i^{k+1} = grad f_i(x^{k+1}) (stream "coin"), VR-DIANA's
+        move of the reference point (u^k, stream "refresh")."""
+        return None
+
+    def is_dense_round(self, k: int) -> bool:
+        """Whether every worker sends its vector uncompressed in round k (the identity at the
+        wire precision): GD always, the MARINA family when c_k = 1, the others never."""
+        return False
+
+    def participants(self, k: int) -> Tensor | None:
+        """Who sends in round k: None when every worker sends one message, else a length-n int64
+        tensor (CPU) over all workers of how many independent messages each sends (the
+        ``multiplicity`` of :meth:`marina.network.Network.aggregate_mean`; 0: the worker computes
+        and sends nothing). PP-MARINA's r clients drawn with replacement on its compressed rounds,
+        EF21-PP's clients taking part with probability q."""
+        return None
 
     # -- helpers for subclasses ---------------------------------------------------------------------
     def _next_iterate(self, x: Tensor, g: Tensor) -> Tensor:

@@ -112,9 +112,7 @@ class DASHA(Method):
         h_new = self._next_local_estimates(k, x_old)
         h = state.local_estimates
         # 9.+11. m_i^{k+1} = Q_i(h_i^{k+1} - h_i^k - a (g_i^k - h_i^k)), sent
-        mean, local = self.net.aggregate(
-            self.Q, h_new - h - self.a * (state.estimates - h), k, return_local=True
-        )
+        mean, local = self.net.aggregate_with_local(self.Q, h_new - h - self.a * (state.estimates - h), k)
         # 10. g_i^{k+1} = g_i^k + m_i^{k+1}
         state.estimates.add_(local)
         state.local_estimates = h_new
@@ -182,9 +180,13 @@ class DASHAPAGE(DASHA):
         self.p = float(self.params["p"])
         self.B = int(self.params["batch_size"])
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (step 5; shared stream "coin"): h_i^{k+1} = grad f_i(x^{k+1}) when True."""
+        return self._coin("coin", self.p, k)
+
     def _next_local_estimates(self, k: int, x_old: Tensor) -> Tensor:
         # 5. c_k ~ Be(p), shared
-        if self._coin("coin", self.p, k):
+        if self.round_coin(k):
             return super()._next_local_estimates(k, x_old)
         # 8. c_k = 0: h_i^k + minibatch difference on the same B samples at x^{k+1} and x^k
         idx = self._minibatch(self.B, k)

@@ -58,7 +58,7 @@ class QGD(Method):
         lazy_local_grads = self.problem.lazy_local_grads(state.x)
         self._charge_full()
         # 3. g^k = mean_i Q_i(grad f_i(x^k))
-        g = self.net.aggregate(self.Q, lazy_local_grads, k)
+        g = self.net.aggregate_mean(self.Q, lazy_local_grads, k)
         # 4. x^{k+1} = x^k - gamma g^k
         state.x = moved(state.x, g, self.gamma)
         self.k = k + 1

@@ -122,7 +122,7 @@ class DIANA(Method):
         # 2. local estimates g_i^k
         estimates = self._local_estimates(k)
         # 3. Delta_i^k = Q_i(g_i^k - h_i^k), sent; the server gets their mean
-        delta_mean, delta_local = self.net.aggregate(self.Q, estimates - state.shifts, k, return_local=True)
+        delta_mean, delta_local = self.net.aggregate_with_local(self.Q, estimates - state.shifts, k)
         # 4. h_i^{k+1} = h_i^k + alpha Delta_i^k
         state.shifts.add_(delta_local, alpha=self.alpha)
         # 5. g^k = h^k + Delta^k
@@ -200,6 +200,10 @@ class VRDIANA(DIANA):
         self.b = int(self.params["batch_size"])
         self.refresh_p = float(self.params["refresh_p"])
 
+    def round_coin(self, k: int) -> bool:
+        """u^k ~ Be(refresh_p) (shared stream "refresh"): the reference point moves to x^k."""
+        return self._coin("refresh", self.refresh_p, k)
+
     def _initial_state(self, x0: Tensor) -> VRDianaState:
         # w^0 = x^0, mu_i^0 = grad f_i(w^0)
         ref_point = x0.clone()
@@ -217,7 +221,7 @@ class VRDIANA(DIANA):
 
     def _after_round(self, k: int, x_old: Tensor) -> None:
         # 1./8. u^k ~ Be(refresh_p), shared; on u^k = 1 the reference point moves to x^k
-        if self._coin("refresh", self.refresh_p, k):
+        if self.round_coin(k):
             self.state.ref_point = x_old
             self.state.ref_grads = self.problem.local_grads(x_old)
             self._charge_full()

@@ -104,13 +104,9 @@ class EF21(Method):
 
     def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor | LazyRows:
         """Step 3: grad f_i(x^{k+1}) of the hosted workers (lazy rows), oracle calls charged to
-        the clients sending (``mult``, see :meth:`_participants`)."""
+        the clients sending (``mult``, see :meth:`participants`)."""
         self._charge_full(None if mult is None else mult.double())
         return self.problem.lazy_local_grads(self.state.x)
-
-    def _participants(self, k: int) -> Tensor | None:
-        """The clients sending in round k as a length-n multiplicity, or None for all of them."""
-        return None
 
     def step(self) -> None:
         k, state = self.k, self.state
@@ -118,16 +114,14 @@ class EF21(Method):
         state.x = self._next_iterate(state.x, state.g)
         # 2. broadcast x^{k+1}
         self._broadcast()
-        mult = self._participants(k)
+        mult = self.participants(k)
         if mult is not None and not bool(mult.any()):
             self.k = k + 1  # no client takes part: nothing is computed or sent
             return
         # 3. local gradients at x^{k+1}
         new_grads = self._new_local_grads(k, mult)
         # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
-        mean, local = self.net.aggregate(
-            self.Q, new_grads - state.estimates, k, multiplicity=mult, return_local=True
-        )
+        mean, local = self.net.aggregate_with_local(self.Q, new_grads - state.estimates, k, multiplicity=mult)
         # the network averages over the messages sent; EF21's step 6 sums over all n workers
         weight = self.scale if mult is None else self.scale * float(mult.sum()) / self.net.n
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)
@@ -182,8 +176,9 @@ class EF21PP(EF21):
         super().__init__(problem, network, compressor, params)
         self.q = float(self.params["participation"])
 
-    def _participants(self, k: int) -> Tensor:
-        # each client takes part with probability q, from the shared stream
+    def participants(self, k: int) -> Tensor:
+        """1 for each client taking part in round k (probability q, shared stream
+        "participation"), 0 for the others."""
         return (self._shared_uniforms("participation", k, self.net.n) < self.q).to(torch.int64)
 
 
@@ -197,7 +192,9 @@ class EF21SGD(EF21):
     allows any g_i^0; the full gradient makes G^0 = 0).
 
     Defaults: b = max(1, m/100); gamma = 1/(L_f + L sqrt(2 beta/theta))
-    (:func:`marina.theory.ef21_sgd_stepsize`); the minibatch noise leaves a neighbourhood of
+    (:func:`marina.theory.ef21_sgd_stepsize`). Under bounded variance, E||g_hat_i(x) -
+    grad f_i(x)||^2 <= sigma^2/b for every x and i (true of the logistic problems; the synthetic
+    least squares and networks need not meet it), the minibatch noise leaves a neighbourhood of
     size O(sigma^2/b) in the guarantee.
     """
 

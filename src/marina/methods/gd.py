@@ -43,6 +43,9 @@ class GD(Method):
     def defaults(cls, s: Setting, given: dict[str, Any]) -> dict[str, Any]:
         return {"stepsize": theory.gd_stepsize(s.L_f)}
 
+    def is_dense_round(self, k: int) -> bool:
+        return True
+
     def step(self) -> None:
         k, state = self.k, self.state
         # 1. broadcast x^k

@@ -125,8 +125,9 @@ class MARINA(Method):
     gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1); with ``mu`` (a PL constant)
     gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) (Theorem 2.2). A correlated
     compressor (PermK) gets gamma = 1/(L_f + sqrt((1-p)/p ((A-B) L^2 + B L_pm^2))) from the AB
-    inequality (Szlendak, Tyurin, Richtarik 2022, Theorem 4; :func:`marina.theory.marina_ab_stepsize`),
-    and omega_eff = n A in Theorem 2.2. ``p="bits"``: p = expected message bits / dense bits.
+    inequality (Szlendak, Tyurin, Richtarik 2022, cited as Theorem 4, numbering unverified;
+    :func:`marina.theory.marina_ab_stepsize`), and omega_eff = n A in Theorem 2.2.
+    ``p="bits"``: p = expected message bits / dense bits.
     State: :class:`MarinaState` (x^k, g^k, the lazy grad f_i(x^k)).
     """
 
@@ -140,8 +141,8 @@ class MARINA(Method):
 
     @classmethod
     def predict(cls, setting: Setting, used: dict[str, Any], **kw: Any) -> theory.Prediction:
-        """Corollary 2.1's p and Theorem 2.1's stepsize (Theorem 4 of Szlendak et al. for a
-        correlated compressor); per round m oracle calls."""
+        """Corollary 2.1's p and Theorem 2.1's stepsize (Szlendak et al.'s for a correlated
+        compressor, numbering unverified); per round m oracle calls."""
         s, size = setting, theory.p_size(used.get("p"), setting.zeta, kw["message_bits"], setting.wire_bits)
         p = theory.chosen_p(used.get("p"), theory.marina_p(size, s.d))
         if s.correlated:
@@ -173,6 +174,13 @@ class MARINA(Method):
         super().__init__(problem, network, compressor, params)
         self.p = float(self.params["p"])
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
     def _initial_state(self, x0: Tensor) -> MarinaState:
         g, lazy_local_grads = _first_dense_round(self, x0)
         return MarinaState(x=x0, g=g, lazy_local_grads=lazy_local_grads)
@@ -180,7 +188,7 @@ class MARINA(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -194,7 +202,8 @@ class MARINA(Method):
             state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            state.g = added(state.g, self.net.aggregate(self.Q, lazy_new_grads - state.lazy_local_grads, k))
+            fresh = self.net.aggregate_mean(self.Q, lazy_new_grads - state.lazy_local_grads, k)
+            state.g = added(state.g, fresh)
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
 
@@ -266,17 +275,26 @@ class VRMARINA(Method):
         out: dict[str, Any] = {"batch_size": bp, "online": online}
         if online:
             b = given.get("dense_batch_size", min(s.m, 10 * bp))
+            p_theory = given.get("p", "theory") in ("theory", "bits")
             if b < bp:  # Corollary 3.2 takes b' <= b (the dense rounds' minibatch is the larger)
                 what = f"dense_batch_size == {b} is smaller than batch_size == {bp}"
                 if "batch_size" in given:
                     raise ConfigError(f"vr-marina: {what}, must be b >= b' (Corollary 3.2)")
-                warnings.warn(  # the default b' = m/100: kept (recorded runs), but outside Cor. 3.2
+                if p_theory:  # Corollary 3.2's p is not defined there
+                    raise ConfigError(
+                        f"vr-marina: {what} (the default b' = m/100), must be b >= b' for the theory p "
+                        "(Corollary 3.2); give batch_size <= dense_batch_size, or p"
+                    )
+                warnings.warn(  # the default b' = m/100 with a given p: kept (recorded runs)
                     f"vr-marina: {what} (the default b' = m/100), outside Corollary 3.2 (b' <= b); "
                     "give batch_size <= dense_batch_size",
                     stacklevel=4,
                 )
             out["dense_batch_size"] = b
-            p = _given_p(given, theory.vr_marina_online_p(_p_size(s, given), s.d, b, bp))
+            if p_theory:
+                p = _given_p(given, theory.vr_marina_online_p(_p_size(s, given), s.d, b, bp))
+            else:
+                p = given["p"]
         else:
             if "dense_batch_size" in given:
                 raise ConfigError(
@@ -299,6 +317,13 @@ class VRMARINA(Method):
         self.online = bool(self.params["online"])
         self.b = int(self.params["dense_batch_size"]) if self.online else None  # online dense rounds
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
     def _dense_estimate(self, x: Tensor, round: int) -> Tensor:
         """Local gradients of the dense rounds, dense: full (finite sum) or a b-minibatch (online)."""
         if self.online:
@@ -315,7 +340,7 @@ class VRMARINA(Method):
     def step(self) -> None:
         k, state = self.k, self.state
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -329,7 +354,7 @@ class VRMARINA(Method):
             idx = self._minibatch(self.b_prime, k, replace=self.online)
             diff = self.problem.minibatch_grad_diffs(state.x, x_old, idx)
             self.oracle_calls += 2.0 * self.b_prime
-            state.g = state.g + self.net.aggregate(self.Q, diff, k)
+            state.g = state.g + self.net.aggregate_mean(self.Q, diff, k)
         self.k = k + 1
 
 
@@ -350,7 +375,7 @@ class PPMARINA(Method):
 
     A client drawn c > 1 times sends c independent compressions of its difference (copy j uses
     the randomness stream "compress" for j = 0, so it draws what MARINA's worker draws, and
-    "compress#j" after; see :meth:`marina.network.Network.aggregate`): each draw of the
+    "compress#j" after; see :meth:`marina.network.Network.aggregate_mean`): each draw of the
     theorem's i.i.d. sample is an independent message, and each message is counted in bits.
     Clients not drawn send nothing.
 
@@ -411,6 +436,21 @@ class PPMARINA(Method):
         self.p = float(self.params["p"])
         self.r = int(self.params["clients"])  # clients drawn on compressed rounds
 
+    def round_coin(self, k: int) -> bool:
+        """c_k ~ Be(p) (line 4; shared stream "coin")."""
+        return self._coin("coin", self.p, k)
+
+    def is_dense_round(self, k: int) -> bool:
+        return self.round_coin(k)
+
+    def participants(self, k: int) -> Tensor | None:
+        """None on a dense round (every client), else the counts of the r clients drawn i.i.d.
+        uniformly with replacement (line 8; shared stream "clients")."""
+        if self.is_dense_round(k):
+            return None
+        draws = self._shared_choices("clients", k, self.net.n, self.r)
+        return torch.bincount(draws, minlength=self.net.n)
+
     def _initial_state(self, x0: Tensor) -> PPMarinaState:
         g, lazy_local_grads = _first_dense_round(self, x0)  # with every client: all are fresh
         fresh = torch.ones(self.net.n, dtype=torch.bool)
@@ -420,7 +460,7 @@ class PPMARINA(Method):
         k, state = self.k, self.state
         n = self.net.n
         # 4. c_k ~ Be(p), shared
-        c = self._coin("coin", self.p, k)
+        c = self.is_dense_round(k)
         # 5. broadcast g^k
         self._broadcast()
         # 7. x^{k+1} = x^k - gamma g^k
@@ -434,13 +474,12 @@ class PPMARINA(Method):
             state.fresh = torch.ones(n, dtype=torch.bool)
         else:
             # 8. r clients i.i.d. uniform with replacement, from the shared stream
-            draws = self._shared_choices("clients", k, n, self.r)
-            counts = torch.bincount(draws, minlength=n)
+            counts = self.participants(k)
             part = counts > 0
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - state.fresh.double()))
             diffs = lazy_new_grads - state.lazy_local_grads
-            state.g = added(state.g, self.net.aggregate(self.Q, diffs, k, multiplicity=counts))
+            state.g = added(state.g, self.net.aggregate_mean(self.Q, diffs, k, multiplicity=counts))
             state.fresh = part
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1

@@ -22,9 +22,10 @@ Randomness
     backend needs to know nothing about.
 
 Aggregation (counted in ``bits_up``)
-    :meth:`aggregate` compresses each participating hosted row with the compressor and the
+    :meth:`aggregate_mean` compresses each participating hosted row with the compressor and the
     worker's own randomness (stream, round), sends the messages, and returns on every process
-    the mean of the decompressed messages in global worker order. With ``multiplicity`` (a
+    the mean of the decompressed messages in global worker order (:meth:`aggregate_with_local`
+    also returns the hosted workers' own decompressed messages). With ``multiplicity`` (a
     length-n int tensor over ALL workers, equal on every process, e.g. PP-MARINA's counts of
     i.i.d. client draws), worker i sends ``multiplicity[i]`` independent messages (copy j uses
     the stream ``copy_stream(stream, j)``; copy 0 is ``stream`` itself) and the result is
@@ -168,7 +169,7 @@ class Network(ABC):
 
     # -- aggregation --------------------------------------------------------------------------
     @abstractmethod
-    def aggregate(
+    def aggregate_mean(
         self,
         compressor: Compressor,
         X_local: Tensor,
@@ -176,8 +177,7 @@ class Network(ABC):
         *,
         stream: str | int = "compress",
         multiplicity: Tensor | None = None,
-        return_local: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         """Mean of the decompressed messages of all (participating) workers, on every process.
 
         Args:
@@ -188,22 +188,9 @@ class Network(ABC):
             stream: randomness stream of the compression (default "compress").
             multiplicity: None (every worker sends one message; the mean is over n) or a
                 length-n int64 tensor over all workers (see the module docstring).
-            return_local: also return the hosted workers' own decompressed messages (n_local, d)
-                (copy 0; zero rows for workers that sent nothing), e.g. for DIANA's h_i update.
         """
 
-    def aggregate_mean(
-        self,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        *,
-        stream: str | int = "compress",
-        multiplicity: Tensor | None = None,
-    ) -> Tensor:
-        """:meth:`aggregate`'s mean alone (a backend may override it with a direct path)."""
-        return self.aggregate(compressor, X_local, round, stream=stream, multiplicity=multiplicity)  # type: ignore[return-value]
-
+    @abstractmethod
     def aggregate_with_local(
         self,
         compressor: Compressor,
@@ -213,11 +200,21 @@ class Network(ABC):
         stream: str | int = "compress",
         multiplicity: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """:meth:`aggregate` with ``return_local=True``: the mean and the hosted workers' own
-        decompressed messages (n_local, d)."""
-        return self.aggregate(  # type: ignore[return-value]
-            compressor, X_local, round, stream=stream, multiplicity=multiplicity, return_local=True
-        )
+        """:meth:`aggregate_mean` and the hosted workers' own decompressed messages (n_local, d)
+        (copy 0; zero rows for workers that sent nothing), e.g. for DIANA's h_i update; the same
+        messages, bits and randomness as :meth:`aggregate_mean`."""
+
+    def aggregate(
+        self,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`aggregate_mean` (the older name)."""
+        return self.aggregate_mean(compressor, X_local, round, stream=stream, multiplicity=multiplicity)
 
     def aggregate_dense(
         self,
@@ -226,17 +223,11 @@ class Network(ABC):
         dense_compressor: Compressor,
         *,
         multiplicity: Tensor | None = None,
-        return_local: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """:meth:`aggregate` with ``dense_compressor`` (the identity at the wire precision, which
-        makes no random draws: a backend may pass it any Randomness with the right rows)."""
-        return self.aggregate(
-            dense_compressor,
-            X_local,
-            round,
-            stream="dense",
-            multiplicity=multiplicity,
-            return_local=return_local,
+    ) -> Tensor:
+        """:meth:`aggregate_mean` with ``dense_compressor`` (the identity at the wire precision,
+        which makes no random draws: a backend may pass it any Randomness with the right rows)."""
+        return self.aggregate_mean(
+            dense_compressor, X_local, round, stream="dense", multiplicity=multiplicity
         )
 
     # -- metrics (not counted) ----------------------------------------------------------------

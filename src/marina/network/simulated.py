@@ -57,7 +57,7 @@ class SimulatedNetwork(Network):
         super().load_counters(state)
         self._bits_up_dev.zero_()
 
-    def aggregate(
+    def aggregate_mean(
         self,
         compressor: Compressor,
         X_local: Tensor | LazyRows,
@@ -65,10 +65,33 @@ class SimulatedNetwork(Network):
         *,
         stream: str | int = "compress",
         multiplicity: Tensor | None = None,
-        return_local: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
+        return self._aggregate(compressor, X_local, round, stream, multiplicity, keep_local=False)[0]
+
+    def aggregate_with_local(
+        self,
+        compressor: Compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        mean, local = self._aggregate(compressor, X_local, round, stream, multiplicity, keep_local=True)
+        return mean, local  # type: ignore[return-value] - keep_local gives the rows
+
+    def _aggregate(
+        self,
+        compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        stream: str | int,
+        multiplicity: Tensor | None,
+        keep_local: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The mean and, with ``keep_local``, the hosted rows' own messages (copy 0)."""
         if multiplicity is None:
-            return self._reduce(compressor, X_local, self.rng(stream, round), return_local)
+            return self._reduce(compressor, X_local, self.rng(stream, round), keep_local)
         counts = multiplicity.to(device="cpu", dtype=torch.int64).reshape(-1)
         if counts.numel() != self.n:
             raise ValueError(f"multiplicity has {counts.numel()} entries, expected n = {self.n}")
@@ -77,9 +100,7 @@ class SimulatedNetwork(Network):
             raise ValueError("multiplicity sums to 0: nobody would send anything")
         d = X_local.shape[1]
         acc = torch.zeros(d, dtype=X_local.dtype, device=X_local.device)
-        local = (
-            torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device) if return_local else None
-        )
+        local = torch.zeros(X_local.shape, dtype=X_local.dtype, device=X_local.device) if keep_local else None
         local_counts = counts[self.worker_ids.cpu()]
         sent = torch.zeros(self.n, dtype=torch.int64, device=self.device) if self.link is not None else None
         # One batched compression per copy index j (the j-th message of every worker drawn more
@@ -97,8 +118,7 @@ class SimulatedNetwork(Network):
                 local.index_copy_(0, rows, X_hat)
         if sent is not None:
             self._model(compressor, X_local.shape[1], sent, int(counts.max()))
-        mean = acc / total
-        return (mean, local) if return_local else mean
+        return acc / total, local
 
     def _model(self, compressor: Compressor, d: int, sent_bytes: Tensor, slots: int) -> None:
         """Link model, one worker per rank: chunks padded to the largest worker's bytes, and a
@@ -112,15 +132,16 @@ class SimulatedNetwork(Network):
         self._model_link(self.n, max(chunk, 1) if drawn else chunk, slots if varies else 0)
 
     def _reduce(
-        self, compressor: Compressor, X_local: Tensor | LazyRows, rng: Randomness, return_local: bool
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Every hosted worker sends one message: the mean (sum / n) and, if asked, the rows."""
-        total, bits, X_hat = compressor.compress_sum(X_local, rng, keep_local=return_local)
+        self, compressor: Compressor, X_local: Tensor | LazyRows, rng: Randomness, keep_local: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Every hosted worker sends one message: the mean (sum / n) and the rows (None unless
+        ``keep_local``)."""
+        total, bits, X_hat = compressor.compress_sum(X_local, rng, keep_local=keep_local)
         self._bits_up_dev += bits.sum()
         if self.link is not None:
             self._model(compressor, X_local.shape[1], (bits + 7) // 8, 1)
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
-        return (mean, X_hat) if return_local else mean
+        return mean, (X_hat if keep_local else None)
 
     def aggregate_dense(
         self,
@@ -129,17 +150,14 @@ class SimulatedNetwork(Network):
         dense_compressor: Compressor,
         *,
         multiplicity: Tensor | None = None,
-        return_local: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    ) -> Tensor:
         if multiplicity is not None:
-            return super().aggregate_dense(
-                X_local, round, dense_compressor, multiplicity=multiplicity, return_local=return_local
-            )
+            return super().aggregate_dense(X_local, round, dense_compressor, multiplicity=multiplicity)
         # the identity makes no draws: one Randomness object serves every dense round
         if self._dense_rng is None:
             self._dense_rng = Randomness(self.seed, "dense", 0, self.worker_ids, self.device)
         self._dense_rng.calls = 0
-        return self._reduce(dense_compressor, X_local, self._dense_rng, return_local)
+        return self._reduce(dense_compressor, X_local, self._dense_rng, False)[0]
 
     def gather(self, values_local: Tensor) -> Tensor:
         return values_local

@@ -404,24 +404,6 @@ class TorchDistributedNetwork(Network):
             )
 
     # -- aggregation --------------------------------------------------------------------------
-    def aggregate(
-        self,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        *,
-        stream: str | int = "compress",
-        multiplicity: Tensor | None = None,
-        return_local: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """The :class:`Network` interface: :meth:`aggregate_mean`, or :meth:`aggregate_with_local`
-        when ``return_local``."""
-        if return_local:
-            return self.aggregate_with_local(
-                compressor, X_local, round, stream=stream, multiplicity=multiplicity
-            )
-        return self.aggregate_mean(compressor, X_local, round, stream=stream, multiplicity=multiplicity)
-
     def aggregate_mean(
         self,
         compressor: Compressor,

@@ -57,12 +57,24 @@ bound of r (||Hess r|| <= rho),
   tighter script-L_i (the synthetic problem computes it exactly).
 - L_pm, the Hessian variance of Szlendak, Tyurin, Richtarik 2022 (used by MARINA's stepsize with
   correlated compressors): grad f_i(x) - grad f_i(y) = (H_i + R) h with h = x - y,
-  H_i = A_i^T D_i A_i / m_i (D_i diagonal in [0, kappa], mean values of psi'') and R the common
-  regulariser part, which cancels: (1/n) sum_i ||H_i h||^2 - ||Hbar h||^2
-  <= (1/n) sum_i ||H_i h||^2 <= mean_i (kappa lambda_max(A_i^T A_i)/m_i)^2 ||h||^2. So
-  L_pm = sqrt(mean_i (L_i - rho)^2), a bound (the D_i depend on x and y, no closed form for the
-  supremum); subclasses with constant curvature give it exactly (the synthetic problem:
-  L_pm^2 = lambda_max((1/n) sum_i H_i^2 - Hbar^2)).
+  H_i = A_i^T D_i A_i / m_i (D_i diagonal, its entries the mean values of psi'' between the two
+  points, so in [lo, hi] = [min(inf psi'', 0), max(sup psi'', 0)]: ``psi_second_range``, else
+  [-kappa, kappa]) and R the common regulariser part, which cancels. For any number c, since the
+  mean minimises a sum of squares,
+  (1/n) sum_i ||H_i h||^2 - ||Hbar h||^2 = (1/n) sum_i ||(H_i - Hbar) h||^2
+  <= (1/n) sum_i ||(H_i - c I) h||^2 <= (1/n) sum_i ||H_i - c I||^2 ||h||^2,
+  and H_i is symmetric with eigenvalues in [lo lam_i, hi lam_i], lam_i = lambda_max(A_i^T A_i)/m_i
+  (lo sum_j (a_ij^T v)^2 <= v^T A_i^T D_i A_i v <= hi sum_j (a_ij^T v)^2 as lo <= 0 <= hi), so
+  ||H_i - c I|| <= |c - mid_i| + half_i, the midpoint and half-width of that interval. Hence
+  L_pm^2 <= min_c (1/n) sum_i (|c - mid_i| + half_i)^2 (:func:`hessian_variance_bound`; c = 0
+  gives mean_i (kappa lam_i)^2 = mean_i (L_i - rho)^2, L^2 without a regulariser). It is a bound
+  (the D_i depend on x, y and the data, no closed form for the supremum); subclasses with constant
+  curvature give it exactly (the synthetic problem: L_pm^2 = lambda_max((1/n) sum_i H_i^2 -
+  Hbar^2)). For the paper's non-convex logistic loss, psi'' in [-0.1202, 0.1541], and equal
+  lam_i it is (0.1541 + 0.1202)/2 lam = 0.89 L without a regulariser (a convex loss, psi'' >= 0,
+  would give L/2): PermK's stepsize gains little from it on the LibSVM problems. The supremum
+  over the box of D_i ignores how x, y tie the D_i of the workers together; the true L_pm can be
+  far smaller, but no computable bound here captures that.
 """
 
 from __future__ import annotations
@@ -82,7 +94,7 @@ from marina.lazy_rows import DenseRows, LazyRows
 from marina.problems.base import Problem
 from marina.problems.spectral import block_lambda_max, lambda_max
 
-__all__ = ["LinearModelProblem", "layout_independent_"]
+__all__ = ["LinearModelProblem", "hessian_variance_bound", "layout_independent_"]
 
 _INT32_MAX = 2**31 - 1
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
@@ -126,6 +138,29 @@ def layout_independent_(op_: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
     return buf[:n].view(t.shape)
 
 
+def hessian_variance_bound(lam: np.ndarray, curvature: tuple[float, float]) -> float:
+    """sqrt(min_c mean_i (|c - mid_i| + half_i)^2) >= L_pm (module docstring), with mid_i and
+    half_i the midpoint and half-width of [lo lam_i, hi lam_i], lo = min(inf psi'', 0),
+    hi = max(sup psi'', 0) from ``curvature``, lam_i = lambda_max(A_i^T A_i)/m_i. Any c gives a
+    valid bound: the smaller of c = 0 (sqrt(mean_i (max(-lo, hi) lam_i)^2)) and the minimiser
+    found by golden-section search (the function is convex in c)."""
+    lo, hi = min(float(curvature[0]), 0.0), max(float(curvature[1]), 0.0)
+    mid, half = (lo + hi) / 2 * lam, (hi - lo) / 2 * lam
+
+    def squared(c: float) -> float:
+        return float(np.mean((np.abs(c - mid) + half) ** 2))
+
+    a, b = float(np.min(lo * lam, initial=0.0)), float(np.max(hi * lam, initial=0.0))
+    shrink = (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(100):  # the bracket shrinks by 0.618 per step: far below one ulp at the end
+        c1, c2 = b - shrink * (b - a), a + shrink * (b - a)
+        if squared(c1) <= squared(c2):
+            b = c2
+        else:
+            a = c1
+    return float(np.sqrt(min(squared(0.0), squared((a + b) / 2))))
+
+
 class LinearModelProblem(Problem):
     """f_ij(x) = psi(a_ij^T x, b_ij) + r(x) on sparse rows, split among workers.
 
@@ -158,6 +193,10 @@ class LinearModelProblem(Problem):
         split: the :class:`marina.data.splits.Split`.
         nnz: stored non-zeros of the hosted rows.
     """
+
+    psi_second_range: tuple[float, float] | None = None
+    """(inf psi'', sup psi'') over t and b when known (tightens L_pm, module docstring); None:
+    [-kappa, kappa]."""
 
     def __init__(
         self,
@@ -231,8 +270,9 @@ class LinearModelProblem(Problem):
         self._L = float(np.sqrt(np.mean(L_all**2)))
         self._L_avg = float(np.sqrt(np.mean(script_L**2)))
         self._L_f = float(L_f)
+        curvature = self.psi_second_range or (-kappa, kappa)
         self._L_pm = (
-            float(np.sqrt(np.mean((kappa * lam / sizes) ** 2)))
+            hessian_variance_bound(lam / sizes, curvature)
             if hessian_variance is None
             else float(hessian_variance)
         )

@@ -13,7 +13,8 @@ s* = (15 - sqrt(33))/24 = 0.38564... (t* = log((1 - s*)/s*) = 0.46566...), givin
 
     max_t |phi''(t)| = PHI2_MAX = 2 s*^2 (1 - s*)(2 - 3 s*) = 0.15405857012135...
 
-(the other root, s = 0.864, gives phi'' = -0.1202, smaller in absolute value).
+(the other root, s = (15 + sqrt(33))/24 = 0.864, gives min_t phi''(t) = PHI2_MIN = -0.1202...,
+smaller in absolute value; phi'' vanishes at s = 0, 2/3 and 1 only, so these are its extremes).
 
 Storage: since y_ij^2 = 1 we store the rows a~_ij = -y_ij a_ij, so with t = a~_ij^T x,
 f_ij(x) = phi(-t) = sigmoid(t)^2 =: psi(t) and psi'(t) = 2 sigmoid(t)^2 (1 - sigmoid(t)):
@@ -46,11 +47,15 @@ from marina.data.splits import Split, make_split
 from marina.errors import ConfigError
 from marina.problems.linear import LinearModelProblem, layout_independent_
 
-__all__ = ["PHI2_MAX", "LogisticProblem", "libsvm", "phi", "phi_prime", "phi_second"]
+__all__ = ["PHI2_MAX", "PHI2_MIN", "LogisticProblem", "libsvm", "phi", "phi_prime", "phi_second"]
 
 _S_STAR = (15.0 - math.sqrt(33.0)) / 24.0
 PHI2_MAX: float = 2.0 * _S_STAR**2 * (1.0 - _S_STAR) * (2.0 - 3.0 * _S_STAR)
 """max_t |phi''(t)| = 0.1540585701213505 (closed form above; checked on a fine grid in tests)."""
+_S_LOW = (15.0 + math.sqrt(33.0)) / 24.0
+PHI2_MIN: float = 2.0 * _S_LOW**2 * (1.0 - _S_LOW) * (2.0 - 3.0 * _S_LOW)
+"""min_t phi''(t) = -0.1202044... (closed form above): with PHI2_MAX, the range of psi'' that
+bounds the Hessian variance L_pm (:mod:`marina.problems.linear`)."""
 
 
 def phi(t: Tensor) -> Tensor:
@@ -103,6 +108,7 @@ class LogisticProblem(LinearModelProblem):
         s = layout_independent_(Tensor.sigmoid_, t.clone())  # psi'(t) = -phi'(-t) = 2 s^2 (1 - s)
         return torch.rsub(s, 1.0).mul_(s).mul_(s).mul_(2.0)
 
+    psi_second_range = (PHI2_MIN, PHI2_MAX)  # psi''(t) = phi''(-t): the same range
     _grad_factor = 2.0  # psi'(t) = 2 s^2 (1 - s): the 2 lives in the lifted matrix
     _weights_read_targets = False  # the targets are folded into the signed rows
 

@@ -155,11 +155,7 @@ class CompressionHookConfig:
         """The compressor of a bucket of ``d`` entries on ``world`` ranks (``randk:P%`` resolved
         to a K, as the optimizers resolve it: :func:`marina.torch.optim.compressor_for`)."""
         return compressor_for(
-            self.compressor,
-            d,
-            world,
-            contractive=self.method in ERROR_FEEDBACK,
-            user=f"the DDP hook's method={self.method!r}",
+            self.compressor, d, world, user=f"the DDP hook's method={self.method!r}", method=self.method
         )
 
     def fingerprint(self, d: int, dtype: torch.dtype) -> dict[str, str]:

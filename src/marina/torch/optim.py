@@ -95,10 +95,14 @@ def compressor_for(
     n: int | None,
     contractive: bool = False,
     user: str = "the marina.torch optimizers",
+    *,
+    method: str | type[methods.Method] | None = None,
 ) -> compressors.Compressor:
     """A marina compressor for d parameters and n workers; ``"randk:1%"`` means K = max(1, round(d/100))
     (also in ``"randk:1%+natural"``). The optimizers and the DDP hook (a bucket of d entries)
     resolve their specs here.
+
+    The compressor must pass ``method``'s rule (:meth:`marina.methods.Method.accepts`).
 
     Args:
         spec: a compressor spec (``"randk:1%"``, ``"qsgd:4"``, ...) or a compressor object.
@@ -107,6 +111,9 @@ def compressor_for(
         contractive: also accept biased contractive compressors (``topk:K``), as the
             error-feedback methods do; otherwise unbiased ones only.
         user: who needs the compressor, as the errors name it.
+        method: the method whose rule (:meth:`marina.methods.Method.accepts`) the
+            compressor must pass; None: MARINA's rule (unbiased only) or, with
+            ``contractive``, EF21's.
 
     Raises:
         ConfigError: a bad spec or percentage, or a biased compressor where it is refused.
@@ -124,11 +131,11 @@ def compressor_for(
             raise ConfigError(f"compressor {spec!r}: only randk and topk take K as a fraction of d")
         spec = f"{name}:{max(1, round(frac * d))}" + plus + tail
     Q = compressors.get(spec, workers=n) if isinstance(spec, str) else compressors.get(spec)
-    if not getattr(Q, "unbiased", False) and not (contractive and Q.contractive):
-        raise ConfigError(
-            f"compressor {Q.spec!r} is biased; {user} need an unbiased one"
-            + (" or a contractive one (topk:K)" if contractive else " (EF21 takes topk:K)")
-        )
+    if method is None:
+        method = methods.EF21 if contractive else methods.MARINA
+    reason = (methods.get(method) if isinstance(method, str) else method).accepts(Q)
+    if reason is not None:
+        raise ConfigError(f"{user}: compressor {reason}")
     return Q
 
 
@@ -400,6 +407,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
         local_size: int | None,
         overrides: dict[str, Any],
     ) -> None:
+        """Called by the subclasses, with their arguments by name and
+        ``overrides``, the method's own parameters (None: its theory default)."""
         lr = _checked_lr(lr, "lr")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed == {seed!r}, must be an integer")
@@ -426,7 +435,9 @@ class MarinaOptimizer(torch.optim.Optimizer):
         )
         self.problem.adopt_flat_storage()
         cls = methods.get(self.method_name)
-        Q = compressor_for(compressor, self.problem.dim, self.net.n, cls.takes_contractive)
+        Q = compressor_for(
+            compressor, self.problem.dim, self.net.n, user=f"marina.torch.{type(self).__name__}", method=cls
+        )
         given = {"stepsize": float(lr), **{k: v for k, v in overrides.items() if v is not None}}
         planned = methods.plan(
             cls, self.problem, Q, iterations=1, overrides=given, network=self.net, check_memory=False
@@ -479,11 +490,10 @@ class MarinaOptimizer(torch.optim.Optimizer):
         """c_k ~ Be(p) of the next round, shared by all ranks (True on step 0, the dense start):
         the MARINA family's dense round, DASHA-PAGE's full-gradient round; None for methods
         without a coin."""
-        if "p" not in self.method_params or not hasattr(self.method, "p"):
+        coin = self.method.round_coin(self.method.k)
+        if coin is None:
             return None
-        if not self.started:
-            return True  # line 2: g^0 is dense
-        return self.method._coin("coin", self.method.p, self.method.k)
+        return True if not self.started else coin  # line 2: g^0 is dense
 
     # -- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -876,9 +886,8 @@ class PPMARINA(MarinaOptimizer):
         """Whether this rank computes in the next step (dense round, or drawn among the r clients)."""
         if self.round_coin:
             return True
-        m = self.method
-        draws = m._shared_choices("clients", m.k, self.net.n, m.r)
-        return bool((draws == int(self.net.worker_ids[0])).any())
+        mult = self.method.participants(self.method.k)
+        return mult is None or bool(mult[int(self.net.worker_ids[0])] > 0)
 
 
 @documented()

@@ -112,8 +112,8 @@ class EF21PP(MarinaOptimizer):
         """Whether this rank computes in the next step (step 0, or drawn in the round's draw)."""
         if not self.started:
             return True
-        mult = self.method._participants(self.method.k)
-        return bool(mult[int(self.net.worker_ids[0])] > 0)
+        mult = self.method.participants(self.method.k)
+        return mult is None or bool(mult[int(self.net.worker_ids[0])] > 0)
 
 
 @documented(batch_size="b, the minibatch of every step after step 0")
