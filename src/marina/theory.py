@@ -107,7 +107,11 @@ def _probability(name: str, value: float) -> float:
 # -- GD ---------------------------------------------------------------------------------------
 def gd_stepsize(L_f: float) -> float:
     """gamma = 1/L_f: the descent lemma gives f(x^{k+1}) <= f(x^k) - (gamma/2)||grad f(x^k)||^2,
-    hence min_k ||grad f(x^k)||^2 <= 2 Delta_0/(gamma K) (e.g. Nesterov 2004, Sec. 1.2.3)."""
+    hence min_k ||grad f(x^k)||^2 <= 2 Delta_0/(gamma K) (e.g. Nesterov 2004, Sec. 1.2.3).
+
+    Args:
+        L_f: the smoothness constant L_f of f (L_f <= L).
+    """
     return 1.0 / _positive("L_f", L_f)
 
 
@@ -122,6 +126,15 @@ def qgd_abc_constants(
              <= ||grad f||^2 + (omega/n^2) sum_i ||grad f_i||^2,
     and ||grad f_i(x)||^2 <= 2 L_i (f_i(x) - f_i^inf), so
     A = omega L_max / n, B = 1, C = 2 A delta_inf with delta_inf = f^inf - (1/n) sum_i f_i^inf >= 0.
+
+    Args:
+        L_max: L_max = max_i L_i.
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        delta_inf: delta_inf = f^inf - (1/n) sum_i f_i^inf >= 0.
+
+    Returns:
+        (A, B, C) = (omega L_max/n, 1, 2 A delta_inf).
     """
     A = _nonnegative("omega", omega) * _positive("L_max", L_max) / int(n)
     return A, 1.0, 2.0 * A * _nonnegative("delta_inf", delta_inf)
@@ -130,7 +143,15 @@ def qgd_abc_constants(
 def qgd_stepsize(L_f: float, L_max: float, omega: float, n: int, iterations: int) -> float:
     """gamma = min(1/(L_f B), 1/sqrt(L_f A K)) (Khaled & Richtarik 2020, Theorem 2 / Corollary 1,
     with the ABC constants of :func:`qgd_abc_constants`; the guarantee then reads
-    min_k E||grad f(x^k)||^2 <= 2 e Delta_0/(gamma K) + L_f C gamma)."""
+    min_k E||grad f(x^k)||^2 <= 2 e Delta_0/(gamma K) + L_f C gamma).
+
+    Args:
+        L_f: the smoothness constant L_f of f (L_f <= L).
+        L_max: L_max = max_i L_i.
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        iterations: the number of rounds K.
+    """
     A, B, _ = qgd_abc_constants(L_max, omega, n)
     L_f = _positive("L_f", L_f)
     gamma = 1.0 / (L_f * B)
@@ -142,7 +163,11 @@ def qgd_stepsize(L_f: float, L_max: float, omega: float, n: int, iterations: int
 # -- DIANA / VR-DIANA -------------------------------------------------------------------------------
 def diana_alpha(omega: float) -> float:
     """alpha = 1/(1+omega) (Horvath et al. 2019, "Stochastic distributed learning with gradient
-    quantization and variance reduction", Theorem 4)."""
+    quantization and variance reduction", Theorem 4).
+
+    Args:
+        omega: the compressor's variance parameter omega (Definition 1.1).
+    """
     return 1.0 / (1.0 + _nonnegative("omega", omega))
 
 
@@ -150,7 +175,14 @@ def diana_stepsize(L: float, omega: float, n: int, epoch_length: float = 1.0) ->
     """gamma = 1/(10 L sqrt(1 + omega/n) (M^{2/3} + omega + 1)) (Horvath et al. 2019, Theorem 4,
     non-convex case). M is the number of minibatches per local data set (m/b for VR-DIANA with
     minibatch b); M = 1 gives DIANA with full local gradients. L bounds the smoothness of the
-    components the estimator samples (max_i L_i for DIANA)."""
+    components the estimator samples (max_i L_i for DIANA).
+
+    Args:
+        L: the smoothness constant of the sampled components (max_i L_i for DIANA).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        epoch_length: M, the minibatches per local data set (1: DIANA).
+    """
     omega = _nonnegative("omega", omega)
     M = _positive("M", epoch_length)
     return 1.0 / (
@@ -160,7 +192,12 @@ def diana_stepsize(L: float, omega: float, n: int, epoch_length: float = 1.0) ->
 
 def vr_diana_epoch_length(m: int, batch_size: int) -> float:
     """M = m/b: the L-SVRG reference point is refreshed with probability 1/M per round (Kovalev,
-    Horvath & Richtarik 2019, loopless SVRG; Horvath et al. 2019, Algorithm 1 with minibatch b)."""
+    Horvath & Richtarik 2019, loopless SVRG; Horvath et al. 2019, Algorithm 1 with minibatch b).
+
+    Args:
+        m: the local data set size m (the largest m_i).
+        batch_size: the minibatch b.
+    """
     return float(m) / float(batch_size)
 
 
@@ -171,25 +208,49 @@ def effective_omega(omega: float, n: int, A: float) -> float:
     E||Q_i(x) - x||^2 <= omega ||x||^2 per worker, and E||(1/n) sum_i Q_i(a_i) - abar||^2 <=
     (omega/n^2) sum_i ||a_i||^2 for the average; the AB inequality gives the second with omega/n
     replaced by A, so omega_eff satisfies both (conservative; independent Q_i: A = omega/n, so
-    omega_eff = omega; PermK: omega_eff = n for d >= n, n omega/(n - 1) for d < n)."""
+    omega_eff = omega; PermK: omega_eff = n for d >= n, n omega/(n - 1) for d < n).
+
+    Args:
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        A: the AB-inequality constant A of the correlated Q_i.
+    """
     return max(_nonnegative("omega", omega), int(n) * _nonnegative("A", A))
 
 
 def bits_p(message_bits: float, d: int, wire_bits: int) -> float:
     """p = (expected bits of a compressed message)/(bits of a dense one): the bit-aware form of
     Corollary 2.1's choice, which balances the expected cost of a round, p d w + (1-p) bits(Q),
-    against the compressed cost the same way zeta_Q/d does for non-zeros."""
+    against the compressed cost the same way zeta_Q/d does for non-zeros.
+
+    Args:
+        message_bits: the expected bits of one compressed message.
+        d: the dimension d.
+        wire_bits: the bits of one dense value on the wire.
+    """
     return min(1.0, _positive("message_bits", message_bits) / (int(d) * int(wire_bits)))
 
 
 # -- MARINA --------------------------------------------------------------------------------------
 def marina_p(zeta: float, d: int) -> float:
-    """p = zeta_Q/d (Corollary 2.1): the expected dense cost p d equals the compressed cost zeta_Q."""
+    """p = zeta_Q/d (Corollary 2.1): the expected dense cost p d equals the compressed cost zeta_Q.
+
+    Args:
+        zeta: the compressor's expected density zeta_Q.
+        d: the dimension d.
+    """
     return min(1.0, _positive("zeta_Q", zeta) / int(d))
 
 
 def marina_stepsize(L: float, omega: float, n: int, p: float) -> float:
-    """gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1)."""
+    """gamma = 1/(L (1 + sqrt((1-p) omega/(p n)))) (Theorem 2.1).
+
+    Args:
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        p: the probability p of a dense round (c_k = 1).
+    """
     p = _probability("p", p)
     return 1.0 / (_positive("L", L) * (1.0 + math.sqrt((1.0 - p) * _nonnegative("omega", omega) / (p * n))))
 
@@ -201,7 +262,16 @@ def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p:
     authors' code, see the module docstring; the guarantee is Theorem 2.1's, 2 Delta_0/(gamma K)). For PermK
     (A = B = kappa, 1 for d >= n, omega/(n - 1) for d < n): 1/(L_f + sqrt((1-p)/p kappa) L_pm);
     for independent Q_i (A = omega/n, B = 0) it is Theorem 2.1's stepsize with L_f in place of
-    the first L."""
+    the first L.
+
+    Args:
+        L_f: L_-, the smoothness constant of f.
+        L: L_+ = sqrt(mean_i L_i^2).
+        L_pm: the Hessian variance L_pm (L_pm <= L).
+        A: the AB-inequality constant A.
+        B: the AB-inequality constant B (B <= A).
+        p: the probability p of a dense round (c_k = 1).
+    """
     p = _probability("p", p)
     A, B = _nonnegative("A", A), _nonnegative("B", B)
     if B > A:
@@ -212,7 +282,15 @@ def marina_ab_stepsize(L_f: float, L: float, L_pm: float, A: float, B: float, p:
 
 def marina_pl_stepsize(L: float, omega: float, n: int, p: float, mu: float) -> float:
     """gamma = min(1/(L (1 + sqrt(2 (1-p) omega/(p n)))), p/(2 mu)) under the PL condition with
-    parameter mu (Theorem 2.2)."""
+    parameter mu (Theorem 2.2).
+
+    Args:
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        p: the probability p of a dense round (c_k = 1).
+        mu: the PL constant mu.
+    """
     p = _probability("p", p)
     base = 1.0 / (
         _positive("L", L) * (1.0 + math.sqrt(2.0 * (1.0 - p) * _nonnegative("omega", omega) / (p * n)))
@@ -233,20 +311,43 @@ def _batch_at_most(b_prime: int, bound: int, what: str) -> int:
 
 def vr_marina_p(zeta: float, d: int, m: int, b_prime: int) -> float:
     """p = min(zeta_Q/d, b'/(m + b')) (Corollary 3.1, finite-sum case), for b' <= m (the b' samples
-    are drawn without replacement from the m local ones; ConfigError otherwise)."""
+    are drawn without replacement from the m local ones; ConfigError otherwise).
+
+    Args:
+        zeta: the compressor's expected density zeta_Q.
+        d: the dimension d.
+        m: the local data set size m (the largest m_i).
+        b_prime: b', the minibatch of the compressed rounds.
+    """
     b_prime = _batch_at_most(b_prime, m, "m (finite sum: b' of the m local samples, without replacement)")
     return min(marina_p(zeta, d), b_prime / (m + b_prime))
 
 
 def vr_marina_online_p(zeta: float, d: int, b: int, b_prime: int) -> float:
     """p = min(zeta_Q/d, b'/(b + b')) (Corollary 3.2, online case), for b' <= b (the corollary's
-    b' is at most the dense rounds' batch b; ConfigError otherwise)."""
+    b' is at most the dense rounds' batch b; ConfigError otherwise).
+
+    Args:
+        zeta: the compressor's expected density zeta_Q.
+        d: the dimension d.
+        b: the minibatch b of the dense rounds.
+        b_prime: b', the minibatch of the compressed rounds.
+    """
     b_prime = _batch_at_most(b_prime, b, "dense_batch_size b (online: Corollary 3.2 takes b' <= b)")
     return min(marina_p(zeta, d), b_prime / (b + b_prime))
 
 
 def vr_marina_stepsize(L: float, L_avg: float, omega: float, n: int, p: float, b_prime: int) -> float:
-    """gamma = 1/(L + sqrt((1-p)/(p n) (omega L^2 + (1+omega) L_avg^2/b'))) (Theorems 3.1 and 3.2)."""
+    """gamma = 1/(L + sqrt((1-p)/(p n) (omega L^2 + (1+omega) L_avg^2/b'))) (Theorems 3.1 and 3.2).
+
+    Args:
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        L_avg: script-L, the average smoothness of minibatch differences (Assumption 3.1).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        n: the number of workers n.
+        p: the probability p of a dense round (c_k = 1).
+        b_prime: b', the minibatch of the compressed rounds.
+    """
     p = _probability("p", p)
     L = _positive("L", L)
     omega = _nonnegative("omega", omega)
@@ -257,12 +358,26 @@ def vr_marina_stepsize(L: float, L_avg: float, omega: float, n: int, p: float, b
 
 # -- PP-MARINA ------------------------------------------------------------------------------------
 def pp_marina_p(zeta: float, d: int, n: int, r: int) -> float:
-    """p = zeta_Q r/(d n) (Corollary 4.1)."""
+    """p = zeta_Q r/(d n) (Corollary 4.1).
+
+    Args:
+        zeta: the compressor's expected density zeta_Q.
+        d: the dimension d.
+        n: the number of workers n.
+        r: the number of clients r of a compressed round.
+    """
     return min(1.0, _positive("zeta_Q", zeta) * int(r) / (int(d) * int(n)))
 
 
 def pp_marina_stepsize(L: float, omega: float, p: float, r: int) -> float:
-    """gamma = 1/(L (1 + sqrt((1-p)(1+omega)/(p r)))) (Theorem 4.1)."""
+    """gamma = 1/(L (1 + sqrt((1-p)(1+omega)/(p r)))) (Theorem 4.1).
+
+    Args:
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        p: the probability p of a dense round (c_k = 1).
+        r: the number of clients r of a compressed round.
+    """
     p = _probability("p", p)
     return 1.0 / (
         _positive("L", L) * (1.0 + math.sqrt((1.0 - p) * (1.0 + _nonnegative("omega", omega)) / (p * r)))
@@ -279,6 +394,15 @@ def pp_marina_oracle_per_round(m: float, n: int, r: int, p: float) -> tuple[floa
     part in it: always in round 0 (g^0 is dense), with probability p + (1-p) q later, independent
     of this round's draw. A dense round costs m. So round 0 costs p m + (1-p) q m and round
     k >= 1 costs p m + (1-p) q m (2 - p - (1-p) q).
+
+    Args:
+        m: the local data set size m (mean m_i).
+        n: the number of workers n.
+        r: the number of clients r of a compressed round.
+        p: the probability p of a dense round (c_k = 1).
+
+    Returns:
+        (first, later): the expected calls of round 0 and of a round k >= 1.
     """
     p = _probability("p", p)
     q = 1.0 - (1.0 - 1.0 / int(n)) ** int(r)
@@ -311,6 +435,14 @@ def guarantee(
       (1 + L A gamma^2)^K <= e for gamma <= 1/sqrt(L A K)); pass ``L_f`` and ``qgd_C``.
     The online VR-MARINA, EF21-SGD, EF21-SGDM and DASHA-MVR bounds add terms of the noise level
     sigma^2: not covered here (ConfigError saying so).
+
+    Args:
+        method: a registered method name, or "qgd".
+        delta0: Delta_0 = f(x^0) - f^inf.
+        stepsize: the stepsize gamma.
+        iterations: the number of rounds K.
+        L_f: the smoothness constant L_f of f (qgd only).
+        qgd_C: the ABC constant C (qgd only, :func:`qgd_abc_constants`).
     """
     delta0 = _nonnegative("Delta_0", delta0)
     gamma = _positive("stepsize", stepsize)
@@ -329,9 +461,15 @@ def guarantee(
 class Prediction:
     """Predicted cost of reaching E||grad f(x_hat)||^2 <= eps^2 with the theory parameters.
 
-    ``rounds`` = communication rounds K; ``bits_per_worker`` = expected bits each worker sends in
-    total (the paper's #bits/n, including the dense g^0 round of the MARINA family);
-    ``oracle_calls`` = expected component-gradient evaluations per worker.
+    Attributes:
+        method: the method's name.
+        rounds: the communication rounds K.
+        bits_per_worker: the expected bits each worker sends in total (the paper's #bits/n,
+            including the dense g^0 round of the MARINA family).
+        oracle_calls: the expected component-gradient evaluations per worker.
+        stepsize: the stepsize gamma.
+        p: the MARINA family's probability p of a dense round (None: the method has none).
+        alpha: the method's other parameter (DIANA's alpha, a momentum), or None.
     """
 
     method: str
@@ -343,12 +481,21 @@ class Prediction:
     alpha: float | None = None
 
     def as_dict(self) -> dict:
+        """The fields as a dict."""
         return asdict(self)
 
 
 def rounds_to_reach(factor: float, delta0: float, gamma: float, eps: float, rounds: int | None = None) -> int:
     """K = ceil(factor Delta_0/(gamma eps^2)) (at least 1): the rounds after which the guarantee
-    factor Delta_0/(gamma K) is at most eps^2; ``rounds`` when given instead."""
+    factor Delta_0/(gamma K) is at most eps^2; ``rounds`` when given instead.
+
+    Args:
+        factor: c of the guarantee c Delta_0/(gamma K).
+        delta0: Delta_0 = f(x^0) - f^inf.
+        gamma: the stepsize gamma.
+        eps: the target accuracy eps (E||grad f||^2 <= eps^2).
+        rounds: the answer when given (None: computed).
+    """
     eps2 = _positive("eps", eps) ** 2
     if rounds is not None:
         return int(rounds)
@@ -357,19 +504,40 @@ def rounds_to_reach(factor: float, delta0: float, gamma: float, eps: float, roun
 
 def qgd_rounds(delta0: float, L_f: float, A: float, B: float, C: float, eps: float) -> int:
     """K >= 12 Delta_0 L_f/eps^2 max(B, 12 Delta_0 A/eps^2, 2 C/eps^2) (Khaled & Richtarik 2020,
-    Corollary 1, with the ABC constants of :func:`qgd_abc_constants`)."""
+    Corollary 1, with the ABC constants of :func:`qgd_abc_constants`).
+
+    Args:
+        delta0: Delta_0 = f(x^0) - f^inf.
+        L_f: the smoothness constant L_f of f (L_f <= L).
+        A: the ABC constant A.
+        B: the ABC constant B.
+        C: the ABC constant C.
+        eps: the target accuracy eps (E||grad f||^2 <= eps^2).
+    """
     eps2 = _positive("eps", eps) ** 2
     return max(1, math.ceil(12.0 * delta0 * L_f / eps2 * max(B, 12.0 * delta0 * A / eps2, 2.0 * C / eps2)))
 
 
 def chosen_p(p: float | str | None, default: float) -> float:
     """The MARINA family's p for a prediction: ``default`` (the theory value) for None or
-    ``"bits"``, else the given probability."""
+    ``"bits"``, else the given probability.
+
+    Args:
+        p: the given p: a probability, None or "bits".
+        default: the theory value of p.
+    """
     return default if p is None or p == "bits" else _probability("p", p)
 
 
 def p_size(p: float | str | None, zeta: float, message_bits: float, wire_bits: int) -> float:
-    """What p = size/d counts (Corollary 2.1): zeta_Q, or message_bits/wire_bits for ``p="bits"``."""
+    """What p = size/d counts (Corollary 2.1): zeta_Q, or message_bits/wire_bits for ``p="bits"``.
+
+    Args:
+        p: the given p ("bits" selects the bit count).
+        zeta: the compressor's expected density zeta_Q.
+        message_bits: the expected bits of one compressed message.
+        wire_bits: the bits of one dense value on the wire.
+    """
     return float(message_bits) / wire_bits if p == "bits" else zeta
 
 
@@ -416,6 +584,30 @@ def predict(
     for the theory value with zeta_Q, ``"bits"`` for it with message_bits/wire_bits in place of
     zeta_Q (:func:`bits_p`), or a number. ``rounds``: cost of that many rounds instead of the
     number that reaches eps (to compare with a run of that length).
+
+    Args:
+        method: a registered method name, or NAME-online.
+        eps: the target accuracy eps (E||grad f||^2 <= eps^2).
+        delta0: Delta_0 = f(x^0) - f^inf.
+        d: the dimension d.
+        n: the number of workers n.
+        m: the local data set size m (the largest m_i).
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        L_f: the smoothness constant L_f of f (L_f <= L).
+        L_max: L_max = max_i L_i.
+        L_avg: script-L, the average smoothness of minibatch differences (Assumption 3.1).
+        omega: the compressor's variance parameter omega (Definition 1.1).
+        zeta: the compressor's expected density zeta_Q.
+        message_bits: the expected bits of one compressed message.
+        wire_bits: the bits of one dense value on the wire.
+        batch_size: b', the minibatch of VR-MARINA's compressed rounds (also VR-DIANA's and DASHA's B).
+        clients: r, PP-MARINA's clients per compressed round.
+        dense_batch_size: b, the minibatch of online VR-MARINA's dense rounds (DASHA-MVR's B_0).
+        delta_inf: QGD's delta_inf (:func:`qgd_abc_constants`).
+        ab: (A, B) of a correlated compressor, or None.
+        L_pm: the Hessian variance L_pm (None: L).
+        p: the MARINA family's p (see above).
+        rounds: the number of rounds to cost (None: the rounds that reach eps).
     """
     name, online = method, False
     if isinstance(method, str) and method.endswith("-online"):
@@ -667,7 +859,21 @@ def successor_cost(
     """The cost of a successor whose guarantee is ``factor`` Delta_0/(gamma K) with the dense start
     g_i^0 = grad f_i(x^0): K = ceil(factor Delta_0/(gamma eps^2)) rounds, bits d w (the start) +
     K ``share`` message_bits (``share``: expected fraction of clients sending), oracle calls m
-    (the start) + K ``per_round_oracle`` (default m); ``momentum`` is reported as alpha."""
+    (the start) + K ``per_round_oracle`` (default m); ``momentum`` is reported as alpha.
+
+    Args:
+        method: the method's name (reported).
+        setting: the constants (a :class:`marina.methods.Setting`).
+        factor: c of the guarantee c Delta_0/(gamma K).
+        gamma: the stepsize gamma.
+        eps: the target accuracy eps (E||grad f||^2 <= eps^2).
+        delta0: Delta_0 = f(x^0) - f^inf.
+        message_bits: the expected bits of one compressed message.
+        share: the expected fraction of clients sending per round.
+        per_round_oracle: oracle calls per worker per round (None: m).
+        p: reported as the prediction's p.
+        momentum: reported as the prediction's alpha.
+    """
     s = setting
     eps2 = _positive("eps", eps) ** 2
     m = float(s.m)
@@ -697,6 +903,15 @@ def predict_successor(
     omega, alpha, wire_bits). Per round: EF21 and DASHA one message and m oracle calls; EF21-PP
     q messages and q m calls on average; DASHA-PAGE one message and p m + (1 - p) 2 B calls;
     plus the dense start (d values, m calls).
+
+    Args:
+        method: ef21, ef21-pp, dasha or dasha-page.
+        setting: the constants (a :class:`marina.methods.Setting`).
+        eps: the target accuracy eps (E||grad f||^2 <= eps^2).
+        delta0: Delta_0 = f(x^0) - f^inf.
+        message_bits: the expected bits of one compressed message.
+        batch_size: DASHA-PAGE's minibatch B (None: its default).
+        participation: EF21-PP's q (None: its default).
     """
     _guarantee_factor(method)  # ConfigError naming why there is none
     used = {"batch_size": batch_size, "participation": participation}
