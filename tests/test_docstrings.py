@@ -21,6 +21,7 @@ import marina.torch
 PUBLIC_MODULES = (
     "marina",
     "marina.torch",
+    "marina.methods",
     "marina.compressors",
     "marina.problems",
     "marina.network",
@@ -28,16 +29,18 @@ PUBLIC_MODULES = (
     "marina.experiments",
     "marina.nets",
     "marina.parameters",
+    "marina.theory",
     "marina.trackers",
     "marina.errors",
     "marina.rng",
     "marina.data",
     "marina.plotting",
 )
-"""The package, its public subpackages (``marina.__all__``), marina.torch and the modules users
-import directly (errors, keyed randomness, data sets, plotting); marina.methods and marina.theory
-are left to their own conventions (a method's parameters are documented in
-:mod:`marina.parameters`' table)."""
+"""The package, its public subpackages (``marina.__all__``, marina.methods and marina.theory
+included), marina.torch and the modules users import directly (errors, keyed randomness, data
+sets, plotting). A method class documents its constructor's arguments (problem, network,
+compressor, params: :class:`marina.methods.Method`'s, appended by ``Method.__init_subclass__``);
+its own parameters (p, alpha, ...) are documented in :mod:`marina.parameters`' table."""
 
 _SECTION = re.compile(r"^(\w[\w ]*):\s*$")
 _ENTRY = re.compile(r"^(\*{0,2}\w+)(?:\s*\([^)]*\))?\s*:")
@@ -122,6 +125,25 @@ def test_help_of_an_optimizer_shows_its_arguments():
     args = text[text.index("Args:") :]
     for name in ("params", "compressor", "lr", "p", "seed", "process_group", "local_size", "module"):
         assert f"{name}: " in args, name
+
+
+def test_a_method_subclass_gets_the_constructor_arguments():
+    """Method.__init_subclass__ appends Method's Args to a subclass with the same constructor only."""
+    import marina.methods
+
+    class Same(marina.methods.MARINA):
+        """A variant."""
+
+    class Own(marina.methods.MARINA):
+        """A variant with an argument of its own."""
+
+        def __init__(self, problem, network, compressor, params, extra=0):
+            super().__init__(problem, network, compressor, params)
+
+    assert documented_args(Same.__doc__) == ["problem", "network", "compressor", "params"]
+    assert inspect.cleandoc(Same.__doc__).startswith("A variant.\n\nArgs:\n")
+    assert documented_args(Own.__doc__) == []
+    assert problems_of(Own)[-1] == "argument 'extra' not documented"
 
 
 def test_the_parser_reads_google_sections():

@@ -159,7 +159,15 @@ def _load_plugins() -> None:
 
 
 def get(name: str) -> type[Method]:
-    """The method class registered under ``name`` (case-insensitive; '_' accepted for '-')."""
+    """The method class registered under ``name`` (case-insensitive; '_' accepted for '-').
+
+    Args:
+        name: a method name (``"marina"``, ``"vr_marina"``, ...); one registered by a module that
+            :data:`PLUGINS_ENV` names is found too.
+
+    Returns:
+        The :class:`Method` subclass; ConfigError listing the known names when there is none.
+    """
     if not isinstance(name, str):
         raise ConfigError(f"method == {name!r}, must be one of {', '.join(METHODS)}")
     key = name.strip().lower().replace("_", "-")
@@ -176,9 +184,12 @@ class Plan:
     """A validated run, before the method allocates anything: build it with :meth:`build`.
 
     Attributes:
-        method: the method class; problem; compressor: the compressor object; network;
-        setting: the constants of the theory defaults; params: the parameters the run uses
-        (:meth:`Method.resolve`).
+        method: the method class.
+        problem: the problem (its workers' local oracles).
+        compressor: the compressor object.
+        network: the network hosting the workers.
+        setting: the constants of the theory defaults.
+        params: the parameters the run uses (:meth:`Method.resolve`).
     """
 
     method: type[Method]
@@ -209,8 +220,23 @@ def plan(
     workers, or an object), the method's compressor check (:meth:`Method.accepts`), the network
     (default: a simulated one hosting every worker, keyed by ``seed``), the constants
     (:meth:`Setting.build`), the parameters (:meth:`Method.resolve` of ``overrides``) and the
-    memory check (:func:`marina.memory.check_run`). ConfigError names the bad value;
-    ``compressor_key`` starts the compressor's messages (how the caller's user wrote it)."""
+    memory check (:func:`marina.memory.check_run`). ConfigError names the bad value.
+
+    Args:
+        method: a method name or :class:`Method` subclass.
+        problem: the problem, all its workers.
+        compressor: a compressor spec (``"randk:1%"``, a dict) or object.
+        iterations: the number of rounds K (theory defaults depend on it).
+        overrides: the method's parameters to set (:mod:`marina.parameters`); the others come
+            from theory.
+        network: the network hosting the workers (None: a simulated one hosting every worker).
+        seed: the key of the simulated network's random draws.
+        check_memory: whether to refuse a run whose state would not fit in memory.
+        compressor_key: starts the compressor's messages (how the caller's user wrote it).
+
+    Returns:
+        The :class:`Plan`; :meth:`Plan.build` makes the method.
+    """
     cls = method if isinstance(method, type) else get(method)
     n_total = int(getattr(problem, "total_workers", problem.n_workers))
     if isinstance(compressor, str):

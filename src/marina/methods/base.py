@@ -31,7 +31,9 @@ Corollary 3.1 of the paper counts O(m + b'K) without the constant).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,18 +61,26 @@ __all__ = [
     "added",
 ]
 
+_ARGS_SECTION = re.compile(r"^[ \t]*Args:[ \t]*$", re.M)
+"""The start of a Google-style ``Args:`` section (see :meth:`Method.__init_subclass__`)."""
+
 SHARED_BLOCK = 1024
 """Rounds per keyed call of the shared draws (coins, client samples); see Method._shared_uniforms."""
 
 
 @dataclass(frozen=True)
 class TheoryRow:
-    """One row of ``marina theory``: its label and the overrides it resolves the method with."""
+    """One row of ``marina theory``: its label and the overrides it resolves the method with.
+
+    Attributes:
+        label: the row's label in the table.
+        overrides: the parameters the method is resolved with (:meth:`Method.resolve`).
+        order: where the row comes in the table (smaller first; then the method's registration order).
+    """
 
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
     order: float = 100.0
-    """Where the row comes in the table (smaller first; then the method's registration order)."""
 
 
 @dataclass(frozen=True)
@@ -78,20 +88,30 @@ class Setting:
     """The constants every theory default is computed from (all workers, not only hosted ones).
 
     Attributes:
-        d: dimension; n: number of workers; m: largest local data set; m_min: smallest one;
-        L: sqrt(mean_i L_i^2); L_max: max_i L_i; L_f: smoothness of f; L_avg: average smoothness
-        of minibatch differences (script-L); omega, zeta: of the compressor at dimension d
-        (omega NaN for a biased one); alpha: contraction ||C(x) - x||^2 <= (1 - alpha) ||x||^2
-        of the compressor, or of Q/(1 + omega) for an unbiased Q that is not contractive
-        (the error-feedback methods' compressor); wire_bits: bits of one dense value on the
-        wire; iterations: number of rounds K;
+        d: the dimension d.
+        n: the number of workers n.
+        m: the largest local data set, max_i m_i.
+        m_min: the smallest local data set, min_i m_i.
+        L: L = sqrt(mean_i L_i^2) (Assumption 1.2).
+        L_max: L_max = max_i L_i.
+        L_f: the smoothness constant L_f of f.
+        L_avg: script-L, the average smoothness of minibatch differences (Assumption 3.1).
+        omega: the compressor's variance parameter omega at dimension d (Definition 1.1; NaN for
+            a biased compressor).
+        zeta: the compressor's expected density zeta_Q at dimension d.
+        wire_bits: the bits of one dense value on the wire.
+        iterations: the number of rounds K.
         unknown_constants: None, or why the smoothness constants are unknown (a neural network
-        without ``smoothness=``): they are then NaN, and theory stepsizes need an explicit
-        ``stepsize``.
-        correlated: the compressor's draws are shared across workers (PermK); ab_A, ab_B: its
-        AB-inequality constants (:meth:`marina.compressors.Compressor.ab_constants`); L_pm: the
-        Hessian variance (problem's ``L_pm``, else L, always valid); message_bits: expected bits
-        of one compressed message (for ``p="bits"``).
+            without ``smoothness=``): they are then NaN, and theory stepsizes need an explicit
+            ``stepsize``.
+        alpha: the contraction ||C(x) - x||^2 <= (1 - alpha) ||x||^2 of the compressor, or of
+            Q/(1 + omega) for an unbiased Q that is not contractive (the error-feedback methods'
+            compressor).
+        correlated: whether the compressor's draws are shared across workers (PermK).
+        ab_A: the AB-inequality constant A (:meth:`marina.compressors.Compressor.ab_constants`).
+        ab_B: the AB-inequality constant B.
+        L_pm: the Hessian variance L_pm (the problem's ``L_pm``, else L, always valid).
+        message_bits: the expected bits of one compressed message (for ``p="bits"``).
     """
 
     d: int
@@ -123,6 +143,8 @@ class Setting:
 
     @classmethod
     def build(cls, problem: Problem, network: Network, compressor: Compressor, iterations: int) -> Setting:
+        """The constants of ``problem`` (all its workers, gathered over ``network``) with
+        ``compressor`` at the problem's dimension, for a run of ``iterations`` rounds K."""
         sizes = network.gather(problem.sizes.reshape(-1, 1)).reshape(-1)
         d = int(problem.dim)
         try:
@@ -240,6 +262,15 @@ class Method(ABC):
     pure function of (seed, k) from a shared stream keyed by round (:meth:`_shared_uniforms`):
     the same in every process and after a resume, known before the round runs, and asking draws
     nothing. :meth:`step` reads its schedule through them.
+
+    A subclass with this constructor gets these Args in its docstring (:meth:`__init_subclass__`).
+
+    Args:
+        problem: the problem: the local oracles f_i of the workers this process hosts.
+        network: the network: aggregation, keyed randomness and bit counters of all n workers.
+        compressor: the compressor Q of the workers' messages (:meth:`accepts` must accept it).
+        params: the parameters, as :meth:`resolve` returns them (stepsize gamma, the method's
+            own p, alpha, batch_size, ...); copied.
     """
 
     name: ClassVar[str]
@@ -261,6 +292,20 @@ class Method(ABC):
     """Where its curves come in a figure's legend (smaller first; ties by name)."""
     state: Any
     """An instance of ``State`` after :meth:`start` or :meth:`load_state_dict`, else None."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Append :class:`Method`'s ``Args:`` section to the docstring of a subclass that has a
+        docstring without one and the same constructor arguments (help() and the API reference
+        then show them)."""
+        super().__init_subclass__(**kwargs)
+        doc = cls.__dict__.get("__doc__")
+        if not doc or _ARGS_SECTION.search(doc):
+            return
+        arguments = list(inspect.signature(cls.__init__).parameters)
+        if arguments != list(inspect.signature(Method.__init__).parameters):
+            return
+        shared = inspect.cleandoc(Method.__doc__ or "")
+        cls.__doc__ = inspect.cleandoc(doc) + "\n\n" + shared[_ARGS_SECTION.search(shared).start() :] + "\n"
 
     def __init__(
         self, problem: Problem, network: Network, compressor: Compressor, params: dict[str, Any]
