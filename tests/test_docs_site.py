@@ -51,6 +51,19 @@ def test_strict_build(tmp_path):
     assert done.returncode == 0 and not warnings, done.stderr[-4000:]
     assert (tmp_path / "index.html").is_file()
     assert (tmp_path / "reference" / "torch" / "index.html").is_file()
+    # Args appended at import (Method.__init_subclass__, marina.torch.optim.documented) are rendered
+    shown = {
+        ("methods", "marina.methods.MARINA"): ("problem", "network", "compressor", "params"),
+        ("methods", "marina.methods.DASHAPAGE"): ("problem", "network", "compressor", "params"),
+        ("torch", "marina.torch.MARINA"): ("params", "compressor", "lr", "p", "seed", "local_size"),
+    }
+    for (page, name), args in shown.items():
+        html = (tmp_path / "reference" / page / "index.html").read_text(encoding="utf-8")
+        start = html.index(f'id="{name}"')
+        own = html[start : html.index("doc-heading", start + len(name) + 40)]  # up to its first member
+        assert "Parameters:" in own, name
+        table = own[own.index("Parameters:") :]
+        assert [a for a in args if f"<code>{a}</code>" not in table] == [], name
 
 
 def test_theory_page_names_real_functions_and_every_method():
