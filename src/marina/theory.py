@@ -661,14 +661,27 @@ def predict(
 def ef21_theta_beta(alpha: float) -> tuple[float, float]:
     """(theta, beta) = (1 - sqrt(1 - alpha), (1 - alpha)/(1 - sqrt(1 - alpha))): EF21, Lemma 3
     with Young's parameter s = 1/sqrt(1 - alpha) - 1, the choice of Theorem 1 (beta = 0 at
-    alpha = 1)."""
+    alpha = 1).
+
+    Args:
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+
+    Returns:
+        (theta, beta).
+    """
     alpha = _probability("alpha", alpha)
     root = math.sqrt(1.0 - alpha)
     return 1.0 - root, (1.0 - alpha) / (1.0 - root)
 
 
 def ef21_stepsize(L_f: float, L: float, alpha: float) -> float:
-    """gamma = 1/(L_f + L sqrt(beta/theta)) (EF21, Theorem 1); alpha = 1 gives GD's 1/L_f."""
+    """gamma = 1/(L_f + L sqrt(beta/theta)) (EF21, Theorem 1); alpha = 1 gives GD's 1/L_f.
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-tilde = sqrt(mean_i L_i^2) (our L).
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+    """
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(beta / theta))
 
@@ -678,7 +691,15 @@ def ef21_pp_theta_beta(alpha: float, participation: float) -> tuple[float, float
     every client taking part with probability q = ``participation`` (p_min = p_max = q):
     theta_p = rho q + theta q - rho, beta_p = beta q + (1 + 1/rho)(1 - q), with the free
     rho = theta q/(2 (1 - q)) (our choice; the theorem asks only theta_p > 0), so
-    theta_p = theta q/2. q = 1 gives EF21's (theta, beta)."""
+    theta_p = theta q/2. q = 1 gives EF21's (theta, beta).
+
+    Args:
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+        participation: q, the probability that a client takes part in a round.
+
+    Returns:
+        (theta_p, beta_p).
+    """
     theta, beta = ef21_theta_beta(alpha)
     q = _probability("participation", participation)
     if q == 1.0:
@@ -689,7 +710,14 @@ def ef21_pp_theta_beta(alpha: float, participation: float) -> tuple[float, float
 
 def ef21_pp_stepsize(L_f: float, L: float, alpha: float, participation: float) -> float:
     """gamma = 1/(L_f + L sqrt(beta_p/theta_p)) (EF21-PP, the extensions paper), with
-    (theta_p, beta_p) of :func:`ef21_pp_theta_beta`."""
+    (theta_p, beta_p) of :func:`ef21_pp_theta_beta`.
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-tilde = sqrt(mean_i L_i^2) (our L).
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+        participation: q, the probability that a client takes part in a round.
+    """
     theta, beta = ef21_pp_theta_beta(alpha, participation)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(beta / theta))
 
@@ -703,7 +731,13 @@ def ef21_sgd_stepsize(L_f: float, L: float, alpha: float) -> float:
     b-sample minibatch gradient. The LibSVM (logistic) problems satisfy it: |psi'| <= 8/27, so
     sigma^2 <= (8/27)^2 max_i mean_j ||a_ij||^2. The synthetic least-squares family does only on
     bounded sets (its per-sample gradients grow with ||x||), and a network's gradients need not.
-    The factor 2 is our reading, unverified (see the comment above :func:`ef21_theta_beta`)."""
+    The factor 2 is our reading, unverified (see the comment above :func:`ef21_theta_beta`).
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-tilde = sqrt(mean_i L_i^2) (our L).
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+    """
     theta, beta = ef21_theta_beta(alpha)
     return 1.0 / (_positive("L_f", L_f) + _positive("L", L) * math.sqrt(2.0 * beta / theta))
 
@@ -737,7 +771,12 @@ def minibatch_noise_ratio(m: int, batch_size: int) -> float:
     """r = (m - B)/(B (m - 1)): the variance of a B-sample mean drawn without replacement from m
     samples is r times the variance of one sample. The EF21-SGDM defaults use it as the stand-in
     for sigma^2/(B L Delta_0) (one sample's variance taken as L Delta_0, the scale that bounds
-    ||grad f(x^0)||^2 <= 2 L Delta_0); r = 0 for B = m (full local gradients, no noise)."""
+    ||grad f(x^0)||^2 <= 2 L Delta_0); r = 0 for B = m (full local gradients, no noise).
+
+    Args:
+        m: the local data set size m.
+        batch_size: the minibatch B.
+    """
     m, B = int(m), int(batch_size)
     if not 1 <= B <= m:
         raise ConfigError(f"batch_size == {B}, must be in [1, {m}] (the local data set m = {m})")
@@ -748,7 +787,14 @@ def ef21_sgdm_momentum(alpha: float, n: int, iterations: int, noise_ratio: float
     """eta = min(1, (alpha^2/(r T))^(1/3), (n/(r T))^(1/2)) with r = ``noise_ratio`` =
     sigma^2/(B L Delta_0) and T = ``iterations`` (the momentum paper's choice balancing
     Delta_0/(gamma T), eta^2 sigma^2/(alpha^2 B) and eta sigma^2/(n B) at gamma = eta/(7 L), constants
-    dropped; see the comment above). No noise (r = 0) gives eta = 1: EF21-SGDM is then EF21."""
+    dropped; see the comment above). No noise (r = 0) gives eta = 1: EF21-SGDM is then EF21.
+
+    Args:
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+        n: the number of workers n.
+        iterations: the number of rounds T.
+        noise_ratio: r = sigma^2/(B L Delta_0) (:func:`minibatch_noise_ratio`).
+    """
     alpha = _probability("alpha", alpha)
     r = _nonnegative("noise_ratio", noise_ratio)
     T = int(iterations)
@@ -761,7 +807,14 @@ def ef21_sgdm_momentum(alpha: float, n: int, iterations: int, noise_ratio: float
 
 def ef21_sgdm_stepsize(L_f: float, L: float, alpha: float, eta: float) -> float:
     """gamma = min(alpha/(20 L), eta/(7 L_f)) (the momentum paper's theorem for EF21-SGDM as we read
-    it, unverified: see the comment above :func:`minibatch_noise_ratio`)."""
+    it, unverified: see the comment above :func:`minibatch_noise_ratio`).
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-tilde = sqrt(mean_i L_i^2) (our L).
+        alpha: the compressor's contraction parameter alpha, ||C(x) - x||^2 <= (1 - alpha) ||x||^2.
+        eta: the momentum eta, in (0, 1].
+    """
     alpha = _probability("alpha", alpha)
     eta = _probability("momentum", eta)
     return min(alpha / (20.0 * _positive("L", L)), eta / (7.0 * _positive("L_f", L_f)))
@@ -782,7 +835,11 @@ def ef21_sgdm_stepsize(L_f: float, L: float, alpha: float, eta: float) -> float:
 #   stepsize for PAGE or MVR). Ours are the smaller, conservative ones. tests/test_beyond.py pins
 #   the formulas as written, and with the identity (omega = 0) checks DASHA against GD (1/L_f).
 def dasha_momentum(omega: float) -> float:
-    """a = 1/(2 omega + 1) (DASHA, Theorems 6.1, 6.4 and 6.7)."""
+    """a = 1/(2 omega + 1) (DASHA, Theorems 6.1, 6.4 and 6.7).
+
+    Args:
+        omega: the compressor's variance parameter omega (Definition 1.1 of the MARINA paper).
+    """
     return 1.0 / (2.0 * _nonnegative("omega", omega) + 1.0)
 
 
@@ -794,13 +851,25 @@ def _dasha_compression_term(omega: float, n: int) -> float:
 
 def dasha_stepsize(L_f: float, L: float, omega: float, n: int) -> float:
     """gamma = 1/(L_f + sqrt(16 omega (2 omega + 1)/n) L) (DASHA, Theorem 6.1; the constant 16 is
-    unverified, see the comment above dasha_momentum)."""
+    unverified, see the comment above dasha_momentum).
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-hat = sqrt(mean_i L_i^2) (our L).
+        omega: the compressor's variance parameter omega (Definition 1.1 of the MARINA paper).
+        n: the number of workers n.
+    """
     root = math.sqrt(16.0 * _dasha_compression_term(omega, n))
     return 1.0 / (_positive("L_f", L_f) + root * _positive("L", L))
 
 
 def dasha_page_p(m: int, batch_size: int) -> float:
-    """p = B/(m + B) (DASHA, Corollary 6.5)."""
+    """p = B/(m + B) (DASHA, Corollary 6.5).
+
+    Args:
+        m: the local data set size m.
+        batch_size: the minibatch B.
+    """
     return int(batch_size) / (int(m) + int(batch_size))
 
 
@@ -809,7 +878,17 @@ def dasha_page_stepsize(
 ) -> float:
     """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-p) L_max^2/B)
     + 2 (1-p) L_max^2/(p n B))) with L_max = L_avg (DASHA-PAGE, Theorem 6.4; the constants 48 and 2
-    are unverified, see the comment above dasha_momentum)."""
+    are unverified, see the comment above dasha_momentum).
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-hat = sqrt(mean_i L_i^2) (our L).
+        L_avg: L_max of the theorem, the mean-squared smoothness of the sampled components.
+        omega: the compressor's variance parameter omega (Definition 1.1 of the MARINA paper).
+        n: the number of workers n.
+        p: the probability p of a full local gradient.
+        batch_size: the minibatch B.
+    """
     p = _probability("p", p)
     B = int(batch_size)
     L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
@@ -822,7 +901,13 @@ def dasha_mvr_momentum(omega: float, batch_size: int, dense_batch_size: int) -> 
     """b = min(sqrt(B/B_0)/omega, B/B_0) (DASHA-MVR, Corollary 6.8, b = min((1/omega)
     sqrt(n eps B/sigma^2), n eps B/sigma^2), with the unknown sigma^2/(n eps) replaced by the
     initial batch B_0 = ``dense_batch_size``: the batch that makes one minibatch gradient
-    eps-accurate, as in the corollary's choice of B_init)."""
+    eps-accurate, as in the corollary's choice of B_init).
+
+    Args:
+        omega: the compressor's variance parameter omega (Definition 1.1 of the MARINA paper).
+        batch_size: the minibatch B.
+        dense_batch_size: the initial batch B_0.
+    """
     ratio = int(batch_size) / int(dense_batch_size)
     omega = _nonnegative("omega", omega)
     return min(1.0, ratio if omega == 0 else min(math.sqrt(ratio) / omega, ratio))
@@ -833,7 +918,17 @@ def dasha_mvr_stepsize(
 ) -> float:
     """gamma = 1/(L_f + sqrt(48 omega (2 omega + 1)/n (L^2 + (1-b)^2 L_sigma^2/B)
     + 12 L_sigma^2/(b n B))) with L_sigma = L_avg (DASHA-MVR, Theorem 6.7; the constants 48 and 12
-    are unverified, see the comment above dasha_momentum)."""
+    are unverified, see the comment above dasha_momentum).
+
+    Args:
+        L_f: the smoothness constant L of f (our L_f).
+        L: L-hat = sqrt(mean_i L_i^2) (our L).
+        L_avg: L_sigma of the theorem, the mean-squared smoothness of the sampled components.
+        omega: the compressor's variance parameter omega (Definition 1.1 of the MARINA paper).
+        n: the number of workers n.
+        b: the momentum b of the MVR estimator, in (0, 1].
+        batch_size: the minibatch B.
+    """
     b = _probability("mvr_momentum", b)
     B = int(batch_size)
     L, La = _positive("L", L), _nonnegative("L_avg", L_avg)
