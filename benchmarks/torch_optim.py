@@ -38,13 +38,18 @@ one pass over d, RandK's index draw, the RandK and TopK compressors alone, next 
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -197,31 +202,51 @@ def own_work_model() -> torch.nn.Module:
 
 
 OWN = {
-    "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
-    "QGD": lambda ps: mt.QGD(ps, compressor="randk:1%", lr=1e-3),
-    "DIANA": lambda ps: mt.DIANA(ps, compressor="randk:1%", lr=1e-3),
-    "MARINA": lambda ps: mt.MARINA(ps, compressor="randk:1%", lr=1e-3),
-    "VRMARINA": lambda ps: mt.VRMARINA(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
-    "PPMARINA": lambda ps: mt.PPMARINA(ps, compressor="randk:1%", lr=1e-3),
-    "EF21": lambda ps: mt.EF21(ps, compressor="topk:1%", lr=1e-3),
-    "EF21SGD": lambda ps: mt.EF21SGD(ps, compressor="topk:1%", lr=1e-3, batch_size=8),
-    "EF21SGDM": lambda ps: mt.EF21SGDM(ps, compressor="topk:1%", lr=1e-3, momentum=0.1, batch_size=8),
-    "DASHA": lambda ps: mt.DASHA(ps, compressor="randk:1%", lr=1e-3),
-    "DASHAMVR": lambda ps: mt.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+    "sgd-momentum": lambda m, ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
+    "QGD": lambda m, ps: m.QGD(ps, compressor="randk:1%", lr=1e-3),
+    "DIANA": lambda m, ps: m.DIANA(ps, compressor="randk:1%", lr=1e-3),
+    "MARINA": lambda m, ps: m.MARINA(ps, compressor="randk:1%", lr=1e-3),
+    "VRMARINA": lambda m, ps: m.VRMARINA(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+    "PPMARINA": lambda m, ps: m.PPMARINA(ps, compressor="randk:1%", lr=1e-3),
+    "EF21": lambda m, ps: m.EF21(ps, compressor="topk:1%", lr=1e-3),
+    "EF21SGD": lambda m, ps: m.EF21SGD(ps, compressor="topk:1%", lr=1e-3, batch_size=8),
+    "EF21SGDM": lambda m, ps: m.EF21SGDM(ps, compressor="topk:1%", lr=1e-3, momentum=0.1, batch_size=8),
+    "DASHA": lambda m, ps: m.DASHA(ps, compressor="randk:1%", lr=1e-3),
+    "DASHAMVR": lambda m, ps: m.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
 }
+AGAINST = " (against)"
+"""Suffix of the optimizers of ``--against``'s checkout in the reports."""
 
 
-def own_work(reps: int, batch: int) -> dict[str, list[float]]:
-    """Seconds of each optimizer's own work per step (step minus its closures), interleaved."""
+def load_against(src: str) -> ModuleType:
+    """``marina.torch`` of another checkout (``src``/marina), imported as ``marina_against``: a
+    copy whose absolute imports are renamed, so its optimizers and this checkout's run in one
+    process, interleaved."""
+    root = Path(tempfile.mkdtemp(prefix="marina_against_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(Path(src, "marina"), root / "marina_against")
+    for path in (root / "marina_against").rglob("*.py"):
+        text = re.sub(r"\bmarina\.", "marina_against.", path.read_text())
+        text = text.replace("from marina import", "from marina_against import")
+        path.write_text(text)
+    sys.path.insert(0, str(root))
+    return importlib.import_module("marina_against.torch")
+
+
+def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, list[float]]:
+    """Seconds of each optimizer's own work per step (step minus its closures), interleaved; with
+    ``against``, the same optimizers of that checkout too (names suffixed :data:`AGAINST`)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    modules = [("", mt)] + ([(AGAINST, load_against(against))] if against else [])
     runs = {}
     for name, make in OWN.items():
-        torch.manual_seed(0)
-        model = own_work_model()
-        runs[name] = (model, make(model.parameters()))
+        for suffix, module in modules if name != "sgd-momentum" else modules[:1]:
+            torch.manual_seed(0)
+            model = own_work_model()
+            runs[name + suffix] = (model, make(module, model.parameters()))
     inside = [0.0]
-    own: dict[str, list[float]] = {name: [] for name in OWN}
+    own: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
         for name, (model, opt) in runs.items():
             closure = timed_closure(model, opt, x, y, inside)
@@ -280,7 +305,7 @@ def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved")
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
     print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
-    for name in OWN:
+    for name in reports[0]:
         med = [_percentile(r[name], 0.5) for r in reports]
         others = ", ".join(f"{m / f:.2f}" for m, f in zip(med[1:], floor[1:]))
         low = min(reports[0][name]) * 1e3
@@ -343,6 +368,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--own", action="store_true", help="the optimizers' own work against SGD-momentum")
     ap.add_argument("--floors", action="store_true", help="the parts that bound the own work, alone")
+    ap.add_argument(
+        "--against",
+        metavar="SRC",
+        help="with --own: also time the optimizers of another checkout's SRC (its src/ folder), "
+        "interleaved in the same rounds",
+    )
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,13 +385,13 @@ def main() -> None:
         torch.set_num_threads(1)
         if args.rank_job:
             dist.init_process_group("gloo")
-            own = own_work(args.reps, args.batch)
+            own = own_work(args.reps, args.batch, args.against)
             Path(args.out, f"own{dist.get_rank()}.json").write_text(json.dumps(own))
             dist.barrier()
             dist.destroy_process_group()
             return
         if args.ranks == 1:
-            summarise_own([own_work(args.reps, args.batch)], 1)
+            summarise_own([own_work(args.reps, args.batch, args.against)], 1)
             return
     if args.rank_job:
         rank_main(args)
@@ -369,6 +400,7 @@ def main() -> None:
         argv = [sys.executable, __file__, "--rank-job", "--out", tmp]
         argv += ["--batch", str(args.batch), "--steps", str(args.steps), "--reps", str(args.reps)]
         argv += ["--own"] if args.own else []
+        argv += ["--against", args.against] if args.against else []
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
         errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]
