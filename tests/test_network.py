@@ -93,3 +93,74 @@ def test_randomness_is_keyed_by_worker_and_shared_stream():
     assert torch.equal(b.shared_rng("coin", 5).uniform(1), ref)
     assert not torch.equal(a.shared_rng("coin", 6).uniform(1), ref)
     assert a.hosts_all and torch.equal(a.gather(torch.arange(3)), torch.arange(3))
+
+
+def _bits_of(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int64)
+
+
+@pytest.mark.parametrize("spec", ["randk:7", "topk:7", "natural", "randk:7+natural"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_aggregate_added_equals_base_plus_mean_bit_for_bit(seed, spec, dtype):
+    """g <- aggregate_added(g, ...) over rounds equals g + aggregate(...) of a twin network bit for
+    bit, -0.0 in g and in the messages included; with one worker and a sparsifier, rounds after
+    the first add in place (the same tensor comes back)."""
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d = 40
+    c = compressors.get(spec)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    g = torch.randn(d, generator=gen, dtype=dtype)
+    g[::3] = -0.0  # a dense round's g may hold -0.0; base + 0 turns it into 0.0
+    ref = g.clone()
+    for k in range(6):
+        X = torch.randn(1, d, generator=gen, dtype=dtype)
+        X[0, ::4] = -0.0
+        X[0, 1::5] = 0.0
+        before = g
+        g = net.aggregate_added(g, c, X, k)
+        ref = ref + twin.aggregate(c, X, k)
+        assert torch.equal(_bits_of(g), _bits_of(ref)), k
+        in_place = hasattr(c, "compress_add_") and k > 0
+        assert (g is before) == in_place
+    assert net.bits_up == twin.bits_up
+    # a sum changed by its caller since is not written over (ownership is by tensor version)
+    g.mul_(2.0)
+    X = torch.randn(1, d, generator=gen, dtype=dtype)
+    out = net.aggregate_added(g, c, X, 6)
+    assert out is not g and torch.equal(_bits_of(out), _bits_of(g + twin.aggregate(c, X, 6)))
+
+
+@pytest.mark.parametrize("spec", ["randk:7", "topk:7", "natural"])
+@pytest.mark.parametrize("per_coordinate", [False, True])
+def test_aggregate_moved_equals_moved_bit_for_bit(seed, spec, per_coordinate):
+    """x <- aggregate_moved(x, gamma, ...) equals moved(x, aggregate(...), gamma) of a twin network
+    bit for bit (-0.0 in x and in the messages, gamma 0 on some coordinates); an entrusted x and
+    the point returned last are written over (one worker, a sparsifier), anything else is not."""
+    from marina.methods.base import moved
+
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d = 40
+    c = compressors.get(spec)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    x = torch.randn(d, generator=gen, dtype=torch.float64)
+    x[::3] = -0.0
+    gamma = torch.rand(d, generator=gen, dtype=torch.float64) if per_coordinate else 0.3
+    if per_coordinate:
+        gamma[::5] = 0.0
+    ref, kept = x.clone(), x.clone()
+    net.entrust(x)
+    for k in range(5):
+        X = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        X[0, ::4] = -0.0
+        before = x
+        x = net.aggregate_moved(x, gamma, c, X, k)
+        ref = moved(ref, twin.aggregate(c, X, k), gamma)
+        assert torch.equal(x.view(torch.int64), ref.view(torch.int64)), k
+        assert (x is before) == hasattr(c, "compress_entries")
+    assert net.bits_up == twin.bits_up
+    # a point not handed over stays as it was
+    X = torch.randn(1, d, generator=gen, dtype=torch.float64)
+    out = net.aggregate_moved(kept, gamma, c, X, 5)
+    assert out is not kept and torch.equal(out, moved(kept, twin.aggregate(c, X, 5), gamma))

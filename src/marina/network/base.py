@@ -198,6 +198,35 @@ class Network(ABC):
         """:meth:`aggregate`'s mean alone (a backend may override it with a direct path)."""
         return self.aggregate(compressor, X_local, round, stream=stream, multiplicity=multiplicity)  # type: ignore[return-value]
 
+    def aggregate_added(
+        self, base: Tensor, compressor, X_local: Tensor, round: int, *, stream: str | int = "compress"
+    ) -> Tensor:
+        """``base`` + :meth:`aggregate_mean` (g^k + the round's mean message), bit for bit. The
+        caller gives ``base`` up: a backend may write the sum over it (see
+        :meth:`marina.network.SimulatedNetwork.aggregate_added`)."""
+        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+        return torch.add(base, mean, out=mean)  # the mean is this call's own tensor
+
+    def aggregate_moved(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """x - gamma (the round's mean message), bit for bit ``moved(x, mean, gamma)`` (QGD's
+        step). The caller gives ``x`` up: a backend may write the result over it."""
+        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+        t = torch.mul(mean, gamma, out=mean)
+        return torch.sub(x, t, out=t)
+
+    def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
+        """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
+        since) may write over it. A backend without in-place paths ignores it."""
+
     def aggregate_with_local(
         self,
         compressor,

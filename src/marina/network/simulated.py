@@ -11,6 +11,8 @@ per round on CUDA).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,7 @@ class SimulatedNetwork(Network):
         self.worker_ids = torch.arange(self.n, dtype=torch.int64, device=self.device)
         self._bits_up_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._dense_rng: Randomness | None = None
+        self._owned: tuple[weakref.ref, int, bool] | None = None  # writable: tensor, version, clean
 
     @property
     def bits_up(self) -> int:
@@ -118,6 +121,65 @@ class SimulatedNetwork(Network):
             self._model(compressor, X_local.shape[1], (bits + 7) // 8, 1)
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
         return (mean, X_hat) if return_local else mean
+
+    def _writable(self, t: Tensor, clean: bool) -> bool:
+        """Whether ``t`` is the tensor last returned (or entrusted), unchanged since, and (with
+        ``clean``) known to hold no -0.0."""
+        w = self._owned
+        return w is not None and w[0]() is t and w[1] == t._version and (w[2] or not clean)
+
+    def _own(self, t: Tensor, clean: bool) -> Tensor:
+        self._owned = (weakref.ref(t), t._version, clean)
+        return t
+
+    def entrust(self, t: Tensor) -> None:
+        self._own(t, clean=False)
+
+    def _adds_in_place(self, compressor) -> bool:  # noqa: ANN001
+        """Whether this round can add a message into a tensor in place: one worker (so one
+        message, entries distinct), a compressor that gives its entries, no link model."""
+        return self.n == 1 and self.link is None and hasattr(compressor, "compress_entries")
+
+    def aggregate_added(
+        self, base: Tensor, compressor, X_local, round: int, *, stream: str | int = "compress"
+    ) -> Tensor:
+        """``base`` + the mean message, bit for bit. With one worker and a sparsifier
+        (:meth:`marina.compressors.sparse.RandK.compress_add_`) the K kept entries are added into
+        ``base`` itself when it is the sum this method returned last, unchanged since (such a sum
+        holds no -0.0, so ``base + 0`` elsewhere leaves it as it is): O(K) instead of two passes
+        over d. Otherwise a new tensor, as :meth:`Network.aggregate_added`."""
+        if not self._adds_in_place(compressor):
+            return super().aggregate_added(base, compressor, X_local, round, stream=stream)
+        if self._writable(base, clean=True):
+            self._bits_up_dev += compressor.compress_add_(base, X_local, self.rng(stream, round)).sum()
+            return self._own(base, clean=True)
+        return self._own(super().aggregate_added(base, compressor, X_local, round, stream=stream), True)
+
+    def aggregate_moved(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        compressor,
+        X_local,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """x - gamma mean, bit for bit. With one worker and a sparsifier, written over ``x`` when
+        it is the point this method returned last (or :meth:`entrust`-ed), unchanged since: the
+        mean is 0 off the K kept entries, and x - gamma 0 = x for every x (gamma >= 0), so only
+        those K entries change. Otherwise a new tensor, as :meth:`Network.aggregate_moved`."""
+        if not self._adds_in_place(compressor):
+            return super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
+        if not self._writable(x, clean=False):
+            out = super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
+            return self._own(out, clean=False)
+        idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
+        self._bits_up_dev += bits.sum()
+        at = idx[0]
+        step = torch.mul(torch.add(values[0], 0.0), gamma[at] if isinstance(gamma, Tensor) else gamma)
+        x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
+        return self._own(x, clean=False)
 
     def aggregate_dense(
         self,
