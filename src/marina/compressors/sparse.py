@@ -31,6 +31,7 @@ message without saying that this presumes seeded indices).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -299,7 +300,7 @@ def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
     s = sub.numel()
     ks = min(s, int(s * k / d * 1.25) + 8)
     threshold = torch.kthvalue(sub, s - ks + 1).values
-    candidates = torch.nonzero(a >= threshold).reshape(-1)
+    candidates = _at_least(a, threshold)
     if candidates.numel() < k:
         return None
     values = a.index_select(0, candidates)
@@ -308,3 +309,12 @@ def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
         return None
     return torch.sort(candidates.index_select(0, top.indices)).values
 
+
+def _at_least(a: Tensor, threshold: Tensor) -> Tensor:
+    """The indices, ascending, of the entries a >= threshold of the 1-D CPU ``a`` (int64):
+    NumPy's ``flatnonzero`` (several times faster than ``torch.nonzero`` on a long mask) where
+    NumPy has the dtype, the comparison made in ``a``'s dtype either way."""
+    if a.dtype in (torch.float32, torch.float64):
+        values = a.detach().numpy()
+        return torch.from_numpy(np.flatnonzero(values >= threshold.detach().numpy()))
+    return torch.nonzero(a >= threshold).reshape(-1)
