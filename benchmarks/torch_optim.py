@@ -62,6 +62,10 @@ from marina.testing import local_launch
 
 VARIANTS = ("fb", "sgd+ddp", "vr-marina", "vr-marina, 1-rank group")
 
+clock = time.perf_counter
+"""The clock of every timing: wall time, or this thread's CPU time with ``--cpu-clock`` (on a
+shared machine it leaves out the time the process waits for a core)."""
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -72,11 +76,11 @@ def timed_closure(net, opt, x, y, inside: list[float]):  # noqa: ANN001, ANN201
     """The closure of a step on (x, y); adds its seconds to ``inside[0]``."""
 
     def closure():
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad()
         loss = F.cross_entropy(net(x), y)
         loss.backward()
-        inside[0] += time.perf_counter() - t0
+        inside[0] += clock() - t0
         return loss
 
     return closure
@@ -251,14 +255,14 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
         for name, (model, opt) in runs.items():
             closure = timed_closure(model, opt, x, y, inside)
             inside[0] = 0.0
-            t0 = time.perf_counter()
+            t0 = clock()
             if name == "sgd-momentum":
                 closure()
                 opt.step()
             else:
                 opt.step(closure)
             if rep >= 3:
-                own[name].append(time.perf_counter() - t0 - inside[0])
+                own[name].append(clock() - t0 - inside[0])
     return own
 
 
@@ -289,10 +293,10 @@ def floors(reps: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in parts}
     for r in range(reps + 3):
         for name, run in parts.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             run(r)
             if r >= 3:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     floor = _percentile(times["sgd-momentum step()"], 0.5)
     print(f"parts alone, d = {d}, interleaved ({reps} rounds): median ms, / SGD-momentum step()")
     for name, values in times.items():
@@ -302,7 +306,8 @@ def floors(reps: int) -> None:
 
 def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     d = sum(p.numel() for p in own_work_model().parameters())
-    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved")
+    what = "thread CPU time" if clock is time.thread_time else "wall time"
+    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved, {what}")
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
     print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
     for name in reports[0]:
@@ -374,9 +379,17 @@ def main() -> None:
         help="with --own: also time the optimizers of another checkout's SRC (its src/ folder), "
         "interleaved in the same rounds",
     )
+    ap.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time with this thread's CPU time instead of wall time (--own, --floors)",
+    )
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cpu_clock:
+        global clock
+        clock = time.thread_time
     if args.floors:
         torch.set_num_threads(1)
         floors(args.reps)
@@ -401,6 +414,7 @@ def main() -> None:
         argv += ["--batch", str(args.batch), "--steps", str(args.steps), "--reps", str(args.reps)]
         argv += ["--own"] if args.own else []
         argv += ["--against", args.against] if args.against else []
+        argv += ["--cpu-clock"] if args.cpu_clock else []
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
         errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]
