@@ -27,10 +27,14 @@ every marina.torch optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step(
 about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every optimizer in turn,
 ``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
 go over gloo (the marina optimizers then communicate; SGD's step does not). The DDP hook has no
-step of its own: ``benchmarks/hook_overlap.py`` times it against DDP's allreduce.
+step of its own: whole DDP steps with SGD-momentum are timed with DDP's allreduce and with the
+hook (qgd randk:1%, ef21 topk:1%), and the hook's own work is the difference (on one rank, a gloo
+group of this process; ``benchmarks/hook_overlap.py`` measures the overlap). ``--against SRC``
+times another checkout's optimizers and hooks in the same rounds; ``--cpu-clock`` uses the
+thread's CPU time (steadier on a shared machine).
 
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
-or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30]``
+or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30] [--cpu-clock] [--against SRC]``
 or ``python benchmarks/torch_optim.py --floors [--reps 30]`` (the parts that bound the own work:
 one pass over d, RandK's index draw, the RandK and TopK compressors alone, next to SGD-momentum)
 """
@@ -218,6 +222,7 @@ OWN = {
     "DASHA": lambda m, ps: m.DASHA(ps, compressor="randk:1%", lr=1e-3),
     "DASHAMVR": lambda m, ps: m.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
 }
+DDP_STEP = "DDP allreduce"
 AGAINST = " (against)"
 """Suffix of the optimizers of ``--against``'s checkout in the reports."""
 
@@ -237,9 +242,33 @@ def load_against(src: str) -> ModuleType:
     return importlib.import_module("marina_against.torch")
 
 
+HOOKS = {DDP_STEP: None, "DDP hook qgd": ("randk:1%", "qgd"), "DDP hook ef21": ("topk:1%", "ef21")}
+"""The DDP variants (whole steps: forward, backward with its communication, SGD-momentum's step):
+DDP's own allreduce, and marina's hook with each (compressor, method); a hook's own work is its
+step's time beyond :data:`DDP_STEP`'s."""
+
+
+def _hook_runs(modules: list[tuple[str, ModuleType]]) -> dict[str, tuple]:
+    """(DDP model, SGD-momentum) per :data:`HOOKS` entry (and checkout); without a process group,
+    a gloo group of this process alone (made after the optimizers, which keep their own network)."""
+    if not dist.is_initialized():
+        store = dist.FileStore(tempfile.mktemp(prefix="marina_own_store_"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    runs = {}
+    for label, spec in HOOKS.items():
+        for suffix, module in modules if spec else modules[:1]:
+            torch.manual_seed(0)
+            ddp = DistributedDataParallel(own_work_model())
+            if spec:
+                ddp.register_comm_hook(module.CompressionHookState(*spec), module.compression_hook)
+            runs[label + suffix] = (ddp, torch.optim.SGD(ddp.parameters(), lr=1e-3, momentum=0.9))
+    return runs
+
+
 def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, list[float]]:
     """Seconds of each optimizer's own work per step (step minus its closures), interleaved; with
-    ``against``, the same optimizers of that checkout too (names suffixed :data:`AGAINST`)."""
+    ``against``, the same optimizers of that checkout too (names suffixed :data:`AGAINST`). The
+    :data:`HOOKS` rows are whole DDP steps (see :func:`summarise_own`)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     modules = [("", mt)] + ([(AGAINST, load_against(against))] if against else [])
@@ -249,6 +278,8 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
             torch.manual_seed(0)
             model = own_work_model()
             runs[name + suffix] = (model, make(module, model.parameters()))
+    whole = _hook_runs(modules)
+    runs.update(whole)
     inside = [0.0]
     own: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
@@ -256,13 +287,13 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
             closure = timed_closure(model, opt, x, y, inside)
             inside[0] = 0.0
             t0 = clock()
-            if name == "sgd-momentum":
+            if name == "sgd-momentum" or name in whole:
                 closure()
                 opt.step()
             else:
                 opt.step(closure)
             if rep >= 3:
-                own[name].append(clock() - t0 - inside[0])
+                own[name].append(clock() - t0 - (0.0 if name in whole else inside[0]))
     return own
 
 
@@ -310,12 +341,23 @@ def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved, {what}")
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
     print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
+    hooks = [name for name in reports[0] if name.split(" (")[0] in HOOKS]
     for name in reports[0]:
+        if name in hooks:
+            continue
         med = [_percentile(r[name], 0.5) for r in reports]
         others = ", ".join(f"{m / f:.2f}" for m, f in zip(med[1:], floor[1:]))
         low = min(reports[0][name]) * 1e3
         print(f"{name:<14}{med[0] * 1e3:>10.2f}{low:>9.2f}{med[0] / floor[0]:>16.2f}   {others}")
-    print("DDP hook: no step of its own; benchmarks/hook_overlap.py times it against DDP's allreduce")
+    base = [_percentile(r[DDP_STEP], 0.5) for r in reports]
+    print(
+        f"DDP + SGD-momentum whole steps (forward, backward, communication, step): {DDP_STEP} "
+        f"{base[0] * 1e3:.2f} ms; a hook's own work = its step - that, / SGD-momentum's own step"
+    )
+    for name in hooks[1:]:
+        extra = [_percentile(r[name], 0.5) - b for r, b in zip(reports, base)]
+        others = ", ".join(f"{e / f:.2f}" for e, f in zip(extra[1:], floor[1:]))
+        print(f"{name:<14}{extra[0] * 1e3:>10.2f}{'':>9}{extra[0] / floor[0]:>16.2f}   {others}")
 
 
 def summarise(reports: list[dict], args: argparse.Namespace) -> None:
