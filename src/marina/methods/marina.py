@@ -321,7 +321,7 @@ class VRMARINA(Method):
         else:
             # 8.+10. minibatch difference on the same b' samples at x^{k+1} and x^k, compressed
             idx = self._minibatch(self.b_prime, k, replace=self.online)
-            diff = self.problem.minibatch_grad_diffs(state.x, x_old, idx)
+            diff = self.problem.lazy_minibatch_grad_diffs(state.x, x_old, idx)
             self.oracle_calls += 2.0 * self.b_prime
             state.g = self.net.aggregate_added(state.g, self.Q, diff, k)
         self.k = k + 1
