@@ -223,6 +223,29 @@ class Network(ABC):
         t = torch.mul(mean, gamma, out=mean)
         return torch.sub(x, t, out=t)
 
+    def aggregate_feedback(
+        self,
+        g: Tensor,
+        estimates: Tensor,
+        compressor,
+        X_local: Tensor,
+        round: int,
+        scale: float,
+        weight: float,
+        *,
+        multiplicity: Tensor | None = None,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """EF21's steps 4-6: the messages c_i = C(X_i) sent, ``estimates`` (the hosted g_i) +=
+        ``scale`` c_i in place, and g + ``weight`` (the mean message) returned. The caller gives
+        ``g`` up: a backend may write the result over it."""
+        mean, local = self.aggregate(
+            compressor, X_local, round, stream=stream, multiplicity=multiplicity, return_local=True
+        )
+        estimates.add_(local, alpha=scale)
+        step = weight * mean
+        return torch.add(g, step, out=step)
+
     def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
         """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
         since) may write over it. A backend without in-place paths ignores it."""
