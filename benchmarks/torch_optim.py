@@ -27,10 +27,14 @@ every marina.torch optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step(
 about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every optimizer in turn,
 ``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
 go over gloo (the marina optimizers then communicate; SGD's step does not). The DDP hook has no
-step of its own: ``benchmarks/hook_overlap.py`` times it against DDP's allreduce.
+step of its own: whole DDP steps with SGD-momentum are timed with DDP's allreduce and with the
+hook (qgd randk:1%, ef21 topk:1%), and the hook's own work is the difference (on one rank, a gloo
+group of this process; ``benchmarks/hook_overlap.py`` measures the overlap). ``--against SRC``
+times another checkout's optimizers and hooks in the same rounds; ``--cpu-clock`` uses the
+thread's CPU time (steadier on a shared machine).
 
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
-or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30]``
+or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30] [--cpu-clock] [--against SRC]``
 or ``python benchmarks/torch_optim.py --floors [--reps 30]`` (the parts that bound the own work:
 one pass over d, RandK's index draw, the RandK and TopK compressors alone, next to SGD-momentum)
 """
@@ -38,13 +42,18 @@ one pass over d, RandK's index draw, the RandK and TopK compressors alone, next 
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
@@ -57,6 +66,10 @@ from marina.testing import local_launch
 
 VARIANTS = ("fb", "sgd+ddp", "vr-marina", "vr-marina, 1-rank group")
 
+clock = time.perf_counter
+"""The clock of every timing: wall time, or this thread's CPU time with ``--cpu-clock`` (on a
+shared machine it leaves out the time the process waits for a core)."""
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -67,11 +80,11 @@ def timed_closure(net, opt, x, y, inside: list[float]):
     """The closure of a step on (x, y); adds its seconds to ``inside[0]``."""
 
     def closure():
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.zero_grad()
         loss = F.cross_entropy(net(x), y)
         loss.backward()
-        inside[0] += time.perf_counter() - t0
+        inside[0] += clock() - t0
         return loss
 
     return closure
@@ -197,43 +210,90 @@ def own_work_model() -> torch.nn.Module:
 
 
 OWN = {
-    "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
-    "QGD": lambda ps: mt.QGD(ps, compressor="randk:1%", lr=1e-3),
-    "DIANA": lambda ps: mt.DIANA(ps, compressor="randk:1%", lr=1e-3),
-    "MARINA": lambda ps: mt.MARINA(ps, compressor="randk:1%", lr=1e-3),
-    "VRMARINA": lambda ps: mt.VRMARINA(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
-    "PPMARINA": lambda ps: mt.PPMARINA(ps, compressor="randk:1%", lr=1e-3),
-    "EF21": lambda ps: mt.EF21(ps, compressor="topk:1%", lr=1e-3),
-    "EF21SGD": lambda ps: mt.EF21SGD(ps, compressor="topk:1%", lr=1e-3, batch_size=8),
-    "EF21SGDM": lambda ps: mt.EF21SGDM(ps, compressor="topk:1%", lr=1e-3, momentum=0.1, batch_size=8),
-    "DASHA": lambda ps: mt.DASHA(ps, compressor="randk:1%", lr=1e-3),
-    "DASHAMVR": lambda ps: mt.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+    "sgd-momentum": lambda m, ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9),
+    "QGD": lambda m, ps: m.QGD(ps, compressor="randk:1%", lr=1e-3),
+    "DIANA": lambda m, ps: m.DIANA(ps, compressor="randk:1%", lr=1e-3),
+    "MARINA": lambda m, ps: m.MARINA(ps, compressor="randk:1%", lr=1e-3),
+    "VRMARINA": lambda m, ps: m.VRMARINA(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
+    "PPMARINA": lambda m, ps: m.PPMARINA(ps, compressor="randk:1%", lr=1e-3),
+    "EF21": lambda m, ps: m.EF21(ps, compressor="topk:1%", lr=1e-3),
+    "EF21SGD": lambda m, ps: m.EF21SGD(ps, compressor="topk:1%", lr=1e-3, batch_size=8),
+    "EF21SGDM": lambda m, ps: m.EF21SGDM(ps, compressor="topk:1%", lr=1e-3, momentum=0.1, batch_size=8),
+    "DASHA": lambda m, ps: m.DASHA(ps, compressor="randk:1%", lr=1e-3),
+    "DASHAMVR": lambda m, ps: m.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
 }
+DDP_STEP = "DDP allreduce"
+AGAINST = " (against)"
+"""Suffix of the optimizers of ``--against``'s checkout in the reports."""
 
 
-def own_work(reps: int, batch: int) -> dict[str, list[float]]:
-    """Seconds of each optimizer's own work per step (step minus its closures), interleaved."""
+def load_against(src: str) -> ModuleType:
+    """``marina.torch`` of another checkout (``src``/marina), imported as ``marina_against``: a
+    copy whose absolute imports are renamed, so its optimizers and this checkout's run in one
+    process, interleaved."""
+    root = Path(tempfile.mkdtemp(prefix="marina_against_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(Path(src, "marina"), root / "marina_against")
+    for path in (root / "marina_against").rglob("*.py"):
+        text = re.sub(r"\bmarina\.", "marina_against.", path.read_text())
+        text = text.replace("from marina import", "from marina_against import")
+        path.write_text(text)
+    sys.path.insert(0, str(root))
+    return importlib.import_module("marina_against.torch")
+
+
+HOOKS = {DDP_STEP: None, "DDP hook qgd": ("randk:1%", "qgd"), "DDP hook ef21": ("topk:1%", "ef21")}
+"""The DDP variants (whole steps: forward, backward with its communication, SGD-momentum's step):
+DDP's own allreduce, and marina's hook with each (compressor, method); a hook's own work is its
+step's time beyond :data:`DDP_STEP`'s."""
+
+
+def _hook_runs(modules: list[tuple[str, ModuleType]]) -> dict[str, tuple]:
+    """(DDP model, SGD-momentum) per :data:`HOOKS` entry (and checkout); without a process group,
+    a gloo group of this process alone (made after the optimizers, which keep their own network)."""
+    if not dist.is_initialized():
+        store = dist.FileStore(tempfile.mktemp(prefix="marina_own_store_"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    runs = {}
+    for label, spec in HOOKS.items():
+        for suffix, module in modules if spec else modules[:1]:
+            torch.manual_seed(0)
+            ddp = DistributedDataParallel(own_work_model())
+            if spec:
+                ddp.register_comm_hook(module.CompressionHookState(*spec), module.compression_hook)
+            runs[label + suffix] = (ddp, torch.optim.SGD(ddp.parameters(), lr=1e-3, momentum=0.9))
+    return runs
+
+
+def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, list[float]]:
+    """Seconds of each optimizer's own work per step (step minus its closures), interleaved; with
+    ``against``, the same optimizers of that checkout too (names suffixed :data:`AGAINST`). The
+    :data:`HOOKS` rows are whole DDP steps (see :func:`summarise_own`)."""
     torch.manual_seed(0)
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    modules = [("", mt)] + ([(AGAINST, load_against(against))] if against else [])
     runs = {}
     for name, make in OWN.items():
-        torch.manual_seed(0)
-        model = own_work_model()
-        runs[name] = (model, make(model.parameters()))
+        for suffix, module in modules if name != "sgd-momentum" else modules[:1]:
+            torch.manual_seed(0)
+            model = own_work_model()
+            runs[name + suffix] = (model, make(module, model.parameters()))
+    whole = _hook_runs(modules)
+    runs.update(whole)
     inside = [0.0]
-    own: dict[str, list[float]] = {name: [] for name in OWN}
+    own: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
         for name, (model, opt) in runs.items():
             closure = timed_closure(model, opt, x, y, inside)
             inside[0] = 0.0
-            t0 = time.perf_counter()
-            if name == "sgd-momentum":
+            t0 = clock()
+            if name == "sgd-momentum" or name in whole:
                 closure()
                 opt.step()
             else:
                 opt.step(closure)
             if rep >= 3:
-                own[name].append(time.perf_counter() - t0 - inside[0])
+                own[name].append(clock() - t0 - (0.0 if name in whole else inside[0]))
     return own
 
 
@@ -264,10 +324,10 @@ def floors(reps: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in parts}
     for r in range(reps + 3):
         for name, run in parts.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             run(r)
             if r >= 3:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     floor = _percentile(times["sgd-momentum step()"], 0.5)
     print(f"parts alone, d = {d}, interleaved ({reps} rounds): median ms, / SGD-momentum step()")
     for name, values in times.items():
@@ -277,15 +337,27 @@ def floors(reps: int) -> None:
 
 def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     d = sum(p.numel() for p in own_work_model().parameters())
-    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved")
+    what = "thread CPU time" if clock is time.thread_time else "wall time"
+    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved, {what}")
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
     print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
-    for name in OWN:
+    hooks = [name for name in reports[0] if name.split(" (")[0] in HOOKS]
+    for name in reports[0]:
+        if name in hooks:
+            continue
         med = [_percentile(r[name], 0.5) for r in reports]
         others = ", ".join(f"{m / f:.2f}" for m, f in zip(med[1:], floor[1:]))
         low = min(reports[0][name]) * 1e3
         print(f"{name:<14}{med[0] * 1e3:>10.2f}{low:>9.2f}{med[0] / floor[0]:>16.2f}   {others}")
-    print("DDP hook: no step of its own; benchmarks/hook_overlap.py times it against DDP's allreduce")
+    base = [_percentile(r[DDP_STEP], 0.5) for r in reports]
+    print(
+        f"DDP + SGD-momentum whole steps (forward, backward, communication, step): {DDP_STEP} "
+        f"{base[0] * 1e3:.2f} ms; a hook's own work = its step - that, / SGD-momentum's own step"
+    )
+    for name in hooks[1:]:
+        extra = [_percentile(r[name], 0.5) - b for r, b in zip(reports, base)]
+        others = ", ".join(f"{e / f:.2f}" for e, f in zip(extra[1:], floor[1:]))
+        print(f"{name:<14}{extra[0] * 1e3:>10.2f}{'':>9}{extra[0] / floor[0]:>16.2f}   {others}")
 
 
 def summarise(reports: list[dict], args: argparse.Namespace) -> None:
@@ -343,9 +415,23 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--own", action="store_true", help="the optimizers' own work against SGD-momentum")
     ap.add_argument("--floors", action="store_true", help="the parts that bound the own work, alone")
+    ap.add_argument(
+        "--against",
+        metavar="SRC",
+        help="with --own: also time the optimizers of another checkout's SRC (its src/ folder), "
+        "interleaved in the same rounds",
+    )
+    ap.add_argument(
+        "--cpu-clock",
+        action="store_true",
+        help="time with this thread's CPU time instead of wall time (--own, --floors)",
+    )
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cpu_clock:
+        global clock
+        clock = time.thread_time
     if args.floors:
         torch.set_num_threads(1)
         floors(args.reps)
@@ -354,13 +440,13 @@ def main() -> None:
         torch.set_num_threads(1)
         if args.rank_job:
             dist.init_process_group("gloo")
-            own = own_work(args.reps, args.batch)
+            own = own_work(args.reps, args.batch, args.against)
             Path(args.out, f"own{dist.get_rank()}.json").write_text(json.dumps(own))
             dist.barrier()
             dist.destroy_process_group()
             return
         if args.ranks == 1:
-            summarise_own([own_work(args.reps, args.batch)], 1)
+            summarise_own([own_work(args.reps, args.batch, args.against)], 1)
             return
     if args.rank_job:
         rank_main(args)
@@ -369,6 +455,8 @@ def main() -> None:
         argv = [sys.executable, __file__, "--rank-job", "--out", tmp]
         argv += ["--batch", str(args.batch), "--steps", str(args.steps), "--reps", str(args.reps)]
         argv += ["--own"] if args.own else []
+        argv += ["--against", args.against] if args.against else []
+        argv += ["--cpu-clock"] if args.cpu_clock else []
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
         errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]

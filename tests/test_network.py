@@ -118,3 +118,129 @@ def test_randomness_is_keyed_by_worker_and_shared_stream():
     assert torch.equal(b.shared_rng("coin", 5).uniform(1), ref)
     assert not torch.equal(a.shared_rng("coin", 6).uniform(1), ref)
     assert a.hosts_all and torch.equal(a.gather(torch.arange(3)), torch.arange(3))
+
+
+def _bits_of(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int64)
+
+
+@pytest.mark.parametrize("spec", ["randk:7", "topk:7", "natural", "randk:7+natural"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_aggregate_added_equals_base_plus_mean_bit_for_bit(seed, spec, dtype):
+    """g <- aggregate_added(g, ...) over rounds equals g + aggregate(...) of a twin network bit for
+    bit, -0.0 in g and in the messages included; with one worker and a sparsifier, rounds after
+    the first add in place (the same tensor comes back)."""
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d = 40
+    c = compressors.get(spec)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    g = torch.randn(d, generator=gen, dtype=dtype)
+    g[::3] = -0.0  # a dense round's g may hold -0.0; base + 0 turns it into 0.0
+    ref = g.clone()
+    for k in range(6):
+        X = torch.randn(1, d, generator=gen, dtype=dtype)
+        X[0, ::4] = -0.0
+        X[0, 1::5] = 0.0
+        before = g
+        g = net.aggregate_added(g, c, X, k)
+        ref = ref + twin.aggregate(c, X, k)
+        assert torch.equal(_bits_of(g), _bits_of(ref)), k
+        in_place = hasattr(c, "compress_add_") and k > 0
+        assert (g is before) == in_place
+    assert net.bits_up == twin.bits_up
+    # a sum changed by its caller since is not written over (ownership is by tensor version)
+    g.mul_(2.0)
+    X = torch.randn(1, d, generator=gen, dtype=dtype)
+    out = net.aggregate_added(g, c, X, 6)
+    assert out is not g and torch.equal(_bits_of(out), _bits_of(g + twin.aggregate(c, X, 6)))
+
+
+@pytest.mark.parametrize("spec", ["randk:7", "topk:7", "natural"])
+@pytest.mark.parametrize("per_coordinate", [False, True])
+def test_aggregate_moved_equals_moved_bit_for_bit(seed, spec, per_coordinate):
+    """x <- aggregate_moved(x, gamma, ...) equals moved(x, aggregate(...), gamma) of a twin network
+    bit for bit (-0.0 in x and in the messages, gamma 0 on some coordinates); an entrusted x and
+    the point returned last are written over (one worker, a sparsifier), anything else is not."""
+    from marina.methods.base import moved
+
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d = 40
+    c = compressors.get(spec)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    x = torch.randn(d, generator=gen, dtype=torch.float64)
+    x[::3] = -0.0
+    gamma = torch.rand(d, generator=gen, dtype=torch.float64) if per_coordinate else 0.3
+    if per_coordinate:
+        gamma[::5] = 0.0
+    ref, kept = x.clone(), x.clone()
+    net.entrust(x)
+    for k in range(5):
+        X = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        X[0, ::4] = -0.0
+        before = x
+        x = net.aggregate_moved(x, gamma, c, X, k)
+        ref = moved(ref, twin.aggregate(c, X, k), gamma)
+        assert torch.equal(x.view(torch.int64), ref.view(torch.int64)), k
+        assert (x is before) == hasattr(c, "compress_entries")
+    assert net.bits_up == twin.bits_up
+    # a point not handed over stays as it was
+    X = torch.randn(1, d, generator=gen, dtype=torch.float64)
+    out = net.aggregate_moved(kept, gamma, c, X, 5)
+    assert out is not kept and torch.equal(out, moved(kept, twin.aggregate(c, X, 5), gamma))
+
+
+@pytest.mark.parametrize("spec", ["topk:7", "randk:7", "natural"])
+def test_aggregate_feedback_equals_ef21_steps_bit_for_bit(seed, spec):
+    """g <- aggregate_feedback(g, e, ...) equals EF21's steps 4-6 written out (the messages'
+    mean and rows of a twin network, e += scale rows, g + weight mean) bit for bit, -0.0 in the
+    start and in the gradients; with one worker, a sparsifier and scale = weight = 1 the rounds
+    after the first add in place (g comes back itself)."""
+    from marina.methods.ef21 import contraction_scale
+
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d = 40
+    c = compressors.get(spec)
+    scale = contraction_scale(c, d)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    e = torch.randn(1, d, generator=gen, dtype=torch.float64)
+    e[0, ::3] = -0.0  # the start g_i^0 = grad f_i(x^0) may hold -0.0
+    g = e[0].clone()
+    e_ref, g_ref = e.clone(), g.clone()
+    for k in range(6):
+        grads = torch.randn(1, d, generator=gen, dtype=torch.float64)
+        grads[0, ::4] = -0.0
+        grads[0, 1::6] = 0.0
+        before = g
+        g = net.aggregate_feedback(g, e, c, grads - e, k, scale, scale)
+        mean, local = twin.aggregate(c, grads - e_ref, k, return_local=True)
+        e_ref.add_(local, alpha=scale)
+        g_ref = g_ref + scale * mean
+        assert torch.equal(e.view(torch.int64), e_ref.view(torch.int64)), k
+        assert torch.equal(g.view(torch.int64), g_ref.view(torch.int64)), k
+        assert (g is before) == (hasattr(c, "compress_entries") and scale == 1.0 and k > 0)
+    assert net.bits_up == twin.bits_up
+
+
+def test_aggregate_feedback_underflow_to_minus_zero_keeps_the_full_path():
+    """A message value rounded to -0.0 at the wire precision, added to a g_i entry -0.0, leaves
+    -0.0 in g_i: the next round is a full one (equal to EF21's steps bit for bit)."""
+    c, d = compressors.get("topk:7"), 40
+    net, twin = SimulatedNetwork(1, 0), SimulatedNetwork(1, 0)
+    e = torch.zeros(1, d, dtype=torch.float64)
+    e[0, :7] = -0.0
+    g, e_ref, g_ref = e[0].clone(), e.clone(), e[0].clone()
+    for k in range(4):
+        grads = torch.zeros(1, d, dtype=torch.float64)
+        if k < 2:
+            grads[0, :7] = -1e-50  # below float32's range: -0.0 on the wire
+        else:
+            grads[0, 7:14] = 1.0  # other entries sent: the -0.0 ones of g_i only get + 0
+        g = net.aggregate_feedback(g, e, c, grads - e, k, 1.0, 1.0)
+        mean, local = twin.aggregate(c, grads - e_ref, k, return_local=True)
+        e_ref.add_(local)
+        g_ref = g_ref + mean
+        assert torch.equal(e.view(torch.int64), e_ref.view(torch.int64)), k
+        assert torch.equal(g.view(torch.int64), g_ref.view(torch.int64)), k

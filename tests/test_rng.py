@@ -11,7 +11,7 @@ import torch
 from marina.rng import SHARED, Randomness, bits, distributions, elements, hash32_reference, randomness
 from marina.rng.backend import Backend
 from marina.rng.small import SMALL, SmallBackend
-from marina.rng.tensors import TensorBackend, tensor_backend
+from marina.rng.tensors import MERGE_ROWS, TensorBackend, tensor_backend
 from test_compressors_common import one_intra_op_thread  # noqa: F401 (autouse fixture)
 
 SEEDS = ["random", "random", 0]  # the seed fixture draws a seed for each "random" entry
@@ -300,6 +300,22 @@ def test_small_draw_path_duplicate_redraws(monkeypatch, seed):
                 if not isinstance(pop, int) or pop <= 50:
                     assert not bool(clean.all())
                 assert torch.equal(idx[clean], first[clean])
+
+
+@pytest.mark.parametrize("rows", [1, 3, MERGE_ROWS, MERGE_ROWS + 1])
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
+def test_redraws_merged_into_few_rows_equal_the_python_draws(monkeypatch, seed, rows):
+    """Up to MERGE_ROWS rows with redraws merge the redrawn entries into the sorted rest; more
+    rows sort again: both equal the small backend's sort of the redrawn rows."""
+    monkeypatch.setattr(distributions, "DENSE_POPULATION", 0)  # every row redraws duplicates
+    ids = list(range(5, 5 + 3 * rows, 3))
+    for pop, k in ((40, 15), (5000, 300), (torch.tensor([30, 5000, 45][:rows] * rows)[:rows], 12)):
+        key = (seed, "merge", 7)
+        res = {mode: _in_mode(monkeypatch, mode, _swr_with_initial, key, ids, pop, k) for mode in _MODES}
+        _assert_same(res)
+        idx, first = res["tensor"]
+        first = torch.sort(first, dim=1).values
+        assert not bool((first[:, 1:] != first[:, :-1]).all())  # some row redrew (k^2/2 >> pop)
 
 
 @pytest.mark.parametrize("seed", SEEDS, indirect=True)

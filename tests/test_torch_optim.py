@@ -275,6 +275,29 @@ def test_equal_dropout_masks_give_a_zero_difference_at_equal_points():
     assert not torch.equal(a, b)
 
 
+def test_lazy_minibatch_difference_equals_the_dense_one(seed):
+    """VR-MARINA's difference left lazy: its gathered entries and its materialised rows equal the
+    dense difference of the two evaluations bit for bit (same batch, dropout masks forked)."""
+    print("seed", seed)
+    x, y = _data()
+    model = _mlp(dropout=0.3)
+    prob = ClosureProblem(list(model.parameters()), 24, 1, torch.zeros(1, dtype=torch.int64), module=model)
+    closure = _closure(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y)
+    new = prob.flat_params().clone()
+    old = new + 0.01 * torch.randn(new.shape, generator=torch.Generator().manual_seed(seed), dtype=new.dtype)
+    idx = torch.sort(torch.randperm(prob.dim, generator=torch.Generator().manual_seed(seed))[:11]).values
+    results = []
+    for lazy in (True, False):
+        torch.manual_seed(seed)
+        prob.begin_step(closure)
+        get = prob.lazy_minibatch_grad_diffs if lazy else prob.minibatch_grad_diffs
+        results.append(get(new, old, None))
+        prob.end_step()
+    lazy_rows, dense = results
+    assert torch.equal(lazy_rows.gather(1, idx.reshape(1, -1)), dense.gather(1, idx.reshape(1, -1)))
+    assert torch.equal(lazy_rows.dense(), dense) and not torch.equal(dense, torch.zeros_like(dense))
+
+
 def test_batch_norm_buffers_are_updated_once_per_step():
     x, y = _data(24)
     model = _mlp(bn=True)

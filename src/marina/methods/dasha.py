@@ -15,7 +15,7 @@ from torch import Tensor
 from marina import theory
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 from marina.problems.base import Problem
@@ -112,12 +112,11 @@ class DASHA(Method):
         h_new = self._next_local_estimates(k, x_old)
         h = state.local_estimates
         # 9.+11. m_i^{k+1} = Q_i(h_i^{k+1} - h_i^k - a (g_i^k - h_i^k)), sent
-        mean, local = self.net.aggregate_with_local(self.Q, h_new - h - self.a * (state.estimates - h), k)
         # 10. g_i^{k+1} = g_i^k + m_i^{k+1}
-        state.estimates.add_(local)
-        state.local_estimates = h_new
         # 13. g^{k+1} = g^k + (1/n) sum_i m_i^{k+1}
-        state.g = added(state.g, mean)
+        message = h_new - h - self.a * (state.estimates - h)
+        state.g = self.net.aggregate_feedback(state.g, state.estimates, self.Q, message, k, 1.0, 1.0)
+        state.local_estimates = h_new
         self.k = k + 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marina import theory
-from marina.methods.base import Method, Setting, TheoryRow, moved
+from marina.methods.base import Method, Setting, TheoryRow
 
 __all__ = ["QGD"]
 
@@ -58,7 +58,6 @@ class QGD(Method):
         lazy_local_grads = self.problem.lazy_local_grads(state.x)
         self._charge_full()
         # 3. g^k = mean_i Q_i(grad f_i(x^k))
-        g = self.net.aggregate_mean(self.Q, lazy_local_grads, k)
         # 4. x^{k+1} = x^k - gamma g^k
-        state.x = moved(state.x, g, self.gamma)
+        state.x = self.net.aggregate_moved(state.x, self.gamma, self.Q, lazy_local_grads, k)
         self.k = k + 1

@@ -24,7 +24,7 @@ from torch import Tensor
 from marina import parameters, theory
 from marina.compressors.base import Compressor
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, added, successor_cost
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 from marina.problems.base import Problem
@@ -120,14 +120,21 @@ class EF21(Method):
             return
         # 3. local gradients at x^{k+1}
         new_grads = self._new_local_grads(k, mult)
-        # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
-        mean, local = self.net.aggregate_with_local(self.Q, new_grads - state.estimates, k, multiplicity=mult)
         # the network averages over the messages sent; EF21's step 6 sums over all n workers
         weight = self.scale if mult is None else self.scale * float(mult.sum()) / self.net.n
+        # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)
-        state.estimates.add_(local, alpha=self.scale)
         # 6. g^{k+1} = g^k + (1/n) sum_i c_i^k
-        state.g = added(state.g, weight * mean)
+        state.g = self.net.aggregate_feedback(
+            state.g,
+            state.estimates,
+            self.Q,
+            new_grads - state.estimates,
+            k,
+            self.scale,
+            weight,
+            multiplicity=mult,
+        )
         self.k = k + 1
 
 

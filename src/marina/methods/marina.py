@@ -202,8 +202,7 @@ class MARINA(Method):
             state.g = self.net.aggregate_dense(lazy_new_grads, k + 1, self.dense)
         else:
             # 8.+10. c_k = 0: g^{k+1} = g^k + (1/n) sum_i Q_i(grad f_i(x^{k+1}) - grad f_i(x^k))
-            fresh = self.net.aggregate_mean(self.Q, lazy_new_grads - state.lazy_local_grads, k)
-            state.g = added(state.g, fresh)
+            state.g = self.net.aggregate_added(state.g, self.Q, lazy_new_grads - state.lazy_local_grads, k)
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
 
@@ -352,9 +351,9 @@ class VRMARINA(Method):
         else:
             # 8.+10. minibatch difference on the same b' samples at x^{k+1} and x^k, compressed
             idx = self._minibatch(self.b_prime, k, replace=self.online)
-            diff = self.problem.minibatch_grad_diffs(state.x, x_old, idx)
+            diff = self.problem.lazy_minibatch_grad_diffs(state.x, x_old, idx)
             self.oracle_calls += 2.0 * self.b_prime
-            state.g = state.g + self.net.aggregate_mean(self.Q, diff, k)
+            state.g = self.net.aggregate_added(state.g, self.Q, diff, k)
         self.k = k + 1
 
 

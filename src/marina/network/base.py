@@ -190,6 +190,64 @@ class Network(ABC):
                 length-n int64 tensor over all workers (see the module docstring).
         """
 
+    def aggregate_added(
+        self,
+        base: Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """``base`` + :meth:`aggregate_mean` (g^k + the round's mean message), bit for bit. The
+        caller gives ``base`` up: a backend may write the sum over it (see
+        :meth:`marina.network.SimulatedNetwork.aggregate_added`)."""
+        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+        return torch.add(base, mean, out=mean)  # the mean is this call's own tensor
+
+    def aggregate_moved(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """x - gamma (the round's mean message), bit for bit ``moved(x, mean, gamma)`` (QGD's
+        step). The caller gives ``x`` up: a backend may write the result over it."""
+        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+        t = torch.mul(mean, gamma, out=mean)
+        return torch.sub(x, t, out=t)
+
+    def aggregate_feedback(
+        self,
+        g: Tensor,
+        estimates: Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        scale: float,
+        weight: float,
+        *,
+        multiplicity: Tensor | None = None,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """EF21's steps 4-6: the messages c_i = C(X_i) sent, ``estimates`` (the hosted g_i) +=
+        ``scale`` c_i in place, and g + ``weight`` (the mean message) returned. The caller gives
+        ``g`` up: a backend may write the result over it."""
+        mean, local = self.aggregate_with_local(
+            compressor, X_local, round, stream=stream, multiplicity=multiplicity
+        )
+        estimates.add_(local, alpha=scale)
+        step = weight * mean
+        return torch.add(g, step, out=step)
+
+    def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
+        """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
+        since) may write over it. A backend without in-place paths ignores it."""
+
     @abstractmethod
     def aggregate_with_local(
         self,

@@ -11,6 +11,9 @@ per round on CUDA).
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -48,6 +51,7 @@ class SimulatedNetwork(Network):
         self.worker_ids = torch.arange(self.n, dtype=torch.int64, device=self.device)
         self._bits_up_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._dense_rng: Randomness | None = None
+        self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
 
     @property
     def bits_up(self) -> int:
@@ -142,6 +146,107 @@ class SimulatedNetwork(Network):
             self._model(compressor, X_local.shape[1], (bits + 7) // 8, 1)
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
         return mean, (X_hat if keep_local else None)
+
+    def _writable(self, t: Tensor, clean: bool, role: str) -> bool:
+        """Whether ``t`` is the tensor last returned (or entrusted) in ``role`` ("sum": g, "point":
+        x, "estimates": EF21's g_i), unchanged since, and (with ``clean``) known to hold no -0.0."""
+        w = self._owned.get(role)
+        return w is not None and w[0]() is t and w[1] == t._version and (w[2] or not clean)
+
+    def _own(self, t: Tensor, clean: bool, role: str) -> Tensor:
+        self._owned[role] = (weakref.ref(t), t._version, clean)
+        return t
+
+    def entrust(self, t: Tensor) -> None:
+        self._own(t, clean=False, role="point")
+
+    def _adds_in_place(self, compressor: Compressor) -> bool:
+        """Whether this round can add a message into a tensor in place: one worker (so one
+        message, entries distinct), a compressor that gives its entries, no link model."""
+        return self.n == 1 and self.link is None and hasattr(compressor, "compress_entries")
+
+    def aggregate_added(
+        self,
+        base: Tensor,
+        compressor: Compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """``base`` + the mean message, bit for bit. With one worker and a sparsifier
+        (:meth:`marina.compressors.sparse.RandK.compress_add_`) the K kept entries are added into
+        ``base`` itself when it is the sum this method returned last, unchanged since (such a sum
+        holds no -0.0, so ``base + 0`` elsewhere leaves it as it is): O(K) instead of two passes
+        over d. Otherwise a new tensor, as :meth:`Network.aggregate_added`."""
+        if not self._adds_in_place(compressor):
+            return super().aggregate_added(base, compressor, X_local, round, stream=stream)
+        if self._writable(base, clean=True, role="sum"):
+            self._bits_up_dev += compressor.compress_add_(base, X_local, self.rng(stream, round)).sum()
+            return self._own(base, clean=True, role="sum")
+        out = super().aggregate_added(base, compressor, X_local, round, stream=stream)
+        return self._own(out, clean=True, role="sum")
+
+    def aggregate_moved(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        compressor: Compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        *,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """x - gamma mean, bit for bit. With one worker and a sparsifier, written over ``x`` when
+        it is the point this method returned last (or :meth:`entrust`-ed), unchanged since: the
+        mean is 0 off the K kept entries, and x - gamma 0 = x for every x (gamma >= 0), so only
+        those K entries change. Otherwise a new tensor, as :meth:`Network.aggregate_moved`."""
+        if not self._adds_in_place(compressor):
+            return super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
+        if not self._writable(x, clean=False, role="point"):
+            out = super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
+            return self._own(out, clean=False, role="point")
+        idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
+        self._bits_up_dev += bits.sum()
+        at = idx[0]
+        step = torch.mul(torch.add(values[0], 0.0), gamma[at] if isinstance(gamma, Tensor) else gamma)
+        x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
+        return self._own(x, clean=False, role="point")
+
+    def aggregate_feedback(
+        self,
+        g: Tensor,
+        estimates: Tensor,
+        compressor: Compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        scale: float,
+        weight: float,
+        **kw: Any,
+    ) -> Tensor:
+        """EF21's steps 4-6, bit for bit. With one worker, a sparsifier and scale = weight = 1 (a
+        contractive compressor, every client sending), the K kept entries are added into
+        ``estimates`` and ``g`` themselves when both are what this method left last, unchanged
+        since and hold no -0.0 (g gains 0 + v, never -0.0; g_i is checked where it changed, after
+        a full round everywhere), so adding 0 elsewhere leaves them as they are. Otherwise
+        :meth:`Network.aggregate_feedback`."""
+        args = (g, estimates, compressor, X_local, round, scale, weight)
+        fast = kw.get("multiplicity") is None and scale == 1.0 == weight and self._adds_in_place(compressor)
+        if not fast:
+            return super().aggregate_feedback(*args, **kw)
+        if self._writable(g, clean=True, role="sum") and self._writable(estimates, True, "estimates"):
+            rng = self.rng(kw.get("stream", "compress"), round)
+            idx, values, bits = compressor.compress_entries(X_local, rng)
+            self._bits_up_dev += bits.sum()
+            estimates.reshape(-1).index_add_(0, idx[0], values[0])
+            g.index_add_(0, idx[0], torch.add(values[0], 0.0))
+            changed = estimates.reshape(-1).index_select(0, idx[0])
+        else:
+            g = super().aggregate_feedback(*args, **kw)
+            changed = estimates
+        # -0.0 + -0.0 (a message value rounded to -0.0 at the wire precision): not clean
+        self._own(estimates, clean=not bool(((changed == 0) & changed.signbit()).any()), role="estimates")
+        return self._own(g, clean=True, role="sum")
 
     def aggregate_dense(
         self,

@@ -83,6 +83,12 @@ class Problem(ABC):
     def minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> Tensor:
         """(n_workers, d): (1/b) sum_{j in idx[i]} (grad f_ij(x_new) - grad f_ij(x_old)), same samples."""
 
+    def lazy_minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> LazyRows:
+        """:meth:`minibatch_grad_diffs` as :class:`marina.lazy_rows.LazyRows` (a sparsifier may read
+        just its entries of the difference, equal to the dense one's bit for bit). By default
+        computed at once."""
+        return DenseRows(self.minibatch_grad_diffs(x_new, x_old, idx))
+
     @abstractmethod
     def local_losses(self, x: Tensor) -> Tensor:
         """(n_workers,): f_i(x) for every hosted worker."""

@@ -82,6 +82,12 @@ class Backend(ABC, Generic[K, A]):
         """x with its masked entries replaced by the same entries of
         ``uniform(keys, cols, float64, scaled, operand)`` (the index redraws)."""
 
+    @abstractmethod
+    def redrawn_sorted(self, x: A, mask: A, keys: Any, cols: int, operand: Any) -> A:
+        """``sort(redrawn(x, mask, ...), nearly_sorted=True)`` for rows ``x`` sorted already (a
+        backend may merge the few redrawn entries into the rest instead: the sorted rows are the
+        same)."""
+
     # -- subsets of rows -----------------------------------------------------------------------
     @abstractmethod
     def which(self, mask: A | bool) -> bool | None:

@@ -84,6 +84,5 @@ def _sparse(arrays: Backend, keys: Any, population: Any, k: int) -> Any:
     while (dup := arrays.duplicates(idx, k)) is not None:
         attempt += 1
         # column j of the redraw replaces a duplicate in column j (only those are drawn)
-        fresh = arrays.redrawn(idx, dup, arrays.rekey(keys, mix_int(attempt * _REDRAW)), k, pop)
-        idx = arrays.sort(fresh, k, nearly_sorted=True)
+        idx = arrays.redrawn_sorted(idx, dup, arrays.rekey(keys, mix_int(attempt * _REDRAW)), k, pop)
     return idx

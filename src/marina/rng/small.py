@@ -100,6 +100,9 @@ class SmallBackend(Backend[list[int], list]):
     def redrawn(self, x: list, mask: list[bool], keys: list[int], cols: int, operand: Any) -> list:
         return self.where(mask, self.uniform(keys, cols, torch.float64, scaled, operand), x)
 
+    def redrawn_sorted(self, x: list, mask: list[bool], keys: list[int], cols: int, operand: Any) -> list:
+        return self.sort(self.redrawn(x, mask, keys, cols, operand), cols, nearly_sorted=True)
+
     def which(self, mask: list[bool] | bool) -> bool | None:
         if mask is False or mask is True:
             return mask

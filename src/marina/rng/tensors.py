@@ -60,9 +60,12 @@ class TensorBackend(Backend[Tensor, Tensor]):
         return torch.sort(x, dim=1, stable=True).indices
 
     def sort(self, x: Tensor, cols: int, nearly_sorted: bool = False) -> Tensor:
-        # random rows on the CPU: NumPy's sort is faster (sorted values are unique); torch's is
-        # faster on rows that are nearly sorted already (a redraw of a few entries)
+        # random rows on the CPU: NumPy's sort is faster (sorted values are unique), and faster
+        # again on int32 (indices below 2^31 are exact there); torch's is faster on rows that
+        # are nearly sorted already (a redraw of a few entries)
         if x.device.type == "cpu" and not nearly_sorted:
+            if x.dtype == torch.int64 and x.numel() and _fits_int32(x):
+                return torch.from_numpy(np.sort(x.numpy().astype(np.int32), axis=1).astype(np.int64))
             return torch.from_numpy(np.sort(x.numpy(), axis=1))
         return torch.sort(x, dim=1).values
 
@@ -92,6 +95,23 @@ class TensorBackend(Backend[Tensor, Tensor]):
         out[rows_at, cols_at] = scaled(u, high)
         return out
 
+    def redrawn_sorted(
+        self, x: Tensor, mask: Tensor, keys: Tensor, cols: int, operand: Tensor | float
+    ) -> Tensor:
+        """As :meth:`.backend.Backend.redrawn_sorted`; on the CPU, for a few rows with redraws, the
+        redrawn entries are sorted alone and merged into the row's other (sorted) entries: O(K)
+        per row instead of a sort of the row."""
+        touched = torch.nonzero(mask.any(dim=1)).reshape(-1).tolist()
+        if x.device.type != "cpu" or len(touched) > MERGE_ROWS:
+            return self.sort(self.redrawn(x, mask, keys, cols, operand), cols, nearly_sorted=True)
+        fresh = self.redrawn(x, mask, keys, cols, operand).numpy()
+        out, keep = x.clone(), mask.logical_not().numpy()
+        rows = out.numpy()
+        for r in touched:
+            kept, new = rows[r][keep[r]], np.sort(fresh[r][~keep[r]])
+            rows[r] = np.insert(kept, np.searchsorted(kept, new), new)
+        return out
+
     def which(self, mask: Tensor | bool) -> bool | None:
         if not isinstance(mask, Tensor):
             return bool(mask)
@@ -108,6 +128,15 @@ class TensorBackend(Backend[Tensor, Tensor]):
 
     def tensor(self, x: Tensor, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
         return x
+
+
+MERGE_ROWS = 16
+"""Redraws merge into at most this many rows (:meth:`TensorBackend.redrawn_sorted`); more: a sort."""
+
+
+def _fits_int32(x: Tensor) -> bool:
+    low, high = torch.aminmax(x)
+    return int(low) >= -(1 << 31) and int(high) < (1 << 31)
 
 
 _BACKENDS: dict[torch.device, TensorBackend] = {}

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from marina.errors import ConfigError
-from marina.lazy_rows import DenseRows, LazyRows
+from marina.lazy_rows import DenseRows, LazyRows, RowDifference
 from marina.problems.base import Problem
 
 __all__ = ["ClosureProblem", "ClosureRows"]
@@ -254,6 +254,12 @@ class ClosureProblem(Problem):
     def minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> Tensor:
         g_new = self.evaluate(x_new)
         return g_new.sub_(self.evaluate(x_old))
+
+    def lazy_minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> LazyRows:
+        """Both gradients evaluated, their difference left lazy: a sparsifier subtracts only its
+        K entries (no pass over d)."""
+        g_new = self.evaluate(x_new)
+        return RowDifference(DenseRows(g_new), DenseRows(self.evaluate(x_old)))
 
     def local_losses(self, x: Tensor) -> Tensor:
         value = float("nan") if self.loss_value is None else float(self.loss_value)

@@ -549,6 +549,10 @@ class MarinaOptimizer(torch.optim.Optimizer):
                 group[APPLIED_LR] = group["lr"]
         else:
             problem.write(method.state.x)
+            # the parameters are x^{k+1}: the next round reads them as x and may write x^{k+2} over
+            # them (QGD adds its K entries in place, Network.aggregate_moved; nothing raises then)
+            method.state.x = problem.flat_params()
+            self.net.entrust(method.state.x)
 
     def _snapshot(self) -> tuple:
         """What a step changes, to undo it: the method's state fields (the methods assign new
