@@ -215,7 +215,7 @@ def test_aggregate_feedback_equals_ef21_steps_bit_for_bit(seed, spec):
         grads[0, 1::6] = 0.0
         before = g
         g = net.aggregate_feedback(g, e, c, grads - e, k, scale, scale)
-        mean, local = twin.aggregate(c, grads - e_ref, k, return_local=True)
+        mean, local = twin.aggregate_with_local(c, grads - e_ref, k)
         e_ref.add_(local, alpha=scale)
         g_ref = g_ref + scale * mean
         assert torch.equal(e.view(torch.int64), e_ref.view(torch.int64)), k
@@ -239,7 +239,7 @@ def test_aggregate_feedback_underflow_to_minus_zero_keeps_the_full_path():
         else:
             grads[0, 7:14] = 1.0  # other entries sent: the -0.0 ones of g_i only get + 0
         g = net.aggregate_feedback(g, e, c, grads - e, k, 1.0, 1.0)
-        mean, local = twin.aggregate(c, grads - e_ref, k, return_local=True)
+        mean, local = twin.aggregate_with_local(c, grads - e_ref, k)
         e_ref.add_(local)
         g_ref = g_ref + mean
         assert torch.equal(e.view(torch.int64), e_ref.view(torch.int64)), k

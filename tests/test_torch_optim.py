@@ -281,7 +281,13 @@ def test_lazy_minibatch_difference_equals_the_dense_one(seed):
     print("seed", seed)
     x, y = _data()
     model = _mlp(dropout=0.3)
-    prob = ClosureProblem(list(model.parameters()), 24, 1, torch.zeros(1, dtype=torch.int64), module=model)
+    prob = ClosureProblem(
+        list(model.parameters()),
+        local_size=24,
+        total_workers=1,
+        worker_ids=torch.zeros(1, dtype=torch.int64),
+        module=model,
+    )
     closure = _closure(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y)
     new = prob.flat_params().clone()
     old = new + 0.01 * torch.randn(new.shape, generator=torch.Generator().manual_seed(seed), dtype=new.dtype)
