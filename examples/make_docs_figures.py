@@ -1,4 +1,4 @@
-"""Regenerate the figures in ``docs/`` (the ones the README shows) with the current plotting.
+"""Regenerate the figures in ``docs/`` (the README and the pages show them) with the current plotting.
 
 Each figure comes from a sweep file of ``examples/`` (or the grid of ``marina demo``): the
 script runs the sweep into ``--results/NAME`` (resumable: finished runs are kept, so a second

@@ -45,9 +45,5 @@ def test_recorded_figures_have_the_current_style(script, name):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="figure1* and figure1_vr* take CPU hours to regenerate: python examples/make_docs_figures.py",
-)
 def test_every_docs_figure_is_recorded(script):
     assert sorted(manifest()) == sorted(f.name for f in script.FIGURES)
