@@ -16,7 +16,8 @@ Every rank draws its batches of ``--batch`` from its own shard of the training d
 Contenders (each with an lr grid, ``--lr-grid``):
 
 - ``ddp``: ``DistributedDataParallel`` (default buckets), all-reduce, with the task's optimizer
-  (SGD momentum 0.9 for the ResNet, AdamW for the transformer);
+  (SGD momentum 0.9 for the ResNet, AdamW for the transformer); ``ddp-sgd``: the same with plain
+  SGD on the marina lr grid (the lr at which plain SGD trains, the reference of the compressors);
 - ``powersgd-rR``: the same with torch's ``powerSGD_hook`` (rank R of ``--powersgd-ranks``,
   ``start_powerSGD_iter=2``, error feedback and warm start on) and ONE bucket
   (``bucket_cap_mb`` above the model's size: on gloo, two buckets crashed the hook with
@@ -26,7 +27,15 @@ Contenders (each with an lr grid, ``--lr-grid``):
   hook has that method; eta = ``--sgdm-momentum``) with plain SGD, the hook holding the momentum;
 - ``ef21-sgd``, ``vr-marina``, ``ef21-sgdm`` (where marina.torch has it; eta =
   ``--sgdm-momentum``): marina's optimizers (no DDP; the model on every rank, batch-norm
-  statistics local to each rank).
+  statistics local to each rank). VR-MARINA (online, b = b' = ``--batch``) takes p = its
+  compressor's wire bits over float32's, at most 1/2 (:func:`vr_p`).
+- ``BASE@SPEC``: contender BASE with compressor SPEC: ``hook-qgd@Q`` and ``vr-marina@Q`` for each
+  unbiased Q of ``--unbiased`` (natural compression, natural dithering, many-level QSGD, RandK
+  composed with natural: which of them train at SGD's lr), ``hook-ef21@C`` and ``hook-ef21-sgdm@C``
+  for each C of ``--topk``; any such name is also accepted by ``--contenders``.
+
+MARINA itself is not a contender: its every step needs the full local gradient (a pass over the
+rank's shard), which costs tens of minibatch steps here; VR-MARINA is its minibatch form.
 
 Measurement (the issue's method): steps to target from runs on the loopback interface (the
 trajectory does not depend on the link): every ``--eval-every`` steps rank 0 evaluates; the first
@@ -36,9 +45,13 @@ evaluated step at the target counts. Then, in network namespaces behind a bridge
 contender, one process per rank) are repeated ``--repeats`` times, rates and contenders rotated
 (interleaved), and the median seconds per step is kept; bytes per step are what the ranks' veths
 sent (``/proc/net/dev``, mean over ranks, gloo's TCP framing included). Seconds to target = steps
-x seconds per step. The script prints a table and draws quality against wall-clock per link
-(``--out``). Needs root (``ip netns``, ``tc``) and exits with status 2 otherwise;
-``--loopback-only`` runs the step counting alone, without root.
+x seconds per step. The script prints a table, each compressor's omega (or alpha) and bits per
+entry, the 1-minute load average at each stage's start, the winner per task and link, and whether
+the issue's targets are met (marina's best sooner than the best PowerSGD at 10 and 100 Mbit/s and
+no later than DDP at 1 Gbit/s; EF21-SGDM in no more steps than DDP), and draws quality against
+wall-clock per link (``--out``). Needs root (``ip netns``, ``tc``) and exits with status 2 otherwise;
+``--loopback-only`` runs the step counting alone, without root. Only the contenders that reached
+the target are timed on the links (``--time-all``: every one).
 
 Run: ``python benchmarks/train_links.py --smoke --out /tmp/links.png`` (as root), or without
 ``--smoke`` for the full sizes.
