@@ -699,6 +699,13 @@ def best_seconds(rows: list[dict], task: str, rate: str, pick) -> tuple[float, s
     return min(done) if done else None
 
 
+def outcome(mine: float | None, theirs: float | None, strictly: bool) -> str:
+    """ "met" when ``mine`` is below ``theirs`` (or equal, unless ``strictly``); None = never reached."""
+    if mine is None or theirs is None:
+        return "undecided" if mine is None and theirs is None else "met" if theirs is None else "NOT met"
+    return "met" if mine < theirs or (mine == theirs and not strictly) else "NOT met"
+
+
 def verdicts(rows: list[dict], rates: list[str]) -> list[str]:
     """The issue's targets per task: marina's best sooner than the best PowerSGD at 10 and 100
     Mbit/s and no later than DDP at 1 Gbit/s; EF21-SGDM (either form, any lr) in no more steps than
@@ -713,26 +720,22 @@ def verdicts(rows: list[dict], rates: list[str]) -> list[str]:
             if rate not in rates:
                 continue
             mine, theirs = best_seconds(rows, task, rate, is_marina), best_seconds(rows, task, rate, pick)
+            verdict = outcome(mine and mine[0], theirs and theirs[0], sooner)
             if mine is None or theirs is None:
                 who = "no marina contender" if mine is None else f"no {peer} contender"
-                out.append(f"target {task} {rate}: undecided, {who} reached the target")
+                out.append(f"target {task} {rate}: {who} reached the target: {verdict}")
                 continue
-            met = mine[0] < theirs[0] if sooner else mine[0] <= theirs[0]
             out.append(
                 f"target {task} {rate}: marina's best {mine[1]} {mine[0]:.3g} s vs best {peer} {theirs[1]} "
-                f"{theirs[0]:.3g} s: {'met' if met else 'NOT met'}"
+                f"{theirs[0]:.3g} s: {verdict}"
             )
         sgdm = [
             r["steps"] for r in rows if r["task"] == task and "ef21-sgdm" in r["contender"] and r["steps"]
         ]
         ddp = [r["steps"] for r in rows if r["task"] == task and r["contender"] == "ddp" and r["steps"]]
-        if not sgdm or not ddp:
-            out.append(f"target {task} steps: undecided (EF21-SGDM {sgdm or 'never'}, DDP {ddp or 'never'})")
-        else:
-            met = min(sgdm) <= min(ddp)
-            out.append(
-                f"target {task} steps: EF21-SGDM {min(sgdm)} vs DDP {min(ddp)}: {'met' if met else 'NOT met'}"
-            )
+        mine, theirs = min(sgdm, default=None), min(ddp, default=None)
+        verdict = outcome(mine, theirs, strictly=False)
+        out.append(f"target {task} steps: EF21-SGDM {mine or 'never'} vs DDP {theirs or 'never'}: {verdict}")
     return out
 
 

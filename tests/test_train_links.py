@@ -174,6 +174,18 @@ def test_targets_by_hand():
         "target lm 1gbit: marina's best hook-qgd@natural (lr 0.1) 10 s vs best DDP ddp (lr 0.1) 10 s: met",
         "target lm steps: EF21-SGDM 150 vs DDP 100: NOT met",
     ]
+    rows = [
+        row("ddp", 100, 0.1, 0.5, 4.0),
+        row("powersgd-r2", None, 0.1, 0.1, 0.1),
+        row("ef21-sgdm", None, 1, 1, 1),
+    ]
+    assert train_links.verdicts(rows, ["10mbit", "1gbit"]) == [
+        "target lm 10mbit: no marina contender reached the target: undecided",  # nor did PowerSGD
+        "target lm 1gbit: no marina contender reached the target: NOT met",
+        "target lm steps: EF21-SGDM never vs DDP 100: NOT met",
+    ]
+    assert train_links.outcome(5.0, None, strictly=True) == "met"  # the peer never reached it
+    assert [train_links.outcome(5.0, 5.0, strictly=s) for s in (True, False)] == ["NOT met", "met"]
 
 
 def test_refuses_without_root(monkeypatch, capsys):
