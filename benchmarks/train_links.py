@@ -3,7 +3,7 @@
 Tasks (every size a flag; ``--smoke`` makes them tiny):
 
 - ``lm``: a byte-level causal transformer (pre-norm blocks, ``--lm-width`` x ``--lm-layers``,
-  ``--lm-heads`` heads, context ``--lm-context``; 3.3 M parameters by default) on the Python
+  ``--lm-heads`` heads, context ``--lm-context``; 2.5 M parameters by default) on the Python
   standard library's ``.py`` sources (sorted, concatenated, first ``--corpus-mb`` MB; the last 10 %
   is the validation text); quality = validation loss in nats per byte, target ``--lm-target``.
 - ``resnet``: a small ResNet with batch norm (3x3 stem, three stages of ``--resnet-blocks``
@@ -16,7 +16,8 @@ Every rank draws its batches of ``--batch`` from its own shard of the training d
 Contenders (each with an lr grid, ``--lr-grid``):
 
 - ``ddp``: ``DistributedDataParallel`` (default buckets), all-reduce, with the task's optimizer
-  (SGD momentum 0.9 for the ResNet, AdamW for the transformer);
+  (SGD momentum 0.9 for the ResNet, AdamW for the transformer); ``ddp-sgd``: the same with plain
+  SGD on the marina lr grid (the lr at which plain SGD trains, the reference of the compressors);
 - ``powersgd-rR``: the same with torch's ``powerSGD_hook`` (rank R of ``--powersgd-ranks``,
   ``start_powerSGD_iter=2``, error feedback and warm start on) and ONE bucket
   (``bucket_cap_mb`` above the model's size: on gloo, two buckets crashed the hook with
@@ -26,7 +27,15 @@ Contenders (each with an lr grid, ``--lr-grid``):
   hook has that method; eta = ``--sgdm-momentum``) with plain SGD, the hook holding the momentum;
 - ``ef21-sgd``, ``vr-marina``, ``ef21-sgdm`` (where marina.torch has it; eta =
   ``--sgdm-momentum``): marina's optimizers (no DDP; the model on every rank, batch-norm
-  statistics local to each rank).
+  statistics local to each rank). VR-MARINA (online, b = b' = ``--batch``) takes p = its
+  compressor's wire bits over float32's, at most 1/2 (:func:`vr_p`).
+- ``BASE@SPEC``: contender BASE with compressor SPEC: ``hook-qgd@Q`` and ``vr-marina@Q`` for each
+  unbiased Q of ``--unbiased`` (natural compression, natural dithering, many-level QSGD, RandK
+  composed with natural: which of them train at SGD's lr), ``hook-ef21@C`` and ``hook-ef21-sgdm@C``
+  for each C of ``--topk``; any such name is also accepted by ``--contenders``.
+
+MARINA itself is not a contender: its every step needs the full local gradient (a pass over the
+rank's shard), which costs tens of minibatch steps here; VR-MARINA is its minibatch form.
 
 Measurement (the issue's method): steps to target from runs on the loopback interface (the
 trajectory does not depend on the link): every ``--eval-every`` steps rank 0 evaluates; the first
@@ -36,9 +45,13 @@ evaluated step at the target counts. Then, in network namespaces behind a bridge
 contender, one process per rank) are repeated ``--repeats`` times, rates and contenders rotated
 (interleaved), and the median seconds per step is kept; bytes per step are what the ranks' veths
 sent (``/proc/net/dev``, mean over ranks, gloo's TCP framing included). Seconds to target = steps
-x seconds per step. The script prints a table and draws quality against wall-clock per link
-(``--out``). Needs root (``ip netns``, ``tc``) and exits with status 2 otherwise;
-``--loopback-only`` runs the step counting alone, without root.
+x seconds per step. The script prints a table, each compressor's omega (or alpha) and bits per
+entry, the 1-minute load average at each stage's start, the winner per task and link, and whether
+the issue's targets are met (marina's best sooner than the best PowerSGD at 10 and 100 Mbit/s and
+no later than DDP at 1 Gbit/s; EF21-SGDM in no more steps than DDP), and draws quality against
+wall-clock per link (``--out``). Needs root (``ip netns``, ``tc``) and exits with status 2 otherwise;
+``--loopback-only`` runs the step counting alone, without root. Only the contenders that reached
+the target are timed on the links (``--time-all``: every one).
 
 Run: ``python benchmarks/train_links.py --smoke --out /tmp/links.png`` (as root), or without
 ``--smoke`` for the full sizes.
@@ -79,20 +92,20 @@ LR_GRID = {
 FULL = {
     "corpus_mb": 4.0,
     "lm_width": 256,
-    "lm_layers": 4,
+    "lm_layers": 3,
     "lm_heads": 4,
-    "lm_context": 128,
-    "lm_target": 2.5,
+    "lm_context": 64,
+    "lm_target": 2.8,
     "val_batches": 8,
     "resnet_width": 16,
     "resnet_blocks": 1,
-    "resnet_target": 0.8,
+    "resnet_target": 0.55,
     "test_size": 10_000,
-    "batch": 16,
-    "max_steps": 1000,
-    "eval_every": 25,
-    "warmup_steps": 3,
-    "timed_steps": 5,
+    "batch": 8,
+    "max_steps": 150,
+    "eval_every": 10,
+    "warmup_steps": 2,
+    "timed_steps": 4,
     "repeats": 3,
 }
 SMOKE = {
@@ -190,6 +203,14 @@ def stdlib_corpus(megabytes: float) -> bytes:
     return b"".join(parts)[:limit]
 
 
+def build_model(task: str, args: dict, seed: int) -> nn.Module:
+    """The task's model, initialised from ``seed`` (the same start on every rank)."""
+    torch.manual_seed(seed)
+    if task == "lm":
+        return ByteLM(args["lm_width"], args["lm_layers"], args["lm_heads"], args["lm_context"])
+    return SmallResNet(args["resnet_width"], args["resnet_blocks"])
+
+
 class Task:
     """One task's data, model and quality on this rank (``rank`` of ``world``)."""
 
@@ -216,11 +237,7 @@ class Task:
         self.higher_is_better = name == "resnet"
 
     def model(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)  # the same start on every rank
-        a = self.args
-        if self.name == "lm":
-            return ByteLM(a["lm_width"], a["lm_layers"], a["lm_heads"], a["lm_context"])
-        return SmallResNet(a["resnet_width"], a["resnet_blocks"])
+        return build_model(self.name, self.args, seed)
 
     def batch(self, gen: torch.Generator, size: int) -> tuple[Tensor, Tensor]:
         if self.name == "lm":
@@ -271,58 +288,112 @@ def hook_methods() -> tuple[str, ...]:
 
 
 def contenders(args: dict) -> tuple[list[str], list[str]]:
-    """The contenders to run, and a note for each one this marina version lacks."""
+    """The contenders to run, and a note for each one this marina version lacks.
+
+    A name ``BASE@SPEC`` is contender BASE with compressor SPEC in place of its default (item 3
+    of the issue: ``--unbiased`` adds ``hook-qgd@Q`` and ``vr-marina@Q`` for each Q; ``--topk``
+    adds ``hook-ef21@C`` and ``hook-ef21-sgdm@C``)."""
     import marina.torch as mt
 
-    names = ["ddp", *[f"powersgd-r{r}" for r in args["powersgd_ranks"]], "hook-qgd", "hook-ef21"]
+    names = ["ddp", "ddp-sgd", *[f"powersgd-r{r}" for r in args["powersgd_ranks"]], "hook-qgd"]
+    names += [f"hook-qgd@{q}" for q in args["unbiased"]]
+    names += ["hook-ef21", *[f"hook-ef21@{c}" for c in args["topk"]]]
     notes = []
     if "ef21-sgdm" in hook_methods():
         names.append("hook-ef21-sgdm")
+        names += [f"hook-ef21-sgdm@{c}" for c in args["topk"]]
     else:
         notes.append("hook-ef21-sgdm skipped: the DDP hook has no method 'ef21-sgdm' in this version")
-    names += ["ef21-sgd", "vr-marina"]
+    names += ["ef21-sgd", "vr-marina", *[f"vr-marina@{q}" for q in args["unbiased"]]]
     if hasattr(mt, "EF21SGDM"):
         names.append("ef21-sgdm")
     else:
         notes.append("ef21-sgdm skipped: marina.torch has no EF21SGDM optimizer in this version")
     wanted = args.get("contenders")
     if wanted:
-        names = [n for n in names if n in wanted]
+        names = [n for n in names if n in wanted] + [n for n in wanted if n not in names]
     return names, notes
 
 
 OPTIMIZERS = ("ef21-sgd", "vr-marina", "ef21-sgdm")
 """The contenders that are marina.torch optimizers (no DDP)."""
+BASES = ("ddp", "ddp-sgd", "powersgd-r", "hook-qgd", "hook-ef21", "hook-ef21-sgdm", *OPTIMIZERS)
+"""Every contender's name is one of these (``powersgd-rR`` with its rank), then ``@SPEC`` or nothing."""
+
+
+def base_of(contender: str) -> str:
+    """The contender without its ``@compressor`` part."""
+    return contender.partition("@")[0]
+
+
+def compressor_of(contender: str, args: dict) -> str | None:
+    """The compressor spec a contender runs with (None: DDP and PowerSGD, no marina compressor)."""
+    base, _, spec = contender.partition("@")
+    if spec:
+        return spec
+    if base in ("hook-qgd", "vr-marina"):
+        return args["qgd_compressor"] if base == "hook-qgd" else args["vr_compressor"]
+    return (
+        args["ef21_compressor"] if base in ("hook-ef21", "hook-ef21-sgdm", "ef21-sgd", "ef21-sgdm") else None
+    )
+
+
+def check_contender(contender: str) -> str | None:
+    """Why ``contender`` is not a contender's name (None when it is)."""
+    from marina.errors import ConfigError
+    from marina.torch.optim import compressor_for
+
+    base, at, spec = contender.partition("@")
+    known = base in BASES or (base.startswith("powersgd-r") and base[10:].isdigit() and int(base[10:]) >= 1)
+    if not known or base == "powersgd-r":
+        return f"{contender!r}: the part before '@' must be one of {', '.join(BASES)} (powersgd-rR: R >= 1)"
+    if at and (base in ("ddp", "ddp-sgd") or base.startswith("powersgd-r")):
+        return f"{contender!r}: {base} takes no compressor (no '@SPEC')"
+    if at:
+        contractive = base_of(contender) not in ("hook-qgd", "vr-marina")
+        try:
+            compressor_for(spec, 10_000, 2, contractive, user=base)
+        except ConfigError as err:
+            return f"{contender!r}: {err}"
+    return None
+
+
+def is_marina(contender: str) -> bool:
+    """Whether a contender runs marina's compressors (its hook or its optimizers)."""
+    base = base_of(contender)
+    return base.startswith("hook-") or base in OPTIMIZERS
 
 
 def family(contender: str) -> str:
-    """The lr grid: "marina" for plain steps (marina's optimizers; the ef21-sgdm hook, whose
-    user optimizer is plain SGD since the hook holds the momentum), "ddp" for the task's optimizer."""
-    return "marina" if contender in (*OPTIMIZERS, "hook-ef21-sgdm") else "ddp"
+    """The lr grid: "marina" for plain steps (marina's optimizers; DDP with plain SGD; the ef21-sgdm
+    hook, whose user optimizer is plain SGD since the hook holds the momentum), "ddp" for the
+    task's optimizer."""
+    return "marina" if base_of(contender) in (*OPTIMIZERS, "hook-ef21-sgdm", "ddp-sgd") else "ddp"
 
 
 def how_run(contender: str, task: str, args: dict) -> str:
     """One line saying how a contender was run."""
-    base = BASE[task]
-    if contender == "ddp":
+    base, comp = BASE[task], compressor_of(contender, args)
+    name = base_of(contender)
+    if name == "ddp":
         return f"DDP, default buckets, all-reduce; {base}"
-    if contender.startswith("powersgd-r"):
+    if name == "ddp-sgd":
+        return "DDP, default buckets, all-reduce; plain SGD (no momentum): the lr plain SGD trains at"
+    if name.startswith("powersgd-r"):
         return (
-            f"DDP, one bucket, torch powerSGD_hook rank {contender[10:]}, start_powerSGD_iter=2, "
+            f"DDP, one bucket, torch powerSGD_hook rank {name[10:]}, start_powerSGD_iter=2, "
             f"error feedback + warm start; {base}"
         )
-    if contender.startswith("hook-"):
-        method = contender[5:]
-        comp = args["qgd_compressor"] if method == "qgd" else args["ef21_compressor"]
+    if name.startswith("hook-"):
+        method = name[5:]
         if method == "ef21-sgdm":
             comp, base = f"{comp} momentum={args['sgdm_momentum']}", "plain SGD"
         return f"DDP, default buckets, marina.torch.compression_hook method={method!r} {comp}; {base}"
-    comp = args["vr_compressor"] if contender == "vr-marina" else args["ef21_compressor"]
-    extra = f", batch_size=dense_batch_size={args['batch']}" if contender == "vr-marina" else ""
-    if contender == "ef21-sgdm":
+    extra = f", batch_size=dense_batch_size={args['batch']}" if name == "vr-marina" else ""
+    if name == "ef21-sgdm":
         extra = f", momentum={args['sgdm_momentum']}"
-    momentum = "" if contender == "ef21-sgdm" else ", no momentum"
-    return f"marina.torch optimizer {contender} {comp}{extra} (no DDP{momentum})"
+    momentum = "" if name == "ef21-sgdm" else ", no momentum"
+    return f"marina.torch optimizer {name} {comp}{extra} (no DDP{momentum})"
 
 
 DIVERGED_LOSS = 1e3
@@ -331,6 +402,17 @@ DIVERGED_LOSS = 1e3
 
 class Diverged(Exception):
     """Raised on every rank together when a trajectory diverges."""
+
+
+def vr_p(spec: str, model: nn.Module) -> float:
+    """VR-MARINA's p: the compressor's expected wire bits over a float32 message's, at most
+    b'/(b + b') = 1/2 (Corollary 3.2's p = min(zeta_Q/d, b'/(b + b')) counts non-zeros, so a
+    quantizer that sends every entry would get p = 1, every round dense; its bits ratio is the
+    same balance of dense and compressed rounds' communication)."""
+    from marina.torch.optim import compressor_for
+
+    d = sum(p.numel() for p in model.parameters())
+    return min(0.5, compressor_for(spec, d, 2).expected_bits(d) / (32 * d))
 
 
 class Trainer:
@@ -343,45 +425,50 @@ class Trainer:
         import marina.torch as mt
 
         self.task, self.contender, self.args = task, contender, args
+        name, comp = base_of(contender), compressor_of(contender, args)
+        self.optimizer_form = name in OPTIMIZERS
         self.guarded = False
         self.model = task.model(args["seed"])
         self.gen = torch.Generator().manual_seed(1000 * args["seed"] + dist.get_rank())
         self.opt: torch.optim.Optimizer
-        if contender in OPTIMIZERS:
+        if self.optimizer_form:
             self.net = self.model
             common = {"lr": lr, "seed": args["seed"], "batch_size": args["batch"], "module": self.model}
-            if contender == "vr-marina":
+            if name == "vr-marina":
                 self.opt = mt.VRMARINA(
-                    self.model.parameters(), args["vr_compressor"], dense_batch_size=args["batch"], **common
+                    self.model.parameters(),
+                    comp,
+                    dense_batch_size=args["batch"],
+                    p=vr_p(comp, self.model),
+                    **common,
                 )
-            elif contender == "ef21-sgd":
-                self.opt = mt.EF21SGD(self.model.parameters(), args["ef21_compressor"], **common)
+            elif name == "ef21-sgd":
+                self.opt = mt.EF21SGD(self.model.parameters(), comp, **common)
             else:
                 self.opt = mt.EF21SGDM(
-                    self.model.parameters(), args["ef21_compressor"], momentum=args["sgdm_momentum"], **common
+                    self.model.parameters(), comp, momentum=args["sgdm_momentum"], **common
                 )
             return
-        if contender.startswith("powersgd-r"):
+        if name.startswith("powersgd-r"):
             from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
             size_mb = sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20
             self.net = DistributedDataParallel(self.model, bucket_cap_mb=size_mb + 1)
             state = powersgd.PowerSGDState(
                 process_group=None,
-                matrix_approximation_rank=int(contender[10:]),
+                matrix_approximation_rank=int(name[10:]),
                 start_powerSGD_iter=2,
                 random_seed=args["seed"],
             )
             self.net.register_comm_hook(state, powersgd.powerSGD_hook)
         else:
             self.net = DistributedDataParallel(self.model)
-            if contender.startswith("hook-"):
-                method = contender[5:]
-                comp = args["qgd_compressor"] if method == "qgd" else args["ef21_compressor"]
+            if name.startswith("hook-"):
+                method = name[5:]
                 extra = {"momentum": args["sgdm_momentum"]} if method == "ef21-sgdm" else {}
                 state = mt.CompressionHookState(compressor=comp, method=method, seed=args["seed"], **extra)
                 self.net.register_comm_hook(state, mt.compression_hook)
-        if contender == "hook-ef21-sgdm":  # the hook's direction already carries the momentum
+        if name in ("hook-ef21-sgdm", "ddp-sgd"):  # the ef21-sgdm hook's direction carries the momentum
             self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
         elif task.name == "lm":
             self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr)
@@ -403,7 +490,7 @@ class Trainer:
 
     def step(self) -> float:
         x, y = self.task.batch(self.gen, self.args["batch"])
-        if self.contender in OPTIMIZERS:
+        if self.optimizer_form:
 
             def closure() -> Tensor:
                 self.opt.zero_grad()
@@ -578,6 +665,80 @@ def winners(rows: list[dict], rates: list[str]) -> list[str]:
     return out
 
 
+def compressor_lines(tasks: list[str], names: list[str], args: dict) -> list[str]:
+    """Per task and marina contender: its compressor's omega (or alpha) and expected bits per
+    entry over the whole model taken as one vector (a hook compresses each bucket, so close)."""
+    from marina.torch.optim import compressor_for
+
+    out = []
+    for task in tasks:
+        d = sum(p.numel() for p in build_model(task, args, 0).parameters())
+        for c in names:
+            spec = compressor_of(c, args)
+            if spec is None:
+                continue
+            Q = compressor_for(spec, d, args["ranks"], contractive=True)
+            theory = f"omega {Q.omega(d):.3g}" if Q.unbiased else f"alpha {Q.alpha(d):.3g}"
+            out.append(
+                f"{task} {c}: {Q.spec} on d = {d}: {theory}, {Q.expected_bits(d) / d:.3g} bits per entry "
+                f"(float32: 32), {Q.expected_bits(d) / 8:.3g} bytes per message"
+            )
+    return out
+
+
+def best_seconds(rows: list[dict], task: str, rate: str, pick) -> tuple[float, str] | None:  # noqa: ANN001
+    """The least seconds to target (and who) among ``task``'s rows whose contender ``pick`` accepts."""
+    done = [
+        (r["steps"] * r[f"s/step {rate}"], f"{r['contender']} (lr {r['lr']:g})")
+        for r in rows
+        if r["task"] == task
+        and pick(r["contender"])
+        and r["steps"] is not None
+        and r.get(f"s/step {rate}") is not None
+    ]
+    return min(done) if done else None
+
+
+def outcome(mine: float | None, theirs: float | None, strictly: bool) -> str:
+    """ "met" when ``mine`` is below ``theirs`` (or equal, unless ``strictly``); None = never reached."""
+    if mine is None or theirs is None:
+        return "undecided" if mine is None and theirs is None else "met" if theirs is None else "NOT met"
+    return "met" if mine < theirs or (mine == theirs and not strictly) else "NOT met"
+
+
+def verdicts(rows: list[dict], rates: list[str]) -> list[str]:
+    """The issue's targets per task: marina's best sooner than the best PowerSGD at 10 and 100
+    Mbit/s and no later than DDP at 1 Gbit/s; EF21-SGDM (either form, any lr) in no more steps than
+    DDP with the task's momentum optimizer (its best lr)."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        for rate, peer, pick, sooner in (
+            ("10mbit", "PowerSGD", lambda c: c.startswith("powersgd-r"), True),
+            ("100mbit", "PowerSGD", lambda c: c.startswith("powersgd-r"), True),
+            ("1gbit", "DDP", lambda c: c == "ddp", False),
+        ):
+            if rate not in rates:
+                continue
+            mine, theirs = best_seconds(rows, task, rate, is_marina), best_seconds(rows, task, rate, pick)
+            verdict = outcome(mine and mine[0], theirs and theirs[0], sooner)
+            if mine is None or theirs is None:
+                who = "no marina contender" if mine is None else f"no {peer} contender"
+                out.append(f"target {task} {rate}: {who} reached the target: {verdict}")
+                continue
+            out.append(
+                f"target {task} {rate}: marina's best {mine[1]} {mine[0]:.3g} s vs best {peer} {theirs[1]} "
+                f"{theirs[0]:.3g} s: {verdict}"
+            )
+        sgdm = [
+            r["steps"] for r in rows if r["task"] == task and "ef21-sgdm" in r["contender"] and r["steps"]
+        ]
+        ddp = [r["steps"] for r in rows if r["task"] == task and r["contender"] == "ddp" and r["steps"]]
+        mine, theirs = min(sgdm, default=None), min(ddp, default=None)
+        verdict = outcome(mine, theirs, strictly=False)
+        out.append(f"target {task} steps: EF21-SGDM {mine or 'never'} vs DDP {theirs or 'never'}: {verdict}")
+    return out
+
+
 def draw(path: str, curves: dict, per_step: dict, rates: list[str], args: argparse.Namespace) -> None:
     """Quality against wall-clock (steps x s/step) per task and link, best lr of each contender."""
     import matplotlib
@@ -587,7 +748,10 @@ def draw(path: str, curves: dict, per_step: dict, rates: list[str], args: argpar
 
     tasks = sorted({t for t, _ in curves})
     cols = rates or ["loopback steps"]
-    fig = Figure(figsize=(4.2 * len(cols), 3.4 * len(tasks)))
+    names = sorted({c for _, c in curves})
+    ncol = 4
+    legend_in = 0.16 * -(-len(names) // ncol) + 0.2  # inches below the panels for the legend
+    fig = Figure(figsize=(4.2 * len(cols), 3.4 * len(tasks) + legend_in))
     axes = fig.subplots(len(tasks), len(cols), squeeze=False)
     for i, task in enumerate(tasks):
         for j, rate in enumerate(cols):
@@ -598,15 +762,20 @@ def draw(path: str, curves: dict, per_step: dict, rates: list[str], args: argpar
                 s = per_step.get((task, contender, rate)) if rates else 1.0
                 if s is None:
                     continue
-                ax.plot([k * s for k, _ in curve], [q for _, q in curve], label=contender, marker=".")
+                style = ("-", "--", ":")[names.index(contender) // 10 % 3]  # 10 colours, then dashes
+                ax.plot([k * s for k, _ in curve], [q for _, q in curve], style, label=contender, marker=".")
             ax.axhline(getattr(args, f"{task}_target"), color="gray", linestyle=":")
             ax.set_title(f"{task}, {rate}")
             ax.set_xlabel("seconds" if rates else "steps")
             ax.set_ylabel("validation loss (nats/byte)" if task == "lm" else "test accuracy")
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    labels: dict[str, object] = {}  # every contender drawn anywhere, once, below the panels
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    bottom = legend_in / fig.get_figheight()
+    fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(path, dpi=80)
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -622,6 +791,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--qgd-compressor", default="randk:10%")
     ap.add_argument("--ef21-compressor", default="topk:1%")
     ap.add_argument("--vr-compressor", default="randk:10%")
+    ap.add_argument(
+        "--unbiased",
+        nargs="*",
+        default=["natural", "natural-dithering:16", "qsgd:256", "randk:10%+natural"],
+        metavar="SPEC",
+        help="unbiased compressors tried as hook-qgd@SPEC and vr-marina@SPEC (none: pass the flag alone)",
+    )
+    ap.add_argument(
+        "--topk",
+        nargs="*",
+        default=["topk:10%"],
+        metavar="SPEC",
+        help="contractive compressors tried as hook-ef21@SPEC and hook-ef21-sgdm@SPEC",
+    )
+    ap.add_argument(
+        "--time-all", action="store_true", help="also time the contenders that never reached the target"
+    )
     ap.add_argument("--sgdm-momentum", type=float, default=0.1, help="EF21-SGDM's eta (hook and optimizer)")
     ap.add_argument(
         "--lr-grid",
@@ -652,6 +838,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             )
         grids[key] = [float(v) for v in values.split(",")]
     args.grids = grids
+    named = [*(args.contenders or []), *[f"vr-marina@{q}" for q in args.unbiased]]
+    for name in named + [f"hook-ef21-sgdm@{c}" for c in args.topk]:
+        why = check_contender(name)
+        if why:
+            ap.error(f"--contenders {why}")
     if args.ranks < 2:
         ap.error(f"--ranks {args.ranks}: must be >= 2")
     if args.loopback_only:
@@ -671,9 +862,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="marina-train-links-"))
     per_step: dict[tuple[str, str, str], float] = {}
     sent: dict[tuple[str, str], float] = {}
+    loads: list[float] = []  # 1-minute load averages at the start of each stage
     try:
         t0 = time.perf_counter()
+        loads.append(os.getloadavg()[0])
         traj = launch("trajectory", jobs, args, tmp, spaces=False)[0]
+        loads.append(os.getloadavg()[0])
         print(f"steps to target on loopback: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for key, res in traj.items():
             print(
@@ -689,7 +883,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if old is None or (s is not None and (old_s is None or s < old_s)):
                 best[key] = lr
         if args.rates:
-            timed = [[t, c, best[(t, c)]] for t, c in best]
+            timed = [
+                [t, c, lr] for (t, c), lr in best.items() if args.time_all or traj[f"{t} {c} {lr}"]["steps"]
+            ]
             stages: dict[tuple[str, str, str], list[dict]] = {}
             with netns.Namespaces(args.ranks) as spaces:
                 for rep in range(args.repeats):
@@ -697,6 +893,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         rate = args.rates[(rep + i) % len(args.rates)]
                         order = timed[rep % len(timed) :] + timed[: rep % len(timed)]
                         spaces.shape(rate)
+                        loads.append(os.getloadavg()[0])
                         t0 = time.perf_counter()
                         results = launch("timing", order, args, tmp, spaces=True)
                         print(
@@ -733,14 +930,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for rate in args.rates:
             row[f"s/step {rate}"] = per_step.get((task, c, rate))
         rows.append(row)
+    loads.append(os.getloadavg()[0])
     print(f"{args.ranks} ranks, {os.cpu_count()} CPU cores, {args.threads} torch thread(s) per rank")
+    print(
+        f"1-minute load average at the {len(loads)} stage starts: min {min(loads):.2f}, "
+        f"median {statistics.median(loads):.2f}, max {max(loads):.2f}"
+    )
     print(f"targets: lm validation loss <= {args.lm_target}, resnet test accuracy >= {args.resnet_target}")
     print(format_table(rows, args.rates))
     print("* = the lr timed on the links (fewest steps); s/step and bytes/step are measured at it")
     for task in args.tasks:
         for c in names:
             print(f"{task} {c}: {how_run(c, task, vars(args))}")
-    for line in notes + winners(rows, args.rates):
+    for line in compressor_lines(args.tasks, names, vars(args)):
+        print(line)
+    for line in notes + winners(rows, args.rates) + verdicts(rows, args.rates):
         print(line)
     curves = {(t, c): traj[f"{t} {c} {lr}"]["curve"] for (t, c), lr in best.items()}
     draw(args.out, curves, per_step, args.rates, args)
