@@ -66,6 +66,27 @@ def test_bernoulli_subnormal_q_names_q(capsys):
     assert compressors.get("bernoulli:1e-300").omega(10) == pytest.approx(1e300)
 
 
+def test_a_theory_stepsize_that_underflows_is_refused(capsys):
+    """bernoulli:1e-300 has omega = 1e300: MARINA's theory stepsize 1/(L (1 + sqrt((1-p) omega/(p n))))
+    underflows to 0 and the run would never move; it is refused naming omega, and a given stepsize
+    (or a compressor of smaller variance) runs."""
+    with pytest.raises(ConfigError, match=r"theory stepsize is 0\.0 with omega == 1e\+300, must be > 0"):
+        marina.run(
+            problem="synthetic", workers=2, method="marina", compressor="bernoulli:1e-300", iterations=2
+        )
+    rc, _, err = cli(capsys, *RUN, "--compressor", "bernoulli:1e-300")
+    assert rc == 2 and "theory stepsize is 0.0" in one_line_error(err)
+    res = marina.run(
+        problem="synthetic",
+        workers=2,
+        method="marina",
+        compressor="bernoulli:1e-300",
+        iterations=2,
+        stepsize=0.01,
+    )
+    assert res.params["stepsize"] == 0.01 and res.params["stepsize_theory"] == 0.0
+
+
 def test_dasha_page_p_bits_refused_clearly(tmp_path, capsys):
     rc, _, err = cli(capsys, *RUN, "--method", "dasha-page", "--p", "bits")
     line = one_line_error(err)

@@ -376,6 +376,17 @@ class Method(ABC):
             gamma = given["stepsize"]
         else:
             gamma = theory_gamma * given.get("stepsize_multiplier", 1.0)
+            if not gamma > 0.0:  # underflow: the run would never move
+                raise ConfigError(
+                    f"{cls.name}: the theory stepsize is {theory_gamma!r}"
+                    + (
+                        f" (times stepsize_multiplier {given['stepsize_multiplier']!r} = {gamma!r})"
+                        if "stepsize_multiplier" in given
+                        else ""
+                    )
+                    + f" with omega == {setting.omega:.6g}, must be > 0 for the run to move: "
+                    "use a compressor of smaller variance, or give the stepsize"
+                )
         out = {"stepsize": gamma, "stepsize_theory": theory_gamma}
         if "stepsize_multiplier" in given:
             out["stepsize_multiplier"] = given["stepsize_multiplier"]
