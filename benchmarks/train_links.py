@@ -70,6 +70,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -686,7 +687,9 @@ def compressor_lines(tasks: list[str], names: list[str], args: dict) -> list[str
     return out
 
 
-def best_seconds(rows: list[dict], task: str, rate: str, pick) -> tuple[float, str] | None:  # noqa: ANN001
+def best_seconds(
+    rows: list[dict], task: str, rate: str, pick: Callable[[str], bool]
+) -> tuple[float, str] | None:
     """The least seconds to target (and who) among ``task``'s rows whose contender ``pick`` accepts."""
     done = [
         (r["steps"] * r[f"s/step {rate}"], f"{r['contender']} (lr {r['lr']:g})")
