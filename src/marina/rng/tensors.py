@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,10 @@ class TensorBackend(Backend[Tensor, Tensor]):
         self, keys: Tensor, cols: int, dtype: torch.dtype, f: Callable | None = None, operand: Any = None
     ) -> Tensor:
         u = ElementDraws(keys, self.device).uniform(0, cols, dtype)
+        if f is scaled and u.device.type == "cpu" and type(operand) is float and math.isfinite(operand):
+            un = u.numpy()  # floor(u high) in place, in NumPy
+            un *= operand
+            return torch.from_numpy(np.floor(un, out=un).astype(np.int64))
         return u if f is None else f(u, operand)
 
     def rekey(self, keys: Tensor, salt: int) -> Tensor:
