@@ -359,3 +359,22 @@ def test_backends_offer_exactly_the_interface():
     for cls in (SmallBackend, TensorBackend):
         public = {name for name in vars(cls) if not name.startswith("_")}
         assert public == interface, cls.__name__
+
+
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
+def test_one_row_cpu_sort_and_key_mix_equal_the_plain_forms(seed):
+    # the CPU's one-row sort (grouping by the top 16 bits, then a merge sort) and NumPy key mix
+    # against torch's sort and the Python-int SplitMix64 finaliser
+    gen = torch.Generator().manual_seed(seed)
+    arrays = tensor_backend(torch.device("cpu"))
+    for low, high, n in (
+        (0, 300, 50),
+        (0, 1 << 16, 3000),
+        (0, 1185026, 11850),
+        (0, 1 << 40, 5000),
+        (-99, 99, 40),
+    ):
+        x = torch.randint(low, high, (1, n), generator=gen)
+        assert torch.equal(arrays.sort(x, n), torch.sort(x, dim=1).values)
+    z = torch.randint(-(1 << 63), (1 << 63) - 1, (7,), generator=gen)
+    assert [bits.signed(v) for v in map(bits.mix_int, z.tolist())] == bits.mix64(z).tolist()

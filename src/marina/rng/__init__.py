@@ -42,8 +42,9 @@ bit bias is ~0.1%, far below what any Monte-Carlo test in this project can resol
 calls differ by a full 64-bit SplitMix64 key, and injecting ``k2`` *between* the rounds means
 two keys never give shifted copies of the same sequence (which a purely additive key would).
 It is not a cryptographic generator, nor meant to be. It takes 14 in-place int32 operations
-per word on cache-sized chunks, against 12 int64 operations per SplitMix64 word (whose
-multiply has no vector instruction on AVX2 machines); see ``benchmarks/README.md``.
+per word on cache-sized chunks, against 12 int64 operations per SplitMix64 word (8 on the
+CPU, made in NumPy's uint64 arithmetic, whose right shifts are logical; the 64-bit multiply has
+no vector instruction on AVX2 machines); see ``benchmarks/README.md``.
 
 Uniform floats: float32 uses the top 24 bits of one 32-bit word w, read as a signed number s (an
 arithmetic shift, one operation less than a logical one): u = s 2^-24 + 1/2, which equals

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +23,7 @@ __all__ = [
     "mix_int",
     "mix64",
     "mix64_into",
+    "mix64_numpy",
     "hash32_reference",
     "lowbias32_into",
     "split32",
@@ -70,6 +72,10 @@ def mix64(z: Tensor) -> Tensor:
     Args:
         z: int64 tensor of 64-bit words (two's complement).
     """
+    if z.device.type == "cpu":
+        x = z.clone()
+        mix64_into(x, torch.empty_like(x))
+        return x
     z = z ^ _shr(z, 30)
     z = z * _M1
     z ^= _shr(z, 27)
@@ -78,8 +84,24 @@ def mix64(z: Tensor) -> Tensor:
     return z
 
 
+_M1N, _M2N = np.uint64(_M1U), np.uint64(_M2U)
+
+
+def mix64_numpy(x: np.ndarray, t: np.ndarray) -> None:
+    """``mix64`` of the uint64 array x in place (t: scratch of x's shape): NumPy's uint64 shifts
+    are logical, so no masks (the CPU form of :func:`mix64_into`, the same bits)."""
+    for shift, mult in ((30, _M1N), (27, _M2N), (31, None)):
+        np.right_shift(x, shift, out=t)
+        x ^= t
+        if mult is not None:
+            x *= mult
+
+
 def mix64_into(x: Tensor, t: Tensor) -> None:
     """``mix64`` of the int64 tensor x in place (t: scratch of x's shape)."""
+    if x.device.type == "cpu":  # the same words in NumPy, on views of the same memory
+        mix64_numpy(x.numpy().view(np.uint64), t.numpy().view(np.uint64))
+        return
     for shift, mult in ((30, _M1), (27, _M2), (31, None)):
         torch.bitwise_right_shift(x, shift, out=t)
         t &= (1 << (64 - shift)) - 1

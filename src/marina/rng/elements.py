@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .bits import GOLDEN, lowbias32_into, mix64_into, signed, split32, unit_function
+from .bits import GOLDEN, MASK64, lowbias32_into, mix64_into, mix64_numpy, signed, split32, unit_function
 
 __all__ = ["ElementDraws", "shared_arange"]
 
@@ -77,6 +78,12 @@ class ElementDraws:
     def _mix64_into(self, x: Tensor, t: Tensor, start: int) -> None:
         """x (rows, w) int64 <- SplitMix64 words of elements start .. start + w - 1."""
         weyl = shared_arange(x.shape[1], torch.int64, self.device)
+        if self.device.type == "cpu":  # NumPy's uint64 (wrapping) arithmetic: fewer operations
+            xn = x.numpy().view(np.uint64)
+            keys = self.keys.numpy().view(np.uint64) + np.uint64((start * GOLDEN) & MASK64)
+            np.add(weyl.numpy().view(np.uint64), keys, out=xn)
+            mix64_numpy(xn, t.numpy().view(np.uint64))
+            return
         torch.add(self.keys + signed(start * GOLDEN), weyl, out=x)
         mix64_into(x, t)
 
@@ -133,10 +140,16 @@ class ElementDraws:
         low = None
         if not wide and out.dtype != torch.float32:
             low = torch.empty(shape, dtype=torch.float32, device=self.device)
+        numpy_unit = wide and self.device.type == "cpu" and not out.requires_grad
         for a, b in self._pieces(start, stop):
             xa, ta, o = x[:, : b - a], t[:, : b - a], out[:, a - start : b - start]
             (self._mix64_into if wide else self._hash_into)(xa, ta, a)
-            if low is None:
+            if numpy_unit:  # unit64 in NumPy: (z >>> 11) 2^-53, the same value
+                xn, on = xa.numpy().view(np.uint64), o.numpy()
+                xn >>= np.uint64(11)
+                on[...] = xn.view(np.int64)  # < 2^53: exact (int64 converts faster)
+                on *= 2.0**-53
+            elif low is None:
                 unit(xa, o)
             else:
                 o.copy_(unit(xa, low[:, : b - a]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 
+import torch
 from torch import Tensor
 
 from .bits import GOLDEN, GOLDEN_U, mix64, mix_int, signed
@@ -68,4 +69,11 @@ def call_keys_int(rows: list[int], salt: int) -> list[int]:
 
 def call_keys(rows: Tensor, salt: int) -> Tensor:
     """Row keys -> keys of one call, int64 tensors."""
+    if rows.device.type == "cpu" and rows.numel() <= _PYTHON_KEYS:  # fewer fixed costs
+        keys = [signed(mix_int(v ^ salt)) for v in rows.reshape(-1).tolist()]
+        return torch.tensor(keys, dtype=torch.int64).reshape(rows.shape)
     return mix64(rows ^ signed(salt))
+
+
+_PYTHON_KEYS = 16
+"""Call keys of at most this many CPU rows are mixed as Python ints (the same keys)."""
