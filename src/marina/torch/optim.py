@@ -357,6 +357,15 @@ def documented(**own: str) -> Callable[[type], type]:
     return add
 
 
+_BASE_ARGUMENTS = ("compressor", "lr", "seed", "process_group", "module", "local_size")
+"""The keyword arguments of :class:`MarinaOptimizer`'s constructor that every optimizer takes too."""
+
+
+def _base_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`_BASE_ARGUMENTS` of an optimizer's constructor, by name from its ``locals()``."""
+    return {name: arguments[name] for name in _BASE_ARGUMENTS}
+
+
 class MarinaOptimizer(torch.optim.Optimizer):
     """The common layer: a marina method on this rank's worker (see the module doc).
 
@@ -407,7 +416,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         local_size: int | None,
         overrides: dict[str, Any],
     ) -> None:
-        """Called by the subclasses, with their arguments by name and
+        """Called by the subclasses, with their arguments by name (:func:`_base_arguments`) and
         ``overrides``, the method's own parameters (None: its theory default)."""
         lr = _checked_lr(lr, "lr")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -773,16 +782,7 @@ class MARINA(MarinaOptimizer):
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides={"p": p},
-        )
+        super().__init__(params, overrides={"p": p}, **_base_arguments(locals()))
 
 
 @documented()
@@ -834,16 +834,7 @@ class VRMARINA(MarinaOptimizer):
             overrides["dense_batch_size"] = dense_batch_size
         elif dense_batch_size is not None:
             raise ConfigError(f"dense_batch_size == {dense_batch_size!r} is used only with online=True")
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
 
 @documented()
@@ -874,16 +865,7 @@ class PPMARINA(MarinaOptimizer):
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides={"p": p, "clients": clients},
-        )
+        super().__init__(params, overrides={"p": p, "clients": clients}, **_base_arguments(locals()))
 
     @property
     def participates(self) -> bool:
@@ -918,16 +900,7 @@ class DIANA(MarinaOptimizer):
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides={"alpha": alpha},
-        )
+        super().__init__(params, overrides={"alpha": alpha}, **_base_arguments(locals()))
 
 
 @documented()
@@ -953,13 +926,4 @@ class QGD(MarinaOptimizer):
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides={},
-        )
+        super().__init__(params, overrides={}, **_base_arguments(locals()))

@@ -34,7 +34,7 @@ from torch import nn
 from marina import methods
 from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError
-from marina.torch.optim import MarinaOptimizer, Params, default_local_size, documented
+from marina.torch.optim import MarinaOptimizer, Params, _base_arguments, default_local_size, documented
 
 __all__ = ["EF21", "EF21PP", "EF21SGD", "EF21SGDM", "DASHA", "DASHAPAGE", "DASHAMVR"]
 
@@ -60,16 +60,7 @@ class EF21(MarinaOptimizer):
         local_size: int | None = None,
         module: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides={},
-        )
+        super().__init__(params, overrides={}, **_base_arguments(locals()))
 
 
 @documented()
@@ -96,16 +87,7 @@ class EF21PP(MarinaOptimizer):
         module: nn.Module | None = None,
     ) -> None:
         overrides = {"participation": participation}
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
     @property
     def participates(self) -> bool:
@@ -143,16 +125,7 @@ class EF21SGD(MarinaOptimizer):
         if local_size is None:  # m >= b is all the theory needs of m here
             local_size = default_local_size(batch_size, batch_size)
         overrides = {"batch_size": batch_size}
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
 
 @documented(
@@ -193,16 +166,7 @@ class EF21SGDM(MarinaOptimizer):
         if local_size is None:  # m >= b is all the theory needs of m here
             local_size = default_local_size(batch_size, batch_size)
         overrides = {"momentum": momentum, "batch_size": batch_size}
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
 
 @documented()
@@ -229,16 +193,7 @@ class DASHA(MarinaOptimizer):
         module: nn.Module | None = None,
     ) -> None:
         overrides = {"momentum": momentum}
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
 
 @documented(
@@ -278,16 +233,7 @@ class DASHAPAGE(MarinaOptimizer):
                 "local passes and the default p = B/(m + B)"
             )
         overrides = {"p": p, "momentum": momentum, "batch_size": batch_size}
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
 
 
 @documented(
@@ -330,13 +276,4 @@ class DASHAMVR(MarinaOptimizer):
             "batch_size": batch_size,
             "dense_batch_size": dense_batch_size,
         }
-        super().__init__(
-            params,
-            compressor=compressor,
-            lr=lr,
-            seed=seed,
-            process_group=process_group,
-            module=module,
-            local_size=local_size,
-            overrides=overrides,
-        )
+        super().__init__(params, overrides=overrides, **_base_arguments(locals()))
