@@ -190,6 +190,20 @@ class Network(ABC):
                 length-n int64 tensor over all workers (see the module docstring).
         """
 
+    @abstractmethod
+    def aggregate_with_local(
+        self,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        *,
+        stream: str | int = "compress",
+        multiplicity: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`aggregate_mean` and the hosted workers' own decompressed messages (n_local, d)
+        (copy 0; zero rows for workers that sent nothing), e.g. for DIANA's h_i update; the same
+        messages, bits and randomness as :meth:`aggregate_mean`."""
+
     def aggregate_added(
         self,
         base: Tensor,
@@ -247,20 +261,6 @@ class Network(ABC):
     def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
         """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
         since) may write over it. A backend without in-place paths ignores it."""
-
-    @abstractmethod
-    def aggregate_with_local(
-        self,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        *,
-        stream: str | int = "compress",
-        multiplicity: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """:meth:`aggregate_mean` and the hosted workers' own decompressed messages (n_local, d)
-        (copy 0; zero rows for workers that sent nothing), e.g. for DIANA's h_i update; the same
-        messages, bits and randomness as :meth:`aggregate_mean`."""
 
     def aggregate(
         self,

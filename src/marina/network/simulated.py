@@ -12,7 +12,6 @@ per round on CUDA).
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,7 +85,7 @@ class SimulatedNetwork(Network):
 
     def _aggregate(
         self,
-        compressor,
+        compressor: Compressor,
         X_local: Tensor | LazyRows,
         round: int,
         stream: str | int,
@@ -222,7 +221,9 @@ class SimulatedNetwork(Network):
         round: int,
         scale: float,
         weight: float,
-        **kw: Any,
+        *,
+        multiplicity: Tensor | None = None,
+        stream: str | int = "compress",
     ) -> Tensor:
         """EF21's steps 4-6, bit for bit. With one worker, a sparsifier and scale = weight = 1 (a
         contractive compressor, every client sending), the K kept entries are added into
@@ -231,12 +232,12 @@ class SimulatedNetwork(Network):
         a full round everywhere), so adding 0 elsewhere leaves them as they are. Otherwise
         :meth:`Network.aggregate_feedback`."""
         args = (g, estimates, compressor, X_local, round, scale, weight)
-        fast = kw.get("multiplicity") is None and scale == 1.0 == weight and self._adds_in_place(compressor)
+        kw = {"multiplicity": multiplicity, "stream": stream}
+        fast = multiplicity is None and scale == 1.0 == weight and self._adds_in_place(compressor)
         if not fast:
             return super().aggregate_feedback(*args, **kw)
         if self._writable(g, clean=True, role="sum") and self._writable(estimates, True, "estimates"):
-            rng = self.rng(kw.get("stream", "compress"), round)
-            idx, values, bits = compressor.compress_entries(X_local, rng)
+            idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
             self._bits_up_dev += bits.sum()
             estimates.reshape(-1).index_add_(0, idx[0], values[0])
             g.index_add_(0, idx[0], torch.add(values[0], 0.0))
