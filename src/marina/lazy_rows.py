@@ -93,6 +93,11 @@ class LazyRows(ABC):
         once (same bits)."""
         return torch.sub(self.gather(1, idx), other.gather(1, idx))
 
+    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
+        """``self.dense() - materialize(other)`` as a new tensor; implementations may skip
+        materialising ``self`` (same bits: one subtraction per entry)."""
+        return torch.sub(self.dense(), materialize(other))
+
     def __sub__(self, other: LazyRows | Tensor) -> RowDifference:
         return RowDifference(self, other)
 
@@ -143,7 +148,7 @@ class RowDifference(LazyRows):
         self.shape, self.dtype, self.device = a.shape, a.dtype, a.device
 
     def dense(self) -> Tensor:
-        return torch.sub(materialize(self.a), materialize(self.b))
+        return self.a.minus_dense(self.b)
 
     def _select_rows(self, rows: Tensor) -> LazyRows:
         return RowDifference(self.a.index_select(0, rows), self.b.index_select(0, rows))

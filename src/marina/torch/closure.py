@@ -1,8 +1,11 @@
 """A user's parameters and ``step(closure)`` seen through marina's Problem protocol.
 
 :class:`ClosureProblem` is one worker (this rank): its oracles write the requested point into
-the parameters, call the closure of the current step (which computes the loss of the current
-batch and calls backward) and read the gradients back as one flat vector. Which samples the
+the parameters, set every ``p.grad`` to None, call the closure of the current step (which
+computes the loss of the current batch and calls backward) and read the gradients where
+autograd left them (:class:`ParamGrads`: no copy until a consumer needs the concatenated row).
+So a gradient kept from an earlier evaluation (MARINA's grad f_i(x^k)) never changes, whether
+the closure zeroes the grads with ``set_to_none`` or in place. Which samples the
 closure uses is the training loop's business: the index draws of the methods (``idx``) are
 ignored, and the loop reads the coin (``optimizer.coin``) to feed the large batch or the full
 local pass on dense rounds.
@@ -28,7 +31,65 @@ from marina.errors import ConfigError
 from marina.lazy_rows import DenseRows, LazyRows, RowDifference
 from marina.problems.base import Problem
 
-__all__ = ["ClosureProblem", "ClosureRows"]
+__all__ = ["ClosureProblem", "ClosureRows", "ParamGrads"]
+
+
+class ParamGrads(LazyRows):
+    """One evaluation's gradient as the (1, d) row of the parameters' ``p.grad`` tensors, read
+    without concatenating them: a sorted gather (RandK's indices) reads each parameter's entries
+    where they are, a difference with a dense row subtracts parameter by parameter into one
+    output; :meth:`dense` concatenates once (kept).
+
+    The tensors must not change while the row is used: :class:`ClosureProblem` sets every
+    ``p.grad`` to None before it calls the closure, so the autograd engine allocates the next
+    gradients and these stay as they were.
+
+    Args:
+        grads: the flat (numel,) gradient of every parameter, in order.
+        dtype: the parameters' dtype.
+        device: the parameters' device.
+    """
+
+    def __init__(self, grads: Sequence[Tensor], dtype: torch.dtype, device: torch.device) -> None:
+        self.grads = list(grads)
+        self.numels = [g.numel() for g in self.grads]
+        self.offsets = [0]
+        for numel in self.numels:
+            self.offsets.append(self.offsets[-1] + numel)
+        self.shape = torch.Size((1, self.offsets[-1]))
+        self.dtype, self.device = dtype, device
+        self.values: Tensor | None = None
+
+    def dense(self) -> Tensor:
+        if self.values is None:
+            self.values = torch.cat(self.grads).reshape(1, -1)
+        return self.values
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        at = idx[0]
+        if self.values is not None or self.device.type != "cpu" or not _ascending(at):
+            return self.dense().gather(1, idx)
+        cuts = torch.searchsorted(at, torch.tensor(self.offsets, dtype=at.dtype)).tolist()
+        out = torch.empty(idx.shape, dtype=self.dtype)
+        for g, start, s, e in zip(self.grads, self.offsets, cuts, cuts[1:]):
+            if e > s:
+                torch.index_select(g, 0, at[s:e] - start, out=out[0, s:e])
+        return out
+
+    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
+        """``self.dense() - other`` entry by entry, written parameter by parameter."""
+        b = other.dense() if isinstance(other, LazyRows) else other
+        if self.values is not None:
+            return torch.sub(self.values, b)
+        out = torch.empty(self.shape, dtype=torch.result_type(self.grads[0], b), device=self.device)
+        flat_b, flat_out = b.reshape(-1), out.view(-1)
+        for g, s, e in zip(self.grads, self.offsets, self.offsets[1:]):
+            torch.sub(g, flat_b[s:e], out=flat_out[s:e])
+        return out
+
+
+def _ascending(at: Tensor) -> bool:
+    return at.numel() < 2 or bool((at[1:] >= at[:-1]).all())
 
 
 class ClosureRows(LazyRows):
@@ -41,19 +102,26 @@ class ClosureRows(LazyRows):
         self.problem, self.x = problem, x
         self.shape = torch.Size((1, problem.dim))
         self.dtype, self.device = problem.dtype, problem.device
-        self.values: Tensor | None = None
+        self.values: ParamGrads | None = None
 
     @property
     def evaluated(self) -> bool:
         return self.values is not None
 
-    def dense(self) -> Tensor:
+    def rows(self) -> ParamGrads:
+        """The evaluated gradient (the closure runs at the first read)."""
         if self.values is None:
-            self.values = self.problem.local_grads(self.x)
+            self.values = self.problem.evaluate_rows(self.x)
         return self.values
 
+    def dense(self) -> Tensor:
+        return self.rows().dense()
+
     def _gather(self, idx: Tensor) -> Tensor:
-        return self.dense().gather(1, idx)
+        return self.rows()._gather(idx)
+
+    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
+        return self.rows().minus_dense(other)
 
     def _select_rows(self, rows: Tensor) -> LazyRows:
         if rows.numel() == 0:  # not drawn: nothing is evaluated
@@ -153,7 +221,9 @@ class ClosureProblem(Problem):
             for p, chunk in zip(self.params, x.split(self.numels)):
                 p.copy_(chunk.view_as(p))
 
-    def flat_grads(self) -> Tensor:
+    def grad_rows(self) -> ParamGrads:
+        """The parameters' ``p.grad`` as one (1, d) row (None: zeros, a parameter the loss does
+        not use); ConfigError when every grad is None or one is sparse."""
         grads = [p.grad for p in self.params]
         if all(g is None for g in grads):
             raise ConfigError(
@@ -170,12 +240,15 @@ class ClosureProblem(Problem):
                     f"parameter {i} (shape {tuple(self.params[i].shape)}) has a {g.layout} gradient; "
                     "marina.torch optimizers need dense gradients (e.g. nn.Embedding(sparse=False))"
                 )
-        return torch.cat(
-            [
-                g.detach().reshape(-1) if g is not None else torch.zeros_like(p).reshape(-1)
-                for p, g in zip(self.params, grads)
-            ]
-        )
+        flat = [
+            g.detach().reshape(-1) if g is not None else p.new_zeros(p.numel())
+            for p, g in zip(self.params, grads)
+        ]
+        return ParamGrads(flat, self.dtype, self.device)
+
+    def flat_grads(self) -> Tensor:
+        """The parameters' ``p.grad`` as one (d,) vector (a new tensor)."""
+        return self.grad_rows().dense().reshape(-1)
 
     # -- one step's evaluations --------------------------------------------------------------------
     def begin_step(self, closure: Callable[[], Tensor] | None) -> None:
@@ -219,13 +292,21 @@ class ClosureProblem(Problem):
             return None
         if not (self.at_first_point and self._first is None):
             self.write(x)
+        for p in self.params:  # the closure's backward allocates new gradients: rows read before stay
+            p.grad = None
         with torch.enable_grad():
             loss = self.closure()
         self.evaluations += 1
         return loss
 
     def evaluate(self, x: Tensor) -> Tensor:
-        """(1, d): the closure's gradient at x (see the module doc for RNG and buffers)."""
+        """(1, d): the closure's gradient at x, a new tensor (see :meth:`evaluate_rows`)."""
+        return self.evaluate_rows(x).dense()
+
+    def evaluate_rows(self, x: Tensor) -> ParamGrads:
+        """The closure's gradient at x as the parameters' grads (see the module doc for RNG and
+        buffers). Without a closure (``p.grad`` the caller's, which they may zero in place later)
+        the row is concatenated at once."""
         if self._first is None:
             rng, bufs = self._rng_state(), [b.clone() for b in self._buffers()]
             self.loss_value = self._call(x)
@@ -239,7 +320,11 @@ class ClosureProblem(Problem):
             finally:
                 self._set_rng_state(rng_after)
                 self._load_buffers(bufs_after)
-        return self.flat_grads().reshape(1, -1)  # a fresh tensor (cat)
+        rows = self.grad_rows()
+        if self.closure is None:
+            rows.dense()
+            rows.grads = []
+        return rows
 
     # -- the Problem protocol ------------------------------------------------------------------------
     def local_grads(self, x: Tensor) -> Tensor:
@@ -258,8 +343,8 @@ class ClosureProblem(Problem):
     def lazy_minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> LazyRows:
         """Both gradients evaluated, their difference left lazy: a sparsifier subtracts only its
         K entries (no pass over d)."""
-        g_new = self.evaluate(x_new)
-        return RowDifference(DenseRows(g_new), DenseRows(self.evaluate(x_old)))
+        g_new = self.evaluate_rows(x_new)
+        return RowDifference(g_new, self.evaluate_rows(x_old))
 
     def local_losses(self, x: Tensor) -> Tensor:
         value = float("nan") if self.loss_value is None else float(self.loss_value)

@@ -14,7 +14,8 @@ EF21-PP, EF21-SGD, EF21-SGDM, DASHA) also take ``loss.backward(); opt.step()`` (
 read); the others refuse ``step()`` without a closure. Parameters must not be wrapped in
 ``DistributedDataParallel`` (the optimizer does the communication). At construction the
 parameters become views of one flat buffer (the module keeps its ``Parameter`` objects; their
-``.data`` is replaced), so writing the next point is one pass.
+``.data`` is replaced), so writing the next point is one pass; the methods with one gradient per
+step and the estimator first (MARINA, EF21, EF21-SGD, EF21-SGDM, DASHA) move that buffer in place.
 
 Guards. A step that raises (in the closure, or a non-finite gradient) leaves parameters and
 optimizer state as before it, bit for bit (the state fields are restored: the methods assign new
@@ -455,6 +456,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self.method = planned.build()
         self._params = flat
         self._agreed = self.net.n == 1  # the ranks compare their configurations at the first step
+        self._spares: list[Tensor] = []  # see _moved_into_spare
         self._first_loss: float | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -552,8 +554,11 @@ class MarinaOptimizer(torch.optim.Optimizer):
         if self.estimator_first:
             # line 7 of the next round, applied now: the parameters hold x^{k+1} = x^k - gamma g^k,
             # which the next step takes instead of computing it again (the same lr: APPLIED_LR)
-            method.next_x = moved(method.state.x, method.state.g, self._gamma())
-            problem.write(method.next_x)
+            if self.moves_in_place:
+                method.next_x = self._moved_in_place(method.state.g, self._gamma())
+            else:
+                method.next_x = self._moved_into_spare(method.state.x, method.state.g, self._gamma())
+                problem.write(method.next_x)
             for group in self.param_groups:
                 group[APPLIED_LR] = group["lr"]
         else:
@@ -562,6 +567,33 @@ class MarinaOptimizer(torch.optim.Optimizer):
             # them (QGD adds its K entries in place, Network.aggregate_moved; nothing raises then)
             method.state.x = problem.flat_params()
             self.net.entrust(method.state.x)
+
+    @property
+    def moves_in_place(self) -> bool:
+        """Whether the next point is written over the parameters in place (the MARINA-family
+        methods with one gradient per step never read x^k once they moved from it), so that
+        :attr:`Method.next_x` is the flat parameter buffer and ``state.x`` becomes it."""
+        return self.estimator_first and self.one_point
+
+    def _moved_in_place(self, g: Tensor, gamma: float | Tensor) -> Tensor:
+        """The parameters <- x - gamma g with :func:`moved`'s two roundings (the product in a
+        kept buffer), returned as the flat parameter buffer."""
+        x = self.problem.flat_params()
+        spares = self._spares
+        if not spares or spares[0].shape != g.shape or spares[0].dtype != g.dtype:
+            spares[:] = [torch.empty_like(g)]
+        return torch.sub(x, torch.mul(g, gamma, out=spares[0]).reshape(x.shape), out=x)
+
+    def _moved_into_spare(self, x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
+        """x - gamma g (:func:`moved`'s two roundings) written into one of two buffers this
+        optimizer keeps, the one that is not ``x`` (which holds x^k until the next step ends):
+        no allocation of d entries per step. The caller takes it as :attr:`Method.next_x`."""
+        spares = self._spares
+        if not spares or spares[0].shape != x.shape or spares[0].dtype != x.dtype:
+            spares[:] = [torch.empty_like(x), torch.empty_like(x)]
+        out = spares[1] if spares[0].data_ptr() == x.data_ptr() else spares[0]
+        torch.mul(g, gamma, out=out)
+        return torch.sub(x, out, out=out)
 
     def _snapshot(self) -> tuple:
         """What a step changes, to undo it: the method's state fields (the methods assign new
@@ -681,8 +713,12 @@ class MarinaOptimizer(torch.optim.Optimizer):
         meta: dict[str, Any] = {"started": self.started, "counters": self.net.counters()}
         if self.started:
             meta.update(k=int(self.method.k), oracle_calls=float(self.method.oracle_calls), evaluated={})
+            if self.moves_in_place and self.method.next_x is not None:
+                meta["x_is_next"] = True  # x^k was written over: "x" holds the parameters' point
             for f in self._fields():
                 value = getattr(self.method.state, f.name)
+                if f.name == "x" and meta.get("x_is_next"):
+                    value = self.method.next_x
                 lazy_unread = isinstance(value, ClosureRows) and not value.evaluated
                 meta["evaluated"][f.name] = not lazy_unread
                 if lazy_unread:
@@ -742,6 +778,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
                         lead = parts[0].shape[: parts[0].dim() - self._params[0].dim()]
                         fields[f.name] = torch.cat([t.reshape(*lead, -1) for t in parts], dim=-1)
                 self.method.load_state_dict(fields)
+                if meta.get("x_is_next"):
+                    self.method.next_x = self.method.state.x
                 for f in self._fields():
                     if not meta["evaluated"][f.name]:
                         setattr(self.method.state, f.name, ClosureRows(self.problem, self.method.state.x))

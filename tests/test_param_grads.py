@@ -1,0 +1,109 @@
+"""The gradients of a closure read where autograd left them (marina.torch.closure.ParamGrads).
+
+Reading K entries or a difference from the per-parameter grads must equal reading the
+concatenated row bit for bit, and a row read in one step must not change when a later closure
+zeroes or recomputes the grads, however it zeroes them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import marina.torch as mt
+from marina.rng import Randomness
+from marina.torch.closure import ParamGrads
+
+NUMELS = [3, 1, 40, 7, 2, 25]
+
+
+def _grads(seed: int, dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g, dtype=dtype) for n in NUMELS]
+
+
+@pytest.mark.parametrize("k", [1, 5, 30, 78])
+def test_sorted_gather_equals_the_gather_of_the_concatenated_row(seed, k):
+    print("seed", seed)
+    grads = _grads(seed)
+    rows = ParamGrads(grads, torch.float32, torch.device("cpu"))
+    dense = torch.cat(grads).reshape(1, -1)
+    idx = Randomness(seed, "entries", 0, [0]).sample_without_replacement(dense.shape[1], k)
+    got = rows.gather(1, idx)
+    assert rows.values is None  # read in place, nothing concatenated
+    assert torch.equal(got, dense.gather(1, idx))
+    shuffled = idx[:, torch.randperm(k, generator=torch.Generator().manual_seed(seed))]
+    assert torch.equal(rows.gather(1, shuffled), dense.gather(1, shuffled))  # any order
+
+
+def test_difference_with_a_dense_row_equals_the_dense_subtraction(seed):
+    print("seed", seed)
+    a, b = _grads(seed), torch.cat(_grads(seed + 1)).reshape(1, -1)
+    rows = ParamGrads(a, torch.float32, torch.device("cpu"))
+    got = (rows - b).dense()
+    assert rows.values is None
+    assert torch.equal(got, torch.cat(a).reshape(1, -1) - b)
+    other = ParamGrads(_grads(seed + 1), torch.float32, torch.device("cpu"))
+    assert torch.equal((rows - other).dense(), torch.cat(a).reshape(1, -1) - b)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(24, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (24,), generator=g)
+
+
+@pytest.mark.parametrize("zeroing", ["none", "in place", "by hand"])
+def test_rows_held_across_steps_survive_any_zeroing_of_the_grads(seed, zeroing):
+    """MARINA keeps grad f(x^k) for the next step's difference: a closure that zeroes the grads in
+    place (or a loop that does so after ``loss.backward(); opt.step()``) must not change it, so
+    every way of zeroing gives the trajectory of the default ``zero_grad()``."""
+    print("seed", seed)
+    x, y = _data()
+    finals = []
+    for how in ("none", zeroing):
+        model = _model()
+        opt = mt.MARINA(model.parameters(), compressor="randk:9", lr=0.2, p=0.2, seed=seed)
+        for _ in range(8):
+            opt.step(_closure(model, opt, x, y, how))
+        # the same run without a closure: backward, step, then zero the grads
+        model2 = _model()
+        opt2 = mt.MARINA(model2.parameters(), compressor="randk:9", lr=0.2, p=0.2, seed=seed)
+        for _ in range(8):
+            F.cross_entropy(model2(x), y).backward()
+            opt2.step()
+            _zero(model2, opt2, how)
+        assert torch.equal(_flat(model), _flat(model2))
+        finals.append(_flat(model))
+    assert torch.equal(finals[0], finals[1])
+
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _zero(model: nn.Module, opt: torch.optim.Optimizer, how: str) -> None:
+    if how == "none":
+        opt.zero_grad()
+    elif how == "in place":
+        opt.zero_grad(set_to_none=False)
+    else:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+def _closure(model, opt, x, y, how: str):
+    def closure():
+        _zero(model, opt, how)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
