@@ -15,7 +15,7 @@ import marina
 from marina import compressors, problems
 from marina.compressors.sparse import sparse_sum
 from marina.errors import ConfigError
-from marina.lazy_rows import DenseRows, LazyRows, RowDifference, materialize
+from marina.lazy_rows import DenseRows, Elementwise, LazyRows, RowDifference, materialize
 from marina.network import SimulatedNetwork
 from marina.rng import Randomness
 
@@ -173,7 +173,7 @@ def test_lazy_entries_are_checked_like_dense_rows():
     assert big.dense_reads == 1  # everything else materialises
 
 
-@pytest.mark.parametrize("method", ["marina", "qgd", "diana", "pp-marina"])
+@pytest.mark.parametrize("method", ["marina", "qgd", "diana", "pp-marina", "dasha"])
 def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(seed, method):
     """The trajectory does not depend on whether the sparsifier's entries were read lazily."""
     histories = []
@@ -194,6 +194,29 @@ def test_runs_with_lazy_gradients_equal_runs_with_dense_ones(seed, method):
         )
         histories.append(res.history.drop(columns="time_s"))
     assert histories[0].equals(histories[1])
+
+
+def test_elementwise_rows_gather_what_the_dense_expression_holds(seed):
+    """DASHA's message h_new - h - a (g_i - h) read at K entries equals the dense expression's
+    entries, and its dense value is computed once."""
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    h_new, h, est = (torch.randn(3, 50, generator=gen, dtype=torch.float32) for _ in range(3))
+    calls = []
+
+    def message(a, b, c):
+        calls.append(a.shape)
+        return a - b - 0.37 * (c - b)
+
+    lazy = Elementwise(message, DenseRows(h_new), h, est)
+    idx = _entries(3, 50, 7, seed)
+    expected = (h_new - h - 0.37 * (est - h)).gather(1, idx)
+    assert torch.equal(lazy.gather(1, idx), expected) and calls == [idx.shape]
+    assert torch.equal(materialize(lazy), h_new - h - 0.37 * (est - h))
+    materialize(lazy)
+    assert calls == [idx.shape, h.shape]  # computed once, then kept
+    with pytest.raises(ValueError, match="one shape"):
+        Elementwise(message, h, h[:2], h)
 
 
 def test_simulation_reads_lazy_rows_without_materialising():

@@ -26,6 +26,7 @@ Names say which kind a gradient is: ``Problem.local_grads(x)`` is a dense tensor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -155,6 +156,31 @@ class RowDifference(LazyRows):
 
     def _gather(self, idx: Tensor) -> Tensor:
         return self.a._gather_minus(self.b, idx)
+
+
+class Elementwise(LazyRows):
+    """``fn(*operands)`` for an ``fn`` made of entry-by-entry torch operations (``+``, ``-``,
+    ``*`` by scalars, ...) on (n, d) operands, lazy or dense: gathered entries are ``fn`` of the
+    operands' gathered entries, the same floating-point operations on the same values as the
+    dense result (computed once and kept)."""
+
+    def __init__(self, fn: Callable[..., Tensor], *operands: LazyRows | Tensor) -> None:
+        shapes = {tuple(o.shape) for o in operands}
+        if len(shapes) != 1:
+            raise ValueError(f"operands of one shape are needed, got {sorted(shapes)}")
+        self.fn, self.operands = fn, operands
+        self.shape, self.dtype, self.device = operands[0].shape, operands[0].dtype, operands[0].device
+        self.values: Tensor | None = None
+
+    def dense(self) -> Tensor:
+        if self.values is None:
+            self.values = self.fn(*(materialize(o) for o in self.operands))
+        return self.values
+
+    def _gather(self, idx: Tensor) -> Tensor:
+        if self.values is not None:
+            return self.values.gather(1, idx)
+        return self.fn(*(o.gather(1, idx) for o in self.operands))
 
 
 def materialize(X: LazyRows | Tensor) -> Tensor:

@@ -15,7 +15,8 @@ from torch import Tensor
 from marina import theory
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, successor_cost
+from marina.lazy_rows import Elementwise, LazyRows, materialize
+from marina.methods.base import IterateState, Method, Setting, TheoryRow, lazy_field, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
 from marina.problems.base import Problem
@@ -31,8 +32,9 @@ class DashaState(IterateState):
     """g^k = (1/n) sum_i g_i^k (d,), the server's estimator, replicated on every process."""
     estimates: Tensor
     """g_i^k (n_local, d): what the server holds of worker i (the sum of its messages)."""
-    local_estimates: Tensor
-    """h_i^k (n_local, d): worker i's own estimator of grad f_i(x^k)."""
+    local_estimates: Tensor | LazyRows = lazy_field()
+    """h_i^k (n_local, d): worker i's own estimator of grad f_i(x^k) (DASHA: the lazy local
+    gradients, of which a sparsifier reads K entries)."""
 
 
 class DASHA(Method):
@@ -96,10 +98,10 @@ class DASHA(Method):
         g = self.net.aggregate_dense(h, 0, self.dense)
         return DashaState(x=x0, g=g, estimates=h.clone(), local_estimates=h)
 
-    def _next_local_estimates(self, k: int, x_old: Tensor) -> Tensor:
-        """Step 8: h_i^{k+1}, oracle calls charged."""
+    def _next_local_estimates(self, k: int, x_old: Tensor) -> Tensor | LazyRows:
+        """Step 8: h_i^{k+1}, oracle calls charged (lazy rows: read where the message is)."""
         self._charge_full()
-        return self.problem.local_grads(self.state.x)
+        return self.problem.lazy_local_grads(self.state.x)
 
     def step(self) -> None:
         k, state = self.k, self.state
@@ -114,10 +116,14 @@ class DASHA(Method):
         # 9.+11. m_i^{k+1} = Q_i(h_i^{k+1} - h_i^k - a (g_i^k - h_i^k)), sent
         # 10. g_i^{k+1} = g_i^k + m_i^{k+1}
         # 13. g^{k+1} = g^k + (1/n) sum_i m_i^{k+1}
-        message = h_new - h - self.a * (state.estimates - h)
+        message = Elementwise(self._message, h_new, h, state.estimates)
         state.g = self.net.aggregate_feedback(state.g, state.estimates, self.Q, message, k, 1.0, 1.0)
         state.local_estimates = h_new
         self.k = k + 1
+
+    def _message(self, h_new: Tensor, h: Tensor, estimates: Tensor) -> Tensor:
+        """Step 9's argument h_i^{k+1} - h_i^k - a (g_i^k - h_i^k), entry by entry."""
+        return h_new - h - self.a * (estimates - h)
 
 
 class DASHAPAGE(DASHA):
@@ -190,7 +196,8 @@ class DASHAPAGE(DASHA):
         # 8. c_k = 0: h_i^k + minibatch difference on the same B samples at x^{k+1} and x^k
         idx = self._minibatch(self.B, k)
         self.oracle_calls += 2.0 * self.B
-        return self.problem.minibatch_grad_diffs(self.state.x, x_old, idx).add_(self.state.local_estimates)
+        diffs = self.problem.minibatch_grad_diffs(self.state.x, x_old, idx)
+        return diffs.add_(materialize(self.state.local_estimates))
 
 
 class DASHAMVR(DASHA):
@@ -249,4 +256,4 @@ class DASHAMVR(DASHA):
         self.oracle_calls += 2.0 * self.B
         new = self.problem.minibatch_grads(self.state.x, idx)
         old = self.problem.minibatch_grads(x_old, idx)
-        return new.add_(self.state.local_estimates - old, alpha=1.0 - self.b)
+        return new.add_(materialize(self.state.local_estimates) - old, alpha=1.0 - self.b)
