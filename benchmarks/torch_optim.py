@@ -35,8 +35,12 @@ thread's CPU time (steadier on a shared machine).
 
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
 or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30] [--cpu-clock] [--against SRC]``
-or ``python benchmarks/torch_optim.py --floors [--reps 30]`` (the parts that bound the own work:
-one pass over d, RandK's index draw, the RandK and TopK compressors alone, next to SGD-momentum)
+or ``python benchmarks/torch_optim.py --floors [--reps 30] [--batch 8] [--cpu-clock]`` (the parts
+that bound the own work: one pass over d, RandK's index draw, the RandK and TopK compressors and
+the exact TopK selections alone, next to SGD-momentum; then every optimizer's algorithmic floor,
+the fewest torch ops one step of its method needs for one worker, :mod:`step_floors`, timed as
+``--own`` times the optimizers: each step right after a real closure, interleaved with
+SGD-momentum's ``step()`` after its closure)
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import step_floors  # benchmarks/step_floors.py, beside this script
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -297,9 +302,11 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
     return own
 
 
-def floors(reps: int) -> None:
+def floors(reps: int, batch: int) -> None:
     """What bounds the optimizers' own work, each part alone on the model's d, interleaved
-    (``reps`` rounds), next to SGD-momentum's ``step()`` with the gradients given."""
+    (``reps`` rounds), next to SGD-momentum's ``step()`` with the gradients given; then the
+    algorithmic floor of every :data:`OWN` optimizer (:func:`algorithmic_floors`), its TopK
+    selection the cheapest of :data:`step_floors.SELECTORS` measured here."""
     from marina import compressors
     from marina.rng import Randomness
 
@@ -321,6 +328,9 @@ def floors(reps: int) -> None:
         "randk compress_sum": lambda r: randk.compress_sum(x, Randomness(0, "compress", r, [0])),
         "topk compress_sum": lambda r: topk.compress_sum(x, Randomness(0, "compress", r, [0])),
     }
+    selectors = {f"abs + {name}": select for name, select in step_floors.SELECTORS.items()}
+    for name, select in selectors.items():
+        parts[name] = lambda r, select=select: select(torch.abs(x[0], out=buf[0]), k)
     times: dict[str, list[float]] = {name: [] for name in parts}
     for r in range(reps + 3):
         for name, run in parts.items():
@@ -329,16 +339,79 @@ def floors(reps: int) -> None:
             if r >= 3:
                 times[name].append(clock() - t0)
     floor = _percentile(times["sgd-momentum step()"], 0.5)
-    print(f"parts alone, d = {d}, interleaved ({reps} rounds): median ms, / SGD-momentum step()")
+    print(
+        f"parts alone, d = {d}, interleaved ({reps} rounds, {_clock_name()}): "
+        "median ms, / SGD-momentum step()"
+    )
     for name, values in times.items():
         med = _percentile(values, 0.5)
-        print(f"{name:<28}{med * 1e3:>8.3f}{med / floor:>8.2f}")
+        print(f"{name:<42}{med * 1e3:>8.3f}{med / floor:>8.2f}")
+    cheapest = min(selectors, key=lambda name: _percentile(times[name], 0.5))
+    print()
+    summarise_floors(algorithmic_floors(reps, batch, selectors[cheapest]), batch, cheapest)
+
+
+def algorithmic_floors(reps: int, batch: int, select) -> dict[str, list[float]]:
+    """Seconds per step of every :data:`step_floors.FLOORS` sequence (its step minus its closures)
+    and of SGD-momentum's ``step()``, each right after a real closure on its own
+    :func:`own_work_model`, interleaved as :func:`own_work` (3 warm-up rounds, then ``reps``)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    d = sum(p.numel() for p in own_work_model().parameters())
+    k = max(1, round(d / 100))
+    idx = torch.randperm(d, generator=torch.Generator().manual_seed(0))[:k].sort().values
+    omega = d / k - 1  # RandK's; the coefficients' values do not change the work
+    coef = step_floors.Coefficients(
+        gamma=1e-3, scale=d / k, alpha=1 / (1 + omega), a=1 / (2 * omega + 1), eta=0.1, b=0.1
+    )
+    inside = [0.0]
+    torch.manual_seed(0)
+    model = own_work_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    runs = {"sgd-momentum": (model, lambda closure: (closure(), sgd.step()))}
+    for name, make in step_floors.FLOORS.items():
+        torch.manual_seed(0)
+        model = own_work_model()
+        floor = make(step_floors.Layout(model.parameters()), idx, coef, select)
+        floor.start(timed_closure(model, model, x, y, inside))
+        runs[name] = (model, floor.step)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(reps + 3):
+        for name, (model, step) in runs.items():
+            closure = timed_closure(model, model, x, y, inside)
+            inside[0] = 0.0
+            t0 = clock()
+            step(closure)
+            if rep >= 3:
+                times[name].append(clock() - t0 - inside[0])
+    return times
+
+
+def summarise_floors(times: dict[str, list[float]], batch: int, selector: str) -> None:
+    d = sum(p.numel() for p in own_work_model().parameters())
+    print(
+        f"algorithmic floors, one worker, plain torch (benchmarks/step_floors.py): d = {d}, "
+        f"K = {max(1, round(d / 100))}; each step right after a closure (batch {batch}),\n"
+        f"interleaved ({len(times['sgd-momentum'])} rounds, {_clock_name()}), median; TopK: {selector}"
+    )
+    floor = _percentile(times["sgd-momentum"], 0.5)
+    print(f"{'method':<14}{'floor ms':>9}{'/ SGD-m':>9}   ops counted")
+    for name, values in times.items():
+        med = _percentile(values, 0.5)
+        ops = step_floors.FLOORS[name].ops if name in step_floors.FLOORS else "torch.optim.SGD step()"
+        print(f"{name:<14}{med * 1e3:>9.3f}{med / floor:>9.2f}   {ops}")
+
+
+def _clock_name() -> str:
+    return "thread CPU time" if clock is time.thread_time else "wall time"
 
 
 def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
     d = sum(p.numel() for p in own_work_model().parameters())
-    what = "thread CPU time" if clock is time.thread_time else "wall time"
-    print(f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved, {what}")
+    print(
+        f"own work per step (step minus its closures), CNN d = {d}, {ranks} rank(s), interleaved, "
+        f"{_clock_name()}"
+    )
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
     print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
     hooks = [name for name in reports[0] if name.split(" (")[0] in HOOKS]
@@ -434,7 +507,7 @@ def main() -> None:
         clock = time.thread_time
     if args.floors:
         torch.set_num_threads(1)
-        floors(args.reps)
+        floors(args.reps, args.batch)
         return
     if args.own:
         torch.set_num_threads(1)
