@@ -244,3 +244,50 @@ def test_aggregate_feedback_underflow_to_minus_zero_keeps_the_full_path():
         g_ref = g_ref + mean
         assert torch.equal(e.view(torch.int64), e_ref.view(torch.int64)), k
         assert torch.equal(g.view(torch.int64), g_ref.view(torch.int64)), k
+
+
+@pytest.mark.parametrize("spec", ["randk:7", "natural", "randk:7:seeded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_coordinate", [False, True])
+def test_aggregate_shifted_equals_diana_steps_bit_for_bit(seed, spec, dtype, per_coordinate):
+    """(x, h) <- aggregate_shifted(x, gamma, h_i, h, ...) equals DIANA's steps 3-7 written out
+    (the messages' mean and rows of a twin network, h_i += alpha rows, x - gamma (h + mean),
+    h + alpha mean) bit for bit, -0.0 in x and in the gradients, a start of shifts holding -0.0
+    included; an entrusted x is written over and, once h_i and h are known to hold no -0.0,
+    the shifts are updated in place (one worker, a sparsifier)."""
+    from marina.methods.base import moved
+
+    print("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    d, alpha = 40, 0.37
+    c = compressors.get(spec)
+    net, twin = SimulatedNetwork(1, seed), SimulatedNetwork(1, seed)
+    x = torch.randn(d, generator=gen, dtype=dtype)
+    x[::3] = -0.0
+    gamma = torch.rand(d, generator=gen, dtype=dtype) if per_coordinate else 0.3
+    h_i = torch.zeros(1, d, dtype=dtype)
+    h_i[0, 1::7] = -0.0  # loaded from elsewhere: the first round takes the full path
+    h = h_i[0].clone()
+    x_ref, h_i_ref, h_ref = x.clone(), h_i.clone(), h.clone()
+    sparse = hasattr(c, "compress_entries")
+    for k in range(6):
+        grads = torch.randn(1, d, generator=gen, dtype=dtype)
+        grads[0, ::4] = -0.0
+        net.entrust(x)
+        before_x, before_h = x, h
+        x, h = net.aggregate_shifted(x, gamma, h_i, h, c, grads - h_i, k, alpha)
+        mean, local = twin.aggregate_with_local(c, grads - h_i_ref, k)
+        h_i_ref.add_(local, alpha=alpha)
+        x_ref = moved(x_ref, h_ref + mean, gamma)
+        h_ref = h_ref + alpha * mean
+        for got, want in ((x, x_ref), (h_i, h_i_ref), (h, h_ref)):
+            assert torch.equal(_bits_of(got), _bits_of(want)), k
+        assert (x is before_x) == (sparse and k > 0)
+        assert (h is before_h) == (sparse and k > 0)
+    assert net.bits_up == twin.bits_up
+    # a point not handed over stays as it was
+    kept = x.clone()
+    out, _ = net.aggregate_shifted(
+        kept, gamma, h_i, h, c, torch.randn(1, d, generator=gen, dtype=dtype), 6, alpha
+    )
+    assert out is not kept

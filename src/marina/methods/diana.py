@@ -11,7 +11,7 @@ from torch import Tensor
 from marina import theory
 from marina.compressors.base import Compressor
 from marina.lazy_rows import LazyRows
-from marina.methods.base import IterateState, Method, Setting, TheoryRow, moved
+from marina.methods.base import IterateState, Method, Setting, TheoryRow
 from marina.network.base import Network
 from marina.problems.base import Problem
 
@@ -122,16 +122,14 @@ class DIANA(Method):
         # 2. local estimates g_i^k
         estimates = self._local_estimates(k)
         # 3. Delta_i^k = Q_i(g_i^k - h_i^k), sent; the server gets their mean
-        delta_mean, delta_local = self.net.aggregate_with_local(self.Q, estimates - state.shifts, k)
         # 4. h_i^{k+1} = h_i^k + alpha Delta_i^k
-        state.shifts.add_(delta_local, alpha=self.alpha)
         # 5. g^k = h^k + Delta^k
-        g = state.shift_mean + delta_mean
-        # 6. x^{k+1} = x^k - gamma g^k   (x^k kept for step 8 of VR-DIANA)
-        x_old = state.x
-        state.x = moved(x_old, g, self.gamma)
+        # 6. x^{k+1} = x^k - gamma g^k   (x^k kept for step 8 of VR-DIANA: never entrusted there)
         # 7. h^{k+1} = h^k + alpha Delta^k
-        state.shift_mean = state.shift_mean + self.alpha * delta_mean
+        x_old = state.x
+        state.x, state.shift_mean = self.net.aggregate_shifted(
+            x_old, self.gamma, state.shifts, state.shift_mean, self.Q, estimates - state.shifts, k, self.alpha
+        )
         self._after_round(k, x_old)
         self.k = k + 1
 

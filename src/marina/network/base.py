@@ -235,6 +235,29 @@ class Network(ABC):
         t = torch.mul(mean, gamma, out=mean)
         return torch.sub(x, t, out=t)
 
+    def aggregate_shifted(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        shifts: Tensor,
+        shift_mean: Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        alpha: float,
+        *,
+        stream: str | int = "compress",
+    ) -> tuple[Tensor, Tensor]:
+        """DIANA's steps 3-7: the messages Delta_i = Q_i(X_i) sent, ``shifts`` (the hosted h_i) +=
+        alpha Delta_i in place, and (x - gamma (h + Delta), h + alpha Delta) returned, with h =
+        ``shift_mean`` and Delta the mean message, bit for bit those expressions. The caller gives
+        ``x`` and ``shift_mean`` up: a backend may write the results over them."""
+        mean, local = self.aggregate_with_local(compressor, X_local, round, stream=stream)
+        shifts.add_(local, alpha=alpha)
+        g = shift_mean + mean
+        t = torch.mul(g, gamma, out=g)
+        return torch.sub(x, t, out=t), shift_mean + alpha * mean
+
     def aggregate_feedback(
         self,
         g: Tensor,

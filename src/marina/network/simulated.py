@@ -212,6 +212,48 @@ class SimulatedNetwork(Network):
         x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
         return self._own(x, clean=False, role="point")
 
+    def aggregate_shifted(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        shifts: Tensor,
+        shift_mean: Tensor,
+        compressor: Compressor,
+        X_local: Tensor | LazyRows,
+        round: int,
+        alpha: float,
+        *,
+        stream: str | int = "compress",
+    ) -> tuple[Tensor, Tensor]:
+        """DIANA's steps 3-7, bit for bit. With one worker and a sparsifier, h_i and h change at
+        the K kept entries only, in place, when both are what this method left last, unchanged
+        since, with no -0.0 (h + alpha 0 = h elsewhere; neither update can make a -0.0 from
+        values that hold none): gamma (h + Delta) is gamma h with K entries recomputed, and x is
+        written over when it was :meth:`entrust`-ed. Otherwise :meth:`Network.aggregate_shifted`."""
+        args = (x, gamma, shifts, shift_mean, compressor, X_local, round, alpha)
+        if not self._adds_in_place(compressor):
+            return super().aggregate_shifted(*args, stream=stream)
+        if not (self._writable(shifts, True, "shifts") and self._writable(shift_mean, True, "shift mean")):
+            x_new, mean_new = super().aggregate_shifted(*args, stream=stream)
+            self._own(shifts, clean=not _has_negative_zero(shifts), role="shifts")
+            return x_new, self._own(mean_new, clean=not _has_negative_zero(mean_new), role="shift mean")
+        idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
+        self._bits_up_dev += bits.sum()
+        at, v = idx[0], values[0]
+        delta = torch.add(v, 0.0)  # the mean's entries: 0 + v
+        # 5.-6. x - gamma (h + Delta): gamma h, its K entries recomputed from h + Delta
+        t = torch.mul(shift_mean, gamma)
+        g_at = torch.add(shift_mean.index_select(0, at), delta)
+        t.index_copy_(0, at, torch.mul(g_at, gamma[at] if isinstance(gamma, Tensor) else gamma))
+        x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t, out=t)
+        # 4. h_i += alpha Delta_i (one fused rounding, as add_ with alpha over the row)
+        row = shifts[0]
+        row.index_copy_(0, at, row.index_select(0, at).add_(v, alpha=alpha))
+        # 7. h + alpha Delta
+        shift_mean.index_copy_(0, at, torch.add(shift_mean.index_select(0, at), alpha * delta))
+        self._own(shifts, clean=True, role="shifts")
+        return x_new, self._own(shift_mean, clean=True, role="shift mean")
+
     def aggregate_feedback(
         self,
         g: Tensor,
@@ -267,3 +309,7 @@ class SimulatedNetwork(Network):
 
     def gather(self, values_local: Tensor) -> Tensor:
         return values_local
+
+
+def _has_negative_zero(t: Tensor) -> bool:
+    return bool(((t == 0) & t.signbit()).any())
