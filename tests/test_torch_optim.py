@@ -168,6 +168,22 @@ def test_one_worker_matches_marina_run(method):
     assert (opt.bits_up, opt.bits_down) == (row["bits_up"], row["bits_down"])
 
 
+def test_pp_marina_with_one_worker_is_marina():
+    """One worker, one client drawn per compressed round: PP-MARINA's rounds are MARINA's (same
+    coins, same compressor stream), so the two optimizers agree bit for bit."""
+    x, y = _data()
+    models = [_mlp(), _mlp()]
+    opts = [
+        cls(m.parameters(), compressor="randk:5", lr=0.2, p=0.3, seed=4)
+        for cls, m in zip((mt.MARINA, mt.PPMARINA), models)
+    ]
+    for _ in range(15):
+        for m, o in zip(models, opts):
+            o.step(_closure(m, o, x, y))
+    assert torch.equal(_flat(models[0]), _flat(models[1]))
+    assert (opts[0].bits_up, opts[0].rounds) == (opts[1].bits_up, opts[1].rounds)
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 RESUMABLE = {
     "marina": lambda ps: mt.MARINA(ps, compressor="randk:4", lr=0.1, p=0.3, seed=2),

@@ -478,7 +478,11 @@ class PPMARINA(Method):
             # sampled clients pay grad f_i(x^{k+1}), plus grad f_i(x^k) unless they hold it
             self._charge_full(part.double() * (2.0 - state.fresh.double()))
             diffs = lazy_new_grads - state.lazy_local_grads
-            state.g = added(state.g, self.net.aggregate_mean(self.Q, diffs, k, multiplicity=counts))
+            if n == 1 and int(counts[0]) == 1:
+                # one client drawn once: its message is the mean (copy 0 uses the plain stream)
+                state.g = self.net.aggregate_added(state.g, self.Q, diffs, k)
+            else:
+                state.g = added(state.g, self.net.aggregate_mean(self.Q, diffs, k, multiplicity=counts))
             state.fresh = part
         state.lazy_local_grads = lazy_new_grads
         self.k = k + 1
