@@ -259,3 +259,26 @@ def test_topk_threshold_selection_is_exactly_torch_topk(seed):
                 kept = X.abs().gather(1, idx)
                 assert torch.equal(kept.sort(dim=1).values, X.abs().gather(1, expected).sort(dim=1).values)
     assert used >= 12  # the threshold path served the rows without ties
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("d", [500, 70000])
+def test_topk_refuses_a_non_finite_entry_wherever_it_is(seed, bad, d):
+    """TopK checks only the kept entries (no pass over X for it), which is enough: an infinite
+    |x| is the largest, and a NaN is kept too (the threshold path keeps the entries not below the
+    threshold, and torch.topk ranks NaN first), on the short rows' torch.topk and the long rows'
+    threshold path alike; the wire range is that of the largest |x|, which TopK always keeps."""
+    from marina.errors import ValueRangeError
+
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    Q = get("topk:50")
+    for pos in (0, int(torch.randint(1, d - 1, (1,), generator=g)), d - 1):
+        X = torch.randn(2, d, generator=g)
+        X[1, pos] = bad
+        with pytest.raises(ValueRangeError, match="non-finite"):
+            Q.compress_sum(X, Randomness(seed, "compress", 0, [0, 1]))
+    X = torch.randn(1, d, generator=g, dtype=torch.float64)
+    X[0, d // 3] = 1e39  # beyond the float32 wire format
+    with pytest.raises(ValueRangeError, match="exceeds"):
+        Q.compress_sum(X, Randomness(seed, "compress", 0, [0]))

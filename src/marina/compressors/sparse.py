@@ -272,6 +272,7 @@ class TopK(_Sparse):
     name = "topk"
     unbiased = False
     contractive = True
+    keeps_non_finite = True  # inf is the largest |x|, NaN ranks above it (selection below)
     omega_formula = "undefined (biased); alpha = K/d"
     alpha_formula = "K/d"
 
@@ -324,10 +325,11 @@ def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
 
 
 def _at_least(a: Tensor, threshold: Tensor) -> Tensor:
-    """The indices, ascending, of the entries a >= threshold of the 1-D CPU ``a`` (int64):
-    NumPy's ``flatnonzero`` (several times faster than ``torch.nonzero`` on a long mask) where
-    NumPy has the dtype, the comparison made in ``a``'s dtype either way."""
+    """The indices, ascending, of the entries of the 1-D CPU ``a`` not below ``threshold``
+    (a >= threshold, and NaN, which ``torch.topk`` ranks above every number): NumPy's
+    ``flatnonzero`` (several times faster than ``torch.nonzero`` on a long mask) where NumPy has
+    the dtype, the comparison made in ``a``'s dtype either way."""
     if a.dtype in (torch.float32, torch.float64):
         values = a.detach().numpy()
-        return torch.from_numpy(np.flatnonzero(values >= threshold.detach().numpy()))
-    return torch.nonzero(a >= threshold).reshape(-1)
+        return torch.from_numpy(np.flatnonzero(~(values < threshold.detach().numpy())))
+    return torch.nonzero(~(a < threshold)).reshape(-1)
