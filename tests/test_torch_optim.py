@@ -184,6 +184,29 @@ def test_pp_marina_with_one_worker_is_marina():
     assert (opts[0].bits_up, opts[0].rounds) == (opts[1].bits_up, opts[1].rounds)
 
 
+@pytest.mark.parametrize("name", ["MARINA", "DASHA", "EF21", "DIANA"])
+def test_kept_products_of_the_move_equal_products_recomputed_every_step(seed, name):
+    """The move x - lr g keeps lr g between steps and recomputes only the K entries where the
+    network changed g (DIANA: lr h); with an lr schedule (a new lr: every product again) the
+    parameters equal, bit for bit, those of a run that recomputes every product every step."""
+    print("seed", seed)
+    x, y = _data()
+    spec = "topk:6" if name == "EF21" else "randk:6"
+    runs = []
+    for recompute in (False, True):
+        model = _mlp()
+        opt = getattr(mt, name)(model.parameters(), compressor=spec, lr=0.2, seed=seed)
+        if recompute:
+            opt.net.entries_changed = lambda t, since: None
+            opt.net._scaled_shifts = lambda h, gamma: torch.mul(h, gamma)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
+        for _ in range(20):
+            opt.step(_closure(model, opt, x, y))
+            sched.step()
+        runs.append(_flat(model))
+    assert torch.equal(runs[0], runs[1])
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 RESUMABLE = {
     "marina": lambda ps: mt.MARINA(ps, compressor="randk:4", lr=0.1, p=0.3, seed=2),

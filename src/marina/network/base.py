@@ -281,6 +281,12 @@ class Network(ABC):
         step = weight * mean
         return torch.add(g, step, out=step)
 
+    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
+        """The entries (int64, 1-D) of the estimator ``t`` this network changed in place since
+        ``t``'s version ``since`` (``t._version``), or None when that is not known (always None
+        here: only in-place backends know). Lets a caller keep a product with ``t`` current."""
+        return None
+
     def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
         """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
         since) may write over it. A backend without in-place paths ignores it."""

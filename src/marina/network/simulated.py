@@ -51,6 +51,8 @@ class SimulatedNetwork(Network):
         self._bits_up_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._dense_rng: Randomness | None = None
         self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
+        self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
+        self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor] | None = None
 
     @property
     def bits_up(self) -> int:
@@ -159,6 +161,37 @@ class SimulatedNetwork(Network):
     def entrust(self, t: Tensor) -> None:
         self._own(t, clean=False, role="point")
 
+    def _scaled_shifts(self, h: Tensor, gamma: float | Tensor) -> Tensor:
+        """gamma h in a kept buffer: the last round's buffer with the K entries it left as
+        gamma (h + Delta) and those h changed at set to gamma h (same gamma, h unchanged since),
+        else every product."""
+        kept, self._scaled_shift = self._scaled_shift, None
+        if (
+            kept is not None
+            and isinstance(gamma, float)
+            and kept[3] == gamma
+            and kept[1]() is h
+            and kept[2] == h._version
+        ):
+            t, at = kept[0], kept[4]
+            return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
+        return torch.mul(h, gamma)
+
+    def _add_sum_at(self, g: Tensor, at: Tensor, values: Tensor) -> None:
+        """g[at] += values in place (g a sum this network returned), remembered for
+        :meth:`entries_changed`."""
+        before = g._version
+        g.index_add_(0, at, values)
+        self._sum_change = (weakref.ref(g), before, g._version, at)
+
+    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
+        """The entries of the sum ``t`` this network changed in place since ``t``'s version
+        ``since`` (one in-place addition, nothing else since), or None when that is not known."""
+        change = self._sum_change
+        if change is None or change[0]() is not t or change[1] != since or change[2] != t._version:
+            return None
+        return change[3]
+
     def _adds_in_place(self, compressor: Compressor) -> bool:
         """Whether this round can add a message into a tensor in place: one worker (so one
         message, entries distinct), a compressor that gives its entries, no link model."""
@@ -181,7 +214,10 @@ class SimulatedNetwork(Network):
         if not self._adds_in_place(compressor):
             return super().aggregate_added(base, compressor, X_local, round, stream=stream)
         if self._writable(base, clean=True, role="sum"):
-            self._bits_up_dev += compressor.compress_add_(base, X_local, self.rng(stream, round)).sum()
+            # compressor.compress_add_, with the entries kept for entries_changed
+            idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
+            self._bits_up_dev += bits.sum()
+            self._add_sum_at(base, idx[0], torch.add(values[0], 0.0))
             return self._own(base, clean=True, role="sum")
         out = super().aggregate_added(base, compressor, X_local, round, stream=stream)
         return self._own(out, clean=True, role="sum")
@@ -242,15 +278,17 @@ class SimulatedNetwork(Network):
         at, v = idx[0], values[0]
         delta = torch.add(v, 0.0)  # the mean's entries: 0 + v
         # 5.-6. x - gamma (h + Delta): gamma h, its K entries recomputed from h + Delta
-        t = torch.mul(shift_mean, gamma)
+        t = self._scaled_shifts(shift_mean, gamma)
         g_at = torch.add(shift_mean.index_select(0, at), delta)
         t.index_copy_(0, at, torch.mul(g_at, gamma[at] if isinstance(gamma, Tensor) else gamma))
-        x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t, out=t)
+        x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t)
         # 4. h_i += alpha Delta_i (one fused rounding, as add_ with alpha over the row)
         row = shifts[0]
         row.index_copy_(0, at, row.index_select(0, at).add_(v, alpha=alpha))
         # 7. h + alpha Delta
         shift_mean.index_copy_(0, at, torch.add(shift_mean.index_select(0, at), alpha * delta))
+        if isinstance(gamma, float):  # t is gamma h^{k+1} but at these K entries
+            self._scaled_shift = (t, weakref.ref(shift_mean), shift_mean._version, gamma, at)
         self._own(shifts, clean=True, role="shifts")
         return x_new, self._own(shift_mean, clean=True, role="shift mean")
 
@@ -282,7 +320,7 @@ class SimulatedNetwork(Network):
             idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
             self._bits_up_dev += bits.sum()
             estimates.reshape(-1).index_add_(0, idx[0], values[0])
-            g.index_add_(0, idx[0], torch.add(values[0], 0.0))
+            self._add_sum_at(g, idx[0], torch.add(values[0], 0.0))
             changed = estimates.reshape(-1).index_select(0, idx[0])
         else:
             g = super().aggregate_feedback(*args, **kw)

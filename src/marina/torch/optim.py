@@ -67,6 +67,7 @@ import hashlib
 import inspect
 import math
 import textwrap
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -457,6 +458,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self._params = flat
         self._agreed = self.net.n == 1  # the ranks compare their configurations at the first step
         self._spares: list[Tensor] = []  # see _moved_into_spare
+        self._scaled: tuple | None = None  # see _moved_in_place: (gamma g, g, its version, gamma)
         self._first_loss: float | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -576,13 +578,25 @@ class MarinaOptimizer(torch.optim.Optimizer):
         return self.estimator_first and self.one_point
 
     def _moved_in_place(self, g: Tensor, gamma: float | Tensor) -> Tensor:
-        """The parameters <- x - gamma g with :func:`moved`'s two roundings (the product in a
-        kept buffer), returned as the flat parameter buffer."""
+        """The parameters <- x - gamma g with :func:`moved`'s two roundings, returned as the flat
+        parameter buffer. The product gamma g is kept: when the network changed g at K entries
+        since (:meth:`Network.entries_changed`) and gamma is the same number, only those K
+        products are recomputed (the others are the same products of the same values)."""
         x = self.problem.flat_params()
-        spares = self._spares
-        if not spares or spares[0].shape != g.shape or spares[0].dtype != g.dtype:
-            spares[:] = [torch.empty_like(g)]
-        return torch.sub(x, torch.mul(g, gamma, out=spares[0]).reshape(x.shape), out=x)
+        kept = self._scaled
+        if kept is not None and kept[1]() is g and isinstance(gamma, float) and gamma == kept[3]:
+            at = self.net.entries_changed(g, since=kept[2])
+        else:
+            at = None
+        if kept is None or kept[0].shape != g.shape or kept[0].dtype != g.dtype:
+            kept = (torch.empty_like(g),)
+        t = kept[0]
+        if at is not None:
+            t.index_copy_(0, at, torch.mul(g.index_select(0, at), gamma))
+        else:
+            torch.mul(g, gamma, out=t)
+        self._scaled = (t, weakref.ref(g), g._version, gamma if isinstance(gamma, float) else None)
+        return torch.sub(x, t.reshape(x.shape), out=x)
 
     def _moved_into_spare(self, x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
         """x - gamma g (:func:`moved`'s two roundings) written into one of two buffers this
