@@ -107,3 +107,29 @@ def _closure(model, opt, x, y, how: str):
         return loss
 
     return closure
+
+
+def _momentum(v, g, out):
+    torch.mul(v, 1.0 - 0.1, out=out)
+    return out.add_(g, alpha=0.1)
+
+
+def _mvr(new, h, old, out):
+    torch.sub(h, old, out=out)
+    return torch.add(new, out, alpha=1.0 - 0.37, out=out)
+
+
+def test_piecewise_updates_equal_the_whole_row_updates(seed):
+    """EF21-SGDM's momentum and DASHA-MVR's h written parameter by parameter from the grads equal
+    the same operations on the concatenated rows bit for bit (fused add_ with alpha included)."""
+    from marina.lazy_rows import piecewise
+
+    print("seed", seed)
+    grads, grads2 = _grads(seed), _grads(seed + 7)
+    rows = ParamGrads(grads, torch.float32, torch.device("cpu"))
+    rows2 = ParamGrads(grads2, torch.float32, torch.device("cpu"))
+    a, b = torch.cat(grads).reshape(1, -1), torch.cat(grads2).reshape(1, -1)
+    v = torch.randn(a.shape, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(piecewise(_momentum, v, rows), v.mul(0.9).add_(a, alpha=0.1))
+    assert torch.equal(piecewise(_mvr, rows, v, rows2), a.clone().add_(v - b, alpha=1.0 - 0.37))
+    assert rows.values is None and rows2.values is None  # nothing concatenated

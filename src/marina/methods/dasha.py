@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from marina import theory
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError
-from marina.lazy_rows import Elementwise, LazyRows, materialize
+from marina.lazy_rows import Elementwise, LazyRows, materialize, piecewise
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, lazy_field, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
@@ -254,6 +255,12 @@ class DASHAMVR(DASHA):
         # 8. h_i^{k+1} = g_hat_i(x^{k+1}) + (1 - b)(h_i^k - g_hat_i(x^k)), same B samples
         idx = self._minibatch(self.B, k, replace=True)
         self.oracle_calls += 2.0 * self.B
-        new = self.problem.minibatch_grads(self.state.x, idx)
-        old = self.problem.minibatch_grads(x_old, idx)
-        return new.add_(materialize(self.state.local_estimates) - old, alpha=1.0 - self.b)
+        new = self.problem.lazy_minibatch_grads(self.state.x, idx)
+        old = self.problem.lazy_minibatch_grads(x_old, idx)
+        return piecewise(self._mvr, new, materialize(self.state.local_estimates), old)
+
+    def _mvr(self, new: Tensor, h: Tensor, old: Tensor, out: Tensor) -> Tensor:
+        """Step 8 entry by entry: g_hat(x^{k+1}) + (1 - b)(h - g_hat(x^k)) (the sum fused, as
+        ``add_`` rounds it)."""
+        torch.sub(h, old, out=out)
+        return torch.add(new, out, alpha=1.0 - self.b, out=out)

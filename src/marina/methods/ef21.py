@@ -23,7 +23,7 @@ from torch import Tensor
 
 from marina import parameters, theory
 from marina.compressors.base import Compressor
-from marina.lazy_rows import LazyRows
+from marina.lazy_rows import LazyRows, piecewise
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
@@ -230,7 +230,7 @@ class EF21SGD(EF21):
         # 3. minibatch gradient at x^{k+1} on b samples without replacement
         idx = self._minibatch(self.b, k)
         self.oracle_calls += float(self.b)
-        return self.problem.minibatch_grads(self.state.x, idx)
+        return self.problem.lazy_minibatch_grads(self.state.x, idx)
 
 
 @dataclass
@@ -302,5 +302,10 @@ class EF21SGDM(EF21SGD):
         # A new tensor, not v_i^k updated in place: a round that raises later (a non-finite entry
         # in the compressor) leaves the state as it was (marina.torch's guarded steps)
         minibatch = super()._new_local_grads(k, mult)
-        self.state.momenta = self.state.momenta.mul(1.0 - self.eta).add_(minibatch, alpha=self.eta)
+        self.state.momenta = piecewise(self._momentum, self.state.momenta, minibatch)
         return self.state.momenta
+
+    def _momentum(self, v: Tensor, minibatch: Tensor, out: Tensor) -> Tensor:
+        """Step 3 entry by entry: (1 - eta) v + eta g_hat (the sum fused, as ``add_`` rounds it)."""
+        torch.mul(v, 1.0 - self.eta, out=out)
+        return out.add_(minibatch, alpha=self.eta)

@@ -79,6 +79,11 @@ class Problem(ABC):
     def minibatch_grads(self, x: Tensor, idx: Tensor) -> Tensor:
         """(n_workers, d): (1/b) sum_{j in idx[i]} grad f_ij(x); idx is (n_workers, b) local indices."""
 
+    def lazy_minibatch_grads(self, x: Tensor, idx: Tensor) -> LazyRows:
+        """:meth:`minibatch_grads` as :class:`marina.lazy_rows.LazyRows` (equal to it bit for bit
+        once materialised). By default computed at once."""
+        return DenseRows(self.minibatch_grads(x, idx))
+
     @abstractmethod
     def minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> Tensor:
         """(n_workers, d): (1/b) sum_{j in idx[i]} (grad f_ij(x_new) - grad f_ij(x_old)), same samples."""

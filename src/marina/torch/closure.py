@@ -22,13 +22,14 @@ evaluation (at the current parameters).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from marina.errors import ConfigError
-from marina.lazy_rows import DenseRows, LazyRows, RowDifference
+from marina.lazy_rows import DenseRows, LazyRows, RowDifference, materialize, piecewise
 from marina.problems.base import Problem
 
 __all__ = ["ClosureProblem", "ClosureRows", "ParamGrads"]
@@ -76,16 +77,19 @@ class ParamGrads(LazyRows):
                 torch.index_select(g, 0, at[s:e] - start, out=out[0, s:e])
         return out
 
+    def piece(self, start: int, end: int) -> Tensor:
+        """Columns [start, end) as a (1, end - start) view of one parameter's gradient (the
+        block must lie within one parameter: :func:`marina.lazy_rows.piecewise`)."""
+        if not self.grads:  # concatenated already
+            return self.dense()[:, start:end]
+        j = bisect.bisect_right(self.offsets, start) - 1
+        return self.grads[j][start - self.offsets[j] : end - self.offsets[j]].view(1, -1)
+
     def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
         """``self.dense() - other`` entry by entry, written parameter by parameter."""
-        b = other.dense() if isinstance(other, LazyRows) else other
         if self.values is not None:
-            return torch.sub(self.values, b)
-        out = torch.empty(self.shape, dtype=torch.result_type(self.grads[0], b), device=self.device)
-        flat_b, flat_out = b.reshape(-1), out.view(-1)
-        for g, s, e in zip(self.grads, self.offsets, self.offsets[1:]):
-            torch.sub(g, flat_b[s:e], out=flat_out[s:e])
-        return out
+            return torch.sub(self.values, materialize(other))
+        return piecewise(torch.sub, self, other)
 
 
 def _ascending(at: Tensor) -> bool:
@@ -122,6 +126,13 @@ class ClosureRows(LazyRows):
 
     def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
         return self.rows().minus_dense(other)
+
+    @property
+    def offsets(self) -> list[int]:
+        return self.rows().offsets
+
+    def piece(self, start: int, end: int) -> Tensor:
+        return self.rows().piece(start, end)
 
     def _select_rows(self, rows: Tensor) -> LazyRows:
         if rows.numel() == 0:  # not drawn: nothing is evaluated
@@ -335,6 +346,10 @@ class ClosureProblem(Problem):
 
     def minibatch_grads(self, x: Tensor, idx: Tensor) -> Tensor:
         return self.evaluate(x)
+
+    def lazy_minibatch_grads(self, x: Tensor, idx: Tensor) -> LazyRows:
+        """The closure's gradient at x where autograd left it (:class:`ParamGrads`)."""
+        return self.evaluate_rows(x)
 
     def minibatch_grad_diffs(self, x_new: Tensor, x_old: Tensor, idx: Tensor) -> Tensor:
         g_new = self.evaluate(x_new)
