@@ -575,7 +575,11 @@ class MarinaOptimizer(torch.optim.Optimizer):
         """Whether the next point is written over the parameters in place (the MARINA-family
         methods with one gradient per step never read x^k once they moved from it), so that
         :attr:`Method.next_x` is the flat parameter buffer and ``state.x`` becomes it."""
-        return self.estimator_first and self.one_point
+        return self.estimator_first and not self._reads_previous_point()
+
+    def _reads_previous_point(self) -> bool:
+        """Whether a step may evaluate at x^k after moving from it (then x^k stays in a buffer)."""
+        return not self.one_point
 
     def _moved_in_place(self, g: Tensor, gamma: float | Tensor) -> Tensor:
         """The parameters <- x - gamma g with :func:`moved`'s two roundings, returned as the flat
@@ -926,6 +930,11 @@ class PPMARINA(MarinaOptimizer):
             return True
         mult = self.method.participants(self.method.k)
         return mult is None or bool(mult[int(self.net.worker_ids[0])] > 0)
+
+    def _reads_previous_point(self) -> bool:
+        # a client recomputes grad f_i(x^k) unless it took part in the last round; one worker
+        # takes part in every round (r >= 1 draws of the one client)
+        return self.net.n > 1
 
 
 @documented()
