@@ -19,6 +19,16 @@ from marina.torch.closure import ParamGrads
 NUMELS = [3, 1, 40, 7, 2, 25]
 
 
+@pytest.fixture(autouse=True)
+def pieces_at_any_length(monkeypatch):
+    """Rows of any length are read in pieces (by default only rows of PIECES_MIN_D entries)."""
+    import marina.lazy_rows
+    import marina.torch.closure
+
+    monkeypatch.setattr(marina.lazy_rows, "PIECES_MIN_D", 1)
+    monkeypatch.setattr(marina.torch.closure, "PIECES_MIN_D", 1)
+
+
 def _grads(seed: int, dtype=torch.float32) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, generator=g, dtype=dtype) for n in NUMELS]
@@ -133,3 +143,15 @@ def test_piecewise_updates_equal_the_whole_row_updates(seed):
     assert torch.equal(piecewise(_momentum, v, rows), v.mul(0.9).add_(a, alpha=0.1))
     assert torch.equal(piecewise(_mvr, rows, v, rows2), a.clone().add_(v - b, alpha=1.0 - 0.37))
     assert rows.values is None and rows2.values is None  # nothing concatenated
+
+
+def test_short_rows_are_concatenated_once(seed, monkeypatch):
+    """Below PIECES_MIN_D a gather concatenates the row (one call instead of one per piece), with
+    the same values."""
+    import marina.torch.closure
+
+    monkeypatch.setattr(marina.torch.closure, "PIECES_MIN_D", 1000)
+    rows = ParamGrads(_grads(seed), torch.float32, torch.device("cpu"))
+    idx = Randomness(seed, "entries", 0, [0]).sample_without_replacement(rows.shape[1], 9)
+    assert torch.equal(rows.gather(1, idx), torch.cat(_grads(seed)).reshape(1, -1).gather(1, idx))
+    assert rows.values is not None

@@ -183,13 +183,22 @@ class Elementwise(LazyRows):
         return self.fn(*(o.gather(1, idx) for o in self.operands))
 
 
+PIECES_MIN_D = 1 << 16
+"""Rows at least this long are read in pieces (:func:`piecewise`, the parameters' gradients'
+sorted gathers); shorter ones are concatenated, which costs less than a call per piece."""
+
+
 def piecewise(fn: Callable[..., Tensor], *operands: LazyRows | Tensor) -> Tensor:
     """A new (n, d) tensor holding ``fn(*pieces, out=piece)`` of every column block in which
     each operand is one tensor (rows that keep their entries in pieces, such as the parameters'
     gradients, are read where they are; other lazy rows are materialised): for an ``fn`` made of
     entry-by-entry torch operations, the values of ``fn`` on the whole rows, with no
     concatenation."""
-    dense = [o if isinstance(o, Tensor) or hasattr(o, "piece") else materialize(o) for o in operands]
+    in_pieces = operands[0].shape[1] >= PIECES_MIN_D
+    dense = [
+        o if isinstance(o, Tensor) or (in_pieces and hasattr(o, "piece")) else materialize(o)
+        for o in operands
+    ]
     shape = dense[0].shape
     bounds = sorted({0, shape[1]}.union(*(getattr(o, "offsets", ()) for o in dense)))
     out = torch.empty(shape, dtype=dense[0].dtype, device=dense[0].device)

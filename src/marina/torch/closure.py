@@ -25,11 +25,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from marina.errors import ConfigError
-from marina.lazy_rows import DenseRows, LazyRows, RowDifference, materialize, piecewise
+from marina.lazy_rows import PIECES_MIN_D, DenseRows, LazyRows, RowDifference, materialize, piecewise
 from marina.problems.base import Problem
 
 __all__ = ["ClosureProblem", "ClosureRows", "ParamGrads"]
@@ -67,14 +68,18 @@ class ParamGrads(LazyRows):
         return self.values
 
     def _gather(self, idx: Tensor) -> Tensor:
-        at = idx[0]
-        if self.values is not None or self.device.type != "cpu" or not _ascending(at):
+        if self.values is not None or self.device.type != "cpu" or self.shape[1] < PIECES_MIN_D:
             return self.dense().gather(1, idx)
-        cuts = torch.searchsorted(at, torch.tensor(self.offsets, dtype=at.dtype)).tolist()
+        at = idx[0].numpy()
+        if at.size > 1 and not bool((at[1:] >= at[:-1]).all()):  # not sorted: no segments
+            return self.dense().gather(1, idx)
+        cuts = np.searchsorted(at, self.offsets).tolist()
+        local = at.copy()
         out = torch.empty(idx.shape, dtype=self.dtype)
         for g, start, s, e in zip(self.grads, self.offsets, cuts, cuts[1:]):
             if e > s:
-                torch.index_select(g, 0, at[s:e] - start, out=out[0, s:e])
+                local[s:e] -= start
+                torch.index_select(g, 0, torch.from_numpy(local[s:e]), out=out[0, s:e])
         return out
 
     def piece(self, start: int, end: int) -> Tensor:
@@ -90,10 +95,6 @@ class ParamGrads(LazyRows):
         if self.values is not None:
             return torch.sub(self.values, materialize(other))
         return piecewise(torch.sub, self, other)
-
-
-def _ascending(at: Tensor) -> bool:
-    return at.numel() < 2 or bool((at[1:] >= at[:-1]).all())
 
 
 class ClosureRows(LazyRows):
