@@ -41,6 +41,7 @@ RUNS = {
         "marina",
         "vr-marina",
         "diana",
+        "qgd",
         "pp-marina",
         "ef21",  # randk:3 scaled to a contractive compressor
         "ef21 topk:3",
@@ -297,7 +298,38 @@ def _direct_aggregations(session, seed: int) -> list[dict]:
                 "collectives": calls,
             }
         )
+        if mult is None:
+            rows[-1].update(_in_place_rounds(net, Q, X_local, X_all, seed, 500 + 4 * k))
     return rows
+
+
+def _in_place_rounds(net, Q, X_local, X_all, seed: int, round: int) -> dict:
+    """Two rounds of aggregate_added (g + mean) and aggregate_moved (x - gamma mean, x entrusted)
+    against the simulation's dense expressions, bit for bit (-0.0 in g and x); which calls wrote
+    over their input (a sparsifier's rounds after the first: the entries only)."""
+    from marina.methods.base import moved
+
+    d = X_all.shape[1]
+    sim = SimulatedNetwork(X_all.shape[0], seed)
+    g = torch.cos(torch.arange(d, dtype=torch.float64))
+    g[::4] = -0.0
+    x = torch.sin(torch.arange(d, dtype=torch.float64))
+    x[::3] = -0.0
+    g_sim, x_sim = g.clone(), x.clone()
+    net.entrust(x)
+    in_place = []
+    for r in (0, 1):
+        before, x_before = g, x
+        g = net.aggregate_added(g, Q, X_local, round + 2 * r)
+        g_sim = g_sim + sim.aggregate(Q, X_all, round + 2 * r)
+        x = net.aggregate_moved(x, 0.3, Q, X_local, round + 2 * r + 1)
+        x_sim = moved(x_sim, sim.aggregate(Q, X_all, round + 2 * r + 1), 0.3)
+        in_place += [g is before, x is x_before]
+    same = torch.equal(g.view(torch.int64), g_sim.view(torch.int64))
+    return {
+        "equal_in_place": same and torch.equal(x.view(torch.int64), x_sim.view(torch.int64)),
+        "in_place": in_place,
+    }
 
 
 def _large_aggregations(session, seed: int) -> dict[str, list]:
@@ -539,6 +571,10 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             assert row["size"] == size, what
             assert row["padding"] == W * chunk - sum(predicted), what
             assert row["wire"] == (W - 1) * (size + W * chunk), what
+            if row["mult"] is None:  # in place where a sparsifier's entries are known, same bits
+                assert row["equal_in_place"], what
+                sparse = row["spec"].split(":")[0] in ("randk", "topk") and "+" not in row["spec"]
+                assert row["in_place"] == ([False, True, True, True] if sparse else [False] * 4), what
     rows = reports[0]["aggregations"]
     assert {row["spec"] for row in rows} == set(ALL_SPECS)
     # bit-level packing saved bytes where one message per worker is not whole bytes: randk:2

@@ -212,8 +212,22 @@ class _Sparse(Compressor):
 
     def sum_packed(self, rows, lengths, d, worker_ids, dtype, rng) -> Tensor:
         """:func:`sparse_sum` of the entries read from the rows (no Message)."""
+        idx, values = self.packed_entries(rows, lengths, d, worker_ids, dtype, rng)
+        return sparse_sum(idx, values, d)
+
+    def packed_entries(
+        self,
+        rows: Tensor,
+        lengths: Tensor,
+        d: int,
+        worker_ids: Tensor,
+        dtype: torch.dtype,
+        rng: Randomness | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The messages packed in ``rows`` (the arguments of :meth:`unpack_rows`) as entries:
+        (indices (n, K) int64, values (n, K) at ``dtype``), what :meth:`sum_packed` adds up."""
         idx, values = self._entries(rows, d, worker_ids, rng)
-        return sparse_sum(idx, values.to(dtype), d)
+        return idx, values.to(dtype)
 
 
 @register

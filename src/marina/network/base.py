@@ -65,6 +65,7 @@ Link model
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 
 import torch
@@ -112,6 +113,8 @@ class Network(ABC):
         self._bits_up: int = 0
         self._bits_down: int = 0
         self._link_ns: int = 0
+        self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
+        self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
 
     # -- counters -----------------------------------------------------------------------------
     @property
@@ -281,15 +284,38 @@ class Network(ABC):
         step = weight * mean
         return torch.add(g, step, out=step)
 
-    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
-        """The entries (int64, 1-D) of the estimator ``t`` this network changed in place since
-        ``t``'s version ``since`` (``t._version``), or None when that is not known (always None
-        here: only in-place backends know). Lets a caller keep a product with ``t`` current."""
-        return None
+    # -- tensors handed back and forth (the in-place paths of the backends) ---------------------
+    def _writable(self, t: Tensor, clean: bool, role: str) -> bool:
+        """Whether ``t`` is the tensor last returned (or entrusted) in ``role`` ("sum": g, "point":
+        x, "estimates": EF21's g_i, ...), unchanged since, and (with ``clean``) known to hold no
+        -0.0."""
+        w = self._owned.get(role)
+        return w is not None and w[0]() is t and w[1] == t._version and (w[2] or not clean)
 
-    def entrust(self, t: Tensor) -> None:  # noqa: B027 - optional: only in-place backends use it
+    def _own(self, t: Tensor, clean: bool, role: str) -> Tensor:
+        self._owned[role] = (weakref.ref(t), t._version, clean)
+        return t
+
+    def entrust(self, t: Tensor) -> None:
         """The caller hands ``t`` over: the next :meth:`aggregate_moved` given ``t`` (unchanged
-        since) may write over it. A backend without in-place paths ignores it."""
+        since) may write over it (a backend without in-place paths never does)."""
+        self._own(t, clean=False, role="point")
+
+    def _add_sum_at(self, g: Tensor, at: Tensor, values: Tensor) -> None:
+        """g[at] += values in place (g a sum this network returned), remembered for
+        :meth:`entries_changed`."""
+        before = g._version
+        g.index_add_(0, at, values)
+        self._sum_change = (weakref.ref(g), before, g._version, at)
+
+    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
+        """The entries (int64, 1-D) of the sum ``t`` this network changed in place since ``t``'s
+        version ``since`` (one in-place addition, nothing else since), or None when that is not
+        known. Lets a caller keep a product with ``t`` current."""
+        change = self._sum_change
+        if change is None or change[0]() is not t or change[1] != since or change[2] != t._version:
+            return None
+        return change[3]
 
     def aggregate(
         self,

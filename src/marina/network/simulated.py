@@ -50,8 +50,6 @@ class SimulatedNetwork(Network):
         self.worker_ids = torch.arange(self.n, dtype=torch.int64, device=self.device)
         self._bits_up_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._dense_rng: Randomness | None = None
-        self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
-        self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
         self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor] | None = None
 
     @property
@@ -148,19 +146,6 @@ class SimulatedNetwork(Network):
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
         return mean, (X_hat if keep_local else None)
 
-    def _writable(self, t: Tensor, clean: bool, role: str) -> bool:
-        """Whether ``t`` is the tensor last returned (or entrusted) in ``role`` ("sum": g, "point":
-        x, "estimates": EF21's g_i), unchanged since, and (with ``clean``) known to hold no -0.0."""
-        w = self._owned.get(role)
-        return w is not None and w[0]() is t and w[1] == t._version and (w[2] or not clean)
-
-    def _own(self, t: Tensor, clean: bool, role: str) -> Tensor:
-        self._owned[role] = (weakref.ref(t), t._version, clean)
-        return t
-
-    def entrust(self, t: Tensor) -> None:
-        self._own(t, clean=False, role="point")
-
     def _scaled_shifts(self, h: Tensor, gamma: float | Tensor) -> Tensor:
         """gamma h in a kept buffer: the last round's buffer with the K entries it left as
         gamma (h + Delta) and those h changed at set to gamma h (same gamma, h unchanged since),
@@ -176,21 +161,6 @@ class SimulatedNetwork(Network):
             t, at = kept[0], kept[4]
             return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
         return torch.mul(h, gamma)
-
-    def _add_sum_at(self, g: Tensor, at: Tensor, values: Tensor) -> None:
-        """g[at] += values in place (g a sum this network returned), remembered for
-        :meth:`entries_changed`."""
-        before = g._version
-        g.index_add_(0, at, values)
-        self._sum_change = (weakref.ref(g), before, g._version, at)
-
-    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
-        """The entries of the sum ``t`` this network changed in place since ``t``'s version
-        ``since`` (one in-place addition, nothing else since), or None when that is not known."""
-        change = self._sum_change
-        if change is None or change[0]() is not t or change[1] != since or change[2] != t._version:
-            return None
-        return change[3]
 
     def _adds_in_place(self, compressor: Compressor) -> bool:
         """Whether this round can add a message into a tensor in place: one worker (so one
