@@ -306,6 +306,10 @@ class Network(ABC):
         :meth:`entries_changed`."""
         before = g._version
         g.index_add_(0, at, values)
+        self._sum_changed(g, before, at)
+
+    def _sum_changed(self, g: Tensor, before: int, at: Tensor) -> None:
+        """Remember that the sum g, at version ``before``, changed at the entries ``at`` since."""
         self._sum_change = (weakref.ref(g), before, g._version, at)
 
     def entries_changed(self, t: Tensor, since: int) -> Tensor | None:

@@ -257,6 +257,7 @@ class TorchDistributedNetwork(Network):
         link: str | Link | None = None,
     ) -> None:
         super().__init__()
+        self._zeros: Tensor | None = None  # see _mean_entries
         self.link = parse_link(link)
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError(
@@ -451,7 +452,9 @@ class TorchDistributedNetwork(Network):
             out = super().aggregate_added(base, compressor, X_local, round, stream=stream)
             return self._own(out, clean=True, role="sum")  # base + a sparse sum: no -0.0
         at, mean = self._mean_entries(compressor, X_local, round, stream)
-        self._add_sum_at(base, at, mean)
+        before = base._version
+        base.index_copy_(0, at, torch.add(base.index_select(0, at), mean))
+        self._sum_changed(base, before, at)
         return self._own(base, clean=True, role="sum")
 
     def aggregate_moved(
@@ -487,9 +490,11 @@ class TorchDistributedNetwork(Network):
     def _mean_entries(
         self, compressor: Compressor, X_local: Tensor, round: int, stream: str | int
     ) -> tuple[Tensor, Tensor]:
-        """(the entries u the messages hold, ascending; the mean at u), bit for bit
-        :meth:`aggregate_mean`'s mean there (it is 0 elsewhere): every message's entries added in
-        worker order into zeros, divided by n."""
+        """(the entries the messages hold, one per message entry, so repeated where messages
+        share one; the mean there), bit for bit :meth:`aggregate_mean`'s mean (0 elsewhere): every
+        message's entries added in worker order into a kept buffer of zeros (zeroed again at
+        those entries after), divided by n. Writing the results at repeated entries writes the
+        same value twice."""
         plan, buffer = self._send(compressor, X_local, round, stream, None)
         senders = plan.senders[0]
         rx = (
@@ -501,9 +506,13 @@ class TorchDistributedNetwork(Network):
         idx, values = compressor.packed_entries(
             plan.rows(buffer, 0), plan.lengths[0], d, senders.to(self.comm_device), dtype, rx
         )
-        at, where = torch.unique(idx.reshape(-1), sorted=True, return_inverse=True)
-        total = torch.zeros(at.numel(), dtype=dtype).index_add_(0, where, values.reshape(-1))
-        return at, total / self.n
+        at = idx.reshape(-1)
+        zeros = self._zeros
+        if zeros is None or zeros.numel() != d or zeros.dtype != dtype:
+            zeros = self._zeros = torch.zeros(d, dtype=dtype)
+        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self.n)
+        zeros.index_fill_(0, at, 0.0)
+        return at, mean
 
     def _send(
         self,
