@@ -1,7 +1,8 @@
 """Time of packing and unpacking w-bit codes on the CPU: numpy's bit packing against the byte plan.
 
 :func:`marina.compressors.wire.pack_codes` and :func:`~marina.compressors.wire.unpack_codes`
-take numpy's ``unpackbits``/``packbits`` path on the CPU up to ``_NUMPY_CODES`` codes (rows of at
+take numpy's ``unpackbits``/``packbits`` path on the CPU up to about ``_NUMPY_CODES`` codes, more of
+wide codes (``wire._numpy_codes``; rows of at
 most 56 bits as one 64-bit word each), and the byte plan of tensor operations (the path of other
 devices) above it. For each (rows n, codes per row m, width w) this prints the best-of-R time of
 both paths (calls interleaved, so load changes hit both alike) and their ratio, for RandK's
@@ -27,6 +28,7 @@ CASES = [
     (1, 10_000, 17),
     (8, 1_000, 3),  # about the default limit (_NUMPY_CODES)
     (1, 30_000, 17),
+    (2, 11_850, 21),  # RandK 1% of d = 1.2e6 on two ranks
     (1, 100_000, 17),
     (8, 30_000, 3),
 ]

@@ -13,7 +13,7 @@ Conventions (every compressor's payload is a concatenation of these segments):
 
 Everything is vectorised over the worker rows and processed in column chunks, so packing a
 (16, 10^7) message never materialises one byte per bit (small segments on the CPU hold one
-byte per bit, up to :data:`_NUMPY_CODES` codes).
+byte per bit, up to about :data:`_NUMPY_CODES` codes, more of wide codes).
 """
 
 from __future__ import annotations
@@ -37,12 +37,19 @@ __all__ = [
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
 _NUMPY_CODES = 1 << 13
-"""CPU segments of at most this many codes (all rows) go through numpy's bit packing
-(:func:`_pack_np`: 32 or 64 bytes of work per code, at most 512 KB here); larger ones, and
-other devices, through the byte plan of tensor operations, whose cost grows with the bits rather
-than the codes plus a fixed 0.2 ms (benchmarks/codes.py: numpy 13x faster at 1000 codes of 17
-bits, the plan 2x at 3 x 10^4 codes of 3 bits). Same bytes (tests/test_compressors_wire.py
-compares the paths for every width)."""
+"""CPU segments of c codes (all rows) of w bits go through numpy's bit packing
+(:func:`_pack_np`: 32 or 64 bytes of work per code, whatever w) while c (31 - w) <= 32 times
+this (c <= 8192 codes of 3 bits, about 26000 of 21 bits; at most 32 times this for w >= 30);
+larger ones, and other devices, through the byte plan of tensor operations, whose cost grows
+with the bits plus a fixed part (benchmarks/codes.py prints both paths). Same bytes
+(tests/test_compressors_wire.py compares the paths for every width)."""
+
+
+def _numpy_codes(codes: int, w: int) -> bool:
+    """Whether numpy packs ``codes`` codes of ``w`` bits (see :data:`_NUMPY_CODES`)."""
+    return codes * max(1, 31 - w) <= 32 * _NUMPY_CODES
+
+
 _WORD = 56
 """Rows of at most this many code bits are packed as one little-endian 64-bit word each:
 code t shifted to bit t w (the layout below, byte b of the word being byte b of the row)."""
@@ -159,7 +166,7 @@ def pack_codes(codes: Tensor, w: int) -> Tensor:
     nbytes = (m * w + 7) // 8
     if w > 56:
         raise ValueError(f"code width w == {w}, must be <= 56")
-    if w and m and n * m <= _NUMPY_CODES and codes.device.type == "cpu":
+    if w and m and _numpy_codes(n * m, w) and codes.device.type == "cpu":
         return _pack_np(codes, w, nbytes)
     out = torch.zeros((n, nbytes), dtype=torch.uint8, device=codes.device)
     if w == 0 or m == 0:
@@ -198,7 +205,7 @@ def unpack_codes(raw: Tensor, m: int, w: int, dtype: torch.dtype | None = None) 
         return torch.zeros((n, m), dtype=dtype, device=raw.device)
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
-    if n * m <= _NUMPY_CODES and raw.device.type == "cpu":
+    if _numpy_codes(n * m, w) and raw.device.type == "cpu":
         return _unpack_np(raw, m, w, nbytes, dtype)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
