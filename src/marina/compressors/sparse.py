@@ -335,7 +335,8 @@ def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
     top = torch.topk(values, k, sorted=False)
     if int((values >= top.values.min()).sum()) != k:
         return None
-    return torch.sort(candidates.index_select(0, top.indices)).values
+    kept = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
+    return candidates[kept.index_fill_(0, top.indices, True)]  # ascending, as the candidates
 
 
 def _at_least(a: Tensor, threshold: Tensor) -> Tensor:
