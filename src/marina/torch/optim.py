@@ -54,7 +54,8 @@ scale inside the closure, in this order: autocast forward, ``(loss * S).backward
 :class:`marina.errors.ValueRangeError` in the compressor (lower S).
 
 Checkpoints. ``state_dict()`` is the standard ``{"state", "param_groups"}`` form: per parameter,
-its slice of every state field (g^k, x^k, the last local gradients, DIANA's shifts, ...), and
+its slice of every state field (g^k, x^k, the last local gradients, DIANA's shifts, ...; where
+the parameters move in place, x is the point they hold, marked ``x_is_next``), and
 under the first parameter a "marina" entry with the round counter and the bit counters; the
 keyed randomness has no state beyond the round. Resuming (model and optimizer state dicts, and
 ``torch.get_rng_state`` when the closure draws random numbers) continues bit for bit.
