@@ -458,3 +458,37 @@ def test_the_configuration_is_frozen():
 
 if __name__ == "__main__":
     _main_job(sys.argv[1], int(sys.argv[2]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.375])
+def test_ef21_entries_update_equals_the_dense_update(seed, scale):
+    """The hook's entry path (e_r += c_r, e += (1/W) sum_r c_r at the messages' entries) equals
+    the dense updates bit for bit on memory without -0.0, messages of two ranks sharing entries
+    included; a -0.0 in e_r is where the two differ (-0.0 + 0 is 0.0), which is why the hook takes
+    the entry path only once e_r and e are known to hold none."""
+    from marina.compressors.sparse import sparse_rows, sparse_sum
+    from marina.torch.hooks import _Memory
+
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    d, K, W = 40, 6, 2
+    state = CompressionHookState("topk:6", "ef21")
+    state._world = W
+    idx = torch.stack([torch.randperm(d, generator=g)[:K].sort().values for _ in range(W)])
+    idx[1, :2] = idx[0, :2]  # two entries both ranks send
+    values = torch.randn(W, K, generator=g)
+    values[0, 3] = -0.0
+    local, mean = torch.randn(1, d, generator=g), torch.randn(1, d, generator=g)
+    memory = _Memory(local.clone(), mean.clone(), fresh=False, clean=True)
+    state._add_entries(memory, (idx, values), (idx[1:2], values[1:2]), scale)
+    own = sparse_rows(idx[1:2], values[1:2], d)
+    avg = sparse_sum(idx, values, d) / W
+    if scale != 1.0:
+        own, avg = own * scale, avg * scale
+    assert torch.equal(memory.local, local + own) and torch.equal(memory.mean, mean + avg)
+    assert torch.equal(memory.zeros, torch.zeros(d))  # zero again for the next round
+    local[0, 0] = -0.0  # not an entry of rank 1's message: the dense update makes it 0.0
+    memory = _Memory(local.clone(), mean.clone(), fresh=False, clean=True)
+    state._add_entries(memory, (idx, values), (idx[1:2], values[1:2]), scale)
+    if 0 not in idx[1].tolist():
+        assert memory.local[0, 0].signbit() and not (local + own)[0, 0].signbit()

@@ -189,6 +189,11 @@ class _Memory:
     """No parameter of the layout had a value before (EF21's first exchange is dense)."""
     momentum: Tensor | None = None
     """EF21-SGDM's v_r (None for the other methods)."""
+    clean: bool = False
+    """e_r and e are known to hold no -0.0 (then e_r + 0 = e_r and e + 0 = e entry by entry, so a
+    sparsifier's round may add its entries alone: :meth:`CompressionHookState._add_entries`)."""
+    zeros: Tensor | None = None
+    """A (d,) buffer of zeros the entry path sums the messages in (zero again after each use)."""
 
 
 class CompressionHookState:
@@ -366,10 +371,12 @@ class CompressionHookState:
         return out, work
 
     def _exchange(
-        self, plan: _Plan, X: Tensor, stream: str, round: int, want_local: bool
+        self, plan: _Plan, X: Tensor, stream: str, round: int, want_local: bool, entries: bool = False
     ) -> torch.futures.Future:
         """Steps 1-2 of every method: compress and send ``X`` (1, d); a future of
-        (mean of the W decompressed messages, this rank's decompressed message or None)."""
+        (mean of the W decompressed messages, this rank's decompressed message or None), or with
+        ``entries`` (a sparsifier, sizes known) of the messages as entries: ((indices, values) of
+        all W messages, (W, K) each, in rank order; this rank's (indices, values), (1, K))."""
         Q, bits, W, d = plan.Q, plan.bits, self._world, X.shape[1]
         if bits is None:  # sizes vary: the network's size exchange, synchronously
             if self._network is None:
@@ -414,6 +421,10 @@ class CompressionHookState:
                     else None
                 )
 
+            if entries:
+                idx, values = Q.packed_entries(rows, lengths, d, ids, X.dtype, receiver(ids))
+                r = slice(self._rank, self._rank + 1)
+                return (idx, values), (idx[r], values[r])
             mean = Q.sum_packed(rows, lengths, d, ids, X.dtype, receiver(ids)).to(X.device) / W
             if not want_local:
                 return mean, None
@@ -477,19 +488,57 @@ class CompressionHookState:
         # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale)
         sent = tracked - memory.local
 
+        by_entries = (
+            memory.clean
+            and not dense
+            and plan.bits is not None
+            and hasattr(plan.Q, "packed_entries")
+            and X.device.type == "cpu"
+            and self._comm_device.type == "cpu"
+        )
+
         def finish_ef21(fut: torch.futures.Future) -> Tensor:
-            mean, local = fut.value()
-            if scale != 1.0:
-                mean, local = mean * scale, local * scale
             if memory.momentum is not None:
                 memory.momentum.copy_(tracked)
-            # e_r += c_r, e += (1/W) sum_r c_r
-            memory.local.add_(local)
-            memory.mean.add_(mean)
+            if by_entries:
+                self._add_entries(memory, *fut.value(), scale)
+            else:
+                mean, local = fut.value()
+                if scale != 1.0:
+                    mean, local = mean * scale, local * scale
+                # e_r += c_r, e += (1/W) sum_r c_r
+                memory.local.add_(local)
+                memory.mean.add_(mean)
+                memory.clean = not (_has_negative_zero(memory.local) or _has_negative_zero(memory.mean))
             # e, the mean of the e_r, returned to DDP
             return out.copy_(memory.mean).view_as(buffer)
 
-        return self._exchange(plan, sent, stream, round, True).then(finish_ef21)
+        return self._exchange(plan, sent, stream, round, True, entries=by_entries).then(finish_ef21)
+
+    def _add_entries(
+        self, memory: _Memory, everyone: tuple[Tensor, Tensor], mine: tuple[Tensor, Tensor], scale: float
+    ) -> None:
+        """EF21's e_r += c_r and e += (1/W) sum_r c_r at the entries the messages hold, bit for
+        bit the dense updates when e_r and e hold no -0.0 (elsewhere both add 0): the messages
+        summed entry by entry in rank order into zeros (as ``sum_packed``), divided by W."""
+        idx, values = everyone
+        at, flat = idx.reshape(-1), memory.mean.view(-1)
+        zeros = memory.zeros
+        if zeros is None or zeros.numel() != flat.numel():
+            zeros = memory.zeros = torch.zeros_like(flat)
+        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self._world)
+        zeros.index_fill_(0, at, 0.0)
+        own_at, own = mine[0].reshape(-1), mine[1].reshape(-1)
+        if scale != 1.0:
+            mean, own = mean * scale, own * scale
+        local = memory.local.view(-1)
+        local.index_copy_(0, own_at, torch.add(local.index_select(0, own_at), own))
+        # repeated entries (messages that share one) write the same value twice
+        flat.index_copy_(0, at, torch.add(flat.index_select(0, at), mean))
+
+
+def _has_negative_zero(t: Tensor) -> bool:
+    return bool(((t == 0) & t.signbit()).any())
 
 
 def _short(value: str, limit: int = 64) -> str:
