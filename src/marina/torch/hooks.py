@@ -450,11 +450,20 @@ class CompressionHookState:
         out = X  # the bucket's buffer receives the result, as DDP's allreduce hook does
 
         if method == "qgd":
+            by_entries = self._by_entries(plan, X)
+
             # 1. Q(g_r) sent; 2. g = (1/W) sum_r Q(g_r) returned
             def finish(fut: torch.futures.Future) -> Tensor:
-                return out.copy_(fut.value()[0]).view_as(buffer)
+                if not by_entries:
+                    return out.copy_(fut.value()[0]).view_as(buffer)
+                # the messages' entries summed in rank order into zeros (as sum_packed), / W
+                (idx, values), _ = fut.value()
+                at, flat = idx.reshape(-1), out.view(-1)
+                flat.zero_().index_add_(0, at, values.reshape(-1))
+                flat.index_copy_(0, at, flat.index_select(0, at).div_(self._world))
+                return out.view_as(buffer)
 
-            return self._exchange(plan, X, stream, round, False).then(finish)
+            return self._exchange(plan, X, stream, round, False, entries=by_entries).then(finish)
 
         assert memory is not None
         if method == "diana":
@@ -488,14 +497,7 @@ class CompressionHookState:
         # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale)
         sent = tracked - memory.local
 
-        by_entries = (
-            memory.clean
-            and not dense
-            and plan.bits is not None
-            and hasattr(plan.Q, "packed_entries")
-            and X.device.type == "cpu"
-            and self._comm_device.type == "cpu"
-        )
+        by_entries = memory.clean and not dense and self._by_entries(plan, X)
 
         def finish_ef21(fut: torch.futures.Future) -> Tensor:
             if memory.momentum is not None:
@@ -514,6 +516,12 @@ class CompressionHookState:
             return out.copy_(memory.mean).view_as(buffer)
 
         return self._exchange(plan, sent, stream, round, True, entries=by_entries).then(finish_ef21)
+
+    def _by_entries(self, plan: _Plan, X: Tensor) -> bool:
+        """Whether the round's messages can be read as entries: a sparsifier's, of known size,
+        summed on the CPU (where ``sum_packed`` adds entries in order)."""
+        cpu = X.device.type == "cpu" and self._comm_device.type == "cpu"
+        return cpu and plan.bits is not None and hasattr(plan.Q, "packed_entries")
 
     def _add_entries(
         self, memory: _Memory, everyone: tuple[Tensor, Tensor], mine: tuple[Tensor, Tensor], scale: float
