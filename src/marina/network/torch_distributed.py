@@ -481,6 +481,44 @@ class TorchDistributedNetwork(Network):
         x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
         return self._own(x, clean=False, role="point")
 
+    def aggregate_feedback(
+        self,
+        g: Tensor,
+        estimates: Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        scale: float,
+        weight: float,
+        *,
+        multiplicity: Tensor | None = None,
+        stream: str | int = "compress",
+    ) -> Tensor:
+        """EF21's steps 4-6, bit for bit. With a sparsifier on the CPU, every worker sending
+        and scale = weight = 1, the messages' entries are added into ``estimates`` and ``g``
+        themselves when both are what this method left last, unchanged since and hold no -0.0
+        (adding 0 elsewhere leaves them as they are). Otherwise :meth:`Network.aggregate_feedback`."""
+        args = (g, estimates, compressor, X_local, round, scale, weight)
+        kw = {"multiplicity": multiplicity, "stream": stream}
+        if not (multiplicity is None and scale == 1.0 == weight and self._entries_apply(compressor, X_local)):
+            return super().aggregate_feedback(*args, **kw)
+        if not (self._writable(g, True, "sum") and self._writable(estimates, True, "estimates")):
+            g = super().aggregate_feedback(*args, **kw)  # g + a sparse sum: no -0.0
+            self._own(estimates, clean=not _has_negative_zero(estimates), role="estimates")
+            return self._own(g, clean=True, role="sum")
+        at, mean, idx, values = self._mean_entries(compressor, X_local, round, stream, with_messages=True)
+        clean = True
+        for i in range(self.n_local):  # g_i += c_i at its own message's (distinct) entries
+            own_at, row = idx[self._lo + i], estimates[i]
+            changed = torch.add(row.index_select(0, own_at), values[self._lo + i])
+            row.index_copy_(0, own_at, changed)
+            clean = clean and not _has_negative_zero(changed)
+        before = g._version
+        g.index_copy_(0, at, torch.add(g.index_select(0, at), mean))
+        self._sum_changed(g, before, at)
+        self._own(estimates, clean=clean, role="estimates")
+        return self._own(g, clean=True, role="sum")
+
     def _entries_apply(self, compressor: Compressor, X_local: Tensor) -> bool:
         """Whether a round's mean can be read as entries: a sparsifier's messages, summed on the
         CPU (where :func:`marina.compressors.sparse.sparse_sum` adds entries in order)."""
@@ -488,13 +526,18 @@ class TorchDistributedNetwork(Network):
         return cpu and hasattr(compressor, "packed_entries")
 
     def _mean_entries(
-        self, compressor: Compressor, X_local: Tensor, round: int, stream: str | int
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        stream: str | int,
+        with_messages: bool = False,
+    ) -> tuple[Tensor, ...]:
         """(the entries the messages hold, one per message entry, so repeated where messages
         share one; the mean there), bit for bit :meth:`aggregate_mean`'s mean (0 elsewhere): every
         message's entries added in worker order into a kept buffer of zeros (zeroed again at
         those entries after), divided by n. Writing the results at repeated entries writes the
-        same value twice."""
+        same value twice. ``with_messages``: also every message's (indices, values), (n, K)."""
         plan, buffer = self._send(compressor, X_local, round, stream, None)
         senders = plan.senders[0]
         rx = (
@@ -512,7 +555,7 @@ class TorchDistributedNetwork(Network):
             zeros = self._zeros = torch.zeros(d, dtype=dtype)
         mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self.n)
         zeros.index_fill_(0, at, 0.0)
-        return at, mean
+        return (at, mean, idx, values) if with_messages else (at, mean)
 
     def _send(
         self,
@@ -787,3 +830,7 @@ class TorchDistributedNetwork(Network):
     def barrier(self) -> None:
         """Wait for every rank (a tiny all-gather, so failures are reported like any other)."""
         self._all_gather(torch.zeros(1, dtype=torch.uint8), "barrier")
+
+
+def _has_negative_zero(t: Tensor) -> bool:
+    return bool(((t == 0) & t.signbit()).any())
