@@ -342,6 +342,22 @@ def _in_place_rounds(net, Q, X_local, X_all, seed: int, round: int) -> dict:
         in_place.append(g is before)
     same = same and torch.equal(g.view(torch.int64), g_sim.view(torch.int64))
     same = same and torch.equal(e.view(torch.int64), e_sim[net.worker_ids].view(torch.int64))
+    # DIANA's steps 3-7: h_i += alpha Delta_i, x - gamma (h + Delta), h + alpha Delta; x entrusted
+    h_all = torch.zeros_like(X_all)
+    h_all[:, 1::7] = -0.0  # the first round takes the full path, which clears them
+    h, h_sim, hm = h_all[net.worker_ids].clone(), h_all.clone(), torch.zeros(d, dtype=torch.float64)
+    hm_sim, x_sim = hm.clone(), x.clone()
+    for r in (0, 1, 2):
+        net.entrust(x)
+        before = hm
+        x, hm = net.aggregate_shifted(x, 0.3, h, hm, Q, X_local - h, round + 12 + r, 0.37)
+        mean, local = sim.aggregate_with_local(Q, X_all - h_sim, round + 12 + r)
+        h_sim.add_(local, alpha=0.37)
+        x_sim = moved(x_sim, hm_sim + mean, 0.3)
+        hm_sim = hm_sim + 0.37 * mean
+        in_place.append(hm is before)
+    for got, want in ((x, x_sim), (h, h_sim[net.worker_ids]), (hm, hm_sim)):
+        same = same and torch.equal(got.view(torch.int64), want.view(torch.int64))
     return {"equal_in_place": same, "in_place": in_place}
 
 
@@ -587,7 +603,7 @@ def test_direct_aggregations_equal_the_simulation_and_predicted_bytes(equivalenc
             if row["mult"] is None:  # in place where a sparsifier's entries are known, same bits
                 assert row["equal_in_place"], what
                 sparse = row["spec"].split(":")[0] in ("randk", "topk") and "+" not in row["spec"]
-                want = [False, True, True, True, False, True] if sparse else [False] * 6
+                want = [False, True, True, True, False, True, False, True, True] if sparse else [False] * 9
                 assert row["in_place"] == want, what
     rows = reports[0]["aggregations"]
     assert {row["spec"] for row in rows} == set(ALL_SPECS)

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,6 +116,7 @@ class Network(ABC):
         self._link_ns: int = 0
         self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
         self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
+        self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor] | None = None
 
     # -- counters -----------------------------------------------------------------------------
     @property
@@ -312,6 +314,63 @@ class Network(ABC):
         """Remember that the sum g, at version ``before``, changed at the entries ``at`` since."""
         self._sum_change = (weakref.ref(g), before, g._version, at)
 
+    def _shifts_writable(self, shifts: Tensor, shift_mean: Tensor) -> bool:
+        """Whether DIANA's h_i and h are what :meth:`aggregate_shifted` left last, unchanged
+        since and free of -0.0 (then its entry path applies)."""
+        return self._writable(shifts, True, "shifts") and self._writable(shift_mean, True, "shift mean")
+
+    def _shifted_dense(self, *args: Any, stream: str | int) -> tuple[Tensor, Tensor]:
+        """:meth:`Network.aggregate_shifted`, its h_i and h owned (clean if they hold no -0.0)."""
+        x_new, mean_new = Network.aggregate_shifted(self, *args, stream=stream)
+        self._own(args[2], clean=not has_negative_zero(args[2]), role="shifts")
+        return x_new, self._own(mean_new, clean=not has_negative_zero(mean_new), role="shift mean")
+
+    def _shifted_at(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        shifts: Tensor,
+        shift_mean: Tensor,
+        alpha: float,
+        at: Tensor,
+        delta: Tensor,
+        own: list[tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, Tensor]:
+        """DIANA's steps 4-7 at the entries ``at`` of the round's mean message ``delta`` (repeated
+        entries carry the same value and write it twice), with ``own[i]`` the (entries, values) of
+        hosted worker i's message; h_i and h clean (:meth:`_shifts_writable`), so adding 0
+        elsewhere would leave them as they are: bit for bit :meth:`Network.aggregate_shifted`."""
+        # 5.-6. x - gamma (h + Delta): gamma h, its entries at `at` recomputed from h + Delta
+        t = self._scaled_shifts(shift_mean, gamma)
+        g_at = torch.add(shift_mean.index_select(0, at), delta)
+        t.index_copy_(0, at, torch.mul(g_at, gamma[at] if isinstance(gamma, Tensor) else gamma))
+        x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t)
+        # 4. h_i += alpha Delta_i (one fused rounding, as add_ with alpha over the row)
+        for row, (own_at, v) in zip(shifts, own):
+            row.index_copy_(0, own_at, row.index_select(0, own_at).add_(v, alpha=alpha))
+        # 7. h + alpha Delta
+        shift_mean.index_copy_(0, at, torch.add(shift_mean.index_select(0, at), alpha * delta))
+        if isinstance(gamma, float):  # t is gamma h^{k+1} but at these entries
+            self._scaled_shift = (t, weakref.ref(shift_mean), shift_mean._version, gamma, at)
+        self._own(shifts, clean=True, role="shifts")
+        return x_new, self._own(shift_mean, clean=True, role="shift mean")
+
+    def _scaled_shifts(self, h: Tensor, gamma: float | Tensor) -> Tensor:
+        """gamma h in a kept buffer: the last round's buffer with the entries it left as
+        gamma (h + Delta) and those h changed at set to gamma h (same gamma, h unchanged since),
+        else every product."""
+        kept, self._scaled_shift = self._scaled_shift, None
+        if (
+            kept is not None
+            and isinstance(gamma, float)
+            and kept[3] == gamma
+            and kept[1]() is h
+            and kept[2] == h._version
+        ):
+            t, at = kept[0], kept[4]
+            return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
+        return torch.mul(h, gamma)
+
     def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
         """The entries (int64, 1-D) of the sum ``t`` this network changed in place since ``t``'s
         version ``since`` (one in-place addition, nothing else since), or None when that is not
@@ -361,3 +420,8 @@ class Network(ABC):
     def hosts_all(self) -> bool:
         """Whether this process hosts every worker (then problem-level metrics need no reduction)."""
         return self.n_local == self.n
+
+
+def has_negative_zero(t: Tensor) -> bool:
+    """Whether ``t`` holds a -0.0 (x + 0 = x holds for every other value)."""
+    return bool(((t == 0) & t.signbit()).any())

@@ -11,8 +11,6 @@ per round on CUDA).
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
@@ -50,7 +48,6 @@ class SimulatedNetwork(Network):
         self.worker_ids = torch.arange(self.n, dtype=torch.int64, device=self.device)
         self._bits_up_dev = torch.zeros((), dtype=torch.int64, device=self.device)
         self._dense_rng: Randomness | None = None
-        self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor] | None = None
 
     @property
     def bits_up(self) -> int:
@@ -146,22 +143,6 @@ class SimulatedNetwork(Network):
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
         return mean, (X_hat if keep_local else None)
 
-    def _scaled_shifts(self, h: Tensor, gamma: float | Tensor) -> Tensor:
-        """gamma h in a kept buffer: the last round's buffer with the K entries it left as
-        gamma (h + Delta) and those h changed at set to gamma h (same gamma, h unchanged since),
-        else every product."""
-        kept, self._scaled_shift = self._scaled_shift, None
-        if (
-            kept is not None
-            and isinstance(gamma, float)
-            and kept[3] == gamma
-            and kept[1]() is h
-            and kept[2] == h._version
-        ):
-            t, at = kept[0], kept[4]
-            return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
-        return torch.mul(h, gamma)
-
     def _adds_in_place(self, compressor: Compressor) -> bool:
         """Whether this round can add a message into a tensor in place: one worker (so one
         message, entries distinct), a compressor that gives its entries, no link model."""
@@ -239,28 +220,13 @@ class SimulatedNetwork(Network):
         args = (x, gamma, shifts, shift_mean, compressor, X_local, round, alpha)
         if not self._adds_in_place(compressor):
             return super().aggregate_shifted(*args, stream=stream)
-        if not (self._writable(shifts, True, "shifts") and self._writable(shift_mean, True, "shift mean")):
-            x_new, mean_new = super().aggregate_shifted(*args, stream=stream)
-            self._own(shifts, clean=not _has_negative_zero(shifts), role="shifts")
-            return x_new, self._own(mean_new, clean=not _has_negative_zero(mean_new), role="shift mean")
+        if not self._shifts_writable(shifts, shift_mean):
+            return self._shifted_dense(*args, stream=stream)
         idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
         self._bits_up_dev += bits.sum()
         at, v = idx[0], values[0]
-        delta = torch.add(v, 0.0)  # the mean's entries: 0 + v
-        # 5.-6. x - gamma (h + Delta): gamma h, its K entries recomputed from h + Delta
-        t = self._scaled_shifts(shift_mean, gamma)
-        g_at = torch.add(shift_mean.index_select(0, at), delta)
-        t.index_copy_(0, at, torch.mul(g_at, gamma[at] if isinstance(gamma, Tensor) else gamma))
-        x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t)
-        # 4. h_i += alpha Delta_i (one fused rounding, as add_ with alpha over the row)
-        row = shifts[0]
-        row.index_copy_(0, at, row.index_select(0, at).add_(v, alpha=alpha))
-        # 7. h + alpha Delta
-        shift_mean.index_copy_(0, at, torch.add(shift_mean.index_select(0, at), alpha * delta))
-        if isinstance(gamma, float):  # t is gamma h^{k+1} but at these K entries
-            self._scaled_shift = (t, weakref.ref(shift_mean), shift_mean._version, gamma, at)
-        self._own(shifts, clean=True, role="shifts")
-        return x_new, self._own(shift_mean, clean=True, role="shift mean")
+        # the mean's entries: 0 + v
+        return self._shifted_at(x, gamma, shifts, shift_mean, alpha, at, torch.add(v, 0.0), [(at, v)])
 
     def aggregate_feedback(
         self,
@@ -317,7 +283,3 @@ class SimulatedNetwork(Network):
 
     def gather(self, values_local: Tensor) -> Tensor:
         return values_local
-
-
-def _has_negative_zero(t: Tensor) -> bool:
-    return bool(((t == 0) & t.signbit()).any())

@@ -145,7 +145,7 @@ from torch import Tensor
 
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError, MarinaError, ValueRangeError
-from marina.network.base import Network, copy_stream
+from marina.network.base import Network, copy_stream, has_negative_zero
 from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
 from marina.network.wire_plan import WirePlan
 from marina.rng import Randomness
@@ -481,6 +481,32 @@ class TorchDistributedNetwork(Network):
         x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
         return self._own(x, clean=False, role="point")
 
+    def aggregate_shifted(
+        self,
+        x: Tensor,
+        gamma: float | Tensor,
+        shifts: Tensor,
+        shift_mean: Tensor,
+        compressor: Compressor,
+        X_local: Tensor,
+        round: int,
+        alpha: float,
+        *,
+        stream: str | int = "compress",
+    ) -> tuple[Tensor, Tensor]:
+        """DIANA's steps 3-7, bit for bit. With a sparsifier on the CPU, h_i and h change at the
+        messages' entries in place when both are what this method left last, unchanged since,
+        with no -0.0 (:meth:`Network._shifted_at`); x is written over when :meth:`entrust`-ed.
+        Otherwise :meth:`Network.aggregate_shifted`."""
+        args = (x, gamma, shifts, shift_mean, compressor, X_local, round, alpha)
+        if not self._entries_apply(compressor, X_local):
+            return super().aggregate_shifted(*args, stream=stream)
+        if not self._shifts_writable(shifts, shift_mean):
+            return self._shifted_dense(*args, stream=stream)
+        at, delta, idx, values = self._mean_entries(compressor, X_local, round, stream, with_messages=True)
+        own = [(idx[self._lo + i], values[self._lo + i]) for i in range(self.n_local)]
+        return self._shifted_at(x, gamma, shifts, shift_mean, alpha, at, delta, own)
+
     def aggregate_feedback(
         self,
         g: Tensor,
@@ -504,7 +530,7 @@ class TorchDistributedNetwork(Network):
             return super().aggregate_feedback(*args, **kw)
         if not (self._writable(g, True, "sum") and self._writable(estimates, True, "estimates")):
             g = super().aggregate_feedback(*args, **kw)  # g + a sparse sum: no -0.0
-            self._own(estimates, clean=not _has_negative_zero(estimates), role="estimates")
+            self._own(estimates, clean=not has_negative_zero(estimates), role="estimates")
             return self._own(g, clean=True, role="sum")
         at, mean, idx, values = self._mean_entries(compressor, X_local, round, stream, with_messages=True)
         clean = True
@@ -512,7 +538,7 @@ class TorchDistributedNetwork(Network):
             own_at, row = idx[self._lo + i], estimates[i]
             changed = torch.add(row.index_select(0, own_at), values[self._lo + i])
             row.index_copy_(0, own_at, changed)
-            clean = clean and not _has_negative_zero(changed)
+            clean = clean and not has_negative_zero(changed)
         before = g._version
         g.index_copy_(0, at, torch.add(g.index_select(0, at), mean))
         self._sum_changed(g, before, at)
@@ -830,7 +856,3 @@ class TorchDistributedNetwork(Network):
     def barrier(self) -> None:
         """Wait for every rank (a tiny all-gather, so failures are reported like any other)."""
         self._all_gather(torch.zeros(1, dtype=torch.uint8), "barrier")
-
-
-def _has_negative_zero(t: Tensor) -> bool:
-    return bool(((t == 0) & t.signbit()).any())

@@ -75,6 +75,7 @@ from marina import compressors
 from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
 from marina.methods.ef21 import contraction_scale
+from marina.network.base import has_negative_zero
 from marina.network.link import DIRECT_MAX_BYTES
 from marina.network.torch_distributed import TorchDistributedNetwork
 from marina.rng import Randomness
@@ -511,7 +512,7 @@ class CompressionHookState:
                 # e_r += c_r, e += (1/W) sum_r c_r
                 memory.local.add_(local)
                 memory.mean.add_(mean)
-                memory.clean = not (_has_negative_zero(memory.local) or _has_negative_zero(memory.mean))
+                memory.clean = not (has_negative_zero(memory.local) or has_negative_zero(memory.mean))
             # e, the mean of the e_r, returned to DDP
             return out.copy_(memory.mean).view_as(buffer)
 
@@ -543,10 +544,6 @@ class CompressionHookState:
         local.index_copy_(0, own_at, torch.add(local.index_select(0, own_at), own))
         # repeated entries (messages that share one) write the same value twice
         flat.index_copy_(0, at, torch.add(flat.index_select(0, at), mean))
-
-
-def _has_negative_zero(t: Tensor) -> bool:
-    return bool(((t == 0) & t.signbit()).any())
 
 
 def _short(value: str, limit: int = 64) -> str:
