@@ -248,8 +248,8 @@ class Compressor(ABC):
     gathers: ClassVar[bool] = False
     """Reads only entries chosen independently of the values (lazy rows are not materialised)."""
     keeps_non_finite: ClassVar[bool] = False
-    """Every row holding a non-finite entry keeps one and its largest magnitude (TopK): only the
-    kept entries are checked for finiteness and the wire range (no pass over X for it)."""
+    """Every row holding a non-finite entry keeps one and its largest magnitude (TopK): on the
+    CPU only the kept entries are checked for finiteness and the wire range (no pass over X)."""
     regenerates: ClassVar[bool] = False
     """The receiver regenerates the sender's draws from the key (``unpack`` needs ``rng``)."""
     fixed_size: ClassVar[bool] = False
@@ -618,7 +618,7 @@ class Compressor(ABC):
             return X, None
         if n == 0:
             return X, 0.0
-        if self.keeps_non_finite:
+        if self.keeps_non_finite and X.device.type == "cpu":  # checked where tested: the CPU
             return X.contiguous(), None
         return X.contiguous(), self._finite_amax(X)
 
