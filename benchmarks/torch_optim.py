@@ -22,7 +22,8 @@ the W - 1 receivers) against DDP's ring allreduce of d float32 gradients (2 (W -
 ranks together, the standard count; DDP has no byte counter). The machine's cores are shared by the
 ranks (and, on a busy machine, other jobs): compare medians taken in the same run.
 
-``--own``: the optimizers' own work per step (step time minus the time inside its closures) for
+``--own``: the optimizers' own work per step (step time minus the time inside its closures), next
+to each method's algorithmic floor (:mod:`step_floors`, in the same rounds), for
 every marina.torch optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step()``, on a CNN of
 about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every optimizer in turn,
 ``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
@@ -63,6 +64,7 @@ import step_floors  # benchmarks/step_floors.py, beside this script
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import marina.torch as mt
@@ -228,6 +230,10 @@ OWN = {
     "DASHAMVR": lambda m, ps: m.DASHAMVR(ps, compressor="randk:1%", lr=1e-3, batch_size=8),
 }
 DDP_STEP = "DDP allreduce"
+FLOOR = "floor "
+"""Prefix of the algorithmic floors' rows in :func:`own_work`'s reports (:mod:`step_floors`)."""
+OWN_SELECTOR = "sampled threshold + numpy flatnonzero"
+"""The TopK selection of the floors in ``--own`` (the cheapest measured by ``--floors``)."""
 AGAINST = " (against)"
 """Suffix of the optimizers of ``--against``'s checkout in the reports."""
 
@@ -286,15 +292,20 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
     whole = _hook_runs(modules)
     runs.update(whole)
     inside = [0.0]
+    floors_of = floor_runs(x, y, inside, step_floors.SELECTORS[OWN_SELECTOR])
+    runs.update({FLOOR + name: run for name, run in floors_of.items()})
     own: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
         for name, (model, opt) in runs.items():
-            closure = timed_closure(model, opt, x, y, inside)
+            # a floor's step is a function; its closure zeroes the model's grads
+            closure = timed_closure(model, model if name.startswith(FLOOR) else opt, x, y, inside)
             inside[0] = 0.0
             t0 = clock()
             if name == "sgd-momentum" or name in whole:
                 closure()
                 opt.step()
+            elif name.startswith(FLOOR):
+                opt(closure)  # a floor's step
             else:
                 opt.step(closure)
             if rep >= 3:
@@ -351,12 +362,9 @@ def floors(reps: int, batch: int) -> None:
     summarise_floors(algorithmic_floors(reps, batch, selectors[cheapest]), batch, cheapest)
 
 
-def algorithmic_floors(reps: int, batch: int, select) -> dict[str, list[float]]:
-    """Seconds per step of every :data:`step_floors.FLOORS` sequence (its step minus its closures)
-    and of SGD-momentum's ``step()``, each right after a real closure on its own
-    :func:`own_work_model`, interleaved as :func:`own_work` (3 warm-up rounds, then ``reps``)."""
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+def floor_runs(x: Tensor, y: Tensor, inside: list[float], select) -> dict[str, tuple]:
+    """(model, step(closure)) of every :data:`step_floors.FLOORS` sequence on its own
+    :func:`own_work_model`, started (step 0's dense work done); ``inside`` collects closure time."""
     d = sum(p.numel() for p in own_work_model().parameters())
     k = max(1, round(d / 100))
     idx = torch.randperm(d, generator=torch.Generator().manual_seed(0))[:k].sort().values
@@ -364,17 +372,28 @@ def algorithmic_floors(reps: int, batch: int, select) -> dict[str, list[float]]:
     coef = step_floors.Coefficients(
         gamma=1e-3, scale=d / k, alpha=1 / (1 + omega), a=1 / (2 * omega + 1), eta=0.1, b=0.1
     )
-    inside = [0.0]
-    torch.manual_seed(0)
-    model = own_work_model()
-    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    runs = {"sgd-momentum": (model, lambda closure: (closure(), sgd.step()))}
+    runs = {}
     for name, make in step_floors.FLOORS.items():
         torch.manual_seed(0)
         model = own_work_model()
         floor = make(step_floors.Layout(model.parameters()), idx, coef, select)
         floor.start(timed_closure(model, model, x, y, inside))
         runs[name] = (model, floor.step)
+    return runs
+
+
+def algorithmic_floors(reps: int, batch: int, select) -> dict[str, list[float]]:
+    """Seconds per step of every :data:`step_floors.FLOORS` sequence (its step minus its closures)
+    and of SGD-momentum's ``step()``, each right after a real closure on its own
+    :func:`own_work_model`, interleaved as :func:`own_work` (3 warm-up rounds, then ``reps``)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    inside = [0.0]
+    torch.manual_seed(0)
+    model = own_work_model()
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    runs = {"sgd-momentum": (model, lambda closure: (closure(), sgd.step()))}
+    runs.update(floor_runs(x, y, inside, select))
     times: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):
         for name, (model, step) in runs.items():
@@ -413,15 +432,25 @@ def summarise_own(reports: list[dict[str, list[float]]], ranks: int) -> None:
         f"{_clock_name()}"
     )
     floor = [_percentile(r["sgd-momentum"], 0.5) for r in reports]
-    print(f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}   other ranks' ratios")
+    print(
+        f"{'optimizer':<14}{'median ms':>10}{'min ms':>9}{'/ SGD-momentum':>16}{'its floor':>11}   "
+        "other ranks' ratios"
+    )
     hooks = [name for name in reports[0] if name.split(" (")[0] in HOOKS]
     for name in reports[0]:
-        if name in hooks:
+        if name in hooks or name.startswith(FLOOR):
             continue
         med = [_percentile(r[name], 0.5) for r in reports]
         others = ", ".join(f"{m / f:.2f}" for m, f in zip(med[1:], floor[1:]))
         low = min(reports[0][name]) * 1e3
-        print(f"{name:<14}{med[0] * 1e3:>10.2f}{low:>9.2f}{med[0] / floor[0]:>16.2f}   {others}")
+        own_floor = reports[0].get(FLOOR + name)
+        at_floor = f"{_percentile(own_floor, 0.5) / floor[0]:.2f}" if own_floor else ""
+        ratio = med[0] / floor[0]
+        print(f"{name:<14}{med[0] * 1e3:>10.2f}{low:>9.2f}{ratio:>16.2f}{at_floor:>11}   {others}")
+    print(
+        "its floor: the method's algorithmic floor (benchmarks/step_floors.py; RandK's index draw not "
+        f"included; TopK by {OWN_SELECTOR}), / SGD-momentum, in the same rounds"
+    )
     base = [_percentile(r[DDP_STEP], 0.5) for r in reports]
     print(
         f"DDP + SGD-momentum whole steps (forward, backward, communication, step): {DDP_STEP} "
