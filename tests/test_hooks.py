@@ -19,7 +19,7 @@ from marina.errors import ConfigError
 from marina.testing import close_group, run_ranks
 from marina.torch.hooks import FINGERPRINT_BYTES, CompressionHookState, compression_hook
 
-STEPS = 3
+STEPS = 4
 FORMULA_CASES = (
     ("qgd", "randk:3"),
     ("diana", "randk:3:seeded"),

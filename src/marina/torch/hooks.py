@@ -74,6 +74,7 @@ from torch import Tensor
 from marina import compressors
 from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
+from marina.lazy_rows import DenseRows, RowDifference
 from marina.methods.ef21 import contraction_scale
 from marina.network.base import has_negative_zero
 from marina.network.link import DIRECT_MAX_BYTES
@@ -469,19 +470,24 @@ class CompressionHookState:
         assert memory is not None
         if method == "diana":
             alpha = plan.alpha
-            # 1. Delta_r = Q(g_r - h_r), sent
-            sent = X - memory.local
+            by_entries = memory.clean and self._by_entries(plan, X)
+            # 1. Delta_r = Q(g_r - h_r), sent (lazy: a sparsifier reads its K entries of X and h_r)
+            sent = RowDifference(DenseRows(X), memory.local)
 
             def finish(fut: torch.futures.Future) -> Tensor:
+                if by_entries:
+                    self._shift_entries(memory, *fut.value(), alpha, out)
+                    return out.view_as(buffer)
                 mean, local = fut.value()
                 # 2. g = h + (1/W) sum_r Delta_r, returned to DDP
                 torch.add(memory.mean, mean, out=out)
                 # 3. h_r += alpha Delta_r, h += alpha (1/W) sum_r Delta_r
                 memory.local.add_(local, alpha=alpha)
                 memory.mean.add_(mean, alpha=alpha)
+                memory.clean = not (has_negative_zero(memory.local) or has_negative_zero(memory.mean))
                 return out.view_as(buffer)
 
-            return self._exchange(plan, sent, stream, round, True).then(finish)
+            return self._exchange(plan, sent, stream, round, True, entries=by_entries).then(finish)
 
         # EF21 and EF21-SGDM. 0. A layout with no estimate yet sends the gradient dense
         # (e_r = g_r, and v_r = g_r)
@@ -524,19 +530,46 @@ class CompressionHookState:
         cpu = X.device.type == "cpu" and self._comm_device.type == "cpu"
         return cpu and plan.bits is not None and hasattr(plan.Q, "packed_entries")
 
+    def _mean_at(self, memory: _Memory, idx: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """(the messages' entries, repeated where messages share one; the mean message there):
+        the entries summed in rank order into the memory's buffer of zeros (as ``sum_packed``),
+        divided by W, the buffer zeroed again."""
+        at = idx.reshape(-1)
+        zeros = memory.zeros
+        if zeros is None or zeros.numel() != memory.mean.numel():
+            zeros = memory.zeros = torch.zeros_like(memory.mean.view(-1))
+        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self._world)
+        zeros.index_fill_(0, at, 0.0)
+        return at, mean
+
+    def _shift_entries(
+        self,
+        memory: _Memory,
+        everyone: tuple[Tensor, Tensor],
+        mine: tuple[Tensor, Tensor],
+        alpha: float,
+        out: Tensor,
+    ) -> None:
+        """DIANA's steps 2-3 at the entries the messages hold, bit for bit the dense updates when
+        h_r and h hold no -0.0: out = h + mean (h elsewhere), h_r += alpha Delta_r and
+        h += alpha mean with add_'s fused rounding."""
+        at, mean = self._mean_at(memory, *everyone)
+        h, g = memory.mean.view(-1), out.view(-1)
+        # 2. g = h + (1/W) sum_r Delta_r
+        g.copy_(h).index_copy_(0, at, torch.add(h.index_select(0, at), mean))
+        # 3. h_r += alpha Delta_r, h += alpha (1/W) sum_r Delta_r
+        local, own_at = memory.local.view(-1), mine[0].reshape(-1)
+        local.index_copy_(0, own_at, local.index_select(0, own_at).add_(mine[1].reshape(-1), alpha=alpha))
+        h.index_copy_(0, at, h.index_select(0, at).add_(mean, alpha=alpha))
+
     def _add_entries(
         self, memory: _Memory, everyone: tuple[Tensor, Tensor], mine: tuple[Tensor, Tensor], scale: float
     ) -> None:
         """EF21's e_r += c_r and e += (1/W) sum_r c_r at the entries the messages hold, bit for
         bit the dense updates when e_r and e hold no -0.0 (elsewhere both add 0): the messages
         summed entry by entry in rank order into zeros (as ``sum_packed``), divided by W."""
-        idx, values = everyone
-        at, flat = idx.reshape(-1), memory.mean.view(-1)
-        zeros = memory.zeros
-        if zeros is None or zeros.numel() != flat.numel():
-            zeros = memory.zeros = torch.zeros_like(flat)
-        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self._world)
-        zeros.index_fill_(0, at, 0.0)
+        at, mean = self._mean_at(memory, *everyone)
+        flat = memory.mean.view(-1)
         own_at, own = mine[0].reshape(-1), mine[1].reshape(-1)
         if scale != 1.0:
             mean, own = mean * scale, own * scale
