@@ -29,7 +29,7 @@ about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every 
 ``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
 go over gloo (the marina optimizers then communicate; SGD's step does not). The DDP hook has no
 step of its own: whole DDP steps with SGD-momentum are timed with DDP's allreduce and with the
-hook (qgd randk:1%, ef21 topk:1%), and the hook's own work is the difference (on one rank, a gloo
+hook (qgd and diana randk:1%, ef21 topk:1%), and the hook's own work is the difference (on one rank, a gloo
 group of this process; ``benchmarks/hook_overlap.py`` measures the overlap). ``--against SRC``
 times another checkout's optimizers and hooks in the same rounds; ``--cpu-clock`` uses the
 thread's CPU time (steadier on a shared machine).
@@ -253,7 +253,12 @@ def load_against(src: str) -> ModuleType:
     return importlib.import_module("marina_against.torch")
 
 
-HOOKS = {DDP_STEP: None, "DDP hook qgd": ("randk:1%", "qgd"), "DDP hook ef21": ("topk:1%", "ef21")}
+HOOKS = {
+    DDP_STEP: None,
+    "DDP hook qgd": ("randk:1%", "qgd"),
+    "DDP hook diana": ("randk:1%", "diana"),
+    "DDP hook ef21": ("topk:1%", "ef21"),
+}
 """The DDP variants (whole steps: forward, backward with its communication, SGD-momentum's step):
 DDP's own allreduce, and marina's hook with each (compressor, method); a hook's own work is its
 step's time beyond :data:`DDP_STEP`'s."""
