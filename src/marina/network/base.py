@@ -67,12 +67,12 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from marina.compressors.base import Compressor
+from marina.lazy_rows import LazyRows
 from marina.network.link import Link
 from marina.reductions import fixed_mean
 from marina.rng import SHARED, Randomness, stream_id
@@ -219,10 +219,18 @@ class Network(ABC):
         stream: str | int = "compress",
     ) -> Tensor:
         """``base`` + :meth:`aggregate_mean` (g^k + the round's mean message), bit for bit. The
-        caller gives ``base`` up: a backend may write the sum over it (see
-        :meth:`marina.network.SimulatedNetwork.aggregate_added`)."""
-        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
-        return torch.add(base, mean, out=mean)  # the mean is this call's own tensor
+        caller gives ``base`` up: where the backend reads the round as entries
+        (:meth:`_entries_apply`), they are added into ``base`` itself when it is the sum this
+        method returned last, unchanged since (such a sum holds no -0.0, so ``base + 0``
+        elsewhere leaves it as it is)."""
+        entries = self._entries_apply(compressor, X_local)
+        if entries and self._writable(base, clean=True, role="sum"):
+            at, mean, _ = self._round_entries(compressor, X_local, round, stream)
+            base = self._added_at(base, at, mean)
+        else:
+            mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+            base = torch.add(base, mean, out=mean)  # the mean is this call's own tensor
+        return self._own(base, clean=True, role="sum") if entries else base  # + a sparse sum: no -0.0
 
     def aggregate_moved(
         self,
@@ -235,10 +243,19 @@ class Network(ABC):
         stream: str | int = "compress",
     ) -> Tensor:
         """x - gamma (the round's mean message), bit for bit ``moved(x, mean, gamma)`` (QGD's
-        step). The caller gives ``x`` up: a backend may write the result over it."""
-        mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
-        t = torch.mul(mean, gamma, out=mean)
-        return torch.sub(x, t, out=t)
+        step). The caller gives ``x`` up: where the backend reads the round as entries, only
+        those are written, over ``x`` itself when it is the point this method returned last (or
+        :meth:`entrust`-ed), unchanged since (x - gamma 0 = x for every x, gamma >= 0)."""
+        entries = self._entries_apply(compressor, X_local)
+        if entries and self._writable(x, clean=False, role="point"):
+            at, mean, _ = self._round_entries(compressor, X_local, round, stream)
+            step = torch.mul(mean, gamma[at] if isinstance(gamma, Tensor) else gamma)
+            x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
+        else:
+            mean = self.aggregate_mean(compressor, X_local, round, stream=stream)
+            t = torch.mul(mean, gamma, out=mean)
+            x = torch.sub(x, t, out=t)
+        return self._own(x, clean=False, role="point") if entries else x
 
     def aggregate_shifted(
         self,
@@ -256,12 +273,23 @@ class Network(ABC):
         """DIANA's steps 3-7: the messages Delta_i = Q_i(X_i) sent, ``shifts`` (the hosted h_i) +=
         alpha Delta_i in place, and (x - gamma (h + Delta), h + alpha Delta) returned, with h =
         ``shift_mean`` and Delta the mean message, bit for bit those expressions. The caller gives
-        ``x`` and ``shift_mean`` up: a backend may write the results over them."""
+        ``x`` and ``shift_mean`` up: where the backend reads the round as entries and h_i, h are
+        what this method left last, unchanged since, with no -0.0, they change at the entries in
+        place (:meth:`_shifted_at`)."""
+        entries = self._entries_apply(compressor, X_local)
+        clean = self._writable(shifts, True, "shifts") and self._writable(shift_mean, True, "shift mean")
+        if entries and clean:
+            at, delta, own = self._round_entries(compressor, X_local, round, stream)
+            return self._shifted_at(x, gamma, shifts, shift_mean, alpha, at, delta, own)
         mean, local = self.aggregate_with_local(compressor, X_local, round, stream=stream)
         shifts.add_(local, alpha=alpha)
         g = shift_mean + mean
         t = torch.mul(g, gamma, out=g)
-        return torch.sub(x, t, out=t), shift_mean + alpha * mean
+        x_new, mean_new = torch.sub(x, t, out=t), shift_mean + alpha * mean
+        if entries:  # owned for the next round's entry path (clean if they hold no -0.0)
+            self._own(shifts, clean=not has_negative_zero(shifts), role="shifts")
+            self._own(mean_new, clean=not has_negative_zero(mean_new), role="shift mean")
+        return x_new, mean_new
 
     def aggregate_feedback(
         self,
@@ -278,13 +306,53 @@ class Network(ABC):
     ) -> Tensor:
         """EF21's steps 4-6: the messages c_i = C(X_i) sent, ``estimates`` (the hosted g_i) +=
         ``scale`` c_i in place, and g + ``weight`` (the mean message) returned. The caller gives
-        ``g`` up: a backend may write the result over it."""
-        mean, local = self.aggregate_with_local(
-            compressor, X_local, round, stream=stream, multiplicity=multiplicity
-        )
-        estimates.add_(local, alpha=scale)
-        step = weight * mean
-        return torch.add(g, step, out=step)
+        ``g`` up: where the backend reads the round as entries (every worker sending, scale =
+        weight = 1), they are added into ``estimates`` and ``g`` themselves when both are what this
+        method left last, unchanged since and hold no -0.0 (adding 0 elsewhere leaves them as they
+        are; g gains sums of messages, never -0.0; g_i is checked where it changed)."""
+        fast = multiplicity is None and scale == 1.0 == weight and self._entries_apply(compressor, X_local)
+        if fast and self._writable(g, True, "sum") and self._writable(estimates, True, "estimates"):
+            at, mean, own = self._round_entries(compressor, X_local, round, stream)
+            clean = True
+            for row, (own_at, v) in zip(estimates, own):  # g_i += c_i at its (distinct) entries
+                changed = torch.add(row.index_select(0, own_at), v)
+                row.index_copy_(0, own_at, changed)
+                clean = clean and not has_negative_zero(changed)
+            g = self._added_at(g, at, mean)
+        else:
+            mean, local = self.aggregate_with_local(
+                compressor, X_local, round, stream=stream, multiplicity=multiplicity
+            )
+            estimates.add_(local, alpha=scale)
+            step = weight * mean
+            g = torch.add(g, step, out=step)
+            clean = fast and not has_negative_zero(estimates)
+        if not fast:
+            return g
+        self._own(estimates, clean=clean, role="estimates")
+        return self._own(g, clean=True, role="sum")
+
+    # -- a round read as entries (backends that can: one worker, or sparsifiers on the CPU) ------
+    def _entries_apply(self, compressor: Compressor, X_local: Tensor | LazyRows) -> bool:
+        """Whether this backend can read the round's messages of ``compressor`` as entries
+        (:meth:`_round_entries`); never here."""
+        return False
+
+    def _round_entries(
+        self, compressor: Compressor, X_local: Tensor | LazyRows, round: int, stream: str | int
+    ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """The round's messages sent and counted, as (the entries the messages hold, repeated
+        where messages share one; the mean message there, bit for bit :meth:`aggregate_mean`'s,
+        which is 0 elsewhere; per hosted worker, its own message's (distinct entries, values))."""
+        raise NotImplementedError(f"{type(self).__name__} reads no round as entries")
+
+    def _added_at(self, g: Tensor, at: Tensor, values: Tensor) -> Tensor:
+        """g <- g + values at the entries ``at`` in place (repeated entries write the same value
+        twice), remembered for :meth:`entries_changed`."""
+        before = g._version
+        g.index_copy_(0, at, torch.add(g.index_select(0, at), values))
+        self._sum_change = (weakref.ref(g), before, g._version, at)
+        return g
 
     # -- tensors handed back and forth (the in-place paths of the backends) ---------------------
     def _writable(self, t: Tensor, clean: bool, role: str) -> bool:
@@ -303,28 +371,6 @@ class Network(ABC):
         since) may write over it (a backend without in-place paths never does)."""
         self._own(t, clean=False, role="point")
 
-    def _add_sum_at(self, g: Tensor, at: Tensor, values: Tensor) -> None:
-        """g[at] += values in place (g a sum this network returned), remembered for
-        :meth:`entries_changed`."""
-        before = g._version
-        g.index_add_(0, at, values)
-        self._sum_changed(g, before, at)
-
-    def _sum_changed(self, g: Tensor, before: int, at: Tensor) -> None:
-        """Remember that the sum g, at version ``before``, changed at the entries ``at`` since."""
-        self._sum_change = (weakref.ref(g), before, g._version, at)
-
-    def _shifts_writable(self, shifts: Tensor, shift_mean: Tensor) -> bool:
-        """Whether DIANA's h_i and h are what :meth:`aggregate_shifted` left last, unchanged
-        since and free of -0.0 (then its entry path applies)."""
-        return self._writable(shifts, True, "shifts") and self._writable(shift_mean, True, "shift mean")
-
-    def _shifted_dense(self, *args: Any, stream: str | int) -> tuple[Tensor, Tensor]:
-        """:meth:`Network.aggregate_shifted`, its h_i and h owned (clean if they hold no -0.0)."""
-        x_new, mean_new = Network.aggregate_shifted(self, *args, stream=stream)
-        self._own(args[2], clean=not has_negative_zero(args[2]), role="shifts")
-        return x_new, self._own(mean_new, clean=not has_negative_zero(mean_new), role="shift mean")
-
     def _shifted_at(
         self,
         x: Tensor,
@@ -338,7 +384,7 @@ class Network(ABC):
     ) -> tuple[Tensor, Tensor]:
         """DIANA's steps 4-7 at the entries ``at`` of the round's mean message ``delta`` (repeated
         entries carry the same value and write it twice), with ``own[i]`` the (entries, values) of
-        hosted worker i's message; h_i and h clean (:meth:`_shifts_writable`), so adding 0
+        hosted worker i's message; h_i and h clean (no -0.0), so adding 0
         elsewhere would leave them as they are: bit for bit :meth:`Network.aggregate_shifted`."""
         # 5.-6. x - gamma (h + Delta): gamma h, its entries at `at` recomputed from h + Delta
         t = self._scaled_shifts(shift_mean, gamma)

@@ -143,127 +143,19 @@ class SimulatedNetwork(Network):
         mean = total if self.n == 1 else total / self.n  # x / 1 == x: no pass over d alone
         return mean, (X_hat if keep_local else None)
 
-    def _adds_in_place(self, compressor: Compressor) -> bool:
-        """Whether this round can add a message into a tensor in place: one worker (so one
-        message, entries distinct), a compressor that gives its entries, no link model."""
+    def _entries_apply(self, compressor: Compressor, X_local: Tensor | LazyRows) -> bool:
+        """One worker (one message, its entries distinct), a compressor that gives its entries
+        (RandK, TopK), no link model: the in-place paths of :class:`Network` apply."""
         return self.n == 1 and self.link is None and hasattr(compressor, "compress_entries")
 
-    def aggregate_added(
-        self,
-        base: Tensor,
-        compressor: Compressor,
-        X_local: Tensor | LazyRows,
-        round: int,
-        *,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """``base`` + the mean message, bit for bit. With one worker and a sparsifier
-        (:meth:`marina.compressors.sparse.RandK.compress_add_`) the K kept entries are added into
-        ``base`` itself when it is the sum this method returned last, unchanged since (such a sum
-        holds no -0.0, so ``base + 0`` elsewhere leaves it as it is): O(K) instead of two passes
-        over d. Otherwise a new tensor, as :meth:`Network.aggregate_added`."""
-        if not self._adds_in_place(compressor):
-            return super().aggregate_added(base, compressor, X_local, round, stream=stream)
-        if self._writable(base, clean=True, role="sum"):
-            # compressor.compress_add_, with the entries kept for entries_changed
-            idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
-            self._bits_up_dev += bits.sum()
-            self._add_sum_at(base, idx[0], torch.add(values[0], 0.0))
-            return self._own(base, clean=True, role="sum")
-        out = super().aggregate_added(base, compressor, X_local, round, stream=stream)
-        return self._own(out, clean=True, role="sum")
-
-    def aggregate_moved(
-        self,
-        x: Tensor,
-        gamma: float | Tensor,
-        compressor: Compressor,
-        X_local: Tensor | LazyRows,
-        round: int,
-        *,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """x - gamma mean, bit for bit. With one worker and a sparsifier, written over ``x`` when
-        it is the point this method returned last (or :meth:`entrust`-ed), unchanged since: the
-        mean is 0 off the K kept entries, and x - gamma 0 = x for every x (gamma >= 0), so only
-        those K entries change. Otherwise a new tensor, as :meth:`Network.aggregate_moved`."""
-        if not self._adds_in_place(compressor):
-            return super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
-        if not self._writable(x, clean=False, role="point"):
-            out = super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
-            return self._own(out, clean=False, role="point")
+    def _round_entries(
+        self, compressor: Compressor, X_local: Tensor | LazyRows, round: int, stream: str | int
+    ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """The one worker's message: its K entries, the mean there (0 + v, as a sum of one
+        message), and the message itself."""
         idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
         self._bits_up_dev += bits.sum()
-        at = idx[0]
-        step = torch.mul(torch.add(values[0], 0.0), gamma[at] if isinstance(gamma, Tensor) else gamma)
-        x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
-        return self._own(x, clean=False, role="point")
-
-    def aggregate_shifted(
-        self,
-        x: Tensor,
-        gamma: float | Tensor,
-        shifts: Tensor,
-        shift_mean: Tensor,
-        compressor: Compressor,
-        X_local: Tensor | LazyRows,
-        round: int,
-        alpha: float,
-        *,
-        stream: str | int = "compress",
-    ) -> tuple[Tensor, Tensor]:
-        """DIANA's steps 3-7, bit for bit. With one worker and a sparsifier, h_i and h change at
-        the K kept entries only, in place, when both are what this method left last, unchanged
-        since, with no -0.0 (h + alpha 0 = h elsewhere; neither update can make a -0.0 from
-        values that hold none): gamma (h + Delta) is gamma h with K entries recomputed, and x is
-        written over when it was :meth:`entrust`-ed. Otherwise :meth:`Network.aggregate_shifted`."""
-        args = (x, gamma, shifts, shift_mean, compressor, X_local, round, alpha)
-        if not self._adds_in_place(compressor):
-            return super().aggregate_shifted(*args, stream=stream)
-        if not self._shifts_writable(shifts, shift_mean):
-            return self._shifted_dense(*args, stream=stream)
-        idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
-        self._bits_up_dev += bits.sum()
-        at, v = idx[0], values[0]
-        # the mean's entries: 0 + v
-        return self._shifted_at(x, gamma, shifts, shift_mean, alpha, at, torch.add(v, 0.0), [(at, v)])
-
-    def aggregate_feedback(
-        self,
-        g: Tensor,
-        estimates: Tensor,
-        compressor: Compressor,
-        X_local: Tensor | LazyRows,
-        round: int,
-        scale: float,
-        weight: float,
-        *,
-        multiplicity: Tensor | None = None,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """EF21's steps 4-6, bit for bit. With one worker, a sparsifier and scale = weight = 1 (a
-        contractive compressor, every client sending), the K kept entries are added into
-        ``estimates`` and ``g`` themselves when both are what this method left last, unchanged
-        since and hold no -0.0 (g gains 0 + v, never -0.0; g_i is checked where it changed, after
-        a full round everywhere), so adding 0 elsewhere leaves them as they are. Otherwise
-        :meth:`Network.aggregate_feedback`."""
-        args = (g, estimates, compressor, X_local, round, scale, weight)
-        kw = {"multiplicity": multiplicity, "stream": stream}
-        fast = multiplicity is None and scale == 1.0 == weight and self._adds_in_place(compressor)
-        if not fast:
-            return super().aggregate_feedback(*args, **kw)
-        if self._writable(g, clean=True, role="sum") and self._writable(estimates, True, "estimates"):
-            idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
-            self._bits_up_dev += bits.sum()
-            estimates.reshape(-1).index_add_(0, idx[0], values[0])
-            self._add_sum_at(g, idx[0], torch.add(values[0], 0.0))
-            changed = estimates.reshape(-1).index_select(0, idx[0])
-        else:
-            g = super().aggregate_feedback(*args, **kw)
-            changed = estimates
-        # -0.0 + -0.0 (a message value rounded to -0.0 at the wire precision): not clean
-        self._own(estimates, clean=not bool(((changed == 0) & changed.signbit()).any()), role="estimates")
-        return self._own(g, clean=True, role="sum")
+        return idx[0], torch.add(values[0], 0.0), [(idx[0], values[0])]
 
     def aggregate_dense(
         self,

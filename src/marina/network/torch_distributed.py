@@ -145,7 +145,7 @@ from torch import Tensor
 
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError, MarinaError, ValueRangeError
-from marina.network.base import Network, copy_stream, has_negative_zero
+from marina.network.base import Network, copy_stream
 from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
 from marina.network.wire_plan import WirePlan
 from marina.rng import Randomness
@@ -257,7 +257,7 @@ class TorchDistributedNetwork(Network):
         link: str | Link | None = None,
     ) -> None:
         super().__init__()
-        self._zeros: Tensor | None = None  # see _mean_entries
+        self._zeros: Tensor | None = None  # see _round_entries
         self.link = parse_link(link)
         if not dist.is_available() or not dist.is_initialized():
             raise ConfigError(
@@ -433,137 +433,18 @@ class TorchDistributedNetwork(Network):
         mean, local = self._decode(compressor, plan, buffer, X_local, round, stream, keep_local=True)
         return mean, local  # type: ignore[return-value] - keep_local gives the rows
 
-    def aggregate_added(
-        self,
-        base: Tensor,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        *,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """``base`` + the mean message, bit for bit. With a sparsifier on the CPU, the entries the
-        messages hold are added into ``base`` itself when it is the sum this method returned last,
-        unchanged since (such a sum holds no -0.0, so ``base + 0`` elsewhere leaves it as it is):
-        O(n K) instead of three passes over d. Otherwise :meth:`Network.aggregate_added`."""
-        if not self._entries_apply(compressor, X_local):
-            return super().aggregate_added(base, compressor, X_local, round, stream=stream)
-        if not self._writable(base, clean=True, role="sum"):
-            out = super().aggregate_added(base, compressor, X_local, round, stream=stream)
-            return self._own(out, clean=True, role="sum")  # base + a sparse sum: no -0.0
-        at, mean = self._mean_entries(compressor, X_local, round, stream)
-        before = base._version
-        base.index_copy_(0, at, torch.add(base.index_select(0, at), mean))
-        self._sum_changed(base, before, at)
-        return self._own(base, clean=True, role="sum")
-
-    def aggregate_moved(
-        self,
-        x: Tensor,
-        gamma: float | Tensor,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        *,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """x - gamma mean, bit for bit. With a sparsifier on the CPU, written over ``x`` at the
-        entries the messages hold when ``x`` is the point this method returned last (or
-        :meth:`entrust`-ed), unchanged since: elsewhere x - gamma 0 = x for every x (gamma >= 0).
-        Otherwise :meth:`Network.aggregate_moved`."""
-        if not self._entries_apply(compressor, X_local):
-            return super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
-        if not self._writable(x, clean=False, role="point"):
-            out = super().aggregate_moved(x, gamma, compressor, X_local, round, stream=stream)
-            return self._own(out, clean=False, role="point")
-        at, mean = self._mean_entries(compressor, X_local, round, stream)
-        step = torch.mul(mean, gamma[at] if isinstance(gamma, Tensor) else gamma)
-        x.index_copy_(0, at, torch.sub(x.index_select(0, at), step))
-        return self._own(x, clean=False, role="point")
-
-    def aggregate_shifted(
-        self,
-        x: Tensor,
-        gamma: float | Tensor,
-        shifts: Tensor,
-        shift_mean: Tensor,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        alpha: float,
-        *,
-        stream: str | int = "compress",
-    ) -> tuple[Tensor, Tensor]:
-        """DIANA's steps 3-7, bit for bit. With a sparsifier on the CPU, h_i and h change at the
-        messages' entries in place when both are what this method left last, unchanged since,
-        with no -0.0 (:meth:`Network._shifted_at`); x is written over when :meth:`entrust`-ed.
-        Otherwise :meth:`Network.aggregate_shifted`."""
-        args = (x, gamma, shifts, shift_mean, compressor, X_local, round, alpha)
-        if not self._entries_apply(compressor, X_local):
-            return super().aggregate_shifted(*args, stream=stream)
-        if not self._shifts_writable(shifts, shift_mean):
-            return self._shifted_dense(*args, stream=stream)
-        at, delta, idx, values = self._mean_entries(compressor, X_local, round, stream, with_messages=True)
-        own = [(idx[self._lo + i], values[self._lo + i]) for i in range(self.n_local)]
-        return self._shifted_at(x, gamma, shifts, shift_mean, alpha, at, delta, own)
-
-    def aggregate_feedback(
-        self,
-        g: Tensor,
-        estimates: Tensor,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        scale: float,
-        weight: float,
-        *,
-        multiplicity: Tensor | None = None,
-        stream: str | int = "compress",
-    ) -> Tensor:
-        """EF21's steps 4-6, bit for bit. With a sparsifier on the CPU, every worker sending
-        and scale = weight = 1, the messages' entries are added into ``estimates`` and ``g``
-        themselves when both are what this method left last, unchanged since and hold no -0.0
-        (adding 0 elsewhere leaves them as they are). Otherwise :meth:`Network.aggregate_feedback`."""
-        args = (g, estimates, compressor, X_local, round, scale, weight)
-        kw = {"multiplicity": multiplicity, "stream": stream}
-        if not (multiplicity is None and scale == 1.0 == weight and self._entries_apply(compressor, X_local)):
-            return super().aggregate_feedback(*args, **kw)
-        if not (self._writable(g, True, "sum") and self._writable(estimates, True, "estimates")):
-            g = super().aggregate_feedback(*args, **kw)  # g + a sparse sum: no -0.0
-            self._own(estimates, clean=not has_negative_zero(estimates), role="estimates")
-            return self._own(g, clean=True, role="sum")
-        at, mean, idx, values = self._mean_entries(compressor, X_local, round, stream, with_messages=True)
-        clean = True
-        for i in range(self.n_local):  # g_i += c_i at its own message's (distinct) entries
-            own_at, row = idx[self._lo + i], estimates[i]
-            changed = torch.add(row.index_select(0, own_at), values[self._lo + i])
-            row.index_copy_(0, own_at, changed)
-            clean = clean and not has_negative_zero(changed)
-        before = g._version
-        g.index_copy_(0, at, torch.add(g.index_select(0, at), mean))
-        self._sum_changed(g, before, at)
-        self._own(estimates, clean=clean, role="estimates")
-        return self._own(g, clean=True, role="sum")
-
     def _entries_apply(self, compressor: Compressor, X_local: Tensor) -> bool:
         """Whether a round's mean can be read as entries: a sparsifier's messages, summed on the
         CPU (where :func:`marina.compressors.sparse.sparse_sum` adds entries in order)."""
         cpu = X_local.device.type == "cpu" and self.comm_device.type == "cpu"
         return cpu and hasattr(compressor, "packed_entries")
 
-    def _mean_entries(
-        self,
-        compressor: Compressor,
-        X_local: Tensor,
-        round: int,
-        stream: str | int,
-        with_messages: bool = False,
-    ) -> tuple[Tensor, ...]:
-        """(the entries the messages hold, one per message entry, so repeated where messages
-        share one; the mean there), bit for bit :meth:`aggregate_mean`'s mean (0 elsewhere): every
-        message's entries added in worker order into a kept buffer of zeros (zeroed again at
-        those entries after), divided by n. Writing the results at repeated entries writes the
-        same value twice. ``with_messages``: also every message's (indices, values), (n, K)."""
+    def _round_entries(
+        self, compressor: Compressor, X_local: Tensor, round: int, stream: str | int
+    ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """Every message's entries (repeated where messages share one) and the mean there, bit
+        for bit :meth:`aggregate_mean`'s: the entries added in worker order into a kept buffer of
+        zeros (zeroed again at those entries after), divided by n; the hosted workers' messages."""
         plan, buffer = self._send(compressor, X_local, round, stream, None)
         senders = plan.senders[0]
         rx = (
@@ -581,7 +462,8 @@ class TorchDistributedNetwork(Network):
             zeros = self._zeros = torch.zeros(d, dtype=dtype)
         mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self.n)
         zeros.index_fill_(0, at, 0.0)
-        return (at, mean, idx, values) if with_messages else (at, mean)
+        own = [(idx[self._lo + i], values[self._lo + i]) for i in range(self.n_local)]
+        return at, mean, own
 
     def _send(
         self,
