@@ -471,3 +471,13 @@ class Network(ABC):
 def has_negative_zero(t: Tensor) -> bool:
     """Whether ``t`` holds a -0.0 (x + 0 = x holds for every other value)."""
     return bool(((t == 0) & t.signbit()).any())
+
+
+def mean_at_entries(zeros: Tensor, idx: Tensor, values: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(the entries ``idx`` (n_messages, K) flattened; the mean message there): the messages'
+    values added in row order into ``zeros`` (a (d,) buffer of zeros, zero again on return) and
+    divided by n, bit for bit :func:`marina.compressors.sparse.sparse_sum` / n at those entries."""
+    at = idx.reshape(-1)
+    mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(n)
+    zeros.index_fill_(0, at, 0.0)
+    return at, mean

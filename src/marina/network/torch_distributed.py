@@ -145,7 +145,7 @@ from torch import Tensor
 
 from marina.compressors.base import Compressor
 from marina.errors import ConfigError, MarinaError, ValueRangeError
-from marina.network.base import Network, copy_stream
+from marina.network.base import Network, copy_stream, mean_at_entries
 from marina.network.link import DIRECT_MAX_BYTES, Link, parse_link
 from marina.network.wire_plan import WirePlan
 from marina.rng import Randomness
@@ -456,12 +456,9 @@ class TorchDistributedNetwork(Network):
         idx, values = compressor.packed_entries(
             plan.rows(buffer, 0), plan.lengths[0], d, senders.to(self.comm_device), dtype, rx
         )
-        at = idx.reshape(-1)
-        zeros = self._zeros
-        if zeros is None or zeros.numel() != d or zeros.dtype != dtype:
-            zeros = self._zeros = torch.zeros(d, dtype=dtype)
-        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self.n)
-        zeros.index_fill_(0, at, 0.0)
+        if self._zeros is None or self._zeros.numel() != d or self._zeros.dtype != dtype:
+            self._zeros = torch.zeros(d, dtype=dtype)
+        at, mean = mean_at_entries(self._zeros, idx, values, self.n)
         own = [(idx[self._lo + i], values[self._lo + i]) for i in range(self.n_local)]
         return at, mean, own
 

@@ -76,7 +76,7 @@ from marina.compressors.base import CompressorSpec
 from marina.errors import ConfigError, ValueRangeError
 from marina.lazy_rows import DenseRows, RowDifference
 from marina.methods.ef21 import contraction_scale
-from marina.network.base import has_negative_zero
+from marina.network.base import has_negative_zero, mean_at_entries
 from marina.network.link import DIRECT_MAX_BYTES
 from marina.network.torch_distributed import TorchDistributedNetwork
 from marina.rng import Randomness
@@ -534,13 +534,9 @@ class CompressionHookState:
         """(the messages' entries, repeated where messages share one; the mean message there):
         the entries summed in rank order into the memory's buffer of zeros (as ``sum_packed``),
         divided by W, the buffer zeroed again."""
-        at = idx.reshape(-1)
-        zeros = memory.zeros
-        if zeros is None or zeros.numel() != memory.mean.numel():
-            zeros = memory.zeros = torch.zeros_like(memory.mean.view(-1))
-        mean = zeros.index_add_(0, at, values.reshape(-1)).index_select(0, at).div_(self._world)
-        zeros.index_fill_(0, at, 0.0)
-        return at, mean
+        if memory.zeros is None or memory.zeros.numel() != memory.mean.numel():
+            memory.zeros = torch.zeros_like(memory.mean.view(-1))
+        return mean_at_entries(memory.zeros, idx, values, self._world)
 
     def _shift_entries(
         self,
