@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from marina.rng import SHARED, Randomness, bits, distributions, elements, hash32_reference, randomness
+from marina.rng import tensors as rng_tensors
 from marina.rng.backend import Backend
 from marina.rng.small import SMALL, SmallBackend
 from marina.rng.tensors import MERGE_ROWS, TensorBackend, tensor_backend
@@ -207,19 +208,21 @@ def test_cuda_draws_equal_cpu_draws():
 # -- the small-draw path (Python ints) against the tensor code ----------------------------------
 # (SMALL_ROWS, SMALL_ELEMENTS): "tensor" forces the tensor code for keys and draws, "python" the
 # Python ints for every call, "default" the shipped thresholds
-_MODES = {
-    "tensor": (0, -1),
-    "python": (10**6, 10**9),
-    "default": (randomness.SMALL_ROWS, randomness.SMALL_ELEMENTS),
+_MODES = {  # (SMALL_ROWS, SMALL_ELEMENTS, tensors.FUSED_SPARSE)
+    "tensor": (0, -1, True),
+    "python": (10**6, 10**9, True),
+    "default": (randomness.SMALL_ROWS, randomness.SMALL_ELEMENTS, True),
+    "unfused": (0, -1, False),  # one CPU row's sparse draw by the generic steps
 }
 _FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _in_mode(monkeypatch, mode: str, draw, *args):
     """draw(*args) (which makes its Randomness objects) with the thresholds of ``mode``."""
-    key_rows, small_elements = _MODES[mode]
+    key_rows, small_elements, fused = _MODES[mode]
     monkeypatch.setattr(randomness, "SMALL_ROWS", key_rows)
     monkeypatch.setattr(randomness, "SMALL_ELEMENTS", small_elements)
+    monkeypatch.setattr(rng_tensors, "FUSED_SPARSE", fused)
     return draw(*args)
 
 
@@ -318,6 +321,24 @@ def test_redraws_merged_into_few_rows_equal_the_python_draws(monkeypatch, seed, 
         idx, first = res["tensor"]
         first = torch.sort(first, dim=1).values
         assert not bool((first[:, 1:] != first[:, :-1]).all())  # some row redrew
+
+
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
+def test_one_row_fused_sparse_draw_equals_the_generic_steps(monkeypatch, seed):
+    """One CPU row draws the sparse method in one fused NumPy pass: the same indices as the
+    generic steps and the Python draws, redraws included (pops from 40, where a first draw of 30
+    has duplicates for any seed, to 2^40, where the fused pass multiplies by pop 2^-53 once)."""
+    monkeypatch.setattr(distributions, "DENSE_POPULATION", 0)  # small pops take the sparse method
+    gen = random.Random(seed)
+    for pop, k in ((40, 30), (5000, 800), (1185026, 11850), (2**40, 300), (10**6, 2), (10**6, 1)):
+        key, ids = (seed, "fused", gen.randrange(10**6)), [gen.randrange(100)]
+        res = {mode: _in_mode(monkeypatch, mode, _swr_with_initial, key, ids, pop, k) for mode in _MODES}
+        _assert_same(res)
+        idx, first = res["tensor"]
+        assert bool((idx[:, 1:] > idx[:, :-1]).all()) and 0 <= int(idx.min()) and int(idx.max()) < pop
+        first = torch.sort(first, dim=1).values
+        if pop == 40:  # the redraw loop ran
+            assert not bool((first[:, 1:] != first[:, :-1]).all())
 
 
 @pytest.mark.parametrize("seed", SEEDS, indirect=True)

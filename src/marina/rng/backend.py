@@ -88,6 +88,12 @@ class Backend(ABC, Generic[K, A]):
         backend may merge the few redrawn entries into the rest instead: the sorted rows are the
         same)."""
 
+    @abstractmethod
+    def sparse_sample(self, keys: K, population: Any, k: int, redraw_salt: Callable[[int], int]) -> A | None:
+        """The sparse method of ``distributions.sample_without_replacement`` in one fused pass
+        where this backend has one for these rows (the same bits), else None (the generic
+        steps then run). ``redraw_salt(attempt)`` salts the keys of redraw ``attempt``."""
+
     # -- subsets of rows -----------------------------------------------------------------------
     @abstractmethod
     def which(self, mask: A | bool) -> bool | None:

@@ -79,10 +79,18 @@ def _sparse(arrays: Backend, keys: Any, population: Any, k: int) -> Any:
     draw = lambda ks: arrays.uniform(ks, k, torch.float64, scaled, pop)
     if k == 1:  # one draw per row: never a duplicate
         return draw(keys)
+    fused = arrays.sparse_sample(keys, pop, k, redraw_salt)
+    if fused is not None:
+        return fused
     idx = arrays.sort(draw(keys), k)
     attempt = 0
     while (dup := arrays.duplicates(idx, k)) is not None:
         attempt += 1
         # column j of the redraw replaces a duplicate in column j (only those are drawn)
-        idx = arrays.redrawn_sorted(idx, dup, arrays.rekey(keys, mix_int(attempt * _REDRAW)), k, pop)
+        idx = arrays.redrawn_sorted(idx, dup, arrays.rekey(keys, redraw_salt(attempt)), k, pop)
     return idx
+
+
+def redraw_salt(attempt: int) -> int:
+    """The salt of the keys of the sparse method's redraw ``attempt`` (1, 2, ...)."""
+    return mix_int(attempt * _REDRAW)

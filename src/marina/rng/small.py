@@ -66,6 +66,11 @@ class SmallBackend(Backend[list[int], list]):
             operand = [a for a in operand for _ in range(cols)]
         return [f(unit(w), a) for w, a in zip(words, operand)]
 
+    def sparse_sample(
+        self, keys: list[int], population: Any, k: int, redraw_salt: Callable[[int], int]
+    ) -> None:
+        return None  # the generic steps, on Python numbers already
+
     def rekey(self, keys: list[int], salt: int) -> list[int]:
         return call_keys_int(keys, salt)
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .backend import Backend
-from .bits import GOLDEN_U, MASK64, mix64_numpy, scaled
+from .bits import GOLDEN_U, MASK64, mix64_numpy, mix_int, scaled
 from .elements import ElementDraws, shared_arange
 from .keys import call_keys
 
@@ -132,6 +132,23 @@ class TensorBackend(Backend[Tensor, Tensor]):
             _merge_into(rows[r], rows[r][~m[r]], np.sort(fresh[a:b]))
         return out
 
+    def sparse_sample(
+        self, keys: Tensor, population: Any, k: int, redraw_salt: Callable[[int], int]
+    ) -> Tensor | None:
+        """One CPU row with a float population (RandK's draw on one worker): every step of the
+        sparse method in NumPy on the row (:func:`_sparse_row`); None otherwise."""
+        if (
+            not FUSED_SPARSE
+            or self.device.type != "cpu"
+            or keys.numel() != 1
+            or type(population) is not float
+        ):
+            return None
+        if not 0.0 < population <= 2.0**62:
+            return None
+        key = int(keys.reshape(-1)[0]) & MASK64
+        return torch.from_numpy(_sparse_row(key, population, k, redraw_salt))[None, :]
+
     def which(self, mask: Tensor | bool) -> bool | None:
         if not isinstance(mask, Tensor):
             return bool(mask)
@@ -148,6 +165,51 @@ class TensorBackend(Backend[Tensor, Tensor]):
 
     def tensor(self, x: Tensor, dtype: torch.dtype, rows: int, cols: int) -> Tensor:
         return x
+
+
+FUSED_SPARSE = True
+"""Whether :meth:`TensorBackend.sparse_sample` draws one CPU row in one fused pass (the tests
+compare it with the generic steps)."""
+
+_WEYL_U64: list[np.ndarray] = [np.empty(0, dtype=np.uint64)]
+
+
+def _weyl_u64(width: int) -> np.ndarray:
+    """(j + 1) golden mod 2^64 for j < width, uint64 (shared, never written)."""
+    w = _WEYL_U64[0]
+    if w.size < width:
+        w = _WEYL_U64[0] = np.arange(1, max(width, 1024) + 1, dtype=np.uint64) * np.uint64(GOLDEN_U)
+    return w[:width]
+
+
+def _scaled_words(z: np.ndarray, c: float) -> np.ndarray:
+    """floor(u high) of the float64 uniforms u of the uint64 SplitMix64 states z (mixed in
+    place), c = high 2^-53: u high = (w >>> 11) 2^-53 high is one rounding either way."""
+    mix64_numpy(z, np.empty_like(z))
+    z >>= np.uint64(11)
+    u = z.view(np.int64).astype(np.float64)  # < 2^53: exact
+    u *= c
+    return u.astype(np.int64)  # truncation: floor of u >= 0
+
+
+def _sparse_row(key: int, population: float, k: int, redraw_salt: Callable[[int], int]) -> np.ndarray:
+    """``distributions._sparse`` of one row with call key ``key`` (unsigned): the k draws with
+    replacement sorted, then each redraw of the duplicates' columns merged into the rest."""
+    c = population * 2.0**-53  # exact (a power of two)
+    idx = _radix_sorted(_scaled_words(_weyl_u64(k) + np.uint64(key), c))
+    attempt = 0
+    while True:
+        same = idx[1:] == idx[:-1]
+        if not same.any():
+            return idx
+        cols = np.flatnonzero(same)
+        cols += 1
+        attempt += 1
+        rekeyed = mix_int(key ^ redraw_salt(attempt))
+        fresh = np.sort(_scaled_words(_weyl_u64(k)[cols] + np.uint64(rekeyed), c))
+        keep = np.ones(k, dtype=bool)
+        keep[cols] = False
+        _merge_into(idx, idx[keep], fresh)
 
 
 MERGE_ROWS = 16
@@ -168,15 +230,11 @@ def _merge_into(out: np.ndarray, kept: np.ndarray, new: np.ndarray) -> None:
 def _redraws_numpy(keys: np.ndarray, rows_at: np.ndarray, cols_at: np.ndarray, high: Any) -> np.ndarray:
     """The redrawn indices of :meth:`TensorBackend.redrawn` at (rows_at, cols_at), in NumPy on
     the CPU: floor(u high) of the float64 uniform of each element (the same bits)."""
-    z = keys.view(np.uint64)[rows_at] + (cols_at.astype(np.uint64) + np.uint64(1)) * np.uint64(GOLDEN_U)
-    mix64_numpy(z, np.empty_like(z))
-    u = (z >> np.uint64(11)).astype(np.float64)
-    u *= 2.0**-53
+    z = keys.view(np.uint64)[rows_at] + _weyl_u64(int(cols_at.max()) + 1)[cols_at]
     if isinstance(high, Tensor):  # one entry per row, or one for all
         h = high.reshape(-1).numpy()
         high = h[rows_at] if h.size > 1 else h
-    u *= high
-    return np.floor(u, out=u).astype(np.int64)
+    return _scaled_words(z, high * 2.0**-53)
 
 
 def _radix_sorted(v: np.ndarray) -> np.ndarray:
