@@ -48,6 +48,23 @@ def test_sorted_gather_equals_the_gather_of_the_concatenated_row(seed, k):
     assert torch.equal(rows.gather(1, shuffled), dense.gather(1, shuffled))  # any order
 
 
+def test_gathers_of_one_index_row_stay_exact_across_gradients_shapes_and_changes(seed):
+    """The entries' per-parameter offsets are kept for the last index row: gathering it from
+    another gradient, from parameters of other sizes, or after the row changed in place still
+    equals the gather of the concatenated row."""
+    print("seed", seed)
+    cpu = torch.device("cpu")
+    idx = Randomness(seed, "entries", 1, [0]).sample_without_replacement(sum(NUMELS), 20)
+    for grads in (_grads(seed), _grads(seed + 1), _grads(seed + 2)[::-1]):
+        rows = ParamGrads(grads, torch.float32, cpu)
+        assert torch.equal(rows.gather(1, idx), torch.cat(grads).reshape(1, -1).gather(1, idx))
+    grads = _grads(seed + 3)
+    rows, dense = ParamGrads(grads, torch.float32, cpu), torch.cat(grads).reshape(1, -1)
+    rows.gather(1, idx)
+    idx[0, :5] = torch.arange(5)  # in place: still sorted (the smallest entries), other offsets
+    assert torch.equal(rows.gather(1, idx), dense.gather(1, idx))
+
+
 def test_difference_with_a_dense_row_equals_the_dense_subtraction(seed):
     print("seed", seed)
     a, b = _grads(seed), torch.cat(_grads(seed + 1)).reshape(1, -1)

@@ -23,6 +23,7 @@ evaluation (at the current parameters).
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -34,6 +35,10 @@ from marina.lazy_rows import PIECES_MIN_D, DenseRows, LazyRows, RowDifference, m
 from marina.problems.base import Problem
 
 __all__ = ["ClosureProblem", "ClosureRows", "ParamGrads"]
+
+
+_LAST_SEGMENTS: list[tuple | None] = [None]
+"""(weak reference to idx, its version, offsets, :meth:`ParamGrads._segments`) of the last read."""
 
 
 class ParamGrads(LazyRows):
@@ -70,17 +75,34 @@ class ParamGrads(LazyRows):
     def _gather(self, idx: Tensor) -> Tensor:
         if self.values is not None or self.device.type != "cpu" or self.shape[1] < PIECES_MIN_D:
             return self.dense().gather(1, idx)
-        at = idx[0].numpy()
-        if at.size > 1 and not bool((at[1:] >= at[:-1]).all()):  # not sorted: no segments
+        segments = self._segments(idx)
+        if segments is None:
             return self.dense().gather(1, idx)
-        cuts = np.searchsorted(at, self.offsets).tolist()
-        local = at.copy()
         out = torch.empty(idx.shape, dtype=self.dtype)
-        for g, start, s, e in zip(self.grads, self.offsets, cuts, cuts[1:]):
-            if e > s:
-                local[s:e] -= start
-                torch.index_select(g, 0, torch.from_numpy(local[s:e]), out=out[0, s:e])
+        row = out[0]
+        for j, s, e, local in segments:
+            torch.index_select(self.grads[j], 0, local, out=row[s:e])
         return out
+
+    def _segments(self, idx: Tensor) -> list[tuple[int, int, int, Tensor]] | None:
+        """(parameter j, columns [s, e) of idx, the entries' offsets in parameter j) of the one
+        sorted row ``idx``; None when it is not sorted. Kept for the last ``idx`` and offsets: a
+        step gathers the same entries of its gradients at two points (MARINA's difference)."""
+        last = _LAST_SEGMENTS[0]
+        if last is not None and last[0]() is idx and last[1] == idx._version and last[2] == self.offsets:
+            return last[3]
+        at = idx[0].numpy()
+        segments = None
+        if at.size <= 1 or bool((at[1:] >= at[:-1]).all()):
+            cuts = np.searchsorted(at, self.offsets).tolist()
+            local = at.copy()
+            segments = []
+            for j, (start, s, e) in enumerate(zip(self.offsets, cuts, cuts[1:])):
+                if e > s:
+                    local[s:e] -= start
+                    segments.append((j, s, e, torch.from_numpy(local[s:e])))
+        _LAST_SEGMENTS[0] = (weakref.ref(idx), idx._version, self.offsets, segments)
+        return segments
 
     def piece(self, start: int, end: int) -> Tensor:
         """Columns [start, end) as a (1, end - start) view of one parameter's gradient (the
