@@ -350,8 +350,9 @@ class Network(ABC):
         """g <- g + values at the entries ``at`` in place (repeated entries write the same value
         twice), remembered for :meth:`entries_changed`."""
         before = g._version
-        g.index_copy_(0, at, torch.add(g.index_select(0, at), values))
-        self._sum_change = (weakref.ref(g), before, g._version, at)
+        new = torch.add(g.index_select(0, at), values)
+        g.index_copy_(0, at, new)
+        self._sum_change = (weakref.ref(g), before, g._version, at, new)
         return g
 
     # -- tensors handed back and forth (the in-place paths of the backends) ---------------------
@@ -417,14 +418,14 @@ class Network(ABC):
             return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
         return torch.mul(h, gamma)
 
-    def entries_changed(self, t: Tensor, since: int) -> Tensor | None:
-        """The entries (int64, 1-D) of the sum ``t`` this network changed in place since ``t``'s
-        version ``since`` (one in-place addition, nothing else since), or None when that is not
-        known. Lets a caller keep a product with ``t`` current."""
+    def entries_changed(self, t: Tensor, since: int) -> tuple[Tensor, Tensor] | None:
+        """(the entries (int64, 1-D), their new values) of the sum ``t`` this network changed in
+        place since ``t``'s version ``since`` (one in-place addition, nothing else since), or
+        None when that is not known. Lets a caller keep a product with ``t`` current."""
         change = self._sum_change
         if change is None or change[0]() is not t or change[1] != since or change[2] != t._version:
             return None
-        return change[3]
+        return change[3], change[4]
 
     def aggregate(
         self,

@@ -154,7 +154,10 @@ class SimulatedNetwork(Network):
         """The one worker's message: its K entries, the mean there (0 + v, as a sum of one
         message), and the message itself."""
         idx, values, bits = compressor.compress_entries(X_local, self.rng(stream, round))
-        self._bits_up_dev += bits.sum()
+        if bits.device.type == "cpu":  # one message's count: a Python int (no tensor operations)
+            self._bits_up += int(bits[0])
+        else:
+            self._bits_up_dev += bits.sum()
         return idx[0], torch.add(values[0], 0.0), [(idx[0], values[0])]
 
     def aggregate_dense(

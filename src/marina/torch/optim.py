@@ -590,14 +590,15 @@ class MarinaOptimizer(torch.optim.Optimizer):
         x = self.problem.flat_params()
         kept = self._scaled
         if kept is not None and kept[1]() is g and isinstance(gamma, float) and gamma == kept[3]:
-            at = self.net.entries_changed(g, since=kept[2])
+            changed = self.net.entries_changed(g, since=kept[2])
         else:
-            at = None
+            changed = None
         if kept is None or kept[0].shape != g.shape or kept[0].dtype != g.dtype:
             kept = (torch.empty_like(g),)
         t = kept[0]
-        if at is not None:
-            t.index_copy_(0, at, torch.mul(g.index_select(0, at), gamma))
+        if changed is not None:
+            at, values = changed  # g's new values at the entries the network changed
+            t.index_copy_(0, at, torch.mul(values, gamma))
         else:
             torch.mul(g, gamma, out=t)
         self._scaled = (t, weakref.ref(g), g._version, gamma if isinstance(gamma, float) else None)
