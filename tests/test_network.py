@@ -291,3 +291,18 @@ def test_aggregate_shifted_equals_diana_steps_bit_for_bit(seed, spec, dtype, per
         kept, gamma, h_i, h, c, torch.randn(1, d, generator=gen, dtype=dtype), 6, alpha
     )
     assert out is not kept
+
+
+def test_has_negative_zero_finds_exactly_the_negative_zeros():
+    from marina.network.base import has_negative_zero
+
+    cases = {
+        (1.0, -2.0, float("nan")): False,
+        (0.0, 3.0, 0.0): False,
+        (0.0, -0.0, 1.0): True,
+        (-0.0,): True,
+        (float("-inf"), -1e-45, 0.0): False,
+    }
+    for values, expected in cases.items():
+        for dtype in (torch.float32, torch.float64):
+            assert has_negative_zero(torch.tensor(values, dtype=dtype)) is expected, (values, dtype)

@@ -116,7 +116,7 @@ class Network(ABC):
         self._link_ns: int = 0
         self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
         self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
-        self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor] | None = None
+        self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor, Tensor] | None = None
 
     # -- counters -----------------------------------------------------------------------------
     @property
@@ -389,23 +389,25 @@ class Network(ABC):
         elsewhere would leave them as they are: bit for bit :meth:`Network.aggregate_shifted`."""
         # 5.-6. x - gamma (h + Delta): gamma h, its entries at `at` recomputed from h + Delta
         t = self._scaled_shifts(shift_mean, gamma)
-        g_at = torch.add(shift_mean.index_select(0, at), delta)
+        h_at = shift_mean.index_select(0, at)
+        g_at = torch.add(h_at, delta)
         t.index_copy_(0, at, torch.mul(g_at, gamma[at] if isinstance(gamma, Tensor) else gamma))
         x_new = x.sub_(t) if self._writable(x, clean=False, role="point") else torch.sub(x, t)
         # 4. h_i += alpha Delta_i (one fused rounding, as add_ with alpha over the row)
         for row, (own_at, v) in zip(shifts, own):
             row.index_copy_(0, own_at, row.index_select(0, own_at).add_(v, alpha=alpha))
         # 7. h + alpha Delta
-        shift_mean.index_copy_(0, at, torch.add(shift_mean.index_select(0, at), alpha * delta))
-        if isinstance(gamma, float):  # t is gamma h^{k+1} but at these entries
-            self._scaled_shift = (t, weakref.ref(shift_mean), shift_mean._version, gamma, at)
+        h_new = torch.add(h_at, alpha * delta)
+        shift_mean.index_copy_(0, at, h_new)
+        if isinstance(gamma, float):  # t is gamma h^{k+1} but at these entries, where h is h_new
+            self._scaled_shift = (t, weakref.ref(shift_mean), shift_mean._version, gamma, at, h_new)
         self._own(shifts, clean=True, role="shifts")
         return x_new, self._own(shift_mean, clean=True, role="shift mean")
 
     def _scaled_shifts(self, h: Tensor, gamma: float | Tensor) -> Tensor:
         """gamma h in a kept buffer: the last round's buffer with the entries it left as
-        gamma (h + Delta) and those h changed at set to gamma h (same gamma, h unchanged since),
-        else every product."""
+        gamma (h + Delta) set to gamma h from h's new values there (same gamma, h unchanged
+        since), else every product."""
         kept, self._scaled_shift = self._scaled_shift, None
         if (
             kept is not None
@@ -414,8 +416,8 @@ class Network(ABC):
             and kept[1]() is h
             and kept[2] == h._version
         ):
-            t, at = kept[0], kept[4]
-            return t.index_copy_(0, at, torch.mul(h.index_select(0, at), gamma))
+            t, at, h_at = kept[0], kept[4], kept[5]
+            return t.index_copy_(0, at, torch.mul(h_at, gamma))
         return torch.mul(h, gamma)
 
     def entries_changed(self, t: Tensor, since: int) -> tuple[Tensor, Tensor] | None:
@@ -471,7 +473,8 @@ class Network(ABC):
 
 def has_negative_zero(t: Tensor) -> bool:
     """Whether ``t`` holds a -0.0 (x + 0 = x holds for every other value)."""
-    return bool(((t == 0) & t.signbit()).any())
+    zeros = t == 0
+    return bool(zeros.any()) and bool((zeros & t.signbit()).any())  # zeros are rare: one test
 
 
 def mean_at_entries(zeros: Tensor, idx: Tensor, values: Tensor, n: int) -> tuple[Tensor, Tensor]:
