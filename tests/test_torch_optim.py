@@ -184,7 +184,7 @@ def test_pp_marina_with_one_worker_is_marina():
     assert (opts[0].bits_up, opts[0].rounds) == (opts[1].bits_up, opts[1].rounds)
 
 
-@pytest.mark.parametrize("name", ["MARINA", "DASHA", "EF21", "DIANA"])
+@pytest.mark.parametrize("name", ["MARINA", "DASHA", "EF21", "DIANA", "VRMARINA", "DASHAMVR"])
 def test_kept_products_of_the_move_equal_products_recomputed_every_step(seed, name):
     """The move x - lr g keeps lr g between steps and recomputes only the K entries where the
     network changed g (DIANA: lr h); with an lr schedule (a new lr: every product again) the
@@ -195,7 +195,8 @@ def test_kept_products_of_the_move_equal_products_recomputed_every_step(seed, na
     runs = []
     for recompute in (False, True):
         model = _mlp()
-        opt = getattr(mt, name)(model.parameters(), compressor=spec, lr=0.2, seed=seed)
+        two_points = {"batch_size": 4} if name in ("VRMARINA", "DASHAMVR") else {}  # x^k kept apart
+        opt = getattr(mt, name)(model.parameters(), compressor=spec, lr=0.2, seed=seed, **two_points)
         if recompute:
             opt.net.entries_changed = lambda t, since: None
             opt.net._scaled_shifts = lambda h, gamma: torch.mul(h, gamma)

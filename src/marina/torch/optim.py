@@ -459,7 +459,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         self._params = flat
         self._agreed = self.net.n == 1  # the ranks compare their configurations at the first step
         self._spares: list[Tensor] = []  # see _moved_into_spare
-        self._scaled: tuple | None = None  # see _moved_in_place: (gamma g, g, its version, gamma)
+        self._scaled: tuple | None = None  # see _scaled_estimator: (gamma g, g, its version, gamma)
         self._first_loss: float | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -584,10 +584,24 @@ class MarinaOptimizer(torch.optim.Optimizer):
 
     def _moved_in_place(self, g: Tensor, gamma: float | Tensor) -> Tensor:
         """The parameters <- x - gamma g with :func:`moved`'s two roundings, returned as the flat
-        parameter buffer. The product gamma g is kept: when the network changed g at K entries
-        since (:meth:`Network.entries_changed`) and gamma is the same number, only those K
-        products are recomputed (the others are the same products of the same values)."""
+        parameter buffer."""
         x = self.problem.flat_params()
+        return torch.sub(x, self._scaled_estimator(g, gamma).reshape(x.shape), out=x)
+
+    def _moved_into_spare(self, x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
+        """x - gamma g (:func:`moved`'s two roundings) written into one of two buffers this
+        optimizer keeps, the one that is not ``x`` (which holds x^k until the next step ends):
+        no allocation of d entries per step. The caller takes it as :attr:`Method.next_x`."""
+        spares = self._spares
+        if not spares or spares[0].shape != x.shape or spares[0].dtype != x.dtype:
+            spares[:] = [torch.empty_like(x), torch.empty_like(x)]
+        out = spares[1] if spares[0].data_ptr() == x.data_ptr() else spares[0]
+        return torch.sub(x, self._scaled_estimator(g, gamma).reshape(x.shape), out=out)
+
+    def _scaled_estimator(self, g: Tensor, gamma: float | Tensor) -> Tensor:
+        """gamma g, kept between steps: when the network changed g at K entries since
+        (:meth:`Network.entries_changed`) and gamma is the same number, only those K products
+        are recomputed (the others are the same products of the same values)."""
         kept = self._scaled
         if kept is not None and kept[1]() is g and isinstance(gamma, float) and gamma == kept[3]:
             changed = self.net.entries_changed(g, since=kept[2])
@@ -602,18 +616,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         else:
             torch.mul(g, gamma, out=t)
         self._scaled = (t, weakref.ref(g), g._version, gamma if isinstance(gamma, float) else None)
-        return torch.sub(x, t.reshape(x.shape), out=x)
-
-    def _moved_into_spare(self, x: Tensor, g: Tensor, gamma: float | Tensor) -> Tensor:
-        """x - gamma g (:func:`moved`'s two roundings) written into one of two buffers this
-        optimizer keeps, the one that is not ``x`` (which holds x^k until the next step ends):
-        no allocation of d entries per step. The caller takes it as :attr:`Method.next_x`."""
-        spares = self._spares
-        if not spares or spares[0].shape != x.shape or spares[0].dtype != x.dtype:
-            spares[:] = [torch.empty_like(x), torch.empty_like(x)]
-        out = spares[1] if spares[0].data_ptr() == x.data_ptr() else spares[0]
-        torch.mul(g, gamma, out=out)
-        return torch.sub(x, out, out=out)
+        return t
 
     def _snapshot(self) -> tuple:
         """What a step changes, to undo it: the method's state fields (the methods assign new
