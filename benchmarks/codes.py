@@ -1,12 +1,13 @@
-"""Time of packing and unpacking w-bit codes on the CPU: numpy's bit packing against the byte plan.
+"""Time of packing and unpacking w-bit codes on the CPU: numpy against the byte plan.
 
-:func:`marina.compressors.wire.pack_codes` and :func:`~marina.compressors.wire.unpack_codes`
-take numpy's ``unpackbits``/``packbits`` path on the CPU up to about ``_NUMPY_CODES`` codes, more of
-wide codes (``wire._numpy_codes``; rows of at
-most 56 bits as one 64-bit word each), and the byte plan of tensor operations (the path of other
-devices) above it. For each (rows n, codes per row m, width w) this prints the best-of-R time of
-both paths (calls interleaved, so load changes hit both alike) and their ratio, for RandK's
-index codes (17 bits for d = 10^5) and a low-bit quantiser's (3 bits).
+:func:`marina.compressors.wire.pack_codes` takes numpy's ``unpackbits``/``packbits`` path on the
+CPU up to about ``_NUMPY_CODES`` codes, more of wide codes (``wire._numpy_codes``),
+:func:`~marina.compressors.wire.unpack_codes` numpy's reads (one unaligned word per code, shifted
+and masked) up to 128 times as many (``wire._numpy_unpack``); rows of at most 56 bits go as one
+64-bit word each, and the byte plan of tensor operations (the path of other devices) above.
+For each (rows n, codes per row m, width w) this prints the best-of-R time of both paths (calls
+interleaved, so load changes hit both alike) and their ratio, for RandK's index codes (17 bits
+for d = 10^5) and a low-bit quantiser's (3 bits).
 
 Run: ``python benchmarks/codes.py [--repeats R]``
 """

@@ -150,12 +150,12 @@ def test_code_packing_inverts(seed, w):
         assert torch.equal(unpack_codes(raw, m, w).long(), codes)
 
 
-@pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 33, 56])
+@pytest.mark.parametrize("w", [1, 3, 7, 8, 9, 17, 24, 25, 26, 33, 56])
 def test_word_small_and_large_code_paths_make_the_same_bytes(seed, w, monkeypatch):
     """Rows of <= 56 bits are packed as one 64-bit word, small segments with numpy's bit
     packing, large ones (and other devices) by the byte plan: the same bytes and the same codes
     on all three paths."""
-    for n, m in ((1, 1), (3, 2), (3, 5), (2, 17), (4, 100)):
+    for n, m in ((1, 1), (3, 2), (3, 5), (2, 17), (4, 100), (1, 70000)):  # 70000: offsets not kept
         u = Randomness(seed, "codes", w, range(n)).uniform(m, torch.float64)
         codes = torch.floor(u * 2.0**w).to(torch.int64).clamp(max=(1 << w) - 1)
         packed, back = [], []

@@ -37,7 +37,7 @@ __all__ = [
 
 _CHUNK = 1 << 20  # elements per row-block processed at once
 _NUMPY_CODES = 1 << 13
-"""CPU segments of c codes (all rows) of w bits go through numpy's bit packing
+"""CPU segments of c codes (all rows) of w bits are packed by numpy's bit packing
 (:func:`_pack_np`: 32 or 64 bytes of work per code, whatever w) while c (31 - w) <= 32 times
 this (c <= 8192 codes of 3 bits, about 26000 of 21 bits; at most 32 times this for w >= 30);
 larger ones, and other devices, through the byte plan of tensor operations, whose cost grows
@@ -48,6 +48,13 @@ with the bits plus a fixed part (benchmarks/codes.py prints both paths). Same by
 def _numpy_codes(codes: int, w: int) -> bool:
     """Whether numpy packs ``codes`` codes of ``w`` bits (see :data:`_NUMPY_CODES`)."""
     return codes * max(1, 31 - w) <= 32 * _NUMPY_CODES
+
+
+def _numpy_unpack(codes: int) -> bool:
+    """Whether numpy unpacks ``codes`` codes (:func:`_unpack_np`: one read, shift and mask per
+    code, whatever w; faster than the byte plan at every size measured): up to 128 times
+    :data:`_NUMPY_CODES` (the byte plan beyond, in chunks)."""
+    return 0 <= codes <= 128 * _NUMPY_CODES
 
 
 _WORD = 56
@@ -101,11 +108,36 @@ def _unpack_np(raw: Tensor, m: int, w: int, nbytes: int, dtype: torch.dtype) -> 
     if m * w <= _WORD:
         out = _unpack_word(data, m, w)
     else:
-        dt = np.dtype(_word_dtype(w))
-        full = np.zeros((n, m, 8 * dt.itemsize), dtype=np.uint8)
-        full[:, :, :w] = np.unpackbits(data, axis=1, count=m * w, bitorder="little").reshape(n, m, w)
-        out = np.packbits(full, axis=2, bitorder="little").view(dt).reshape(n, m)
+        # code t is bits [t w, t w + w): the little-endian word read at byte (t w) >> 3 (one
+        # unaligned read per code, from a view whose entries start at every byte) shifted right
+        # by (t w) & 7, masked; 4 bytes hold 7 + w bits up to w = 25, 8 bytes up to w = 57
+        dt = np.dtype("<u4" if w <= 25 else "<u8")
+        padded = np.zeros((n, nbytes + dt.itemsize), dtype=np.uint8)
+        padded[:, :nbytes] = data
+        words = np.ndarray((n, nbytes + 1), dtype=dt, buffer=padded, strides=(padded.strides[0], 1))
+        at, shift = _code_offsets(m, w, dt)
+        out = np.take(words, at, axis=1)
+        out >>= shift
+        out &= dt.type((1 << w) - 1)
     return torch.from_numpy(out.astype(_NUMPY_INTS[dtype]))
+
+
+_OFFSETS: dict[tuple[int, int, np.dtype], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _code_offsets(m: int, w: int, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(the byte where code t starts, its bit within that byte) for t < m codes of w bits (kept
+    for the last few (m, w): a run reads codes of the same sizes every round)."""
+    key = (m, w, dt)
+    hit = _OFFSETS.get(key)
+    if hit is None:
+        bit = np.arange(m, dtype=np.int64) * w
+        hit = (bit >> 3, (bit & 7).astype(dt))
+        if m <= 1 << 16:  # kept: at most 4 x 2^16 x 16 bytes
+            if len(_OFFSETS) >= 4:
+                _OFFSETS.clear()
+            _OFFSETS[key] = hit
+    return hit
 
 
 def index_bits(d: int) -> int:
@@ -205,7 +237,7 @@ def unpack_codes(raw: Tensor, m: int, w: int, dtype: torch.dtype | None = None) 
         return torch.zeros((n, m), dtype=dtype, device=raw.device)
     nbytes = (m * w + 7) // 8
     groups = (m + 7) // 8
-    if _numpy_codes(n * m, w) and raw.device.type == "cpu":
+    if _numpy_unpack(n * m) and raw.device.type == "cpu":
         return _unpack_np(raw, m, w, nbytes, dtype)
     data = raw[:, :nbytes]
     if data.shape[1] < groups * w:
