@@ -136,7 +136,7 @@ class TensorBackend(Backend[Tensor, Tensor]):
         self, keys: Tensor, population: Any, k: int, redraw_salt: Callable[[int], int]
     ) -> Tensor | None:
         """One CPU row with a float population (RandK's draw on one worker): every step of the
-        sparse method in NumPy on the row (:func:`_sparse_row`); None otherwise."""
+        sparse method in NumPy on the row (:func:`sparse_row`); None otherwise."""
         if (
             not FUSED_SPARSE
             or self.device.type != "cpu"
@@ -147,7 +147,7 @@ class TensorBackend(Backend[Tensor, Tensor]):
         if not 0.0 < population <= 2.0**62:
             return None
         key = int(keys.reshape(-1)[0]) & MASK64
-        return torch.from_numpy(_sparse_row(key, population, k, redraw_salt))[None, :]
+        return torch.from_numpy(sparse_row(key, population, k, redraw_salt))[None, :]
 
     def which(self, mask: Tensor | bool) -> bool | None:
         if not isinstance(mask, Tensor):
@@ -192,7 +192,7 @@ def _scaled_words(z: np.ndarray, c: float) -> np.ndarray:
     return u.astype(np.int64)  # truncation: floor of u >= 0
 
 
-def _sparse_row(key: int, population: float, k: int, redraw_salt: Callable[[int], int]) -> np.ndarray:
+def sparse_row(key: int, population: float, k: int, redraw_salt: Callable[[int], int]) -> np.ndarray:
     """``distributions._sparse`` of one row with call key ``key`` (unsigned): the k draws with
     replacement sorted, then each redraw of the duplicates' columns merged into the rest."""
     c = population * 2.0**-53  # exact (a power of two)

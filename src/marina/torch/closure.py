@@ -119,6 +119,13 @@ class ParamGrads(LazyRows):
         return piecewise(torch.sub, self, other)
 
 
+def _flat_view(g: Tensor) -> Tensor:
+    """A gradient as a flat tensor sharing its memory (detached only when it carries a graph:
+    ``backward(create_graph=True)``)."""
+    g = g.detach() if g.requires_grad else g
+    return g.view(-1) if g.is_contiguous() else g.reshape(-1)
+
+
 class ClosureRows(LazyRows):
     """grad f_i(x) of this worker as one lazy row: the closure runs only when the row is read.
 
@@ -274,10 +281,7 @@ class ClosureProblem(Problem):
                     f"parameter {i} (shape {tuple(self.params[i].shape)}) has a {g.layout} gradient; "
                     "marina.torch optimizers need dense gradients (e.g. nn.Embedding(sparse=False))"
                 )
-        flat = [
-            g.detach().reshape(-1) if g is not None else p.new_zeros(p.numel())
-            for p, g in zip(self.params, grads)
-        ]
+        flat = [p.new_zeros(p.numel()) if g is None else _flat_view(g) for p, g in zip(self.params, grads)]
         return ParamGrads(flat, self.dtype, self.device)
 
     def flat_grads(self) -> Tensor:
