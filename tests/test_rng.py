@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -339,6 +340,20 @@ def test_one_row_fused_sparse_draw_equals_the_generic_steps(monkeypatch, seed):
         first = torch.sort(first, dim=1).values
         if pop == 40:  # the redraw loop ran
             assert not bool((first[:, 1:] != first[:, :-1]).all())
+
+
+@pytest.mark.parametrize("seed", SEEDS, indirect=True)
+def test_fused_sparse_draw_in_chunks_equals_the_whole_row(monkeypatch, seed):
+    """A row longer than a chunk is hashed chunk by chunk, with Weyl increments past the kept
+    table computed: the same indices as the generic steps (here with chunks of 1000 and a table
+    of 1500 entries, for a row of 5000)."""
+    print("seed", seed)
+    monkeypatch.setattr(rng_tensors, "CPU_CHUNK", 1000)
+    monkeypatch.setattr(rng_tensors, "_WEYL_KEPT", 1500)
+    monkeypatch.setattr(rng_tensors, "_WEYL_U64", [np.empty(0, dtype=np.uint64)])
+    key = (seed, "chunks", 1)
+    res = {mode: _in_mode(monkeypatch, mode, _swr_with_initial, key, [3], 10**6, 5000) for mode in _MODES}
+    _assert_same(res)
 
 
 @pytest.mark.parametrize("seed", SEEDS, indirect=True)

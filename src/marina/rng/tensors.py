@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .backend import Backend
 from .bits import GOLDEN_U, MASK64, mix64_numpy, mix_int, scaled
-from .elements import ElementDraws, shared_arange
+from .elements import CPU_CHUNK, ElementDraws, shared_arange
 from .keys import call_keys
 
 __all__ = ["tensor_backend"]
@@ -172,14 +172,24 @@ FUSED_SPARSE = True
 compare it with the generic steps)."""
 
 _WEYL_U64: list[np.ndarray] = [np.empty(0, dtype=np.uint64)]
+_WEYL_KEPT = 1 << 20
+"""Weyl increments kept for elements below this (8 MiB at most); later ones are computed."""
 
 
-def _weyl_u64(width: int) -> np.ndarray:
-    """(j + 1) golden mod 2^64 for j < width, uint64 (shared, never written)."""
+def _weyl_u64(start: int, stop: int) -> np.ndarray:
+    """(j + 1) golden mod 2^64 for start <= j < stop, uint64 (shared below :data:`_WEYL_KEPT`:
+    never write to it)."""
+    if stop > _WEYL_KEPT:
+        return _weyl_at(np.arange(start, stop, dtype=np.uint64))
     w = _WEYL_U64[0]
-    if w.size < width:
-        w = _WEYL_U64[0] = np.arange(1, max(width, 1024) + 1, dtype=np.uint64) * np.uint64(GOLDEN_U)
-    return w[:width]
+    if w.size < stop:
+        w = _WEYL_U64[0] = _weyl_at(np.arange(min(_WEYL_KEPT, max(stop, 1024)), dtype=np.uint64))
+    return w[start:stop]
+
+
+def _weyl_at(cols: np.ndarray) -> np.ndarray:
+    """(cols + 1) golden mod 2^64, uint64: the SplitMix64 increments of elements ``cols``."""
+    return (cols.astype(np.uint64) + np.uint64(1)) * np.uint64(GOLDEN_U)
 
 
 def _scaled_words(z: np.ndarray, c: float) -> np.ndarray:
@@ -196,7 +206,14 @@ def sparse_row(key: int, population: float, k: int, redraw_salt: Callable[[int],
     """``distributions._sparse`` of one row with call key ``key`` (unsigned): the k draws with
     replacement sorted, then each redraw of the duplicates' columns merged into the rest."""
     c = population * 2.0**-53  # exact (a power of two)
-    idx = _radix_sorted(_scaled_words(_weyl_u64(k) + np.uint64(key), c))
+    if k <= CPU_CHUNK:
+        draws = _scaled_words(_weyl_u64(0, k) + np.uint64(key), c)
+    else:  # in cache-sized chunks: the temporaries stay O(chunk)
+        draws = np.empty(k, dtype=np.int64)
+        for a in range(0, k, CPU_CHUNK):
+            b = min(k, a + CPU_CHUNK)
+            draws[a:b] = _scaled_words(_weyl_u64(a, b) + np.uint64(key), c)
+    idx = _radix_sorted(draws)
     attempt = 0
     while True:
         same = idx[1:] == idx[:-1]
@@ -206,7 +223,7 @@ def sparse_row(key: int, population: float, k: int, redraw_salt: Callable[[int],
         cols += 1
         attempt += 1
         rekeyed = mix_int(key ^ redraw_salt(attempt))
-        fresh = np.sort(_scaled_words(_weyl_u64(k)[cols] + np.uint64(rekeyed), c))
+        fresh = np.sort(_scaled_words(_weyl_at(cols) + np.uint64(rekeyed), c))
         keep = np.ones(k, dtype=bool)
         keep[cols] = False
         _merge_into(idx, idx[keep], fresh)
@@ -230,7 +247,7 @@ def _merge_into(out: np.ndarray, kept: np.ndarray, new: np.ndarray) -> None:
 def _redraws_numpy(keys: np.ndarray, rows_at: np.ndarray, cols_at: np.ndarray, high: Any) -> np.ndarray:
     """The redrawn indices of :meth:`TensorBackend.redrawn` at (rows_at, cols_at), in NumPy on
     the CPU: floor(u high) of the float64 uniform of each element (the same bits)."""
-    z = keys.view(np.uint64)[rows_at] + _weyl_u64(int(cols_at.max()) + 1)[cols_at]
+    z = keys.view(np.uint64)[rows_at] + _weyl_at(cols_at)
     if isinstance(high, Tensor):  # one entry per row, or one for all
         h = high.reshape(-1).numpy()
         high = h[rows_at] if h.size > 1 else h
