@@ -324,7 +324,7 @@ class Method(ABC):
         self.k = 0
         self.oracle_calls = 0.0
         self.state = None
-        self._shared_cache: dict[tuple[str, int], tuple[int, Tensor, list]] = {}
+        self._shared_cache: dict[tuple[str, int], tuple[int, Tensor, list | None]] = {}
         self.next_x: Tensor | None = None
         """x^k - gamma g^k computed by the caller with the stepsize of the next step (the torch
         optimizers' parameters after a step), taken by that step instead of computing it again
@@ -529,23 +529,23 @@ class Method(ABC):
         """
         return self._shared_block(stream, round, width)[0]
 
-    def _shared_block(self, stream: str, round: int, width: int) -> tuple[Tensor, list[float]]:
+    def _shared_block(self, stream: str, round: int, width: int) -> tuple[Tensor, list[float] | None]:
         """(row ``round mod B`` of the block of :meth:`_shared_uniforms`, the same row as Python
-        floats), the block drawn once per B rounds."""
+        floats when width is 1), the block drawn once per B rounds."""
         block, row = divmod(int(round), SHARED_BLOCK)
         cached = self._shared_cache.get((stream, width))
         if cached is None or cached[0] != block:
             u = self.net.shared_rng(stream, block).uniform(SHARED_BLOCK * width).reshape(SHARED_BLOCK, width)
-            cached = (block, u, u.tolist())
+            cached = (block, u, u.tolist() if width == 1 else None)
             self._shared_cache[(stream, width)] = cached
-        return cached[1][row], cached[2][row]
+        return cached[1][row], None if cached[2] is None else cached[2][row]
 
     def _coin(self, stream: str, p: float, round: int) -> bool:
         """c ~ Be(p) from the shared stream (the coin c_k): the same on every worker and process
         (u < p on the float64 uniform, compared as a Python float: the same number)."""
         if p >= 1.0:
             return True
-        return self._shared_block(stream, round, 1)[1][0] < p
+        return self._shared_block(stream, round, 1)[1][0] < p  # type: ignore[index] - width 1
 
     def _shared_choices(self, stream: str, round: int, n: int, r: int) -> Tensor:
         """(r,) int64 i.i.d. uniform on {0..n-1} from the shared stream (PP-MARINA's clients)."""
