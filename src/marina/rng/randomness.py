@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import distributions, tensors
+from . import distributions
 from .backend import Backend
 from .bits import signed
 from .elements import ElementDraws
@@ -232,18 +232,6 @@ class Randomness:
             raise ValueError(f"k == {k}, must be >= 0")
         if rows and k > smallest:
             raise ValueError(f"k == {k} exceeds the smallest population {smallest}")
-        if (
-            rows == 1
-            and pops is not None
-            and SMALL_ELEMENTS < k
-            and tensors.FUSED_SPARSE
-            and pops[0] <= SMALL_OPERAND
-            and not distributions.is_dense(pops[0], k)
-        ):  # one CPU row's sparse draw (RandK on one worker): the fused pass, keyed by the int
-            key = call_keys_int(self._row_ints, call_salt(self.calls))[0]
-            self.calls += 1
-            idx = tensors.sparse_row(key, float(pops[0]), k, distributions.redraw_salt)
-            return torch.from_numpy(idx)[None, :]
         work = None
         if pops is not None and k > 0 and max(pops, default=0) <= SMALL_OPERAND:
             dense = distributions.is_dense
