@@ -115,7 +115,7 @@ class Network(ABC):
         self._bits_down: int = 0
         self._link_ns: int = 0
         self._owned: dict[str, tuple[weakref.ref, int, bool]] = {}  # role -> tensor, version, clean
-        self._sum_change: tuple[weakref.ref, int, int, Tensor] | None = None  # see entries_changed
+        self._sum_change: tuple[weakref.ref, int, int, Tensor, Tensor] | None = None  # see entries_changed
         self._scaled_shift: tuple[Tensor, weakref.ref, int, float, Tensor, Tensor] | None = None
 
     # -- counters -----------------------------------------------------------------------------
