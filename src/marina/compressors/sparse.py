@@ -158,17 +158,6 @@ class _Sparse(Compressor):
         idx, values = self._kept(X, rng, amax)
         return idx, values.to(X.dtype), self._bits_tensor(n, self.bits_per_message(d), X.device)
 
-    def compress_add_(self, base: Tensor, X: Tensor | LazyRows, rng: Randomness) -> Tensor:
-        """``base`` += the one row's message (X of one row, ``base`` (d,) with no -0.0), in place;
-        the bits. Bit for bit ``base + compress_sum(X, rng)[0]``: the kept values enter the sum as
-        0 + v (so -0.0 becomes 0.0), the K distinct entries of ``base`` add them, every other entry
-        adds 0 (a no-op on a value that is not -0.0)."""
-        if X.shape[0] != 1:
-            raise ValueError(f"compress_add_ takes one row, got {X.shape[0]}")
-        idx, values, bits = self.compress_entries(X, rng)
-        base.index_add_(0, idx[0], torch.add(values[0], 0.0))
-        return bits
-
     def sum_decompressed(self, msg: Message) -> Tensor:
         return sparse_sum(msg.data["indices"], msg.data["values"].to(msg.dtype), msg.d)
 
