@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from marina.compressors.sparse import largest_integers
+
 Closure = Callable[[], object]
 
 
@@ -114,6 +116,13 @@ def _sampled(at_least: Callable[[Tensor, float], Tensor]) -> Callable[[Tensor, i
     return select
 
 
+def _bits_or_topk(a: Tensor, k: int) -> Tensor:
+    """TopK's own selection (:func:`marina.compressors.sparse.largest_integers` of the float32
+    bits, whose order is that of the non-negative values), ``torch.topk`` where it declines."""
+    idx = largest_integers(a.view(torch.int32), k)
+    return _topk(a, k) if idx is None else idx
+
+
 SELECTORS: dict[str, Callable[[Tensor, int], Tensor]] = {
     "torch.topk": _topk,
     "kthvalue + nonzero": _kthvalue_nonzero,
@@ -121,6 +130,7 @@ SELECTORS: dict[str, Callable[[Tensor, int], Tensor]] = {
     "sampled threshold + numpy flatnonzero": _sampled(
         lambda a, t: torch.from_numpy(np.flatnonzero(a.numpy() >= np.float32(t)))
     ),
+    "sampled threshold on the bits (marina's)": _bits_or_topk,
 }
 """Exact selections of the k largest entries of a non-negative 1-D CPU float32 tensor: the EF21
 floors take the cheapest measured (``torch_optim.py --floors`` times each)."""

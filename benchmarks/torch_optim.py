@@ -232,7 +232,7 @@ OWN = {
 DDP_STEP = "DDP allreduce"
 FLOOR = "floor "
 """Prefix of the algorithmic floors' rows in :func:`own_work`'s reports (:mod:`step_floors`)."""
-OWN_SELECTOR = "sampled threshold + numpy flatnonzero"
+OWN_SELECTOR = "sampled threshold on the bits (marina's)"
 """The TopK selection of the floors in ``--own`` (the cheapest measured by ``--floors``)."""
 AGAINST = " (against)"
 """Suffix of the optimizers of ``--against``'s checkout in the reports."""

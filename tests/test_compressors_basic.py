@@ -227,9 +227,10 @@ def test_theory_values():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_topk_threshold_selection_is_exactly_torch_topk(seed):
-    """The threshold path returns the set torch.topk returns (sorted), or declines (None) on ties
-    at the boundary; the compressor's selection equals torch.topk's in every case."""
-    from marina.compressors.sparse import FAST_TOPK_MIN_D, largest_by_threshold
+    """The threshold path returns the set torch.topk of |x| returns (sorted), or declines (None)
+    on ties at the boundary, at every float width (magnitudes compared as integers of their
+    bits); the compressor's selection equals torch.topk's in every case."""
+    from marina.compressors.sparse import FAST_TOPK_MIN_D, largest_magnitudes
 
     print("seed", seed)
     g = torch.Generator().manual_seed(seed)
@@ -240,17 +241,21 @@ def test_topk_threshold_selection_is_exactly_torch_topk(seed):
         "sorted ramp": torch.linspace(-1, 1, d).reshape(1, d),  # the subsample sees a pattern
         "mostly zeros": torch.randn(1, d, generator=g) * (torch.rand(1, d, generator=g) < 0.005),
         "ties +-a": torch.randint(-3, 4, (1, d), generator=g).float(),
+        "float16": torch.randn(1, d, generator=g).half(),
+        "bfloat16": torch.randn(1, d, generator=g).bfloat16(),
+        "subnormals, -0.0": torch.randn(1, d, generator=g) * 1e-40 * (torch.rand(1, d, generator=g) < 0.5),
     }
     used = 0
     for name, X in rows.items():
         for K in (1, d // 100, d // 16):
             expected = torch.sort(torch.topk(X.abs(), K, dim=1).indices, dim=1).values
-            for row, want in zip(X.abs(), expected):
-                got = largest_by_threshold(row, K)
+            for row, want in zip(X, expected):
+                got = largest_magnitudes(row, K)
                 if got is not None:
                     used += 1
                     assert torch.equal(got, want), (name, K)
-                    assert float(row[got].min()) > float(row[~torch.isin(torch.arange(d), got)].max())
+                    others = row[~torch.isin(torch.arange(d), got)]
+                    assert float(row[got].abs().min()) > float(others.abs().max())
             Q = get(f"topk:{K}")
             idx, scale = Q._select(X, Randomness(seed, "compress", 0, torch.arange(X.shape[0])))
             if name != "ties +-a" and name != "mostly zeros":
@@ -261,13 +266,14 @@ def test_topk_threshold_selection_is_exactly_torch_topk(seed):
     assert used >= 12  # the threshold path served the rows without ties
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), -float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("d", [500, 70000])
 def test_topk_refuses_a_non_finite_entry_wherever_it_is(seed, bad, d):
     """TopK checks only the kept entries (no pass over X for it), which is enough: an infinite
-    |x| is the largest, and a NaN is kept too (the threshold path keeps the entries not below the
-    threshold, and torch.topk ranks NaN first), on the short rows' torch.topk and the long rows'
-    threshold path alike; the wire range is that of the largest |x|, which TopK always keeps."""
+    |x| is the largest, and a NaN is kept too, -NaN (x86's inf - inf) as well (the threshold path
+    ranks the magnitudes' bits, NaN's above inf's, and torch.topk ranks NaN first), on the short
+    rows' torch.topk and the long rows' threshold path alike; the wire range is that of the
+    largest |x|, which TopK always keeps."""
     from marina.errors import ValueRangeError
 
     print("seed", seed)

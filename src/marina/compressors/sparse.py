@@ -287,53 +287,66 @@ class TopK(_Sparse):
         return self.K / d
 
     def _select(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
-        A = X.abs()
-        n, d = A.shape
-        if X.device.type == "cpu" and d >= FAST_TOPK_MIN_D and self.K * 16 <= d:
-            rows = [largest_by_threshold(A[i], self.K) for i in range(n)]
+        n, d = X.shape
+        if (
+            X.device.type == "cpu"
+            and d >= FAST_TOPK_MIN_D
+            and self.K * 16 <= d
+            and X.dtype in _MAGNITUDE_BITS
+        ):
+            rows = [largest_magnitudes(X[i], self.K) for i in range(n)]
             if all(r is not None for r in rows):
-                return torch.stack(rows) if n else A.new_empty((0, self.K), dtype=torch.int64), 1.0
-        idx = torch.topk(A, self.K, dim=1, sorted=False).indices
+                return torch.stack(rows) if n else X.new_empty((0, self.K), dtype=torch.int64), 1.0
+        idx = torch.topk(X.abs(), self.K, dim=1, sorted=False).indices
         return torch.sort(idx, dim=1).values, 1.0
 
 
 FAST_TOPK_MIN_D = 1 << 16
-"""Rows of at least this length (and K <= d/16) try :func:`largest_by_threshold` on the CPU."""
+"""Rows of at least this length (and K <= d/16) try :func:`largest_magnitudes` on the CPU."""
+
+_MAGNITUDE_BITS = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+"""The integers whose order is that of the magnitudes of each float dtype (IEEE layouts)."""
 
 
-def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
-    """The indices, ascending, of the k largest entries of the 1-D ``a``, or None.
+def largest_magnitudes(x: Tensor, k: int) -> Tensor | None:
+    """The indices, ascending, of the k largest |x| of the 1-D CPU ``x`` (a dtype of
+    ``_MAGNITUDE_BITS``), or None (see :func:`largest_integers`).
+
+    The magnitudes are compared as the integers of their bits, which order them as their values
+    (-0.0 as 0.0) and put NaN above inf, where ``torch.topk`` ranks it."""
+    # abs clears the sign bit (a NaN's too: x86's default NaN has it set)
+    return largest_integers(torch.abs(x.detach()).view(_MAGNITUDE_BITS[x.dtype]), k)
+
+
+def largest_integers(a: Tensor, k: int) -> Tensor | None:
+    """The indices, ascending, of the k largest entries of the 1-D CPU integer ``a``, or None.
 
     A threshold t from a strided subsample of about 2^14 entries (its order statistic for about
-    1.25 k of the d entries) keeps the candidates a >= t; if there are at least k, a ``topk`` of the
-    candidates is the topk of a, since every other entry is < t <= the k-th largest. The set is
-    returned only when it is the unique k-set of largest values (no other entry equals its
-    smallest), i.e. exactly the set ``torch.topk`` returns; otherwise None (ties at the boundary,
-    or too few candidates: the caller takes ``torch.topk`` of the whole row). One pass to compare,
-    one to gather the candidates, instead of a selection over all d entries.
+    1.25 k of the d) keeps the candidates >= t; if there are at least k, the k-th largest
+    candidate v is the k-th largest of ``a`` (every other entry is < t <= v), and the candidates
+    >= v are returned when they are exactly k: the unique k-set of largest values, the set
+    ``torch.topk`` returns. Otherwise None (ties at v, or too few candidates: the caller takes
+    ``torch.topk`` of the whole row). One pass to compare, selections among about 2^14 and
+    1.25 k values, instead of a selection over all d entries.
     """
     d = a.numel()
     sub = a[:: max(1, d // 16384)]
     s = sub.numel()
     ks = min(s, int(s * k / d * 1.25) + 8)
-    threshold = torch.kthvalue(sub, s - ks + 1).values
-    candidates = _at_least(a, threshold)
-    if candidates.numel() < k:
+    threshold = torch.kthvalue(sub, s - ks + 1).values.numpy()
+    every = a.numpy()
+    candidates = np.flatnonzero(every >= threshold)
+    c = candidates.size
+    if c < k:
         return None
-    values = a.index_select(0, candidates)
-    top = torch.topk(values, k, sorted=False)
-    if int((values >= top.values.min()).sum()) != k:
+    values = every[candidates]
+    kth = torch.kthvalue(torch.from_numpy(values), c - k + 1).values.numpy()
+    chosen = np.flatnonzero(values >= kth)
+    if chosen.size != k:
         return None
-    kept = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
-    return candidates[kept.index_fill_(0, top.indices, True)]  # ascending, as the candidates
-
-
-def _at_least(a: Tensor, threshold: Tensor) -> Tensor:
-    """The indices, ascending, of the entries of the 1-D CPU ``a`` not below ``threshold``
-    (a >= threshold, and NaN, which ``torch.topk`` ranks above every number): NumPy's
-    ``flatnonzero`` (several times faster than ``torch.nonzero`` on a long mask) where NumPy has
-    the dtype, the comparison made in ``a``'s dtype either way."""
-    if a.dtype in (torch.float32, torch.float64):
-        values = a.detach().numpy()
-        return torch.from_numpy(np.flatnonzero(~(values < threshold.detach().numpy())))
-    return torch.nonzero(~(a < threshold)).reshape(-1)
+    return torch.from_numpy(candidates[chosen])
