@@ -266,6 +266,22 @@ def test_topk_threshold_selection_is_exactly_torch_topk(seed):
     assert used >= 12  # the threshold path served the rows without ties
 
 
+def test_largest_integers_at_any_length(seed):
+    """The subsample of blocks fits every length (shorter than a block, not a multiple of the
+    blocks, one block per 16 entries): the k largest distinct integers, ascending, as torch.topk."""
+    from marina.compressors.sparse import largest_integers
+
+    print("seed", seed)
+    g = torch.Generator().manual_seed(seed)
+    for d in (1, 7, 16, 17, 1000, 16 * 1024 + 5, 50_000):
+        a = torch.randperm(3 * d, generator=g)[:d].to(torch.int32)  # distinct: no ties
+        for k in {1, max(1, d // 100), max(1, d // 3), d}:
+            got = largest_integers(a, k)
+            want = torch.sort(torch.topk(a, k).indices).values
+            assert got is None or torch.equal(got, want), (d, k)
+            assert got is not None or k > d // 3, (d, k)  # declined only for a large share
+
+
 @pytest.mark.parametrize("bad", [float("nan"), -float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("d", [500, 70000])
 def test_topk_refuses_a_non_finite_entry_wherever_it_is(seed, bad, d):
