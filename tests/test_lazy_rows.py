@@ -219,6 +219,18 @@ def test_elementwise_rows_gather_what_the_dense_expression_holds(seed):
         Elementwise(message, h, h[:2], h)
 
 
+def test_magnitudes_and_differences_write_into_the_given_buffer(seed):
+    """``magnitudes(out)`` is |dense()| and ``minus_dense(other, out=out)`` the difference, both
+    written into ``out`` (TopK's scratch row), for lazy rows of every kind."""
+    prob = problems.libsvm("phishing", workers=4, l2=0.01)
+    a, b = prob.lazy_local_grads(_point(prob.dim, seed)), _point(prob.dim, seed + 1).expand(4, -1)
+    for lazy in (a - b, a, DenseRows(materialize(a)), Elementwise(torch.mul, a, b)):
+        out = torch.empty(lazy.shape, dtype=lazy.dtype)
+        assert lazy.magnitudes(out) is out and torch.equal(out, materialize(lazy).abs())
+    out = torch.empty(a.shape, dtype=a.dtype)
+    assert a.minus_dense(b, out=out) is out and torch.equal(out, materialize(a) - b)
+
+
 def test_simulation_reads_lazy_rows_without_materialising():
     prob = problems.libsvm("phishing", workers=30)
     lazy = prob.lazy_local_grads(_point(prob.dim, 1))

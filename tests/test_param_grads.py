@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import marina.torch as mt
+from marina.errors import ValueRangeError
 from marina.rng import Randomness
 from marina.torch.closure import ParamGrads
 
@@ -74,6 +75,33 @@ def test_difference_with_a_dense_row_equals_the_dense_subtraction(seed):
     assert torch.equal(got, torch.cat(a).reshape(1, -1) - b)
     other = ParamGrads(_grads(seed + 1), torch.float32, torch.device("cpu"))
     assert torch.equal((rows - other).dense(), torch.cat(a).reshape(1, -1) - b)
+
+
+def test_topk_reads_the_difference_of_the_parameters_gradients_where_they_are(seed, monkeypatch):
+    """EF21's message C(grad - g_i) on one rank: TopK writes the magnitudes of the difference into
+    its scratch row, parameter by parameter, and gathers the signed entries it keeps, never
+    materialising the difference; the messages equal those of the dense difference bit for bit
+    (-0.0 and a NaN's rank included) and the scratch row is reused."""
+    import marina.compressors.sparse as sparse
+    from marina import compressors
+
+    monkeypatch.setattr(sparse, "FAST_TOPK_MIN_D", 16)
+    print("seed", seed)
+    grads, g = _grads(seed), torch.cat(_grads(seed + 1)).reshape(1, -1)
+    grads[2][5] = g[0, 4 + 5]  # a zero difference
+    grads[2][6], g[0, 4 + 6] = -0.0, 0.0  # a -0.0 difference
+    Q = compressors.get("topk:4")
+    rng = lambda: Randomness(seed, "compress", 0, [0])
+    expected = Q.compress_entries(torch.cat(grads).reshape(1, -1) - g, rng())
+    lazy = ParamGrads(grads, torch.float32, torch.device("cpu")) - g
+    lazy.dense = None  # not callable: materialising would fail
+    got = Q.compress_entries(lazy, rng())
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    scratch = sparse._SCRATCH.row
+    assert torch.equal(Q.compress_entries(lazy, rng())[0], expected[0]) and sparse._SCRATCH.row is scratch
+    grads[5][3] = float("nan")  # kept (ranked above every number), then refused
+    with pytest.raises(ValueRangeError, match="non-finite"):
+        Q.compress_entries(ParamGrads(grads, torch.float32, torch.device("cpu")) - g, rng())
 
 
 def _model() -> nn.Module:

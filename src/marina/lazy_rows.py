@@ -94,10 +94,15 @@ class LazyRows(ABC):
         once (same bits)."""
         return torch.sub(self.gather(1, idx), other.gather(1, idx))
 
-    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
-        """``self.dense() - materialize(other)`` as a new tensor; implementations may skip
-        materialising ``self`` (same bits: one subtraction per entry)."""
-        return torch.sub(self.dense(), materialize(other))
+    def minus_dense(self, other: LazyRows | Tensor, out: Tensor | None = None) -> Tensor:
+        """``self.dense() - materialize(other)``, as a new tensor or into ``out``; implementations
+        may skip materialising ``self`` (same bits: one subtraction per entry)."""
+        return torch.sub(self.dense(), materialize(other), out=out)
+
+    def magnitudes(self, out: Tensor) -> Tensor:
+        """``|dense()|`` written into ``out`` (n, d) (a selection by magnitude, such as TopK's,
+        then gathers the signed entries it keeps); implementations may skip materialising."""
+        return torch.abs(self.dense(), out=out)
 
     def __sub__(self, other: LazyRows | Tensor) -> RowDifference:
         return RowDifference(self, other)
@@ -151,6 +156,9 @@ class RowDifference(LazyRows):
     def dense(self) -> Tensor:
         return self.a.minus_dense(self.b)
 
+    def magnitudes(self, out: Tensor) -> Tensor:
+        return self.a.minus_dense(self.b, out=out).abs_()
+
     def _select_rows(self, rows: Tensor) -> LazyRows:
         return RowDifference(self.a.index_select(0, rows), self.b.index_select(0, rows))
 
@@ -188,8 +196,8 @@ PIECES_MIN_D = 1 << 16
 sorted gathers); shorter ones are concatenated, which costs less than a call per piece."""
 
 
-def piecewise(fn: Callable[..., Tensor], *operands: LazyRows | Tensor) -> Tensor:
-    """A new (n, d) tensor holding ``fn(*pieces, out=piece)`` of every column block in which
+def piecewise(fn: Callable[..., Tensor], *operands: LazyRows | Tensor, out: Tensor | None = None) -> Tensor:
+    """A new (n, d) tensor (or ``out``) holding ``fn(*pieces, out=piece)`` of every column block in which
     each operand is one tensor (rows that keep their entries in pieces, such as the parameters'
     gradients, are read where they are; other lazy rows are materialised): for an ``fn`` made of
     entry-by-entry torch operations, the values of ``fn`` on the whole rows, with no
@@ -201,7 +209,8 @@ def piecewise(fn: Callable[..., Tensor], *operands: LazyRows | Tensor) -> Tensor
     ]
     shape = dense[0].shape
     bounds = sorted({0, shape[1]}.union(*(getattr(o, "offsets", ()) for o in dense)))
-    out = torch.empty(shape, dtype=dense[0].dtype, device=dense[0].device)
+    if out is None:
+        out = torch.empty(shape, dtype=dense[0].dtype, device=dense[0].device)
     for s, e in zip(bounds, bounds[1:]):
         parts = [o[:, s:e] if isinstance(o, Tensor) else o.piece(s, e) for o in dense]
         fn(*parts, out=out[:, s:e])

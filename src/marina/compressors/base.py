@@ -588,11 +588,12 @@ class Compressor(ABC):
     def _check_input(self, X: Tensor | LazyRows, rng: Randomness) -> tuple[Tensor, float | None]:
         """Validate X (2-D, floating, finite, one row per rng row); return X and max |X|.
 
-        Lazy rows are materialised unless this compressor :attr:`gathers`; then they are
-        returned as they are with max |X| None (the gathered entries are checked instead).
+        Lazy rows are materialised unless this compressor reads them as they are
+        (:meth:`_reads_lazily`); then they are returned with max |X| None (the entries it
+        gathers are checked instead).
         """
         lazy = isinstance(X, LazyRows)
-        if lazy and not self.gathers:
+        if lazy and not self._reads_lazily(X):
             X, lazy = X.dense(), False
         if not isinstance(X, (Tensor, LazyRows)):
             raise ConfigError(
@@ -621,6 +622,11 @@ class Compressor(ABC):
         if self.keeps_non_finite and X.device.type == "cpu":  # checked where tested: the CPU
             return X.contiguous(), None
         return X.contiguous(), self._finite_amax(X)
+
+    def _reads_lazily(self, X: LazyRows) -> bool:
+        """Whether this compressor reads the lazy rows ``X`` without materialising them: those
+        that gather (:attr:`gathers`)."""
+        return self.gathers
 
     def _finite_amax(self, X: Tensor) -> float:
         """max |X| over a non-empty X; ValueRangeError naming a non-finite entry if there is one."""

@@ -31,6 +31,8 @@ message without saying that this presumes seeded indices).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -286,23 +288,66 @@ class TopK(_Sparse):
         d = self._check_k(d)
         return self.K / d
 
-    def _select(self, X: Tensor, rng: Randomness) -> tuple[Tensor, float]:
-        n, d = X.shape
-        if (
+    def _by_threshold(self, X: Tensor | LazyRows) -> bool:
+        """Whether the rows of X are selected by :func:`largest_integers` (long CPU rows of a
+        float dtype of ``_MAGNITUDE_BITS``, K <= d/16)."""
+        d = X.shape[1]
+        return (
             X.device.type == "cpu"
             and d >= FAST_TOPK_MIN_D
             and self.K * 16 <= d
             and X.dtype in _MAGNITUDE_BITS
-        ):
-            rows = [largest_magnitudes(X[i], self.K) for i in range(n)]
-            if all(r is not None for r in rows):
-                return torch.stack(rows) if n else X.new_empty((0, self.K), dtype=torch.int64), 1.0
-        idx = torch.topk(X.abs(), self.K, dim=1, sorted=False).indices
-        return torch.sort(idx, dim=1).values, 1.0
+        )
+
+    def _reads_lazily(self, X: LazyRows) -> bool:
+        """One lazy row selected by threshold: its magnitudes are written into this thread's
+        scratch row and the kept entries gathered (a difference g_i - h_i is never stored)."""
+        return X.shape[0] == 1 and self._by_threshold(X)
+
+    def _select(self, X: Tensor | LazyRows, rng: Randomness) -> tuple[Tensor, float]:
+        n, d = X.shape
+        if not self._by_threshold(X):
+            idx = torch.topk(X.abs(), self.K, dim=1, sorted=False).indices
+            return torch.sort(idx, dim=1).values, 1.0
+        if n == 0:
+            return torch.empty((0, self.K), dtype=torch.int64), 1.0
+        scratch = _scratch_row(d, X.dtype)
+        rows = []
+        for i in range(n):
+            if isinstance(X, LazyRows):  # one row (_reads_lazily)
+                a = X.magnitudes(scratch.view(1, d))[0]
+            else:
+                a = torch.abs(X[i], out=scratch)
+            idx = largest_integers(a.view(_MAGNITUDE_BITS[X.dtype]), self.K)
+            if idx is None:  # ties at the K-th largest, or too few candidates
+                idx = torch.sort(torch.topk(a, self.K, sorted=False).indices).values
+            rows.append(idx)
+        return torch.stack(rows), 1.0
 
 
 FAST_TOPK_MIN_D = 1 << 16
-"""Rows of at least this length (and K <= d/16) try :func:`largest_magnitudes` on the CPU."""
+"""Rows of at least this length (and K <= d/16) try :func:`largest_integers` on the CPU."""
+
+_SCRATCH = threading.local()
+
+
+def _scratch_row(d: int, dtype: torch.dtype) -> Tensor:
+    """A (d,) CPU buffer of this thread, reused by every selection (one row at a time; it never
+    leaves :meth:`TopK._select`): no allocation of d entries per message, which above the C
+    allocator's mmap threshold would fault in every page of it again."""
+    row = getattr(_SCRATCH, "row", None)
+    if row is None or row.numel() != d or row.dtype != dtype:
+        row = _SCRATCH.row = torch.empty(d, dtype=dtype)
+    return row
+
+
+def _scratch_mask(d: int) -> np.ndarray:
+    """A (d,) boolean buffer of this thread for :func:`largest_integers`' comparison."""
+    mask = getattr(_SCRATCH, "mask", None)
+    if mask is None or mask.size != d:
+        mask = _SCRATCH.mask = np.empty(d, dtype=bool)
+    return mask
+
 
 _MAGNITUDE_BITS = {
     torch.float16: torch.int16,
@@ -310,17 +355,10 @@ _MAGNITUDE_BITS = {
     torch.float32: torch.int32,
     torch.float64: torch.int64,
 }
-"""The integers whose order is that of the magnitudes of each float dtype (IEEE layouts)."""
-
-
-def largest_magnitudes(x: Tensor, k: int) -> Tensor | None:
-    """The indices, ascending, of the k largest |x| of the 1-D CPU ``x`` (a dtype of
-    ``_MAGNITUDE_BITS``), or None (see :func:`largest_integers`).
-
-    The magnitudes are compared as the integers of their bits, which order them as their values
-    (-0.0 as 0.0) and put NaN above inf, where ``torch.topk`` ranks it."""
-    # abs clears the sign bit (a NaN's too: x86's default NaN has it set)
-    return largest_integers(torch.abs(x.detach()).view(_MAGNITUDE_BITS[x.dtype]), k)
+"""The integers whose order is that of the magnitudes of each float dtype (IEEE layouts): the
+bits of |x| (abs clears the sign bit, a NaN's too: x86's default NaN has it set) read as an
+integer order the magnitudes as their values (-0.0 as 0.0) and put NaN above inf, where
+``torch.topk`` ranks it."""
 
 
 def largest_integers(a: Tensor, k: int) -> Tensor | None:
@@ -341,7 +379,7 @@ def largest_integers(a: Tensor, k: int) -> Tensor | None:
     ks = min(s, int(s * k / d * 1.5) + 8)
     threshold = torch.kthvalue(sub, s - ks + 1).values.numpy()
     every = a.numpy()
-    candidates = np.flatnonzero(every >= threshold)
+    candidates = np.flatnonzero(np.greater_equal(every, threshold, out=_scratch_mask(d)))
     c = candidates.size
     if c < k:
         return None

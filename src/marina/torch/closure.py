@@ -112,11 +112,11 @@ class ParamGrads(LazyRows):
         j = bisect.bisect_right(self.offsets, start) - 1
         return self.grads[j][start - self.offsets[j] : end - self.offsets[j]].view(1, -1)
 
-    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
+    def minus_dense(self, other: LazyRows | Tensor, out: Tensor | None = None) -> Tensor:
         """``self.dense() - other`` entry by entry, written parameter by parameter."""
         if self.values is not None:
-            return torch.sub(self.values, materialize(other))
-        return piecewise(torch.sub, self, other)
+            return torch.sub(self.values, materialize(other), out=out)
+        return piecewise(torch.sub, self, other, out=out)
 
 
 def _flat_view(g: Tensor) -> Tensor:
@@ -154,8 +154,8 @@ class ClosureRows(LazyRows):
     def _gather(self, idx: Tensor) -> Tensor:
         return self.rows()._gather(idx)
 
-    def minus_dense(self, other: LazyRows | Tensor) -> Tensor:
-        return self.rows().minus_dense(other)
+    def minus_dense(self, other: LazyRows | Tensor, out: Tensor | None = None) -> Tensor:
+        return self.rows().minus_dense(other, out=out)
 
     @property
     def offsets(self) -> list[int]:
