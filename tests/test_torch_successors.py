@@ -152,7 +152,8 @@ def test_ef21_sgdm_on_three_gloo_ranks_matches_marina_run(tmp_path):
 
 
 def test_ef21_sgdm_a_non_finite_gradient_leaves_the_momentum_as_before():
-    """The compressor refuses a NaN after v_i is formed: the step undone bit for bit, v_i included."""
+    """The compressor refuses a NaN after v_i is formed: the step undone bit for bit, v_i included
+    (written into the buffer of the v_i it replaced, never into the one the state holds)."""
     from marina.errors import ValueRangeError
     from test_torch_optim_guards import _equal
 
@@ -171,13 +172,39 @@ def test_ef21_sgdm_a_non_finite_gradient_leaves_the_momentum_as_before():
         next(model.parameters()).grad.view(-1)[0] = float("nan")
         return loss
 
-    with pytest.raises(ValueRangeError):
-        opt.step(poisoned)
-    assert torch.equal(_flat(model), params) and _equal(opt.state_dict(), state)
+    for _ in range(2):  # twice: the momentum buffer replaced two steps before is reused once free
+        with pytest.raises(ValueRangeError):
+            opt.step(poisoned)
+        assert torch.equal(_flat(model), params) and _equal(opt.state_dict(), state)
     for t in range(3, 6):
         for m, o in ((model, opt), (twin, twin_opt)):
             o.step(_closure(m, o, x[t : t + 8], y[t : t + 8]))
         assert torch.equal(_flat(model), _flat(twin))
+
+
+@pytest.mark.parametrize(("name", "field"), [("ef21-sgdm", "momenta"), ("dasha-mvr", "local_estimates")])
+def test_state_replaced_every_step_alternates_between_two_buffers(name, field):
+    """EF21-SGDM's v_i and DASHA-MVR's h_i are written into the buffer of the value they replaced
+    a step before (no allocation of d entries per step), while a simulation of the same method
+    keeps every replaced state as it was."""
+    x, y = _data(24)
+    model = _mlp()
+    make, spec, kw, _ = CASES[name]
+    opt = make(model.parameters(), spec, 0.1, **kw)
+    buffers = []
+    for t in range(6):
+        opt.step(_closure(model, opt, x[t : t + 8], y[t : t + 8]))
+        buffers.append(getattr(opt.method.state, field).data_ptr())
+    assert len(set(buffers[2:])) == 2 and buffers[2] == buffers[4] != buffers[3] == buffers[5]
+    prob = marina.problems.synthetic(workers=2, dim=20, samples=30, seed=1)
+    run_kw = {"batch_size": 4} | ({"momentum": 0.3} if name == "ef21-sgdm" else {"dense_batch_size": 8})
+    method = marina.methods.plan(opt.method_name, prob, "randk:3", iterations=4, overrides=run_kw).build()
+    method.start(torch.zeros(prob.dim, dtype=prob.dtype))
+    kept = []
+    for _ in range(4):
+        method.step()
+        kept.append((getattr(method.state, field), getattr(method.state, field).clone()))
+    assert all(torch.equal(t, copy) for t, copy in kept)
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------

@@ -329,6 +329,27 @@ class Method(ABC):
         """x^k - gamma g^k computed by the caller with the stepsize of the next step (the torch
         optimizers' parameters after a step), taken by that step instead of computing it again
         (:meth:`_next_iterate`); None: computed there."""
+        self.recycles_state = False
+        """Whether a state tensor replaced every step (EF21-SGDM's v_i, DASHA-MVR's h_i) may be
+        written into the one it replaced the step before (:meth:`_recycled`): set by
+        :mod:`marina.torch`'s optimizers, which keep a replaced state only for the step (to put
+        it back if the step raises); off in simulations, whose callers may keep states."""
+        self._replaced_tensors: dict[str, Tensor] = {}
+
+    def _recycled(self, name: str, current: Tensor) -> Tensor | None:
+        """The buffer to write state field ``name``'s next value into, the value ``current``
+        replaced (:attr:`recycles_state`), which is then remembered in its turn; None (a new
+        tensor) when there is none, or when it is still held by the state (put back after a
+        step that raised, or shared with another field)."""
+        if not self.recycles_state:
+            return None
+        spare = self._replaced_tensors.get(name)
+        self._replaced_tensors[name] = current
+        if spare is None or spare.shape != current.shape or spare.dtype != current.dtype:
+            return None
+        fields = (getattr(self.state, f.name) for f in dataclasses.fields(self.state))
+        held = {t.untyped_storage().data_ptr() for t in fields if isinstance(t, Tensor)}
+        return None if spare.untyped_storage().data_ptr() in held else spare
 
     # -- parameters ---------------------------------------------------------------------------
     @classmethod

@@ -257,7 +257,8 @@ class DASHAMVR(DASHA):
         self.oracle_calls += 2.0 * self.B
         new = self.problem.lazy_minibatch_grads(self.state.x, idx)
         old = self.problem.lazy_minibatch_grads(x_old, idx)
-        return piecewise(self._mvr, new, materialize(self.state.local_estimates), old)
+        h = materialize(self.state.local_estimates)
+        return piecewise(self._mvr, new, h, old, out=self._recycled("local_estimates", h))
 
     def _mvr(self, new: Tensor, h: Tensor, old: Tensor, out: Tensor) -> Tensor:
         """Step 8 entry by entry: g_hat(x^{k+1}) + (1 - b)(h - g_hat(x^k)) (the sum fused, as

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from marina import parameters, theory
 from marina.compressors.base import Compressor
-from marina.lazy_rows import LazyRows, piecewise
+from marina.lazy_rows import DenseRows, LazyRows, piecewise
 from marina.methods.base import IterateState, Method, Setting, TheoryRow, successor_cost
 from marina.methods.diana import default_batch_size
 from marina.network.base import Network
@@ -125,6 +125,8 @@ class EF21(Method):
         # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)
         # 6. g^{k+1} = g^k + (1/n) sum_i c_i^k
+        if isinstance(new_grads, Tensor):  # EF21-SGDM's momenta: the difference stays lazy too
+            new_grads = DenseRows(new_grads)  # (read where the compressor reads it, never stored)
         state.g = self.net.aggregate_feedback(
             state.g,
             state.estimates,
@@ -299,10 +301,11 @@ class EF21SGDM(EF21SGD):
 
     def _new_local_grads(self, k: int, mult: Tensor | None) -> Tensor:
         # 3. v_i^{k+1} = (1 - eta) v_i^k + eta g_hat_i(x^{k+1}); step 4 compresses v_i^{k+1} - g_i^k.
-        # A new tensor, not v_i^k updated in place: a round that raises later (a non-finite entry
-        # in the compressor) leaves the state as it was (marina.torch's guarded steps)
+        # Not v_i^k updated in place (a new tensor, or the one v_i^k replaced): a round that raises
+        # later (a non-finite entry in the compressor) leaves the state as it was
         minibatch = super()._new_local_grads(k, mult)
-        self.state.momenta = piecewise(self._momentum, self.state.momenta, minibatch)
+        v = self.state.momenta
+        self.state.momenta = piecewise(self._momentum, v, minibatch, out=self._recycled("momenta", v))
         return self.state.momenta
 
     def _momentum(self, v: Tensor, minibatch: Tensor, out: Tensor) -> Tensor:

@@ -456,6 +456,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
         )
         self.compressor, self.method_params = planned.compressor, planned.params
         self.method = planned.build()
+        self.method.recycles_state = True  # a replaced state is kept only for the step (_snapshot)
         self._params = flat
         self._agreed = self.net.n == 1  # the ranks compare their configurations at the first step
         self._spares: list[Tensor] = []  # see _moved_into_spare
