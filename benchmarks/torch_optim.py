@@ -22,20 +22,21 @@ the W - 1 receivers) against DDP's ring allreduce of d float32 gradients (2 (W -
 ranks together, the standard count; DDP has no byte counter). The machine's cores are shared by the
 ranks (and, on a busy machine, other jobs): compare medians taken in the same run.
 
-``--own``: the optimizers' own work per step (step time minus the time inside its closures), next
-to each method's algorithmic floor (:mod:`step_floors`, in the same rounds), for
-every marina.torch optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step()``, on a CNN of
-about 1.2 M parameters (:func:`own_work_model`), interleaved (one step of every optimizer in turn,
-``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in this process; more ranks
-go over gloo (the marina optimizers then communicate; SGD's step does not). The DDP hook has no
-step of its own: whole DDP steps with SGD-momentum are timed with DDP's allreduce and with the
-hook (qgd and diana randk:1%, ef21 topk:1%), and the hook's own work is the difference (on one rank, a gloo
-group of this process; ``benchmarks/hook_overlap.py`` measures the overlap). ``--against SRC``
-times another checkout's optimizers and hooks in the same rounds; ``--cpu-clock`` uses the
-thread's CPU time (steadier on a shared machine).
+``--own``: the optimizers' own work per step (step time minus the time inside its closures), next to
+each method's algorithmic floor (:mod:`step_floors`, in the same rounds), for every marina.torch
+optimizer next to ``torch.optim.SGD(momentum=0.9)``'s ``step()``, on a CNN of about 1.2 M parameters
+(:func:`own_work_model`; ``--width 3400``: 10.8 M, about ResNet-18's size), interleaved (one step of
+every optimizer in turn, ``--reps`` rounds), with the ratio (target <= 2). ``--ranks 1`` runs in
+this process; more ranks go over gloo (the marina optimizers then communicate; SGD's step does not).
+The DDP hook has no step of its own: whole DDP steps with SGD-momentum are timed with DDP's
+allreduce and with the hook (qgd and diana randk:1%, ef21 topk:1%), and the hook's own work is the
+difference (on one rank, a gloo group of this process; ``benchmarks/hook_overlap.py`` measures the
+overlap). ``--against SRC`` times another checkout's optimizers and hooks in the same rounds;
+``--cpu-clock`` uses the thread's CPU time (steadier on a shared machine).
 
 Run: ``python benchmarks/torch_optim.py [--ranks 2] [--batch 32] [--steps 20] [--reps 10]``
 or ``python benchmarks/torch_optim.py --own [--ranks 1|2] [--reps 30] [--cpu-clock] [--against SRC]``
+``[--width H]``
 or ``python benchmarks/torch_optim.py --floors [--reps 30] [--batch 8] [--cpu-clock]`` (the parts
 that bound the own work: one pass over d, RandK's index draw, the RandK and TopK compressors and
 the exact TopK selections alone, next to SGD-momentum; then every optimizer's algorithmic floor,
@@ -199,9 +200,16 @@ def rank_main(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
+OWN_WIDTH = 360
+"""The hidden units h of :func:`own_work_model` (``--width``): 360 gives d = 1,185,026; 3400 gives
+d = 10,751,906, about ResNet-18's 11.2 M (the paper's network)."""
+
+
 def own_work_model() -> torch.nn.Module:
-    """conv5x5(32) - pool - conv5x5(64) - pool - linear(3136, 360) - linear(360, 10): d = 1,185,026."""
+    """conv5x5(32) - pool - conv5x5(64) - pool - linear(3136, h) - linear(h, 10), h = :data:`OWN_WIDTH`:
+    d = 1,185,026 at h = 360."""
     nn = torch.nn
+    h = OWN_WIDTH
     return nn.Sequential(
         nn.Conv2d(1, 32, 5, padding=2),
         nn.ReLU(),
@@ -210,9 +218,9 @@ def own_work_model() -> torch.nn.Module:
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(3136, 360),
+        nn.Linear(3136, h),
         nn.ReLU(),
-        nn.Linear(360, 10),
+        nn.Linear(h, 10),
     )
 
 
@@ -533,11 +541,20 @@ def main() -> None:
         action="store_true",
         help="time with this thread's CPU time instead of wall time (--own, --floors)",
     )
+    ap.add_argument(
+        "--width",
+        type=int,
+        default=360,
+        help="--own, --floors: hidden units of the CNN (default 360: d = 1.2 M; 3400: d = 10.8 M)",
+    )
     ap.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global clock, OWN_WIDTH
+    if args.width < 1:
+        ap.error(f"--width == {args.width}, must be >= 1")
+    OWN_WIDTH = args.width
     if args.cpu_clock:
-        global clock
         clock = time.thread_time
     if args.floors:
         torch.set_num_threads(1)
@@ -564,6 +581,7 @@ def main() -> None:
         argv += ["--own"] if args.own else []
         argv += ["--against", args.against] if args.against else []
         argv += ["--cpu-clock"] if args.cpu_clock else []
+        argv += ["--width", str(args.width)]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         procs = local_launch(argv, args.ranks, env=env, stderr=subprocess.PIPE)
         errors = [p.communicate(timeout=args.timeout)[1].decode() for p in procs]

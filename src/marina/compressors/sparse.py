@@ -333,20 +333,23 @@ _SCRATCH = threading.local()
 
 def _scratch_row(d: int, dtype: torch.dtype) -> Tensor:
     """A (d,) CPU buffer of this thread, reused by every selection (one row at a time; it never
-    leaves :meth:`TopK._select`): no allocation of d entries per message, which above the C
+    leaves :meth:`TopK._select`), the longest asked for kept: no allocation of d entries per
+    message (rows of other lengths, such as a DDP hook's buckets, share it), which above the C
     allocator's mmap threshold would fault in every page of it again."""
-    row = getattr(_SCRATCH, "row", None)
-    if row is None or row.numel() != d or row.dtype != dtype:
-        row = _SCRATCH.row = torch.empty(d, dtype=dtype)
-    return row
+    size = d * dtype.itemsize
+    buffer = getattr(_SCRATCH, "row", None)
+    if buffer is None or buffer.numel() < size:
+        buffer = _SCRATCH.row = torch.empty(size, dtype=torch.uint8)
+    return buffer[:size].view(dtype)
 
 
 def _scratch_mask(d: int) -> np.ndarray:
-    """A (d,) boolean buffer of this thread for :func:`largest_integers`' comparison."""
+    """A (d,) boolean buffer of this thread for :func:`largest_integers`' comparison (the
+    longest asked for kept)."""
     mask = getattr(_SCRATCH, "mask", None)
-    if mask is None or mask.size != d:
+    if mask is None or mask.size < d:
         mask = _SCRATCH.mask = np.empty(d, dtype=bool)
-    return mask
+    return mask[:d]
 
 
 _MAGNITUDE_BITS = {
