@@ -501,8 +501,9 @@ class CompressionHookState:
         if memory.momentum is not None and not dense:
             eta = float(self.config.momentum)  # type: ignore[arg-type] - required for ef21-sgdm
             tracked = torch.add(memory.momentum * (1.0 - eta), X, alpha=eta)
-        # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale)
-        sent = tracked - memory.local
+        # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale;
+        # lazy: TopK writes its magnitudes into its scratch row, a sparsifier reads its entries)
+        sent = RowDifference(DenseRows(tracked), memory.local)
 
         by_entries = memory.clean and not dense and self._by_entries(plan, X)
 
