@@ -42,7 +42,8 @@ that bound the own work: one pass over d, RandK's index draw, the RandK and TopK
 the exact TopK selections alone, next to SGD-momentum; then every optimizer's algorithmic floor,
 the fewest torch ops one step of its method needs for one worker, :mod:`step_floors`, timed as
 ``--own`` times the optimizers: each step right after a real closure, interleaved with
-SGD-momentum's ``step()`` after its closure)
+SGD-momentum's ``step()`` after its closure). Interleaved rounds alternate their order
+(:func:`in_turn`).
 """
 
 from __future__ import annotations
@@ -289,6 +290,14 @@ def _hook_runs(modules: list[tuple[str, ModuleType]]) -> dict[str, tuple]:
     return runs
 
 
+def in_turn(runs: dict[str, tuple], rep: int) -> list[tuple[str, tuple]]:
+    """The runs of round ``rep`` in turn: in order on even rounds, reversed on odd ones (a step
+    costs more right after some others, e.g. first after SGD-momentum's: each run takes every
+    position equally often; the same order on every rank)."""
+    order = list(runs.items())
+    return order if rep % 2 == 0 else order[::-1]
+
+
 def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, list[float]]:
     """Seconds of each optimizer's own work per step (step minus its closures), interleaved; with
     ``against``, the same optimizers of that checkout too (names suffixed :data:`AGAINST`). The
@@ -309,7 +318,7 @@ def own_work(reps: int, batch: int, against: str | None = None) -> dict[str, lis
     runs.update({FLOOR + name: run for name, run in floors_of.items()})
     own: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):  # 3 warm-up rounds (step 0's dense start among them) not kept
-        for name, (model, opt) in runs.items():
+        for name, (model, opt) in in_turn(runs, rep):
             # a floor's step is a function; its closure zeroes the model's grads
             closure = timed_closure(model, model if name.startswith(FLOOR) else opt, x, y, inside)
             inside[0] = 0.0
@@ -409,7 +418,7 @@ def algorithmic_floors(reps: int, batch: int, select) -> dict[str, list[float]]:
     runs.update(floor_runs(x, y, inside, select))
     times: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps + 3):
-        for name, (model, step) in runs.items():
+        for name, (model, step) in in_turn(runs, rep):
             closure = timed_closure(model, model, x, y, inside)
             inside[0] = 0.0
             t0 = clock()
