@@ -1,13 +1,11 @@
 """A user's parameters and ``step(closure)`` seen through marina's Problem protocol.
 
 :class:`ClosureProblem` is one worker (this rank): its oracles write the requested point into
-the parameters, call the closure of the current step (which computes the loss of the current
-batch and calls backward) and read the gradients where autograd left them (:class:`ParamGrads`:
-no copy until a consumer needs the concatenated row). While a row read from the grads is kept
-(MARINA's grad f_i(x^k), the first of a step's two evaluations), every ``p.grad`` is set to None
-before the closure, so that row never changes, whether the closure zeroes the grads with
-``set_to_none`` or in place; otherwise the grads are left to the closure's zeroing, as in a plain
-loop. Which samples the
+the parameters, set every ``p.grad`` to None, call the closure of the current step (which
+computes the loss of the current batch and calls backward) and read the gradients where
+autograd left them (:class:`ParamGrads`: no copy until a consumer needs the concatenated row).
+So a gradient kept from an earlier evaluation (MARINA's grad f_i(x^k)) never changes, whether
+the closure zeroes the grads with ``set_to_none`` or in place. Which samples the
 closure uses is the training loop's business: the index draws of the methods (``idx``) are
 ignored, and the loop reads the coin (``optimizer.coin``) to feed the large batch or the full
 local pass on dense rounds.
@@ -49,9 +47,9 @@ class ParamGrads(LazyRows):
     where they are, a difference with a dense row subtracts parameter by parameter into one
     output; :meth:`dense` concatenates once (kept).
 
-    The tensors must not change while the row is used: while it is kept, :class:`ClosureProblem`
-    sets every ``p.grad`` to None before it calls the closure, so the autograd engine allocates
-    the next gradients and these stay as they were.
+    The tensors must not change while the row is used: :class:`ClosureProblem` sets every
+    ``p.grad`` to None before it calls the closure, so the autograd engine allocates the next
+    gradients and these stay as they were.
 
     Args:
         grads: the flat (numel,) gradient of every parameter, in order.
@@ -219,10 +217,6 @@ class ClosureProblem(Problem):
         self._given_read = False
         self.flat: Tensor | None = None
         self._ptrs: list[int] = []
-        self._rows: weakref.WeakSet[ParamGrads] = weakref.WeakSet()
-        """The rows read from the parameters' grads that something still keeps (then the next
-        closure call sets every ``p.grad`` to None first: an in-place zeroing cannot reach them;
-        otherwise the closure's own zeroing frees or reuses the grads, as in a plain loop)."""
         self.at_first_point = False
         """Set by the caller before a step: the parameters already hold the point of the step's first
         evaluation (its write is skipped)."""
@@ -288,9 +282,7 @@ class ClosureProblem(Problem):
                     "marina.torch optimizers need dense gradients (e.g. nn.Embedding(sparse=False))"
                 )
         flat = [p.new_zeros(p.numel()) if g is None else _flat_view(g) for p, g in zip(self.params, grads)]
-        rows = ParamGrads(flat, self.dtype, self.device)
-        self._rows.add(rows)
-        return rows
+        return ParamGrads(flat, self.dtype, self.device)
 
     def flat_grads(self) -> Tensor:
         """The parameters' ``p.grad`` as one (d,) vector (a new tensor)."""
@@ -338,9 +330,8 @@ class ClosureProblem(Problem):
             return None
         if not (self.at_first_point and self._first is None):
             self.write(x)
-        if any(rows.grads for rows in self._rows):  # a row read from the grads is kept: the
-            for p in self.params:  # closure's backward allocates new gradients, the row stays
-                p.grad = None
+        for p in self.params:  # the closure's backward allocates new gradients: rows read before stay
+            p.grad = None
         with torch.enable_grad():
             loss = self.closure()
         self.evaluations += 1
