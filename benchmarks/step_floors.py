@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from marina.compressors.sparse import largest_integers
+from marina.compressors.sparse import largest_by_threshold
 
 Closure = Callable[[], object]
 
@@ -117,9 +117,9 @@ def _sampled(at_least: Callable[[Tensor, float], Tensor]) -> Callable[[Tensor, i
 
 
 def _bits_or_topk(a: Tensor, k: int) -> Tensor:
-    """TopK's own selection (:func:`marina.compressors.sparse.largest_integers` of the float32
-    bits, whose order is that of the non-negative values), ``torch.topk`` where it declines."""
-    idx = largest_integers(a.view(torch.int32), k)
+    """TopK's own selection (:func:`marina.compressors.sparse.largest_by_threshold`: the bits of
+    the magnitudes compared as integers), ``torch.topk`` where it declines."""
+    idx = largest_by_threshold(a, k)
     return _topk(a, k) if idx is None else idx
 
 

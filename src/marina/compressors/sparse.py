@@ -364,6 +364,12 @@ integer order the magnitudes as their values (-0.0 as 0.0) and put NaN above inf
 ``torch.topk`` ranks it."""
 
 
+def largest_by_threshold(a: Tensor, k: int) -> Tensor | None:
+    """The indices, ascending, of the k largest entries of the 1-D CPU ``a`` of magnitudes (>= 0 or
+    NaN, a dtype of ``_MAGNITUDE_BITS``), or None: :func:`largest_integers` of their bits."""
+    return largest_integers(a.view(_MAGNITUDE_BITS[a.dtype]), k)
+
+
 def largest_integers(a: Tensor, k: int) -> Tensor | None:
     """The indices, ascending, of the k largest entries of the 1-D CPU integer ``a``, or None.
 
