@@ -208,6 +208,31 @@ def test_kept_products_of_the_move_equal_products_recomputed_every_step(seed, na
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("name", ["VRMARINA", "DASHAMVR", "DASHAPAGE"])
+def test_two_point_optimizers_show_their_buffers_instead_of_copying(seed, name):
+    """The optimizers that evaluate at x^k too make the parameters views of the buffer that holds
+    the point (x^k for the second evaluation, then the spare holding x^{k+2}): no copy of d
+    entries, the parameters alternate between two buffers and always hold the optimizer's point,
+    and the run equals one that copies every point into one buffer, bit for bit."""
+    print("seed", seed)
+    x, y = _data()
+    kw = {"batch_size": 4} | ({"local_size": 24} if name == "DASHAPAGE" else {})
+    runs, buffers = [], []
+    for copying in (False, True):
+        model = _mlp()
+        opt = getattr(mt, name)(model.parameters(), compressor="randk:6", lr=0.2, seed=seed, **kw)
+        if copying:
+            opt.problem.show = opt.problem.write
+        first = next(model.parameters())
+        for _ in range(12):
+            opt.step(_closure(model, opt, x, y))
+            assert torch.equal(_flat(model), opt.method.next_x) and first is next(model.parameters())
+            buffers.append(first.data_ptr()) if not copying else None
+        runs.append(_flat(model))
+    assert torch.equal(runs[0], runs[1])
+    assert len(set(buffers[1:])) == 2
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 RESUMABLE = {
     "marina": lambda ps: mt.MARINA(ps, compressor="randk:4", lr=0.1, p=0.3, seed=2),

@@ -227,9 +227,12 @@ class ClosureProblem(Problem):
         that buffer and :meth:`write` one copy. Done again by :meth:`_flat_view` if a parameter's
         ``.data`` was replaced since."""
         with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-            for p, chunk in zip(self.params, flat.split(self.numels)):
-                p.data = chunk.view_as(p)
+            self._view(torch.cat([p.detach().reshape(-1) for p in self.params]))
+
+    def _view(self, flat: Tensor) -> None:
+        """The parameters become views of the (d,) buffer ``flat``, which becomes :attr:`flat`."""
+        for p, chunk in zip(self.params, flat.split(self.numels)):
+            p.data = chunk.view_as(p)
         self.flat = flat
         item = flat.element_size()
         offsets = torch.tensor([0, *self.numels[:-1]]).cumsum(0).tolist()
@@ -261,6 +264,18 @@ class ClosureProblem(Problem):
                 return
             for p, chunk in zip(self.params, x.split(self.numels)):
                 p.copy_(chunk.view_as(p))
+
+    def show(self, x: Tensor) -> None:
+        """Parameters <- x without a copy: they become views of x when it is a (d,) contiguous
+        buffer of their dtype and device (the caller then writes into x only what the parameters
+        should hold: the two-point optimizers' spare buffers); otherwise :meth:`write`."""
+        flat = self._flat_view()
+        fits = x.dim() == 1 and x.numel() == self.dim and x.is_contiguous()
+        if flat is None or not fits or x.dtype != self.dtype or x.device != self.device:
+            self.write(x)
+        elif x.data_ptr() != flat.data_ptr():
+            with torch.no_grad():
+                self._view(x)
 
     def grad_rows(self) -> ParamGrads:
         """The parameters' ``p.grad`` as one (1, d) row (None: zeros, a parameter the loss does
@@ -329,7 +344,7 @@ class ClosureProblem(Problem):
             self.evaluations += 1
             return None
         if not (self.at_first_point and self._first is None):
-            self.write(x)
+            self.show(x)
         for p in self.params:  # the closure's backward allocates new gradients: rows read before stay
             p.grad = None
         with torch.enable_grad():

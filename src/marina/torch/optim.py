@@ -16,6 +16,9 @@ read); the others refuse ``step()`` without a closure. Parameters must not be wr
 parameters become views of one flat buffer (the module keeps its ``Parameter`` objects; their
 ``.data`` is replaced), so writing the next point is one pass; the methods with one gradient per
 step and the estimator first (MARINA, EF21, EF21-SGD, EF21-SGDM, DASHA) move that buffer in place.
+The methods that also evaluate at x^k (VR-MARINA, DASHA-PAGE, DASHA-MVR, PP-MARINA) make the
+parameters views of the buffer holding the point instead of copying it (x^k for the second
+evaluation, then the spare holding x^{k+2}): their ``.data`` alternates between two buffers.
 
 Guards. A step that raises (in the closure, or a non-finite gradient) leaves parameters and
 optimizer state as before it, bit for bit (the state fields are restored: the methods assign new
@@ -562,7 +565,7 @@ class MarinaOptimizer(torch.optim.Optimizer):
                 method.next_x = self._moved_in_place(method.state.g, self._gamma())
             else:
                 method.next_x = self._moved_into_spare(method.state.x, method.state.g, self._gamma())
-                problem.write(method.next_x)
+                problem.show(method.next_x)  # the parameters become the spare's views: no copy
             for group in self.param_groups:
                 group[APPLIED_LR] = group["lr"]
         else:
@@ -641,8 +644,8 @@ class MarinaOptimizer(torch.optim.Optimizer):
                 group[APPLIED_LR] = value
         if state is None:
             self.problem.write(x0)
-        elif self.estimator_first:
-            self.problem.write(
+        elif self.estimator_first:  # shown, not copied: the parameters may view a buffer of the state
+            self.problem.show(
                 next_x if next_x is not None else moved(state.x, state.g, self._gamma(APPLIED_LR))
             )
         else:
