@@ -70,6 +70,8 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import marina.torch as mt
+from marina import memory
+from marina.errors import MemoryBudgetError
 from marina.nets import keyed_init_, load_fashion_mnist, small_cnn
 from marina.testing import local_launch
 
@@ -288,6 +290,23 @@ def _hook_runs(modules: list[tuple[str, ModuleType]]) -> dict[str, tuple]:
                 ddp.register_comm_hook(module.CompressionHookState(*spec), module.compression_hook)
             runs[label + suffix] = (ddp, torch.optim.SGD(ddp.parameters(), lr=1e-3, momentum=0.9))
     return runs
+
+
+RUN_BUFFERS = 8
+"""d-sized float32 buffers one run of ``--own`` holds, about (model, grads, optimizer state and
+spares; measured: 12 GB for the 38 runs of ``--against`` at d = 10.8 M on one rank)."""
+
+
+def check_own_memory(ranks: int, against: bool) -> None:
+    """MemoryBudgetError (``marina.memory``) when ``--own`` would hold more than the budget: every
+    run's model and state at once, on every rank of this machine."""
+    d = sum(p.numel() for p in own_work_model().parameters())
+    copies = 2 if against else 1
+    runs = 1 + copies * (len(OWN) - 1) + 1 + copies * (len(HOOKS) - 1) + len(step_floors.FLOORS)
+    memory.check(
+        {f"{runs} runs x {RUN_BUFFERS} d-sized buffers x {ranks} ranks": ranks * runs * RUN_BUFFERS * 4 * d},
+        f"torch_optim.py --own (d = {d}, --ranks {ranks})",
+    )
 
 
 def in_turn(runs: dict[str, tuple], rep: int) -> list[tuple[str, tuple]]:
@@ -571,6 +590,11 @@ def main() -> None:
         return
     if args.own:
         torch.set_num_threads(1)
+        if not args.rank_job:
+            try:
+                check_own_memory(args.ranks, args.against is not None)
+            except MemoryBudgetError as err:
+                ap.error(f"{err}; use a smaller --width or fewer --ranks")
         if args.rank_job:
             dist.init_process_group("gloo")
             own = own_work(args.reps, args.batch, args.against)
