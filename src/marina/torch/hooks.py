@@ -191,6 +191,8 @@ class _Memory:
     """No parameter of the layout had a value before (EF21's first exchange is dense)."""
     momentum: Tensor | None = None
     """EF21-SGDM's v_r (None for the other methods)."""
+    next_momentum: Tensor | None = None
+    """EF21-SGDM's next v_r is formed here, and swapped with v_r once the exchange succeeded."""
     clean: bool = False
     """e_r and e are known to hold no -0.0 (then e_r + 0 = e_r and e + 0 = e entry by entry, so a
     sparsifier's round may add its entries alone: :meth:`CompressionHookState._add_entries`)."""
@@ -496,11 +498,14 @@ class CompressionHookState:
         if dense:
             plan = _Plan(compressors.get("identity"), 32 * d, 1.0, 1.0)
         scale = plan.scale
-        # EF21-SGDM: 1. v_r = (1 - eta) v_r + eta g_r, a new tensor kept once the exchange succeeded
+        # EF21-SGDM: 1. v_r = (1 - eta) v_r + eta g_r, in a spare buffer kept once the exchange succeeded
         tracked = X  # what e_r tracks: g_r (EF21), v_r (EF21-SGDM)
         if memory.momentum is not None and not dense:
             eta = float(self.config.momentum)  # type: ignore[arg-type] - required for ef21-sgdm
-            tracked = torch.add(memory.momentum * (1.0 - eta), X, alpha=eta)
+            if memory.next_momentum is None:
+                memory.next_momentum = torch.empty_like(memory.momentum)
+            # (the roundings of torch.add(v_r * (1 - eta), g_r, alpha=eta), into the spare buffer)
+            tracked = torch.mul(memory.momentum, 1.0 - eta, out=memory.next_momentum).add_(X, alpha=eta)
         # c_r = C(tracked - e_r), sent (C = Q/(1 + omega) for an unbiased Q: both ends scale;
         # lazy: TopK writes its magnitudes into its scratch row, a sparsifier reads its entries)
         sent = RowDifference(DenseRows(tracked), memory.local)
@@ -508,7 +513,9 @@ class CompressionHookState:
         by_entries = memory.clean and not dense and self._by_entries(plan, X)
 
         def finish_ef21(fut: torch.futures.Future) -> Tensor:
-            if memory.momentum is not None:
+            if memory.momentum is not None and tracked is memory.next_momentum:
+                memory.momentum, memory.next_momentum = tracked, memory.momentum
+            elif memory.momentum is not None:  # the dense first exchange: v_r = g_r
                 memory.momentum.copy_(tracked)
             if by_entries:
                 self._add_entries(memory, *fut.value(), scale)
