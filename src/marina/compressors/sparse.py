@@ -289,7 +289,7 @@ class TopK(_Sparse):
         return self.K / d
 
     def _by_threshold(self, X: Tensor | LazyRows) -> bool:
-        """Whether the rows of X are selected by :func:`largest_integers` (long CPU rows of a
+        """Whether the rows of X are selected by :func:`largest_by_threshold` (long CPU rows of a
         float dtype of ``_MAGNITUDE_BITS``, K <= d/16)."""
         d = X.shape[1]
         return (
@@ -318,7 +318,7 @@ class TopK(_Sparse):
                 a = X.magnitudes(scratch.view(1, d))[0]
             else:
                 a = torch.abs(X[i], out=scratch)
-            idx = largest_integers(a.view(_MAGNITUDE_BITS[X.dtype]), self.K)
+            idx = largest_by_threshold(a, self.K)
             if idx is None:  # ties at the K-th largest, or too few candidates
                 idx = torch.sort(torch.topk(a, self.K, sorted=False).indices).values
             rows.append(idx)
@@ -326,7 +326,7 @@ class TopK(_Sparse):
 
 
 FAST_TOPK_MIN_D = 1 << 16
-"""Rows of at least this length (and K <= d/16) try :func:`largest_integers` on the CPU."""
+"""Rows of at least this length (and K <= d/16) try :func:`largest_by_threshold` on the CPU."""
 
 _SCRATCH = threading.local()
 

@@ -125,8 +125,8 @@ class EF21(Method):
         # 4. c_i^k = C(grad f_i(x^{k+1}) - g_i^k), sent
         # 5. g_i^{k+1} = g_i^k + c_i^k  (zero rows for clients that sent nothing)
         # 6. g^{k+1} = g^k + (1/n) sum_i c_i^k
-        if isinstance(new_grads, Tensor):  # EF21-SGDM's momenta: the difference stays lazy too
-            new_grads = DenseRows(new_grads)  # (read where the compressor reads it, never stored)
+        if isinstance(new_grads, Tensor):  # a dense row (EF21-SGDM's momenta): the difference stays
+            new_grads = DenseRows(new_grads)  # lazy too, read where the compressor reads it
         state.g = self.net.aggregate_feedback(
             state.g,
             state.estimates,
